@@ -1,0 +1,78 @@
+"""Defaults shared by every config. Variants import this and override what they change.
+
+Run: python launch.py --config=configs/folder.py --workdir=runs/x --config.data.path=PATH
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "folder"  # "folder" | "consep" | "demo"
+    c.data.path = ""  # folder root ("folder"); manual_dir ("consep", default ../shared/data/consep)
+    c.data.data_dir = ""  # where TFDS datasets are built; "" = $SEGAN_JAX_DATA_DIR or ~/.cache
+    c.data.crop_size = 256
+    c.data.ignore_index = 255
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.flips = True
+    c.augment.rot90 = True
+    c.augment.brightness = 0.1  # additive, in units of the image's full scale
+    c.augment.contrast = 0.1  # multiplicative, about the crop's mean
+    c.augment.saturation = 0.1  # RGB only
+
+    c.model = ml_collections.ConfigDict()
+    c.model.depth = 50  # ResNet-18/34/50/101 backbone
+    c.model.width = 64  # base width of the backbone (64 is the standard ResNet)
+    c.model.output_stride = 16  # 16 or 8
+    c.model.aspp_features = 256
+    c.model.dropout_rate = 0.1
+    c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
+    c.model.init_checkpoint = ""  # local orbax checkpoint to start the segmentor from
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.class_weights = "none"  # "none" | "inverse_frequency" | "median_frequency"
+    c.loss.lambda_ce = 1.0
+    c.loss.lambda_mae = 0.1  # weight of the critic's multi-scale L1 loss (used when critic.num > 0)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # "adamw" | "adam" | "sgd"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "cosine"  # "constant" | "cosine" | "poly"
+    c.optimizer.warmup_steps = 200
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.momentum = 0.9  # sgd only
+
+    c.critic = ml_collections.ConfigDict()
+    c.critic.num = 0  # 0: no critic; 1: one critic for all classes; K: one per class
+    c.critic.features = (64, 128, 256, 512, 512, 512)  # SegAN's six 4x4 stride-2 blocks
+    c.critic.layer_weighting = "mean"  # "mean" (paper eq. 2) | "segan" (original SegAN code)
+    c.critic.constraint = "clip"  # "clip" (weight clipping, as SegAN) | "none"
+    c.critic.clip_value = 0.05
+    c.critic.steps_per_update = 1  # critic updates per segmentor update
+    c.critic.learning_rate = 2e-4  # SegAN: Adam, lr 2e-4, beta1 0.5
+    c.critic.b1 = 0.5
+    c.critic.b2 = 0.999
+    c.critic.schedule = "constant"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 25_000  # the paper's iteration count
+    c.train.batch_size = 16  # global batch, split evenly over all devices
+    c.train.log_every = 50  # progress line and metrics.jsonl every N steps (host sync only here)
+    c.train.eval_every = 1000  # evaluate on eval.split every N steps (and at the end)
+    c.train.checkpoint_every = 1000  # must be a multiple of log_every
+    c.train.keep = 3  # last checkpoints kept (plus the best one)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = ""  # "" = "val" when the dataset has one, else "test"
+
+    c.predict = ml_collections.ConfigDict()
+    c.predict.input = ""  # an image file or a folder of images
+    c.predict.output = ""  # folder for one label PNG per input image
+    c.predict.overwrite = False  # never replace existing PNGs unless asked
+    return c

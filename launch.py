@@ -1,0 +1,53 @@
+"""Entry point: python launch.py --config=configs/X.py --workdir=DIR [--mode=...] [--config.k=v].
+
+Logic lives in the segan_jax package so notebooks call the same functions.
+"""
+
+import pathlib
+import shutil
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory of the run (config, metrics, checkpoints).")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+flags.DEFINE_bool("overwrite", False, "Discard an existing run in --workdir before training.")
+flags.mark_flags_as_required(["config", "workdir"])
+# Errors a user can fix from the message alone.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+
+
+def _discard_run(workdir: pathlib.Path) -> None:
+    """Deletes an earlier run, but only a folder that is one (it holds config.json)."""
+    if not workdir.exists():
+        return
+    if not (workdir / "config.json").exists():
+        raise SystemExit(f"{workdir}: --overwrite refuses to delete a folder that is not a run")
+    shutil.rmtree(workdir)
+
+
+def main(argv):
+    del argv
+    try:
+        _run()
+    except USER_ERRORS as err:  # bad input or workdir: the message names the file; no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def _run() -> None:
+    from segan_jax import inference, train
+
+    if FLAGS.mode == "train":
+        if FLAGS.overwrite:
+            _discard_run(pathlib.Path(FLAGS.workdir))
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "evaluate":
+        inference.evaluate_workdir(FLAGS.config, FLAGS.workdir)
+    else:
+        inference.predict_workdir(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""segan_jax: DeepLabV3 + SegAN semantic segmentation in JAX/Flax."""

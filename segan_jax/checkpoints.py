@@ -1,0 +1,75 @@
+"""orbax checkpoints of the whole training state.
+
+`DIR/checkpoints/` keeps the last `train.keep` states; `DIR/best/` keeps the one with the best
+foreground-mean F1 on the evaluation split. orbax writes each checkpoint to a temporary folder
+and renames it when complete, so a run killed mid-save leaves nothing a later run takes as valid.
+Restoring goes into an abstract state (shapes, dtypes, shardings from `jax.eval_shape`), so the
+optax states keep their structure.
+"""
+
+import math
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    value = metrics.get("f1_foreground_mean", float("nan"))
+    return value if math.isfinite(value) else -1.0
+
+
+def latest_manager(workdir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
+    """Manager of the last `keep` checkpoints in `workdir/checkpoints`."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options)
+
+
+def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
+    """Manager of the single best checkpoint (by foreground-mean F1) in `workdir/best`."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=_best_metric, best_mode="max", create=True
+    )
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "best", options=options)
+
+
+def save(
+    manager: ocp.CheckpointManager, step: int, state: Any, metrics: dict | None = None
+) -> None:
+    """Saves `state` asynchronously; call `manager.wait_until_finished()` before exiting."""
+    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
+
+
+def abstract_like(state: Any) -> Any:
+    """A tree of ShapeDtypeStructs (with shardings) to restore into."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        state,
+    )
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
+    """Restores `step` (default: the latest) into the structure of `abstract_state`."""
+    step = manager.latest_step() if step is None else step
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def restore_raw(path: str | pathlib.Path) -> dict:
+    """Restores a checkpoint folder without a target, as nested dicts of numpy arrays.
+
+    Args:
+      path: a workdir, its `checkpoints/` or `best/` folder (the latest step is used), or one
+        step folder inside them.
+    """
+    path = pathlib.Path(path).absolute()
+    for candidate in (path / "best", path / "checkpoints", path):
+        if candidate.is_dir():
+            manager = ocp.CheckpointManager(candidate)
+            step = manager.latest_step()
+            if step is not None:
+                return manager.restore(step, args=ocp.args.StandardRestore())
+    if (path / "default").is_dir() or (path / "_CHECKPOINT_METADATA").exists():
+        item = path / "default" if (path / "default").is_dir() else path
+        return ocp.StandardCheckpointer().restore(item)
+    raise FileNotFoundError(f"{path}: no orbax checkpoint found (expected a workdir or step folder)")

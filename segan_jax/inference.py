@@ -1,0 +1,84 @@
+"""The evaluate and predict modes: a trained workdir applied to a split or to image files."""
+
+import pathlib
+
+import jax
+import ml_collections
+
+from segan_jax import checkpoints, datasets, evaluate, input_pipeline, train
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    """(model, variables on one device, dataset info, step) of the workdir's latest checkpoint."""
+    manager = checkpoints.latest_manager(workdir, config.train.keep)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
+    info = datasets.load_info(config.data)
+    ctx = train.step_context(config, info, num_devices=1, axis_name=None)
+    mesh = train.make_mesh(jax.local_devices()[:1])
+    state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
+    manager.close()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return ctx.model, variables, info, step, ctx.normalizer
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Evaluates the latest checkpoint on eval.split, writes DIR/eval/<split>_<step>.json and
+    prints the per-class table. Returns the record."""
+    workdir = pathlib.Path(workdir)
+    model, variables, info, step, normalizer = load_trained(config, workdir)
+    name = train.eval_split_name(config, info.splits)
+    split = datasets.load_split(config.data, name)
+    confusion = evaluate.split_confusion(
+        model, variables, split, normalizer, config.data.ignore_index
+    )
+    record = evaluate.result_record(step, name, info.classes, confusion)
+    path = evaluate.write_record(workdir, record)
+    print(f"{name} split, step {step} ({len(split.images)} images) -> {path}")
+    print(evaluate.table_from_record(record), flush=True)
+    return record
+
+
+def input_files(path: pathlib.Path) -> list[pathlib.Path]:
+    """The image files named by --config.predict.input (a file or a folder)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: predict.input is neither an image file nor a folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
+    """Writes one single-channel label PNG per input image (same stem) to predict.output."""
+    if not config.predict.input or not config.predict.output:
+        raise ValueError("--mode=predict needs --config.predict.input and --config.predict.output")
+    files = input_files(pathlib.Path(config.predict.input))
+    out = pathlib.Path(config.predict.output)
+    targets = [out / f"{f.stem}.png" for f in files]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not config.predict.overwrite:
+        raise FileExistsError(
+            f"{out}: {len(existing)} predictions exist already (e.g. {existing[0]}); "
+            "set --config.predict.overwrite=True to replace them"
+        )
+    images = [datasets.read_image(f) for f in files]  # reads (and checks) all before writing
+    model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
+    _check_channels(files, images, info.num_channels)
+    out.mkdir(parents=True, exist_ok=True)
+    for image, target in zip(images, targets, strict=True):
+        labels = evaluate.predict_labels(model, variables, image, normalizer)
+        evaluate.save_label_png(labels, target)
+    print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
+    return targets
+
+
+def _check_channels(files, images, channels: int) -> None:
+    bad = [f"{f}: {im.shape[-1]} channels, the model takes {channels}" for f, im in zip(files, images, strict=True) if im.shape[-1] != channels]
+    if bad:
+        raise datasets.DatasetError(bad)

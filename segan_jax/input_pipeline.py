@@ -1,0 +1,180 @@
+"""Batches for training and evaluation.
+
+A few hundred labelled tiles fit in accelerator memory many times over, so the training split is
+padded to one shape, placed on the devices once, and every batch is cut from it inside the
+jitted step: random crops, flips, 90-degree rotations and colour jitter all run on the
+accelerator with `jax.random`, with static shapes, and the host does nothing per step. Masks are
+only ever indexed, flipped and rotated (nearest neighbour); pixels outside an image get the
+ignore label and count in no loss or metric.
+
+Evaluation runs on whole images, padded by reflection to a multiple of the output stride and
+cropped back (the padded pixels get the ignore label).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from segan_jax import datasets
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """A whole training split as device arrays, padded to one shape.
+
+    images: (N, H, W, C) raw pixel values (uint8 or uint16).
+    masks: (N, H, W) uint8 labels, `ignore_index` outside each image.
+    sizes: (N, 2) int32 true (height, width) of each image.
+    """
+
+    images: jax.Array
+    masks: jax.Array
+    sizes: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """Maps raw pixel values to standardised float inputs: ((x / scale) - mean) / std."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    is_rgb: bool
+
+    @classmethod
+    def from_info(cls, info: datasets.DatasetInfo) -> "Normalizer":
+        return cls(
+            float(info.scale),
+            tuple(map(float, info.channel_mean)),
+            tuple(map(float, info.channel_std)),
+            bool(info.is_rgb),
+        )
+
+    def __call__(self, unit: jax.Array) -> jax.Array:
+        """(..., C) values in scaled units -> standardised float32."""
+        return (unit - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+
+
+def stack_split(split: datasets.Split, min_size: int, ignore_index: int) -> TrainData:
+    """Pads every image of a split to one (H, W) at least `min_size` square, as numpy arrays."""
+    height = max(min_size, *(m.shape[0] for m in split.masks))
+    width = max(min_size, *(m.shape[1] for m in split.masks))
+    n, c = len(split.images), split.images[0].shape[-1]
+    images = np.zeros((n, height, width, c), split.images[0].dtype)
+    masks = np.full((n, height, width), ignore_index, np.uint8)
+    for i, (img, msk) in enumerate(zip(split.images, split.masks, strict=True)):
+        images[i, : img.shape[0], : img.shape[1]] = img
+        masks[i, : msk.shape[0], : msk.shape[1]] = msk
+    sizes = np.array([m.shape for m in split.masks], np.int32)
+    return TrainData(images, masks, sizes)
+
+
+def _crop(data: TrainData, key: jax.Array, crop: int) -> tuple[jax.Array, jax.Array]:
+    """One random crop of one random image: (crop, crop, C) raw image, (crop, crop) labels."""
+    k_index, k_y, k_x = jax.random.split(key, 3)
+    i = jax.random.randint(k_index, (), 0, data.images.shape[0])
+    h, w = data.sizes[i, 0], data.sizes[i, 1]
+    y = jax.random.randint(k_y, (), 0, jnp.maximum(h - crop, 0) + 1)
+    x = jax.random.randint(k_x, (), 0, jnp.maximum(w - crop, 0) + 1)
+    c = data.images.shape[-1]
+    image = jax.lax.dynamic_slice(data.images[i], (y, x, 0), (crop, crop, c))
+    mask = jax.lax.dynamic_slice(data.masks[i], (y, x), (crop, crop))
+    return image, mask
+
+
+def _flip_rotate(key: jax.Array, image: jax.Array, mask: jax.Array, aug: ml_collections.ConfigDict):
+    """Random horizontal flip and 90-degree rotation applied identically to image and mask."""
+    k_flip, k_rot = jax.random.split(key)
+    if aug.flips:
+        flip = jax.random.bernoulli(k_flip)
+        image = jnp.where(flip, image[:, ::-1], image)
+        mask = jnp.where(flip, mask[:, ::-1], mask)
+    if aug.rot90:
+        k = jax.random.randint(k_rot, (), 0, 4)
+        image = jax.lax.switch(k, [lambda a, r=r: jnp.rot90(a, r) for r in range(4)], image)
+        mask = jax.lax.switch(k, [lambda a, r=r: jnp.rot90(a, r) for r in range(4)], mask)
+    return image, mask
+
+
+def colour_jitter(key: jax.Array, unit: jax.Array, aug: ml_collections.ConfigDict, is_rgb: bool):
+    """Brightness (additive), contrast (about the image mean) and, for RGB, saturation jitter.
+
+    Args:
+      unit: (H, W, C) image in scaled units (about [0, 1]).
+    """
+    kb, kc, ks = jax.random.split(key, 3)
+    unit = unit + jax.random.uniform(kb, (), minval=-aug.brightness, maxval=aug.brightness)
+    mean = jnp.mean(unit, axis=(0, 1), keepdims=True)
+    contrast = jax.random.uniform(kc, (), minval=1 - aug.contrast, maxval=1 + aug.contrast)
+    unit = mean + contrast * (unit - mean)
+    if is_rgb and aug.saturation > 0:
+        grey = jnp.mean(unit, axis=-1, keepdims=True)
+        sat = jax.random.uniform(ks, (), minval=1 - aug.saturation, maxval=1 + aug.saturation)
+        unit = grey + sat * (unit - grey)
+    return unit
+
+
+def augment_example(
+    data: TrainData,
+    key: jax.Array,
+    crop: int,
+    aug: ml_collections.ConfigDict,
+    normalizer: Normalizer,
+    ignore_index: int,
+) -> tuple[jax.Array, jax.Array]:
+    """One training example: (crop, crop, C) float32 standardised image, (crop, crop) int32 labels."""
+    k_crop, k_geom, k_colour = jax.random.split(key, 3)
+    raw, mask = _crop(data, k_crop, crop)
+    raw, mask = _flip_rotate(k_geom, raw, mask, aug)
+    unit = raw.astype(jnp.float32) / normalizer.scale
+    unit = colour_jitter(k_colour, unit, aug, normalizer.is_rgb)
+    image = jnp.where((mask != ignore_index)[..., None], normalizer(unit), 0.0)
+    return image, mask.astype(jnp.int32)
+
+
+def sample_batch(
+    data: TrainData,
+    key: jax.Array,
+    example_ids: jax.Array,
+    crop: int,
+    aug: ml_collections.ConfigDict,
+    normalizer: Normalizer,
+    ignore_index: int,
+) -> tuple[jax.Array, jax.Array]:
+    """A batch of augmented crops; example i uses `fold_in(key, example_ids[i])`.
+
+    Keying each example by its index in the global batch makes the global batch the same
+    whether it is cut on one device or spread over several.
+
+    Args:
+      example_ids: (B,) int32 global indices of this device's examples.
+
+    Returns:
+      images (B, crop, crop, C) float32, labels (B, crop, crop) int32.
+    """
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
+    return jax.vmap(lambda k: augment_example(data, k, crop, aug, normalizer, ignore_index))(keys)
+
+
+def pad_for_eval(
+    image: np.ndarray, mask: np.ndarray | None, multiple: int, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reflect-pads an (H, W, C) image (and its (H, W) mask, with the ignore label) so H and W
+    are multiples of `multiple`."""
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    mode = "reflect" if ph < h and pw < w else "edge"
+    image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    if mask is not None:
+        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=ignore_index)
+    return image, mask
+
+
+def normalize_host(image: np.ndarray, normalizer: Normalizer) -> np.ndarray:
+    """(H, W, C) raw image -> standardised float32, on the host (whole-image evaluation)."""
+    unit = image.astype(np.float32) / normalizer.scale
+    return ((unit - np.asarray(normalizer.mean)) / np.asarray(normalizer.std)).astype(np.float32)

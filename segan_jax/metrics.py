@@ -1,0 +1,78 @@
+"""The paper's evaluation metrics from one accumulated confusion matrix.
+
+Per-class F1 and IoU; the overall figures are means over the foreground classes (background,
+class 0, excluded as in the paper). A class absent from both truth and prediction has no F1 or
+IoU (NaN), and averages skip it (nanmean).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def confusion_matrix(
+    labels: jax.Array, predictions: jax.Array, num_classes: int, ignore_index: int = 255
+) -> jax.Array:
+    """Counts of (truth, prediction) pairs.
+
+    Args:
+      labels: (...) integer truth; pixels equal to `ignore_index` are not counted.
+      predictions: (...) integer predictions, same shape.
+
+    Returns:
+      (K, K) int32, rows truth, columns prediction.
+    """
+    valid = (labels != ignore_index).ravel()
+    index = jnp.where(valid, labels.ravel() * num_classes + predictions.ravel(), 0)
+    counts = jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes**2)
+    return counts.reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def scores(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Per-class F1 and IoU and their foreground means.
+
+    Args:
+      confusion: (K, K) counts, rows truth, columns prediction, summed over a whole split.
+
+    Returns:
+      {"f1": (K,), "iou": (K,), "f1_foreground_mean": float, "iou_foreground_mean": float};
+      NaN where a class is absent from truth and prediction.
+    """
+    cm = np.asarray(confusion, np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    f1 = _safe_ratio(2 * tp, 2 * tp + fp + fn)
+    iou = _safe_ratio(tp, tp + fp + fn)
+    return {
+        "f1": f1,
+        "iou": iou,
+        "f1_foreground_mean": _nanmean(f1[1:]),
+        "iou_foreground_mean": _nanmean(iou[1:]),
+    }
+
+
+def _nanmean(x: np.ndarray) -> float:
+    return float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
+
+
+def format_table(classes: list[str] | tuple[str, ...], result: dict) -> str:
+    """The per-class table of the paper's Table I: Label | Type | F1 | IoU."""
+    lines = [f"{'Label':>5} | {'Type':<20} | {'F1':>6} | {'IoU':>6}", "-" * 46]
+    for k, name in enumerate(classes):
+        lines.append(f"{k:>5} | {name:<20} | {_fmt(result['f1'][k])} | {_fmt(result['iou'][k])}")
+    lines.append("-" * 46)
+    lines.append(
+        f"{'':>5} | {'foreground mean':<20} | {_fmt(result['f1_foreground_mean'])} | "
+        f"{_fmt(result['iou_foreground_mean'])}"
+    )
+    return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:6.3f}" if np.isfinite(x) else f"{'n/a':>6}"

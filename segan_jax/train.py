@@ -1,0 +1,421 @@
+"""Training: state, the adversarial train step, the device mapping and the loop.
+
+One train step is a per-device function of (state, data, key) returning (new state, metrics).
+It is mapped over all local devices with `jax.shard_map` inside `jit` (pmap semantics):
+gradients and BatchNorm statistics are averaged over the device axis. Segmentor and critic keep
+separate parameters and optax states. Within one step:
+
+1. the segmentor runs forward once (`jax.vjp`, BatchNorm in training mode);
+2. the critic ascends the multi-scale L1 loss between its features of the image masked by the
+   predicted class maps (under `stop_gradient`) and by the one-hot truth, then its weights are
+   clipped;
+3. the segmentor descends lambda_ce * CE + lambda_mae * l_mae with the updated critic's
+   parameters held fixed, through the same forward pass.
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from segan_jax import checkpoints, datasets, evaluate, input_pipeline, losses, models, optim
+from segan_jax import workdir as workdir_lib
+
+AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to resume: two parameter sets and two optax states."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    critic_params: Any
+    critic_opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """The static pieces of a train step, bound with functools.partial."""
+
+    model: models.DeepLabV3
+    critics: models.Critics | None
+    tx: optax.GradientTransformation
+    critic_tx: optax.GradientTransformation
+    normalizer: input_pipeline.Normalizer
+    config: ml_collections.ConfigDict
+    class_weights: tuple[float, ...]
+    per_device_batch: int
+
+
+def make_models(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None):
+    """The segmentor and (when critic.num > 0) the critics for this config."""
+    model = models.deeplab_from_config(config.model, num_classes, bn_axis_name=axis_name)
+    num = config.critic.num
+    if num not in (0, 1, num_classes):
+        raise ValueError(f"critic.num must be 0, 1 or the number of classes ({num_classes}): {num}")
+    critics = None
+    if num:
+        critics = models.Critics(
+            num=num, features=tuple(config.critic.features), dtype=model.dtype
+        )
+    return model, critics
+
+
+def create_train_state(ctx: StepContext, key: jax.Array, num_channels: int) -> TrainState:
+    """Initial state on the host. Images are (1, crop, crop, C)."""
+    crop = ctx.config.data.crop_size
+    k_model, k_critic = jax.random.split(key)
+    image = jnp.zeros((1, crop, crop, num_channels), jnp.float32)
+    variables = ctx.model.init({"params": k_model, "dropout": k_model}, image, train=False)
+    critic_params = {}
+    if ctx.critics is not None:
+        num_classes = ctx.model.num_classes
+        masked = models.masked_inputs(image, jnp.zeros(image.shape[:3] + (num_classes,)), ctx.critics.num)
+        critic_params = ctx.critics.init(k_critic, masked)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=ctx.tx.init(variables["params"]),
+        critic_params=critic_params,
+        critic_opt_state=ctx.critic_tx.init(critic_params),
+    )
+
+
+def _critic_features(ctx: StepContext, critic_params, image, class_maps):
+    masked = models.masked_inputs(image, class_maps, ctx.critics.num)
+    return ctx.critics.apply({"params": critic_params}, masked)
+
+
+def adversarial_l1(ctx: StepContext, critic_params, image, probs, onehot) -> jax.Array:
+    """l_mae between the critic's features of the image masked by `probs` and by `onehot`.
+
+    Both passes go through one call on the two batches stacked, so the critic sees them alike.
+    Shapes: image (B, H, W, C); probs, onehot (B, H, W, K).
+    """
+    b = image.shape[0]
+    both = _critic_features(
+        ctx, critic_params, jnp.concatenate([image, image]), jnp.concatenate([probs, onehot])
+    )
+    fake = [f[:, :b] for f in both]
+    real = [f[:, b:] for f in both]
+    return losses.multiscale_l1(fake, real, ctx.config.critic.layer_weighting)
+
+
+def clip_weights(params: Any, value: float) -> Any:
+    """Weight clipping of the critic (as SegAN), applied after every critic update."""
+    return jax.tree.map(lambda p: jnp.clip(p, -value, value), params)
+
+
+def critic_update(ctx: StepContext, state: TrainState, image, probs, onehot):
+    """One critic step: ascend l_mae; `probs` carry no gradient to the segmentor.
+
+    Returns (critic_params, critic_opt_state, l_mae before the update).
+    """
+    probs = jax.lax.stop_gradient(probs)
+    n = jax.lax.psum(1, AXIS)
+
+    def loss_fn(critic_params):
+        return -adversarial_l1(ctx, critic_params, image, probs, onehot) / n
+
+    neg_l1, grads = jax.value_and_grad(loss_fn)(state.critic_params)
+    grads = jax.lax.psum(grads, AXIS)
+    updates, opt_state = ctx.critic_tx.update(grads, state.critic_opt_state, state.critic_params)
+    params = optax.apply_updates(state.critic_params, updates)
+    if ctx.config.critic.constraint == "clip":
+        params = clip_weights(params, ctx.config.critic.clip_value)
+    return params, opt_state, -jax.lax.psum(neg_l1, AXIS)
+
+
+def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
+    """lambda_ce * CE + lambda_mae * l_mae as a function of the logits (critic fixed).
+
+    The CE is normalised by the class-weight sum over all devices, so summing the per-device
+    gradients gives the gradient of the global loss. Returns (local loss, metrics).
+    """
+    cfg = ctx.config
+    n = jax.lax.psum(1, AXIS)
+    ce_sum, w_sum = losses.weighted_cross_entropy(
+        logits, labels, jnp.asarray(ctx.class_weights), cfg.data.ignore_index
+    )
+    ce = ce_sum / jnp.maximum(jax.lax.psum(w_sum, AXIS), 1e-12)
+    loss = cfg.loss.lambda_ce * ce
+    metrics = {"ce": ce}
+    if ctx.critics is not None:
+        num_classes = logits.shape[-1]
+        valid = (labels != cfg.data.ignore_index)[..., None]
+        onehot = jax.nn.one_hot(labels, num_classes) * valid
+        probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
+        l_mae = adversarial_l1(ctx, critic_params, image, probs, onehot) / n
+        loss = loss + cfg.loss.lambda_mae * l_mae
+        metrics["l_mae"] = l_mae
+    return loss, metrics
+
+
+def train_step(
+    ctx: StepContext, state: TrainState, data: input_pipeline.TrainData, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One adversarial update, per device (call inside shard_map over axis `AXIS`)."""
+    cfg = ctx.config
+    data_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
+    device = jax.lax.axis_index(AXIS)
+    ids = device * ctx.per_device_batch + jnp.arange(ctx.per_device_batch)
+    image, labels = input_pipeline.sample_batch(
+        data, data_key, ids, cfg.data.crop_size, cfg.augment, ctx.normalizer, cfg.data.ignore_index
+    )
+    dropout_key = jax.random.fold_in(dropout_key, device)
+
+    def forward(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updated = ctx.model.apply(
+            variables, image, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+        )
+        return logits, updated["batch_stats"]
+
+    logits, pullback, batch_stats = jax.vjp(forward, state.params, has_aux=True)
+    if ctx.critics is not None:
+        state = _critic_steps(ctx, state, image, logits, labels)
+    grad_fn = jax.value_and_grad(functools.partial(segmentor_loss, ctx), argnums=1, has_aux=True)
+    (loss, metrics), g_logits = grad_fn(state.critic_params, logits, image, labels)
+    (grads,) = pullback(g_logits)
+    grads = jax.lax.psum(grads, AXIS)
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    metrics = {k: jax.lax.psum(v, AXIS) for k, v in metrics.items()}
+    metrics["loss"] = jax.lax.psum(loss, AXIS)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return state, metrics
+
+
+def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels) -> TrainState:
+    valid = (labels != ctx.config.data.ignore_index)[..., None]
+    onehot = jax.nn.one_hot(labels, logits.shape[-1]) * valid
+    probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
+    for _ in range(ctx.config.critic.steps_per_update):
+        params, opt_state, _ = critic_update(ctx, state, image, probs, onehot)
+        state = state.replace(critic_params=params, critic_opt_state=opt_state)
+    return state
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis mesh over `devices` (default: all local devices)."""
+    devices = jax.local_devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map  # jax < 0.7
+
+    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def compile_train_step(ctx: StepContext, mesh: Mesh):
+    """The data-parallel step: jit(shard_map(train_step)) with the state donated.
+
+    State, data and key are replicated over the mesh; each device cuts its own share of the
+    global batch. Returns a function (state, data, key) -> (state, metrics).
+    """
+    mapped = _shard_map(
+        functools.partial(train_step, ctx), mesh, in_specs=(P(), P(), P()), out_specs=(P(), P())
+    )
+    return jax.jit(mapped, donate_argnums=(0,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a host tree on every device of `mesh` (replicated)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    t = config.train
+    if t.batch_size % num_devices:
+        raise ValueError(f"train.batch_size={t.batch_size} must divide over {num_devices} devices")
+    for name in ("checkpoint_every", "eval_every"):
+        if t[name] % t.log_every:
+            raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
+
+
+def eval_split_name(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> str:
+    """config.eval.split, or "val" when the dataset has one, else "test"."""
+    name = config.eval.split or ("val" if "val" in splits else "test")
+    if name not in splits:
+        raise ValueError(f"eval.split={name!r} is not one of the dataset's splits {splits}")
+    return name
+
+
+def step_context(config, info, num_devices: int, axis_name: str | None = AXIS) -> StepContext:
+    """The static pieces of the train step for this config and dataset."""
+    model, critics = make_models(config, len(info.classes), axis_name)
+    weights = losses.class_weights(info.train_pixel_counts, config.loss.class_weights)
+    return StepContext(
+        model=model,
+        critics=critics,
+        tx=optim.segmentor_optimizer(config.optimizer, config.train.num_steps),
+        critic_tx=optim.critic_optimizer(config.critic, config.train.num_steps),
+        normalizer=input_pipeline.Normalizer.from_info(info),
+        config=config,
+        class_weights=tuple(float(w) for w in weights),
+        per_device_batch=config.train.batch_size // num_devices,
+    )
+
+
+def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, managers) -> TrainState:
+    """The latest checkpoint of the workdir, else a fresh state (from model.init_checkpoint)."""
+    key = jax.random.key(config.seed)
+    init = jax.jit(lambda k: create_train_state(ctx, k, num_channels))
+    sharding = NamedSharding(mesh, P())
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init, key)
+    )
+    latest = managers[0]
+    if latest.latest_step() is not None:
+        print(f"Resuming from step {latest.latest_step()} in {latest.directory}", flush=True)
+        return checkpoints.restore(latest, abstract)
+    state = init(key)
+    if config.model.init_checkpoint:
+        state = load_init_checkpoint(state, config.model.init_checkpoint)
+    return replicate(state, mesh)
+
+
+def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
+    """Copies segmentor parameters and BatchNorm statistics of matching shape from `path`."""
+    raw = checkpoints.restore_raw(path)
+    loaded, skipped = {}, []
+    for name in ("params", "batch_stats"):
+        if name not in raw:
+            raise ValueError(f"{path}: checkpoint has no '{name}' (not a segan_jax checkpoint?)")
+        flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")
+        src = flax.traverse_util.flatten_dict(raw[name], sep="/")
+        for k, v in flat.items():
+            if k in src and np.shape(src[k]) == v.shape:
+                flat[k] = jnp.asarray(src[k], v.dtype)
+            else:
+                skipped.append(f"{name}/{k}")
+        loaded[name] = flax.traverse_util.unflatten_dict(flat, sep="/")
+    if skipped:
+        print(f"init_checkpoint {path}: kept fresh values for {len(skipped)} tensors: {skipped[:5]}")
+    return state.replace(**loaded)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, max_steps_this_run: int | None = None
+) -> dict | None:
+    """Trains (resuming from the workdir's latest checkpoint) and evaluates periodically.
+
+    Args:
+      max_steps_this_run: stop after this many steps (with a checkpoint), e.g. for time-sliced
+        cluster jobs; rerunning continues.
+
+    Returns:
+      The last evaluation record, or None when no evaluation ran.
+    """
+    workdir = pathlib.Path(workdir)
+    info = datasets.load_info(config.data)  # validates and builds before the workdir is touched
+    splits = {s: datasets.load_split(config.data, s) for s in ("train", eval_split_name(config, info.splits))}
+    mesh = make_mesh()
+    _check_config(config, mesh.size)
+    workdir_lib.prepare(workdir, config)
+    workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
+    ctx = step_context(config, info, mesh.size)
+    managers = (checkpoints.latest_manager(workdir, config.train.keep), checkpoints.best_manager(workdir))
+    try:
+        state = initial_state(ctx, config, info.num_channels, mesh, managers)
+        return _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run)
+    finally:
+        for m in managers:
+            m.wait_until_finished()
+            m.close()
+
+
+def _frequencies(info) -> dict:
+    counts = np.asarray(info.train_pixel_counts, np.int64)
+    return {
+        "classes": list(info.classes),
+        "pixel_counts": counts.tolist(),
+        "frequencies": (counts / counts.sum()).tolist(),
+    }
+
+
+def _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run):
+    cfg = ctx.config.train
+    start = int(jax.device_get(state.step))
+    end = cfg.num_steps if max_steps_this_run is None else min(cfg.num_steps, start + max_steps_this_run)
+    data = replicate(input_pipeline.stack_split(splits["train"], ctx.config.data.crop_size, ctx.config.data.ignore_index), mesh)
+    key = replicate(jax.random.key(ctx.config.seed + 1), mesh)
+    step_fn = compile_train_step(ctx, mesh)
+    progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
+    for step in range(start, end):
+        state, step_metrics = step_fn(state, data, key)
+        acc = step_metrics if acc is None else jax.tree.map(jnp.add, acc, step_metrics)
+        done = step + 1
+        if done % cfg.log_every and done != end:
+            continue
+        means = {k: float(v) / (done - since) for k, v in jax.device_get(acc).items()}
+        if not all(np.isfinite(v) for v in means.values()):
+            raise NonFiniteLossError(_nan_message(since, done, managers[0], workdir))
+        rate = progress.print(done, means)
+        workdir_lib.append_jsonl(workdir / "metrics.jsonl", {"kind": "train", "step": done, "steps_per_s": rate, **means})
+        acc, since = None, done
+        if done % cfg.checkpoint_every == 0 or done == end:
+            checkpoints.save(managers[0], done, state)
+        if done % cfg.eval_every == 0 or done == cfg.num_steps:
+            record = _evaluate(ctx, state, splits, info, done, workdir)
+            checkpoints.save(managers[1], done, state, {"f1_foreground_mean": _nan_if_none(record["f1_foreground_mean"])})
+    return record
+
+
+def _nan_message(since: int, done: int, manager, workdir) -> str:
+    last = manager.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept in {workdir}" if last else "no checkpoint was saved"
+    return (
+        f"loss became NaN or inf between steps {since + 1} and {done}; stopping. {kept}. "
+        "Try a lower optimizer.learning_rate or model.dtype='float32'."
+    )
+
+
+def _evaluate(ctx, state, splits, info, step, workdir) -> dict:
+    name = [s for s in splits if s != "train"][0]
+    device = jax.local_devices()[0]
+    variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, device)
+    model = ctx.model.clone(bn_axis_name=None)
+    confusion = evaluate.split_confusion(model, variables, splits[name], ctx.normalizer, ctx.config.data.ignore_index)
+    record = evaluate.result_record(step, name, info.classes, confusion)
+    evaluate.write_record(workdir, record)
+    line = {k: record[k] for k in ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")}
+    workdir_lib.append_jsonl(workdir / "metrics.jsonl", {"kind": "eval", **line})
+    print(f"eval {name} step {step}: F1 fg mean {_fmt(record['f1_foreground_mean'])} | IoU fg mean {_fmt(record['iou_foreground_mean'])}", flush=True)
+    return record
+
+
+def _nan_if_none(x) -> float:
+    return float("nan") if x is None else x
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

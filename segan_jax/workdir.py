@@ -1,0 +1,114 @@
+"""The workdir is the run: resolved config, metrics.jsonl, checkpoints, evaluation records."""
+
+import json
+import math
+import pathlib
+import sys
+import time
+
+import ml_collections
+
+# Keys that may change between runs in one workdir (they do not change what is trained).
+MUTABLE_PREFIXES = ("eval.", "predict.", "train.log_every", "train.eval_every", "train.num_steps")
+
+
+class ConfigMismatchError(ValueError):
+    """A rerun in an existing workdir asked for a different run."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys (dotted) whose values differ, ignoring `MUTABLE_PREFIXES`."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [
+        f"{k}: {a.get(k)!r} in the workdir, {b.get(k)!r} now"
+        for k in keys
+        if a.get(k) != b.get(k) and not k.startswith(MUTABLE_PREFIXES)
+    ]
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON types (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Creates the workdir and saves the resolved config, or checks a rerun asks for the same run.
+
+    Raises:
+      ConfigMismatchError: naming every differing key, so no earlier result is overwritten.
+    """
+    path = workdir / "config.json"
+    current = config_dict(config)
+    if path.exists():
+        diffs = config_differences(json.loads(path.read_text()), current)
+        if diffs:
+            raise ConfigMismatchError(
+                f"{path}: this workdir holds a different run; use a new --workdir "
+                "(or --overwrite to discard it). Differences:\n  " + "\n  ".join(diffs)
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(path, current)
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def append_jsonl(path: pathlib.Path, record: dict) -> None:
+    """Appends one JSON line (NaN written as null)."""
+    clean = {k: _null_nan(v) for k, v in record.items()}
+    with path.open("a") as f:
+        f.write(json.dumps(clean) + "\n")
+
+
+def _null_nan(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_null_nan(x) for x in v]
+    return v
+
+
+class Progress:
+    """Terminal progress: step, loss, steps/s and ETA."""
+
+    def __init__(self, start_step: int, num_steps: int):
+        self.num_steps = num_steps
+        self.last_step, self.last_time = start_step, time.perf_counter()
+
+    def line(self, step: int, means: dict[str, float]) -> str:
+        now = time.perf_counter()
+        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_step, self.last_time = step, now
+        eta = (self.num_steps - step) / max(rate, 1e-9)
+        parts = [f"step {step}/{self.num_steps}"]
+        parts += [f"{k} {v:.4f}" for k, v in means.items()]
+        parts += [f"{rate:.2f} steps/s", f"ETA {_duration(eta)}"]
+        return " | ".join(parts)
+
+    def print(self, step: int, means: dict[str, float]) -> float:
+        """Prints the progress line and returns steps/s since the last call."""
+        before_step, before = self.last_step, self.last_time
+        print(self.line(step, means), file=sys.stdout, flush=True)
+        return (step - before_step) / max(self.last_time - before, 1e-9)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,65 @@
+"""Metrics: parity with scikit-learn, a hand-computed absent-class case, the table."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, jaccard_score
+
+from segan_jax import metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parity_with_sklearn_on_random_label_maps(seed):
+    rng = np.random.default_rng(seed)
+    k = 5
+    truth = rng.integers(0, k, size=(3, 17, 23))
+    pred = np.where(rng.random(truth.shape) < 0.6, truth, rng.integers(0, k, size=truth.shape))
+    cm = metrics.confusion_matrix(jnp.asarray(truth), jnp.asarray(pred), k)
+    result = metrics.scores(np.asarray(cm))
+    labels = list(range(k))
+    np.testing.assert_allclose(
+        result["f1"], f1_score(truth.ravel(), pred.ravel(), labels=labels, average=None)
+    )
+    np.testing.assert_allclose(
+        result["iou"], jaccard_score(truth.ravel(), pred.ravel(), labels=labels, average=None)
+    )
+    np.testing.assert_allclose(
+        result["f1_foreground_mean"],
+        f1_score(truth.ravel(), pred.ravel(), labels=labels[1:], average="macro"),
+    )
+
+
+def test_confusion_ignores_the_ignore_label_and_accumulates():
+    truth = jnp.array([[0, 1, 255], [2, 2, 1]])
+    pred = jnp.array([[0, 2, 1], [2, 1, 1]])
+    cm = np.asarray(metrics.confusion_matrix(truth, pred, 3))
+    expected = np.array([[1, 0, 0], [0, 1, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.sum() == 5
+
+
+def test_hand_computed_absent_class_is_nan_and_skipped_by_the_means():
+    # Class 2 appears in neither truth nor prediction; class 3 only in a wrong prediction.
+    cm = np.array(
+        [
+            [8, 1, 0, 1],
+            [2, 4, 0, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+        ]
+    )
+    result = metrics.scores(cm)
+    # background: tp 8, fp 2, fn 2 -> F1 16/20, IoU 8/12; class 1: tp 4, fp 1, fn 2 -> 8/11, 4/7
+    np.testing.assert_allclose(result["f1"][:2], [16 / 20, 8 / 11])
+    np.testing.assert_allclose(result["iou"][:2], [8 / 12, 4 / 7])
+    assert np.isnan(result["f1"][2]) and np.isnan(result["iou"][2])
+    assert result["f1"][3] == 0.0 and result["iou"][3] == 0.0  # predicted, never true: 0, not NaN
+    np.testing.assert_allclose(result["f1_foreground_mean"], (8 / 11 + 0.0) / 2)
+    np.testing.assert_allclose(result["iou_foreground_mean"], (4 / 7 + 0.0) / 2)
+
+
+def test_all_foreground_absent_gives_nan_mean_and_table_says_n_a():
+    result = metrics.scores(np.array([[5, 0], [0, 0]]))
+    assert np.isnan(result["f1_foreground_mean"])
+    table = metrics.format_table(("background", "nucleus"), result)
+    assert "n/a" in table and "background" in table and "1.000" in table
