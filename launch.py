@@ -15,8 +15,6 @@ flags.DEFINE_string("workdir", None, "Directory of the run (config, metrics, che
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
 flags.DEFINE_bool("overwrite", False, "Discard an existing run in --workdir before training.")
 flags.mark_flags_as_required(["config", "workdir"])
-# Errors a user can fix from the message alone.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 
 
 def _discard_run(workdir: pathlib.Path) -> None:
@@ -30,9 +28,19 @@ def _discard_run(workdir: pathlib.Path) -> None:
 
 def main(argv):
     del argv
+    from segan_jax import datasets, train, workdir
+
+    # Errors a user can fix from the message alone (it names the file or key): no traceback.
+    user_errors = (
+        datasets.DatasetError,
+        workdir.ConfigMismatchError,
+        train.NonFiniteLossError,
+        FileNotFoundError,
+        FileExistsError,
+    )
     try:
         _run()
-    except USER_ERRORS as err:  # bad input or workdir: the message names the file; no traceback
+    except user_errors as err:
         raise SystemExit(f"error: {err}") from None
 
 

@@ -72,4 +72,6 @@ def restore_raw(path: str | pathlib.Path) -> dict:
     if (path / "default").is_dir() or (path / "_CHECKPOINT_METADATA").exists():
         item = path / "default" if (path / "default").is_dir() else path
         return ocp.StandardCheckpointer().restore(item)
-    raise FileNotFoundError(f"{path}: no orbax checkpoint found (expected a workdir or step folder)")
+    raise FileNotFoundError(
+        f"{path}: no orbax checkpoint found (expected a workdir or step folder)"
+    )

@@ -127,6 +127,7 @@ def write_record(workdir: pathlib.Path, record: dict) -> pathlib.Path:
 
 def table_from_record(record: dict) -> str:
     """The per-class table (Label | Type | F1 | IoU) of an evaluation record."""
+
     def nan(v):
         return float("nan") if v is None else v
 

@@ -5,7 +5,7 @@ import pathlib
 import jax
 import ml_collections
 
-from segan_jax import checkpoints, datasets, evaluate, input_pipeline, train
+from segan_jax import checkpoints, datasets, evaluate, train
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -79,6 +79,10 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
 
 
 def _check_channels(files, images, channels: int) -> None:
-    bad = [f"{f}: {im.shape[-1]} channels, the model takes {channels}" for f, im in zip(files, images, strict=True) if im.shape[-1] != channels]
+    bad = [
+        f"{f}: {im.shape[-1]} channels, the model takes {channels}"
+        for f, im in zip(files, images, strict=True)
+        if im.shape[-1] != channels
+    ]
     if bad:
         raise datasets.DatasetError(bad)

@@ -126,7 +126,7 @@ def augment_example(
     normalizer: Normalizer,
     ignore_index: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """One training example: (crop, crop, C) float32 standardised image, (crop, crop) int32 labels."""
+    """One example: (crop, crop, C) float32 standardised image, (crop, crop) int32 labels."""
     k_crop, k_geom, k_colour = jax.random.split(key, 3)
     raw, mask = _crop(data, k_crop, crop)
     raw, mask = _flip_rotate(k_geom, raw, mask, aug)

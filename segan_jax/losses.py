@@ -106,7 +106,10 @@ def multiscale_l1(
     """
     if weighting not in LAYER_WEIGHTINGS:
         raise ValueError(f"critic.layer_weighting must be one of {LAYER_WEIGHTINGS}: {weighting!r}")
-    diffs = [jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)) for a, b in zip(features_a, features_b, strict=True)]
+    diffs = [
+        jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))
+        for a, b in zip(features_a, features_b, strict=True)
+    ]
     if weighting == "mean":
         return sum(jnp.mean(d) for d in diffs) / len(diffs)
     scales = segan_layer_scales(len(diffs))

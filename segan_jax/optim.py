@@ -22,7 +22,9 @@ def schedule(learning_rate: float, kind: str, num_steps: int, warmup_steps: int 
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
-def segmentor_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def segmentor_optimizer(
+    opt: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
     """The segmentor's optimiser (config.optimizer)."""
     lr = schedule(opt.learning_rate, opt.schedule, num_steps, opt.warmup_steps)
     if opt.name == "adamw":
@@ -36,7 +38,9 @@ def segmentor_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> optax
     raise ValueError(f"optimizer.name must be adamw, adam or sgd, got {opt.name!r}")
 
 
-def critic_optimizer(critic: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def critic_optimizer(
+    critic: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
     """The critic's optimiser: Adam as SegAN (config.critic), decayed by an optax schedule.
 
     SegAN decayed its learning rate by re-creating Adam, which reset the moments; a schedule

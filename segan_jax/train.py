@@ -67,9 +67,7 @@ def make_models(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
         raise ValueError(f"critic.num must be 0, 1 or the number of classes ({num_classes}): {num}")
     critics = None
     if num:
-        critics = models.Critics(
-            num=num, features=tuple(config.critic.features), dtype=model.dtype
-        )
+        critics = models.Critics(num=num, features=tuple(config.critic.features), dtype=model.dtype)
     return model, critics
 
 
@@ -82,7 +80,9 @@ def create_train_state(ctx: StepContext, key: jax.Array, num_channels: int) -> T
     critic_params = {}
     if ctx.critics is not None:
         num_classes = ctx.model.num_classes
-        masked = models.masked_inputs(image, jnp.zeros(image.shape[:3] + (num_classes,)), ctx.critics.num)
+        masked = models.masked_inputs(
+            image, jnp.zeros(image.shape[:3] + (num_classes,)), ctx.critics.num
+        )
         critic_params = ctx.critics.init(k_critic, masked)["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -200,7 +200,7 @@ def train_step(
     )
     metrics = {k: jax.lax.psum(v, AXIS) for k, v in metrics.items()}
     metrics["loss"] = jax.lax.psum(loss, AXIS)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return state, metrics
 
 
@@ -291,7 +291,8 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
     init = jax.jit(lambda k: create_train_state(ctx, k, num_channels))
     sharding = NamedSharding(mesh, P())
     abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init, key)
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        jax.eval_shape(init, key),
     )
     latest = managers[0]
     if latest.latest_step() is not None:
@@ -319,7 +320,9 @@ def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
                 skipped.append(f"{name}/{k}")
         loaded[name] = flax.traverse_util.unflatten_dict(flat, sep="/")
     if skipped:
-        print(f"init_checkpoint {path}: kept fresh values for {len(skipped)} tensors: {skipped[:5]}")
+        print(
+            f"init_checkpoint {path}: kept fresh values for {len(skipped)} tensors: {skipped[:5]}"
+        )
     return state.replace(**loaded)
 
 
@@ -337,13 +340,19 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     info = datasets.load_info(config.data)  # validates and builds before the workdir is touched
-    splits = {s: datasets.load_split(config.data, s) for s in ("train", eval_split_name(config, info.splits))}
+    splits = {
+        s: datasets.load_split(config.data, s)
+        for s in ("train", eval_split_name(config, info.splits))
+    }
     mesh = make_mesh()
     _check_config(config, mesh.size)
     workdir_lib.prepare(workdir, config)
     workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
     ctx = step_context(config, info, mesh.size)
-    managers = (checkpoints.latest_manager(workdir, config.train.keep), checkpoints.best_manager(workdir))
+    managers = (
+        checkpoints.latest_manager(workdir, config.train.keep),
+        checkpoints.best_manager(workdir),
+    )
     try:
         state = initial_state(ctx, config, info.num_channels, mesh, managers)
         return _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run)
@@ -365,8 +374,17 @@ def _frequencies(info) -> dict:
 def _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run):
     cfg = ctx.config.train
     start = int(jax.device_get(state.step))
-    end = cfg.num_steps if max_steps_this_run is None else min(cfg.num_steps, start + max_steps_this_run)
-    data = replicate(input_pipeline.stack_split(splits["train"], ctx.config.data.crop_size, ctx.config.data.ignore_index), mesh)
+    end = (
+        cfg.num_steps
+        if max_steps_this_run is None
+        else min(cfg.num_steps, start + max_steps_this_run)
+    )
+    data = replicate(
+        input_pipeline.stack_split(
+            splits["train"], ctx.config.data.crop_size, ctx.config.data.ignore_index
+        ),
+        mesh,
+    )
     key = replicate(jax.random.key(ctx.config.seed + 1), mesh)
     step_fn = compile_train_step(ctx, mesh)
     progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
@@ -380,19 +398,30 @@ def _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run)
         if not all(np.isfinite(v) for v in means.values()):
             raise NonFiniteLossError(_nan_message(since, done, managers[0], workdir))
         rate = progress.print(done, means)
-        workdir_lib.append_jsonl(workdir / "metrics.jsonl", {"kind": "train", "step": done, "steps_per_s": rate, **means})
+        workdir_lib.append_jsonl(
+            workdir / "metrics.jsonl", {"kind": "train", "step": done, "steps_per_s": rate, **means}
+        )
         acc, since = None, done
         if done % cfg.checkpoint_every == 0 or done == end:
             checkpoints.save(managers[0], done, state)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             record = _evaluate(ctx, state, splits, info, done, workdir)
-            checkpoints.save(managers[1], done, state, {"f1_foreground_mean": _nan_if_none(record["f1_foreground_mean"])})
+            checkpoints.save(
+                managers[1],
+                done,
+                state,
+                {"f1_foreground_mean": _nan_if_none(record["f1_foreground_mean"])},
+            )
     return record
 
 
 def _nan_message(since: int, done: int, manager, workdir) -> str:
     last = manager.latest_step()
-    kept = f"the last good checkpoint (step {last}) is kept in {workdir}" if last else "no checkpoint was saved"
+    kept = (
+        f"the last good checkpoint (step {last}) is kept in {workdir}"
+        if last
+        else "no checkpoint was saved"
+    )
     return (
         f"loss became NaN or inf between steps {since + 1} and {done}; stopping. {kept}. "
         "Try a lower optimizer.learning_rate or model.dtype='float32'."
@@ -404,12 +433,21 @@ def _evaluate(ctx, state, splits, info, step, workdir) -> dict:
     device = jax.local_devices()[0]
     variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, device)
     model = ctx.model.clone(bn_axis_name=None)
-    confusion = evaluate.split_confusion(model, variables, splits[name], ctx.normalizer, ctx.config.data.ignore_index)
+    confusion = evaluate.split_confusion(
+        model, variables, splits[name], ctx.normalizer, ctx.config.data.ignore_index
+    )
     record = evaluate.result_record(step, name, info.classes, confusion)
     evaluate.write_record(workdir, record)
-    line = {k: record[k] for k in ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")}
+    line = {
+        k: record[k]
+        for k in ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
+    }
     workdir_lib.append_jsonl(workdir / "metrics.jsonl", {"kind": "eval", **line})
-    print(f"eval {name} step {step}: F1 fg mean {_fmt(record['f1_foreground_mean'])} | IoU fg mean {_fmt(record['iou_foreground_mean'])}", flush=True)
+    print(
+        f"eval {name} step {step}: F1 fg mean {_fmt(record['f1_foreground_mean'])}"
+        f" | IoU fg mean {_fmt(record['iou_foreground_mean'])}",
+        flush=True,
+    )
     return record
 
 

@@ -1,0 +1,466 @@
+"""Models: DeepLabV3 (ResNet backbone + ASPP head) and the SegAN multi-scale critic.
+
+DeepLabV3 follows Chen et al. 2017 (arXiv 1706.05587) and mirrors the structure of torchvision's
+``models/segmentation/deeplabv3.py`` (``ASPPConv``, ``ASPPPooling``, ``ASPP``, ``DeepLabHead``)
+and ``models/resnet.py`` (``BasicBlock``, ``Bottleneck``, ``replace_stride_with_dilation``).
+The critic follows SegAN (Xue et al. 2017, arXiv 1706.01805).
+
+All arrays are channels-last: images ``(B, H, W, C)``, logits ``(B, H, W, K)``.
+Modules take ``dtype`` (compute dtype, e.g. ``jnp.bfloat16``) and ``param_dtype`` (storage dtype
+of the parameters, float32); normalisation statistics are always computed in float32 and the
+model outputs (logits, critic features) are returned in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+Dtype = Any
+
+# Stage sizes (blocks per stage) of torchvision's ResNets.
+STAGE_SIZES: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+}
+# torchvision's `replace_stride_with_dilation` for stages 2, 3 and 4.
+REPLACE_STRIDE_WITH_DILATION: dict[int, tuple[bool, bool, bool]] = {
+    16: (False, False, True),
+    8: (False, True, True),
+}
+# ASPP atrous rates of the paper for each output stride.
+ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
+DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+BN_MOMENTUM = 0.9  # Flax convention; equals PyTorch's momentum=0.1.
+BN_EPSILON = 1e-5
+# Kaiming normal, fan_out, ReLU gain: torchvision's ResNet/DeepLab convolution init.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def num_groups_for(channels: int, max_groups: int = 32) -> int:
+    """Number of GroupNorm groups for ``channels``: the largest divisor <= ``max_groups``.
+
+    Groups of a single channel are avoided when possible (largest divisor <= channels // 2): a
+    one-channel group on a 1x1 map normalises a single value to 0. For the usual widths (>= 64
+    channels) this is exactly ``min(32, channels)``.
+    """
+    limit = min(max_groups, channels // 2) if channels >= 2 else 1
+    return max(g for g in range(1, limit + 1) if channels % g == 0)
+
+
+def torch_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Symmetric PyTorch-style padding ``dilation * (k - 1) // 2`` on both spatial axes."""
+    pad = dilation * (kernel_size - 1) // 2
+    return ((pad, pad), (pad, pad))
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) + BatchNorm (+ ReLU): torchvision's ``Conv2d, BatchNorm2d, ReLU`` sequence.
+
+    Every instance owns its BatchNorm; ``bn_axis_name`` averages batch statistics over a mapped
+    device axis (shard_map/pmap). ``(B, H, W, C) -> (B, ceil(H/s), ceil(W/s), features)``.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    relu: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        k, s, d = self.kernel_size, self.strides, self.dilation
+        x = nn.Conv(
+            self.features,
+            (k, k),
+            strides=(s, s),
+            padding=torch_padding(k, d),
+            kernel_dilation=(d, d),
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            axis_name=self.bn_axis_name,
+        )(x)
+        return nn.relu(x) if self.relu else x
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block: two 3x3 ConvBN, identity or 1x1 projection shortcut.
+
+    torchvision refuses dilation > 1 here; this block applies ``dilation`` to both 3x3 convs so
+    that ResNet-18/34 can be used at output stride 8/16.
+    ``(B, H, W, C) -> (B, ceil(H/strides), ceil(W/strides), planes)``.
+    """
+
+    planes: int
+    strides: int = 1
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(ConvBN, **_shared(self))
+        y = conv(self.planes, 3, self.strides, self.dilation)(x, train)
+        y = conv(self.planes, 3, 1, self.dilation, relu=False)(y, train)
+        if self.strides != 1 or x.shape[-1] != self.planes:
+            x = conv(self.planes, 1, self.strides, relu=False, name="downsample")(x, train)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50/101 (v1.5) block: 1x1, 3x3 (stride, dilation), 1x1 (x4) ConvBN + shortcut.
+
+    ``(B, H, W, C) -> (B, ceil(H/strides), ceil(W/strides), 4 * planes)``.
+    """
+
+    planes: int
+    strides: int = 1
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(ConvBN, **_shared(self))
+        out = self.planes * self.expansion
+        y = conv(self.planes, 1)(x, train)
+        y = conv(self.planes, 3, self.strides, self.dilation)(y, train)
+        y = conv(out, 1, relu=False)(y, train)
+        if self.strides != 1 or x.shape[-1] != out:
+            x = conv(out, 1, self.strides, relu=False, name="downsample")(x, train)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet backbone (no pooling/fc) with atrous last stages.
+
+    ``output_stride`` 16 dilates stage 4 (dilation 2), 8 dilates stages 3 and 4 (dilations 2, 4);
+    the first block of a dilated stage uses the previous dilation, later blocks the new one.
+    ``(B, H, W, C) -> (B, ceil(H/OS), ceil(W/OS), 8 * width * expansion)``.
+    """
+
+    depth: int = 50
+    width: int = 64
+    output_stride: int = 16
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        _check_choice("depth", self.depth, STAGE_SIZES)
+        _check_choice("output_stride", self.output_stride, REPLACE_STRIDE_WITH_DILATION)
+        common = _shared(self)
+        block = BasicBlock if self.depth < 50 else Bottleneck
+        x = ConvBN(self.width, 7, strides=2, name="stem", **common)(x, train)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        dilate = (False, *REPLACE_STRIDE_WITH_DILATION[self.output_stride])
+        dilation = 1
+        for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+            strides, previous = (1 if i == 0 else 2), dilation
+            if dilate[i]:
+                dilation, strides = dilation * strides, 1
+            for j in range(num_blocks):
+                x = block(
+                    self.width * 2**i,
+                    strides=strides if j == 0 else 1,
+                    dilation=previous if j == 0 else dilation,
+                    name=f"layer{i + 1}_{j}",
+                    **common,
+                )(x, train)
+        return x
+
+
+class ASPPConv(nn.Module):
+    """ASPP atrous branch: 3x3 conv (dilation = padding = rate) + BN + ReLU. Keeps (B, h, w)."""
+
+    features: int
+    rate: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return ConvBN(self.features, 3, dilation=self.rate, **_shared(self))(x, train)
+
+
+class ASPPPooling(nn.Module):
+    """ASPP image-pooling branch: global mean -> 1x1 conv -> GroupNorm -> ReLU -> upsample.
+
+    Normalisation choice: GroupNorm (float32 statistics) instead of torchvision's BatchNorm.
+    After global pooling the branch sees only ``B x 1 x 1`` values per device, so BatchNorm
+    statistics come from ``B`` numbers: with a per-device batch of 1 (and no device axis) the
+    variance is 0, the branch collapses to the BN bias, its conv gets zero gradient and the
+    running statistics it accumulates do not match what it saw in training (torchvision raises
+    for batch 1 here). GroupNorm normalises each sample over channel groups, so it is identical
+    in train and eval, independent of the batch size and of the device layout, and keeps the
+    branch informative with batch 1. The cost is a deviation from the paper/torchvision and
+    normalisation over the channels of a group (8 per group for 256 features) rather than over
+    the batch. ``train`` is accepted for a uniform interface.
+    ``(B, h, w, C) -> (B, h, w, features)``, spatially constant.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        y = jnp.mean(x, axis=(1, 2), keepdims=True)
+        y = nn.Conv(
+            self.features,
+            (1, 1),
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(y)
+        y = nn.GroupNorm(
+            num_groups=num_groups_for(self.features),
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(y)
+        # Bilinear upsampling of a 1x1 map is a broadcast.
+        return jnp.broadcast_to(nn.relu(y), (*x.shape[:3], self.features))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 and image-pooling branches,
+    concatenated and projected by 1x1 ConvBN + ReLU + dropout. ``(B, h, w, C) -> (B, h, w, F)``.
+
+    ``dropout_rate`` needs a ``'dropout'`` rng when ``train`` and > 0 (torchvision uses 0.5).
+    """
+
+    features: int = 256
+    rates: Sequence[int] = (6, 12, 18)
+    dropout_rate: float = 0.1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        common = _shared(self)
+        branches = [ConvBN(self.features, 1, name="conv1x1", **common)(x, train)]
+        for i, rate in enumerate(self.rates):
+            branches.append(ASPPConv(self.features, rate, name=f"atrous{i}", **common)(x, train))
+        pooling = ASPPPooling(
+            self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="pooling"
+        )
+        branches.append(pooling(x, train))
+        y = ConvBN(self.features, 1, name="project", **common)(jnp.concatenate(branches, -1), train)
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+
+
+class DeepLabHead(nn.Module):
+    """ASPP -> 3x3 ConvBN + ReLU -> 1x1 classifier (with bias). ``(B,h,w,C) -> (B,h,w,K)``."""
+
+    num_classes: int
+    features: int = 256
+    rates: Sequence[int] = (6, 12, 18)
+    dropout_rate: float = 0.1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        common = _shared(self)
+        x = ASPP(self.features, tuple(self.rates), self.dropout_rate, name="aspp", **common)(
+            x, train
+        )
+        x = ConvBN(self.features, 3, name="conv", **common)(x, train)
+        return nn.Conv(
+            self.num_classes,
+            (1, 1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="classifier",
+        )(x)
+
+
+class DeepLabV3(nn.Module):
+    """DeepLabV3: atrous ResNet + DeepLabHead + bilinear upsampling to the input size.
+
+    ``x`` ``(B, H, W, C)`` -> float32 logits ``(B, H, W, num_classes)``. With ``train`` the
+    BatchNorms use batch statistics and update the ``batch_stats`` collection (apply with
+    ``mutable=['batch_stats']``); dropout then needs a ``'dropout'`` rng. ``dropout_rate`` is the
+    ASPP projection dropout (torchvision: 0.5). ASPP rates are (6, 12, 18) at output stride 16
+    and (12, 24, 36) at 8. Parameters are float32; ``dtype`` is the compute dtype.
+    """
+
+    num_classes: int
+    depth: int = 50
+    width: int = 64
+    output_stride: int = 16
+    aspp_features: int = 256
+    dropout_rate: float = 0.1
+    dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        common = _shared(self)
+        features = ResNet(self.depth, self.width, self.output_stride, name="backbone", **common)(
+            x, train
+        )
+        logits = DeepLabHead(
+            self.num_classes,
+            self.aspp_features,
+            ASPP_RATES[self.output_stride],
+            self.dropout_rate,
+            name="head",
+            **common,
+        )(features, train)
+        # Cast first so the upsampled logits are not bf16-quantised; resize only H and W.
+        logits = logits.astype(jnp.float32)
+        return jax.image.resize(logits, (*x.shape[:3], self.num_classes), method="bilinear")
+
+
+def deeplab_from_config(
+    model_cfg: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None
+) -> DeepLabV3:
+    """Builds DeepLabV3 from a config with keys depth, width, output_stride, aspp_features,
+    dropout_rate and dtype ('float32' | 'bfloat16')."""
+    _check_choice("model.dtype", model_cfg.dtype, DTYPES)
+    return DeepLabV3(
+        num_classes=num_classes,
+        depth=int(model_cfg.depth),
+        width=int(model_cfg.width),
+        output_stride=int(model_cfg.output_stride),
+        aspp_features=int(model_cfg.aspp_features),
+        dropout_rate=float(model_cfg.dropout_rate),
+        dtype=DTYPES[model_cfg.dtype],
+        bn_axis_name=bn_axis_name,
+    )
+
+
+def _shared(module: nn.Module) -> dict[str, Any]:
+    """The dtype/param_dtype/bn_axis_name fields a module passes on to its children."""
+    return dict(
+        dtype=module.dtype, param_dtype=module.param_dtype, bn_axis_name=module.bn_axis_name
+    )
+
+
+def _check_choice(name: str, value: Any, choices: dict) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} not supported; choose one of {sorted(choices)}")
+
+
+class Critic(nn.Module):
+    """SegAN critic: 4x4 stride-2 convs (padding 1) + norm + LeakyReLU(0.2), none on block 1.
+
+    Returns the input and every block's output (float32), for SegAN's multi-scale L1 loss:
+    ``(B, H, W, C) -> [(B, H, W, C), (B, H/2, W/2, f_0), (B, H/4, W/4, f_1), ...]`` (sizes
+    floor-halved), ``len(features) + 1`` arrays.
+
+    ``norm='group'`` (default) is GroupNorm with ``num_groups_for(channels)`` groups and float32
+    statistics. The critic runs twice per step (image masked by the prediction and by the truth):
+    per-sample normalisation has no batch or running statistics that could differ or diverge
+    between the two passes, works with a per-device batch of 1, and keeps samples independent,
+    as a gradient penalty requires. Also 'layer' (one group) and 'none'.
+    """
+
+    features: tuple[int, ...] = (64, 128, 256, 512, 512, 512)
+    dtype: Dtype = jnp.float32
+    norm: str = "group"
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        if self.norm not in ("group", "layer", "none"):
+            raise ValueError(f"norm={self.norm!r}; choose 'group', 'layer' or 'none'")
+        outputs = [x.astype(jnp.float32)]
+        for i, feats in enumerate(self.features):
+            x = nn.Conv(
+                feats,
+                (4, 4),
+                strides=(2, 2),
+                padding=((1, 1), (1, 1)),
+                use_bias=i == 0 or self.norm == "none",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )(x)
+            if i > 0 and self.norm != "none":
+                groups = num_groups_for(feats) if self.norm == "group" else 1
+                x = nn.GroupNorm(num_groups=groups, dtype=self.dtype, param_dtype=self.param_dtype)(
+                    x
+                )
+            x = nn.leaky_relu(x, 0.2)
+            outputs.append(x.astype(jnp.float32))
+        return outputs
+
+
+class Critics(nn.Module):
+    """``num`` independent critics with stacked parameters (leading axis ``num``).
+
+    ``(N, B, H, W, Cn) -> [(N, B, h_i, w_i, c_i)]``, ``len(features) + 1`` arrays; critic ``n``
+    only sees ``x[n]``. One critic on all classes: N=1, Cn=K*C; per-class critics: N=K, Cn=C
+    (see ``masked_inputs``).
+    """
+
+    num: int
+    features: tuple[int, ...] = (64, 128, 256, 512, 512, 512)
+    dtype: Dtype = jnp.float32
+    norm: str = "group"
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        if x.ndim != 5 or x.shape[0] != self.num:
+            raise ValueError(f"expected input (N={self.num}, B, H, W, C), got {x.shape}")
+        stacked = nn.vmap(
+            Critic,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=0,
+            out_axes=0,
+            axis_size=self.num,
+        )
+        critic = stacked(self.features, self.dtype, self.norm, self.param_dtype, name="critic")
+        return critic(x)
+
+
+def masked_inputs(image: jax.Array, class_maps: jax.Array, num_critics: int) -> jax.Array:
+    """Critic inputs: the image multiplied by each class map.
+
+    image (B, H, W, C), class_maps (B, H, W, K) (softmax probabilities or one-hot truth) ->
+    num_critics == 1: (1, B, H, W, K*C), channels ``[image*map_0, ..., image*map_{K-1}]``;
+    num_critics == K: (K, B, H, W, C), critic k sees ``image * map_k``.
+    """
+    num_classes = class_maps.shape[-1]
+    if num_critics not in (1, num_classes):
+        raise ValueError(f"num_critics must be 1 or num_classes={num_classes}, got {num_critics}")
+    masked = class_maps[..., :, None] * image[..., None, :]  # (B, H, W, K, C)
+    if num_critics == 1:
+        return masked.reshape(*masked.shape[:3], -1)[None]
+    return jnp.moveaxis(masked, 3, 0)

@@ -1,0 +1,416 @@
+"""Tests of segan_jax.datasets on tiny synthetic folders (and CoNSeP / demo data if present)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from segan_jax import datasets
+
+CLASSES = ("background", "cell", "nucleus")
+# Sizes deliberately not multiples of 16/32: (H, W).
+SIZES = [(37, 53), (29, 41), (45, 23)]
+CONSEP = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "consep"
+CONSEP_TRAIN_COUNTS = [22575926, 46798, 717975, 2333703, 1325598]  # from its README.md
+
+
+def _image(rng: np.random.Generator, size: tuple[int, int], kind: str) -> np.ndarray:
+    """A random image: 'rgb'/'jpeg' (H, W, 3) uint8, 'grey16' (H, W) uint16."""
+    if kind == "grey16":
+        return rng.integers(0, 4000, size, dtype=np.uint16)
+    return rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def _write_image(folder: pathlib.Path, stem: str, image: np.ndarray, kind: str) -> pathlib.Path:
+    if kind == "grey16":
+        path = folder / f"{stem}.tif"
+        tifffile.imwrite(path, image)
+    else:
+        path = folder / (f"{stem}.jpg" if kind == "jpeg" else f"{stem}.png")
+        Image.fromarray(image).save(path, quality=90)
+    return path
+
+
+def _write_split(
+    root: pathlib.Path, split: str, count: int, kind: str, rng: np.random.Generator
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Writes ``count`` image/mask pairs; returns {stem: (image as written, mask)}."""
+    (root / split / "images").mkdir(parents=True)
+    (root / split / "masks").mkdir(parents=True)
+    written = {}
+    for i in range(count):
+        stem, size = f"{split}_{i}", SIZES[i % len(SIZES)]
+        image, mask = _image(rng, size, kind), rng.integers(0, len(CLASSES), size, dtype=np.uint8)
+        _write_image(root / split / "images", stem, image, kind)
+        Image.fromarray(mask).save(root / split / "masks" / f"{stem}.png")
+        written[stem] = (image, mask)
+    return written
+
+
+def make_folder(
+    root: pathlib.Path, kind: str = "rgb", counts: dict[str, int] | None = None, seed: int = 0
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """A folder dataset; returns {split: {stem: (image, mask)}}."""
+    rng = np.random.default_rng(seed)
+    counts = counts or {"train": 3, "test": 2}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps(dict(enumerate(CLASSES))))
+    return {split: _write_split(root, split, n, kind, rng) for split, n in counts.items()}
+
+
+def config(root: pathlib.Path, data_dir: pathlib.Path, name: str = "folder"):
+    return ml_collections.ConfigDict({"name": name, "path": str(root), "data_dir": str(data_dir)})
+
+
+def built_dirs(data_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Dataset version dirs that TFDS finished (those holding dataset_info.json)."""
+    return [p.parent for p in data_dir.rglob("dataset_info.json")]
+
+
+@pytest.fixture
+def folder(tmp_path: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    root = tmp_path / "data"
+    return root, make_folder(root)
+
+
+def test_rgb_png_round_trip(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]) -> None:
+    root, written = folder
+    cfg = config(root, tmp_path / "tfds")
+    for split in ("train", "test"):
+        loaded = datasets.load_split(cfg, split)
+        assert loaded.names == sorted(written[split])
+        for name, image, mask in zip(loaded.names, loaded.images, loaded.masks, strict=True):
+            assert image.dtype == np.uint8 and image.shape == written[split][name][0].shape
+            np.testing.assert_array_equal(image, written[split][name][0])
+            assert mask.dtype == np.uint8
+            np.testing.assert_array_equal(mask, written[split][name][1])
+    assert "tensorflow" not in sys.modules
+
+
+def test_info_counts_scale_mean_std(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]):
+    root, written = folder
+    info = datasets.load_info(config(root, tmp_path / "tfds"))
+    assert info.classes == CLASSES and info.splits == ("train", "test")
+    assert info.num_channels == 3 and info.is_rgb and info.scale == 255.0
+    masks = np.concatenate([m.ravel() for _, m in written["train"].values()])
+    np.testing.assert_array_equal(info.train_pixel_counts, np.bincount(masks, minlength=3))
+    assert info.train_pixel_counts.dtype == np.int64
+    pixels = np.concatenate([i.reshape(-1, 3) for i, _ in written["train"].values()]) / 255.0
+    np.testing.assert_allclose(info.channel_mean, pixels.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(info.channel_std, pixels.std(axis=0), rtol=1e-5)
+    assert info.channel_mean.dtype == np.float32 and info.channel_std.dtype == np.float32
+
+
+def test_grey_uint16_tiff_round_trip_and_scale(tmp_path: pathlib.Path) -> None:
+    written = make_folder(tmp_path / "data", kind="grey16")
+    cfg = config(tmp_path / "data", tmp_path / "tfds")
+    loaded = datasets.load_split(cfg, "train")
+    for name, image in zip(loaded.names, loaded.images, strict=True):
+        assert image.dtype == np.uint16 and image.shape[2] == 1
+        np.testing.assert_array_equal(image[..., 0], written["train"][name][0])
+    info = datasets.load_info(cfg)
+    raw = np.concatenate([i.ravel() for i, _ in written["train"].values()]).astype(np.float64)
+    assert info.scale == raw.max() and info.num_channels == 1 and not info.is_rgb
+    np.testing.assert_allclose(info.channel_mean, [raw.mean() / raw.max()], rtol=1e-5)
+    np.testing.assert_allclose(info.channel_std, [raw.std() / raw.max()], rtol=1e-5)
+
+
+def test_jpeg_loads_as_decoded(tmp_path: pathlib.Path) -> None:
+    written = make_folder(tmp_path / "data", kind="jpeg")
+    loaded = datasets.load_split(config(tmp_path / "data", tmp_path / "tfds"), "test")
+    for name, image, mask in zip(loaded.names, loaded.images, loaded.masks, strict=True):
+        decoded = np.asarray(Image.open(tmp_path / "data" / "test" / "images" / f"{name}.jpg"))
+        np.testing.assert_array_equal(image, decoded)
+        np.testing.assert_array_equal(mask, written["test"][name][1])
+
+
+def test_val_split_is_optional(tmp_path: pathlib.Path) -> None:
+    written = make_folder(tmp_path / "data", counts={"train": 2, "val": 1, "test": 1})
+    cfg = config(tmp_path / "data", tmp_path / "tfds")
+    assert datasets.load_info(cfg).splits == ("train", "val", "test")
+    assert datasets.load_split(cfg, "val").names == list(written["val"])
+    with pytest.raises(ValueError, match="not in dataset"):
+        datasets.load_split(cfg, "validation")
+
+
+def test_changed_files_are_rebuilt(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]):
+    root, _ = folder
+    cfg = config(root, tmp_path / "tfds")
+    first = datasets.dataset_dir(cfg)
+    datasets.load_split(cfg, "train")
+    new_mask = np.zeros(SIZES[0], np.uint8)
+    mask_path = root / "train" / "masks" / "train_0.png"
+    Image.fromarray(new_mask).save(mask_path)
+    os.utime(mask_path, ns=(mask_path.stat().st_atime_ns, mask_path.stat().st_mtime_ns + 10**9))
+    assert datasets.dataset_dir(cfg) != first
+    np.testing.assert_array_equal(datasets.load_split(cfg, "train").masks[0], new_mask)
+
+
+def test_two_folders_never_share_a_cache(tmp_path: pathlib.Path) -> None:
+    make_folder(tmp_path / "a", seed=1)
+    make_folder(tmp_path / "b", seed=2)
+    config_a, config_b = (
+        config(tmp_path / "a", tmp_path / "tfds"),
+        config(tmp_path / "b", tmp_path / "tfds"),
+    )
+    assert datasets.dataset_dir(config_a) != datasets.dataset_dir(config_b)
+    images_a = datasets.load_split(config_a, "test").images
+    images_b = datasets.load_split(config_b, "test").images
+    assert not np.array_equal(images_a[0], images_b[0])
+
+
+def test_missing_metadata_means_not_built(
+    tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]
+):
+    root, _ = folder
+    cfg = config(root, tmp_path / "tfds")
+    expected = datasets.load_info(cfg)
+    (datasets.dataset_dir(cfg) / "metadata.json").unlink()
+    assert datasets.load_info(cfg).classes == expected.classes
+    assert (datasets.dataset_dir(cfg) / "metadata.json").is_file()
+
+
+def test_crash_mid_build_leaves_no_valid_dataset(
+    tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(folder[0], tmp_path / "tfds")
+    original = datasets._FolderSource.examples
+
+    def crash_on_test(self: datasets._FolderSource, split: str):
+        if split == "test":
+            raise RuntimeError("simulated crash after the train split was written")
+        yield from original(self, split)
+
+    monkeypatch.setattr(datasets._FolderSource, "examples", crash_on_test)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        datasets.load_info(cfg)
+    assert not built_dirs(tmp_path / "tfds")
+    monkeypatch.undo()
+    assert datasets.load_split(cfg, "test").names == ["test_0", "test_1"]
+
+
+def test_process_shards_are_disjoint_and_complete(tmp_path: pathlib.Path) -> None:
+    make_folder(tmp_path / "data", counts={"train": 5, "test": 1})
+    cfg = config(tmp_path / "data", tmp_path / "tfds")
+    everything = datasets.load_split(cfg, "train").names
+    for count in (2, 3):
+        shards = [datasets.load_split(cfg, "train", i, count).names for i in range(count)]
+        assert sorted(sum(shards, [])) == sorted(everything)
+        assert shards[1] == everything[1::count]
+    with pytest.raises(ValueError):
+        datasets.load_split(cfg, "train", 2, 2)
+
+
+def test_validate_folder_accepts_a_good_folder(folder: tuple[pathlib.Path, dict]) -> None:
+    datasets.validate_folder(folder[0])
+
+
+# ----------------------------------------------------------------------------- validation errors
+
+
+def _truncate(path: pathlib.Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _replace_mask(root: pathlib.Path, array: np.ndarray) -> pathlib.Path:
+    path = root / "train" / "masks" / "train_1.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _bad_labels(root: pathlib.Path) -> pathlib.Path:
+    mask = np.zeros(SIZES[1], np.uint8)
+    mask[0, :2], mask[1, 0] = 7, 9
+    return _replace_mask(root, mask)
+
+
+def _grey_image(root: pathlib.Path) -> pathlib.Path:
+    (root / "test" / "images" / "test_0.png").unlink()
+    return _write_image(root / "test" / "images", "test_0", np.zeros(SIZES[0], np.uint8), "rgb")
+
+
+def _text_as_png(root: pathlib.Path) -> pathlib.Path:
+    path = root / "test" / "images" / "test_1.png"
+    path.write_text("this is not an image\n")
+    return path
+
+
+def _truncated(split: str, sub: str, name: str) -> Callable[[pathlib.Path], pathlib.Path]:
+    def mutate(root: pathlib.Path) -> pathlib.Path:
+        _truncate(root / split / sub / name)
+        return root / split / sub / name
+
+    return mutate
+
+
+def _unlink(relative: str, named: str) -> Callable[[pathlib.Path], pathlib.Path]:
+    def mutate(root: pathlib.Path) -> pathlib.Path:
+        (root / relative).unlink()
+        return root / named
+
+    return mutate
+
+
+def _write(relative: str, text: str) -> Callable[[pathlib.Path], pathlib.Path]:
+    def mutate(root: pathlib.Path) -> pathlib.Path:
+        (root / relative).write_text(text)
+        return root / relative
+
+    return mutate
+
+
+def _remove_split(root: pathlib.Path) -> pathlib.Path:
+    for path in sorted((root / "test").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (root / "test").rmdir()
+    return root / "test"
+
+
+def _empty_split(root: pathlib.Path) -> pathlib.Path:
+    for sub in ("images", "masks"):
+        for path in (root / "train" / sub).iterdir():
+            path.unlink()
+    return root / "train" / "images"
+
+
+def _orphan_mask(root: pathlib.Path) -> pathlib.Path:
+    path = root / "train" / "masks" / "extra.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    return path
+
+
+def _jpeg_copy(root: pathlib.Path) -> pathlib.Path:
+    """Adds a truncated JPEG (with its mask)."""
+    image_path = _write_image(
+        root / "train" / "images", "cut", np.zeros((37, 53, 3), np.uint8), "jpeg"
+    )
+    Image.fromarray(np.zeros((37, 53), np.uint8)).save(root / "train" / "masks" / "cut.png")
+    _truncate(image_path)
+    return image_path
+
+
+def _float_tiff(root: pathlib.Path) -> pathlib.Path:
+    (root / "train" / "images" / "train_0.png").unlink()
+    path = root / "train" / "images" / "train_0.tif"
+    tifffile.imwrite(path, np.zeros(SIZES[0], np.float32))
+    return path
+
+
+CASES = {
+    "missing classes.json": (_unlink("classes.json", "classes.json"), "missing"),
+    "classes.json not JSON": (_write("classes.json", "{background"), "invalid JSON"),
+    "classes.json gap": (_write("classes.json", '{"0": "a", "2": "b"}'), "without gaps"),
+    "missing split": (_remove_split, "missing split folder"),
+    "empty split": (_empty_split, "no images"),
+    "truncated png": (_truncated("train", "images", "train_2.png"), "corrupt image"),
+    "text renamed png": (_text_as_png, "corrupt image"),
+    "truncated jpeg": (_jpeg_copy, "corrupt image"),
+    "truncated mask": (_truncated("test", "masks", "test_0.png"), "corrupt mask"),
+    "image without mask": (
+        _unlink("train/masks/train_0.png", "train/images/train_0.png"),
+        "train/masks/train_0.png",
+    ),
+    "mask without image": (_orphan_mask, "no image"),
+    "size mismatch": (lambda r: _replace_mask(r, np.zeros((30, 41), np.uint8)), "41x30"),
+    "rgb mask": (lambda r: _replace_mask(r, np.zeros((*SIZES[1], 3), np.uint8)), "single-channel"),
+    "bad labels": (_bad_labels, "label values [7, 9] not in classes.json (0..2)"),
+    "float tiff": (_float_tiff, "pixel type float32 not supported"),
+    "mixed channels": (_grey_image, "1 channel(s), but most images have 3 channel(s)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_validation_error_names_file(tmp_path: pathlib.Path, case: str) -> None:
+    root = tmp_path / "data"
+    make_folder(root)
+    mutate, expected = CASES[case]
+    bad_path = mutate(root)
+    with pytest.raises(datasets.DatasetError) as caught:
+        datasets.load_split(config(root, tmp_path / "tfds"), "train")
+    matching = [p for p in caught.value.problems if p.startswith(f"{bad_path}: ")]
+    assert matching and any(expected in p for p in matching), caught.value.problems
+    assert not built_dirs(tmp_path / "tfds")
+
+
+def test_size_mismatch_gives_both_sizes(folder: tuple[pathlib.Path, dict]) -> None:
+    path = _replace_mask(folder[0], np.zeros((30, 41), np.uint8))
+    with pytest.raises(datasets.DatasetError) as caught:
+        datasets.validate_folder(folder[0])
+    assert caught.value.problems == [
+        f"{path}: mask is 41x30 but image train_1.png is 41x29 (width x height)"
+    ]
+
+
+def test_all_problems_reported_together(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]):
+    root, _ = folder
+    paths = [_bad_labels(root), _text_as_png(root), _orphan_mask(root)]
+    with pytest.raises(datasets.DatasetError) as caught:
+        datasets.validate_folder(root)
+    assert len(caught.value.problems) == 3
+    lines = str(caught.value).splitlines()
+    assert sorted(line.split(": ")[0] for line in lines) == sorted(str(p) for p in paths)
+
+
+def test_failed_build_leaves_nothing_then_fixed_folder_builds(
+    tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]
+) -> None:
+    root, written = folder
+    cfg = config(root, tmp_path / "tfds")
+    _bad_labels(root)
+    with pytest.raises(datasets.DatasetError):
+        datasets.load_info(cfg)
+    assert not built_dirs(tmp_path / "tfds")
+    assert not datasets.dataset_dir(cfg).exists()
+    _replace_mask(root, written["train"]["train_1"][1])
+    assert datasets.load_info(cfg).classes == CLASSES
+    assert built_dirs(tmp_path / "tfds") == [datasets.dataset_dir(cfg)]
+
+
+def test_config_errors(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown data.name"):
+        datasets.load_info(config(tmp_path, tmp_path, name="imagenet"))
+    with pytest.raises(datasets.DatasetError, match="dataset folder not found"):
+        datasets.load_info(config(tmp_path / "nowhere", tmp_path / "tfds"))
+    monkeypatch.setenv("SEGAN_JAX_DATA_DIR", str(tmp_path / "env"))
+    cfg = ml_collections.ConfigDict({"name": "demo", "path": "", "data_dir": ""})
+    assert datasets.data_dir(cfg) == tmp_path / "env"
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ndev_sampledata") is None, reason="ndev-sampledata not installed"
+)
+def test_demo(tmp_path: pathlib.Path) -> None:
+    cfg = ml_collections.ConfigDict({"name": "demo", "path": "", "data_dir": str(tmp_path)})
+    info = datasets.load_info(cfg)
+    assert info.classes == ("background", "cytoplasm", "nucleus") and info.num_channels == 2
+    train, test = datasets.load_split(cfg, "train"), datasets.load_split(cfg, "test")
+    assert train.names == [f"t{t:02d}" for t in range(7)]
+    assert test.names == ["t07", "t08", "t09"]
+    for image, mask in zip(train.images + test.images, train.masks + test.masks, strict=True):
+        assert image.shape == (210, 576, 2) and image.dtype == np.uint16
+        assert mask.shape == (210, 576) and set(np.unique(mask)) == {0, 1, 2}
+    assert info.scale == max(int(i.max()) for i in train.images)
+    assert "tensorflow" not in sys.modules
+
+
+@pytest.mark.skipif(not CONSEP.is_dir(), reason=f"CoNSeP not found at {CONSEP}")
+def test_consep(tmp_path: pathlib.Path) -> None:
+    cfg = ml_collections.ConfigDict({"name": "consep", "path": "", "data_dir": str(tmp_path)})
+    info = datasets.load_info(cfg)
+    assert len(info.classes) == 5 and info.is_rgb and info.splits == ("train", "test")
+    assert info.train_pixel_counts.tolist() == CONSEP_TRAIN_COUNTS
+    train = datasets.load_split(cfg, "train")
+    assert len(train.names) == 27 and train.images[0].shape == (1000, 1000, 3)
+    assert train.images[0].dtype == np.uint8 and train.masks[0].max() <= 4

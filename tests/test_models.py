@@ -1,0 +1,335 @@
+"""Tests for segan_jax.models: tiny DeepLabV3 variants (width 8, 16 ASPP features) and critics."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from segan_jax import models
+
+NUM_CLASSES = 3
+TINY = dict(width=8, aspp_features=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+    """Tiny models: compile time dominates, so skip most XLA optimisations in this module."""
+    flag = "jax_disable_most_optimizations"
+    previous = getattr(jax.config, "values", {}).get(flag)
+    if previous is None:  # flag unknown to this jax version: run with the defaults
+        yield
+        return
+    jax.config.update(flag, True)
+    yield
+    jax.config.update(flag, previous)
+
+
+def tiny_deeplab(**kwargs) -> models.DeepLabV3:
+    return models.DeepLabV3(num_classes=NUM_CLASSES, **{**TINY, **kwargs})
+
+
+def abstract_init(model, shape):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x), x
+
+
+def random_image(shape, seed=0):
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def he_filled(abstract_variables, seed=0):
+    """Concrete variables for abstract ones without compiling ``init``: He-normal kernels,
+    unit scales/variances, zero biases/means."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, a):
+        if path[-1].key == "kernel":
+            fan_in = math.prod(a.shape[:-1])
+            return jnp.asarray(rng.normal(size=a.shape) * math.sqrt(2 / fan_in), a.dtype)
+        return jnp.full(a.shape, path[-1].key in ("scale", "var"), a.dtype)
+
+    return jax.tree.map_with_path(fill, abstract_variables)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("hw", [(50, 70), (64, 64)])
+def test_output_and_backbone_shapes(depth, output_stride, hw):
+    """Logits (B, H, W, K) float32; backbone features (B, ceil(H/OS), ceil(W/OS), 8*width*exp)."""
+    model = tiny_deeplab(depth=depth, output_stride=output_stride)
+    variables, x = abstract_init(model, (1, *hw, 3))
+
+    def is_backbone(module, method_name):
+        return isinstance(module, models.ResNet)
+
+    logits, state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, capture_intermediates=is_backbone),
+        variables,
+        x,
+    )
+    assert logits.shape == (1, *hw, NUM_CLASSES)
+    assert logits.dtype == jnp.float32
+    (features,) = state["intermediates"]["backbone"]["__call__"]
+    h, w = (math.ceil(s / output_stride) for s in hw)
+    assert features.shape == (1, h, w, 8 * 8 * (1 if depth < 50 else 4))
+
+
+@pytest.mark.parametrize(("depth", "output_stride"), [(18, 8), (50, 16)])
+def test_resnet_feature_stride(depth, output_stride):
+    backbone = models.ResNet(depth=depth, width=8, output_stride=output_stride)
+    variables, x = abstract_init(backbone, (2, 33, 47, 3))
+    out = jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), variables, x)
+    expansion = 1 if depth < 50 else 4
+    h, w = (math.ceil(s / output_stride) for s in (33, 47))
+    assert out.shape == (2, h, w, 8 * 8 * expansion)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_output_strides_share_parameter_shapes(depth):
+    shapes = [
+        jax.tree.map(
+            lambda a: (a.shape, a.dtype),
+            abstract_init(tiny_deeplab(depth=depth, output_stride=s), (1, 64, 64, 3))[0],
+        )
+        for s in (8, 16)
+    ]
+    assert shapes[0] == shapes[1]
+
+
+@pytest.mark.parametrize(("depth", "output_stride", "hw"), [(18, 8, (50, 70)), (50, 16, (64, 64))])
+def test_forward_and_gradients_batch_1(depth, output_stride, hw):
+    """Batch 1, train mode: finite logits, and every parameter gets a finite non-zero gradient."""
+    model = tiny_deeplab(depth=depth, output_stride=output_stride)
+    variables = he_filled(abstract_init(model, (1, *hw, 3))[0])
+    x = random_image((1, *hw, 3))
+    weights = random_image((1, *hw, NUM_CLASSES), seed=1)
+
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(2)},
+        )
+        return jnp.sum(logits * weights), logits
+
+    grads, logits = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    assert logits.shape == (1, *hw, NUM_CLASSES)
+    assert logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    for path, g in jax.tree.leaves_with_path(grads):
+        name = jax.tree_util.keystr(path)
+        assert bool(jnp.all(jnp.isfinite(g))), name
+        assert bool(jnp.any(g != 0)), name
+
+
+SMALL = dict(depth=18, output_stride=16, dropout_rate=0.0)
+SMALL_SHAPE = (2, 32, 32, 3)
+
+
+def train_apply(model, variables, x):
+    """Train-mode forward: (logits, updated variables)."""
+    return model.apply(variables, x, train=True, mutable="batch_stats")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A tiny ResNet-18 DeepLabV3 (OS16), its variables, and jitted eval/train forwards."""
+    model = tiny_deeplab(**SMALL)
+    init = jax.jit(model.init, static_argnames="train")
+    variables = init(jax.random.key(0), jnp.zeros(SMALL_SHAPE), train=False)
+    evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    train = jax.jit(lambda v, x: train_apply(model, v, x))
+    return model, variables, evaluate, train
+
+
+def test_eval_uses_running_stats(small):
+    _, variables, evaluate, _ = small
+    a, b, c = (random_image((1, *SMALL_SHAPE[1:]), seed=s) for s in range(3))
+    out_ab = evaluate(variables, jnp.concatenate([a, b]))
+    out_ac = evaluate(variables, jnp.concatenate([a, c]))
+    np.testing.assert_allclose(out_ab[0], out_ac[0], rtol=1e-5, atol=1e-5)
+
+
+def test_train_updates_batch_stats(small):
+    _, variables, _, train = small
+    _, updates = train(variables, random_image(SMALL_SHAPE) * 3.0 + 1.0)
+    old, new = variables["batch_stats"], updates["batch_stats"]
+    assert jax.tree.structure(old) == jax.tree.structure(new)
+    changed = jax.tree.leaves(jax.tree.map(lambda o, n: bool(jnp.any(o != n)), old, new))
+    assert all(changed)
+
+
+def test_bn_axis_name_matches_global_batch(small):
+    """Two 'devices' with per-device batch 1: BatchNorm statistics are those of the whole batch."""
+    _, variables, _, train = small
+    mapped_model = tiny_deeplab(**SMALL, bn_axis_name="dev")
+    x = random_image(SMALL_SHAPE)
+    logits, stats = train(variables, x)
+    mapped = jax.vmap(lambda x: train_apply(mapped_model, variables, x), axis_name="dev")
+    m_logits, m_stats = jax.jit(mapped)(x[:, None])
+    np.testing.assert_allclose(m_logits[:, 0], logits, rtol=1e-4, atol=1e-4)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5), m_stats, stats
+    )
+
+
+def test_bfloat16_close_to_float32(small):
+    """bf16 compute: float32 params, batch stats and logits; eval logits within 5% of float32.
+
+    Compared with running statistics: in train mode this tiny model normalises 2x2 feature maps
+    over a batch of 2, which amplifies bf16 rounding of the conv outputs (5-10% differences).
+    """
+    _, variables, evaluate, train = small
+    bf16_model = tiny_deeplab(**SMALL, dtype=jnp.bfloat16)
+    bf16_vars, x_spec = abstract_init(bf16_model, SMALL_SHAPE)
+    assert jax.tree.map(lambda a: a.shape, bf16_vars) == jax.tree.map(jnp.shape, variables)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(bf16_vars))
+    _, stats = jax.eval_shape(lambda v, x: train_apply(bf16_model, v, x), bf16_vars, x_spec)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(stats))
+    x = random_image(SMALL_SHAPE)
+    variables = {**variables, **train(variables, x)[1]}  # running stats after one step
+    ref = evaluate(variables, x)
+    out = jax.jit(lambda v, x: bf16_model.apply(v, x, train=False))(variables, x)
+    assert out.dtype == jnp.float32
+    assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 5e-2
+
+
+def test_dropout_needs_rng_in_train_only():
+    model = tiny_deeplab(depth=18, output_stride=16, dropout_rate=0.5)
+    variables, x = abstract_init(model, (1, 32, 32, 3))
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    with pytest.raises(Exception, match="dropout"):
+        jax.eval_shape(lambda v, x: train_apply(model, v, x), variables, x)
+
+
+def test_aspp_pooling_is_global_and_constant():
+    pooling = models.ASPPPooling(features=16)
+    feats = random_image((2, 5, 7, 12))
+    variables = pooling.init(jax.random.key(0), feats, train=True)
+    apply = jax.jit(lambda x: pooling.apply(variables, x, train=True))
+    out = apply(feats)
+    assert out.shape == (2, 5, 7, 16)
+    np.testing.assert_allclose(out, jnp.broadcast_to(out[:, :1, :1], out.shape), rtol=0, atol=0)
+    # Equals the branch applied to the mean-pooled (1x1) features, upsampled.
+    pooled = pooling.apply(variables, feats.mean(axis=(1, 2), keepdims=True), train=True)
+    np.testing.assert_allclose(out, jnp.broadcast_to(pooled, out.shape), rtol=1e-5, atol=1e-6)
+    # Global context: one far-away pixel changes the output at the opposite corner.
+    moved = apply(feats.at[:, 0, 0].add(10.0))
+    assert bool(jnp.all(jnp.any(moved[:, -1, -1] != out[:, -1, -1], axis=-1)))
+
+
+def test_aspp_pooling_batch_1_gradients():
+    """GroupNorm in the image-pooling branch: batch 1 still gives finite, non-zero gradients."""
+    pooling = models.ASPPPooling(features=16)
+    feats = random_image((1, 3, 3, 12))
+    params = pooling.init(jax.random.key(0), feats, train=True)["params"]
+
+    def loss(p):
+        out = pooling.apply({"params": p}, feats, train=True)
+        return jnp.sum(out * jnp.arange(16.0))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    for g in jax.tree.leaves(grads):
+        assert bool(jnp.all(jnp.isfinite(g))) and bool(jnp.any(g != 0))
+
+
+def test_deeplab_from_config():
+    cfg = ml_collections.ConfigDict(
+        dict(
+            depth=18, width=8, output_stride=8, aspp_features=16, dropout_rate=0.2, dtype="bfloat16"
+        )
+    )
+    model = models.deeplab_from_config(cfg, num_classes=4, bn_axis_name="batch")
+    assert (model.depth, model.width, model.output_stride, model.aspp_features) == (18, 8, 8, 16)
+    assert (model.num_classes, model.dropout_rate, model.bn_axis_name) == (4, 0.2, "batch")
+    assert model.dtype == jnp.bfloat16
+    cfg.dtype = "float16"
+    with pytest.raises(ValueError):
+        models.deeplab_from_config(cfg, num_classes=4)
+
+
+def test_invalid_output_stride():
+    with pytest.raises(ValueError):
+        abstract_init(tiny_deeplab(output_stride=32), (1, 32, 32, 3))
+
+
+CRITIC_FEATURES = (4, 8, 8)
+
+
+def test_critic_features():
+    critic = models.Critic(features=CRITIC_FEATURES)
+    x = random_image((2, 32, 24, 3))
+    variables = jax.jit(critic.init)(jax.random.key(0), x)
+    outs = jax.jit(critic.apply)(variables, x)
+    assert len(outs) == len(CRITIC_FEATURES) + 1
+    np.testing.assert_array_equal(outs[0], x)
+    expected = [(2, 32 // 2**i, 24 // 2**i) for i in range(len(outs))]
+    assert [o.shape[:3] for o in outs] == expected
+    assert [o.shape[-1] for o in outs] == [3, *CRITIC_FEATURES]
+    assert all(o.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(o))) for o in outs)
+
+
+def test_critic_bfloat16_returns_float32():
+    critic = models.Critic(features=CRITIC_FEATURES, dtype=jnp.bfloat16)
+    x = random_image((1, 16, 16, 3))
+    variables = jax.jit(critic.init)(jax.random.key(0), x)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
+    assert all(o.dtype == jnp.float32 for o in jax.jit(critic.apply)(variables, x))
+
+
+@pytest.mark.parametrize("num_critics", [1, NUM_CLASSES])
+def test_critics_param_stacks(num_critics):
+    channels = 3 * NUM_CLASSES // num_critics
+    critics = models.Critics(num=num_critics, features=CRITIC_FEATURES)
+    x = random_image((num_critics, 2, 16, 16, channels))
+    params = jax.jit(critics.init)(jax.random.key(0), x)["params"]
+    assert all(a.shape[0] == num_critics for a in jax.tree.leaves(params))
+    assert params["critic"]["Conv_0"]["kernel"].shape == (num_critics, 4, 4, channels, 4)
+    apply = jax.jit(critics.apply)
+    outs = apply({"params": params}, x)
+    assert [o.shape for o in outs] == [
+        (num_critics, 2, 16 // 2**i, 16 // 2**i, c)
+        for i, c in enumerate((channels, *CRITIC_FEATURES))
+    ]
+
+
+def test_critics_are_independent():
+    critics = models.Critics(num=NUM_CLASSES, features=CRITIC_FEATURES)
+    x = random_image((NUM_CLASSES, 1, 16, 16, 3))
+    params = jax.jit(critics.init)(jax.random.key(0), x)["params"]
+    kernels = params["critic"]["Conv_0"]["kernel"]
+    assert not bool(jnp.allclose(kernels[0], kernels[1]))  # split rngs: different inits
+    apply = jax.jit(critics.apply)
+    outs = apply({"params": params}, x)
+    changed = apply({"params": params}, x.at[1].add(1.0))
+    for o, c in zip(outs, changed, strict=True):
+        np.testing.assert_array_equal(o[0], c[0])
+        np.testing.assert_array_equal(o[2], c[2])
+        assert bool(jnp.any(o[1] != c[1]))
+    with pytest.raises(ValueError):
+        critics.apply({"params": params}, x[:2])
+
+
+def test_masked_inputs_hand_checked():
+    image = jnp.array([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # (B=1, H=2, W=1, C=2)
+    maps = jnp.array([[[[0.25, 0.75]], [[1.0, 0.0]]]])  # (B=1, H=2, W=1, K=2)
+    one = models.masked_inputs(image, maps, num_critics=1)
+    assert one.shape == (1, 1, 2, 1, 4)
+    np.testing.assert_allclose(one[0, 0, :, 0], [[0.25, 0.5, 0.75, 1.5], [3.0, 4.0, 0.0, 0.0]])
+    per_class = models.masked_inputs(image, maps, num_critics=2)
+    assert per_class.shape == (2, 1, 2, 1, 2)
+    np.testing.assert_allclose(per_class[0, 0, :, 0], [[0.25, 0.5], [3.0, 4.0]])
+    np.testing.assert_allclose(per_class[1, 0, :, 0], [[0.75, 1.5], [0.0, 0.0]])
+    with pytest.raises(ValueError):
+        models.masked_inputs(image, maps, num_critics=3)
+
+
+def test_masked_inputs_shapes():
+    image, maps = jnp.ones((2, 8, 6, 3)), jnp.ones((2, 8, 6, 5))
+    assert models.masked_inputs(image, maps, 1).shape == (1, 2, 8, 6, 15)
+    assert models.masked_inputs(image, maps, 5).shape == (5, 2, 8, 6, 3)

@@ -1,0 +1,169 @@
+"""The adversarial train step: separation of the two updates, clipping, device parity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from segan_jax import datasets, input_pipeline, models, train
+
+K, C = 3, 2
+
+
+def _info() -> datasets.DatasetInfo:
+    return datasets.DatasetInfo(
+        classes=("background", "a", "b"),
+        num_channels=C,
+        splits=("train", "test"),
+        train_pixel_counts=np.array([700, 200, 100]),
+        scale=255.0,
+        channel_mean=np.full(C, 0.5, np.float32),
+        channel_std=np.full(C, 0.25, np.float32),
+        is_rgb=False,
+    )
+
+
+def _data(seed: int = 0) -> input_pipeline.TrainData:
+    rng = np.random.default_rng(seed)
+    split = datasets.Split(
+        images=[rng.integers(0, 255, (40, 52, C), dtype=np.uint8) for _ in range(3)],
+        masks=[rng.integers(0, K, (40, 52), dtype=np.uint8) for _ in range(3)],
+        names=["a", "b", "c"],
+    )
+    return input_pipeline.stack_split(split, 32, 255)
+
+
+def _config(**critic):
+    c = tiny.get_config()
+    c.data.crop_size = 32
+    c.train.batch_size = 4
+    c.critic.features = (8, 16)
+    c.critic.update(critic)
+    return c
+
+
+def _run_step(config, devices, steps: int = 1, seed: int = 0):
+    mesh = train.make_mesh(devices)
+    ctx = train.step_context(config, _info(), mesh.size)
+    state = train.create_train_state(ctx, jax.random.key(seed), C)
+    state = train.replicate(state, mesh)
+    data = train.replicate(_data(), mesh)
+    key = train.replicate(jax.random.key(7), mesh)
+    step = train.compile_train_step(ctx, mesh)
+    for _ in range(steps):
+        state, metrics = step(state, data, key)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def _assert_trees_close(a, b, rtol, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def _trees_equal(a, b) -> bool:
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+@pytest.mark.parametrize("num_critics", [0, 1])
+def test_two_devices_equal_one_device(num_critics):
+    """Same global batch, same update, whether on one device or split over two.
+
+    The segmentor uses SGD here: Adam's first step moves every weight by about +-lr whatever the
+    size of its gradient, so float-rounding noise in near-zero gradients (sums taken in another
+    order) would flip signs. The critic keeps SegAN's Adam, so its tolerance is 2 * its lr.
+    The tiny freshly initialised net is sensitive to summation order: merely reversing the batch
+    on one device moves the stem's gradient by up to 3 % of its scale (measured), the same as
+    the split over two devices does; so parameters are compared to 5 % of one SGD step.
+    """
+    assert jax.device_count() == 2, "conftest.py sets 2 simulated CPU devices"
+    config = _config(num=num_critics)
+    lr = 0.05
+    config.optimizer.name, config.optimizer.learning_rate = "sgd", lr
+    config.optimizer.weight_decay = 0.0
+    one, m1 = _run_step(config, jax.devices()[:1])
+    two, m2 = _run_step(config, jax.devices()[:2])
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-3, err_msg=k)
+    _assert_trees_close(one.params, two.params, rtol=0, atol=0.05 * lr)
+    _assert_trees_close(one.batch_stats, two.batch_stats, rtol=1e-3, atol=1e-5)
+    critic_atol = 2 * config.critic.learning_rate + 1e-6
+    _assert_trees_close(one.critic_params, two.critic_params, rtol=0, atol=critic_atol)
+
+
+def test_critic_update_ignores_the_segmentor_loss():
+    """The critic's new parameters do not depend on lambda_mae (the segmentor's loss)."""
+    low = _config(num=1)
+    high = _config(num=1)
+    low.loss.lambda_mae, high.loss.lambda_mae = 0.0, 10.0
+    a, _ = _run_step(low, jax.devices()[:1])
+    b, _ = _run_step(high, jax.devices()[:1])
+    assert _trees_equal(a.critic_params, b.critic_params)
+    assert _trees_equal(a.critic_opt_state, b.critic_opt_state)
+    assert not _trees_equal(a.params, b.params)  # while the segmentor does see lambda_mae
+
+
+def test_segmentor_gets_no_gradient_from_the_critic_loss():
+    config = _config(num=1)
+    ctx = train.step_context(config, _info(), 1, axis_name=train.AXIS)
+    state = train.create_train_state(ctx, jax.random.key(0), C)
+    image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
+    onehot = jax.nn.one_hot(jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K), K)
+    logits = jax.random.normal(jax.random.key(3), (2, 32, 32, K))
+
+    def critic_l1(x):
+        return train.critic_update(ctx, state, image, jax.nn.softmax(x), onehot)[2]
+
+    grad = jax.vmap(jax.grad(critic_l1), axis_name=train.AXIS)(logits[None])
+    assert float(jnp.abs(grad).max()) == 0.0
+
+
+def test_gradients_reach_the_segmentor_through_the_masked_input():
+    config = _config(num=1)
+    config.loss.lambda_ce = 0.0  # only the adversarial term is left
+    ctx = train.step_context(config, _info(), 1, axis_name=train.AXIS)
+    state = train.create_train_state(ctx, jax.random.key(0), C)
+    image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
+    labels = jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K)
+    logits = jax.random.normal(jax.random.key(3), (2, 32, 32, K))
+
+    def loss(x):
+        return train.segmentor_loss(ctx, state.critic_params, x, image, labels)[0]
+
+    grad = jax.vmap(jax.grad(loss), axis_name=train.AXIS)(logits[None])
+    assert float(jnp.abs(grad).max()) > 0.0 and bool(jnp.all(jnp.isfinite(grad)))
+
+
+@pytest.mark.parametrize("num_critics", [1, K])
+def test_weight_clipping_holds_after_a_step(num_critics):
+    config = _config(num=num_critics, learning_rate=1.0)  # a huge step would leave the box
+    state, _ = _run_step(config, jax.devices()[:1])
+    leaves = jax.tree.leaves(state.critic_params)
+    assert max(float(np.abs(x).max()) for x in leaves) <= config.critic.clip_value + 1e-7
+    stacked = {leaf.shape[0] for leaf in leaves}
+    assert stacked == {num_critics}  # one parameter stack per critic
+
+
+def test_per_class_critics_see_one_masked_copy_each():
+    config = _config(num=K)
+    ctx = train.step_context(config, _info(), 1)
+    state = train.create_train_state(ctx, jax.random.key(0), C)
+    kernel = state.critic_params["critic"]["Conv_0"]["kernel"]
+    assert kernel.shape[0] == K and kernel.shape[-2] == C
+    single = train.step_context(_config(num=1), _info(), 1)
+    state1 = train.create_train_state(single, jax.random.key(0), C)
+    assert state1.critic_params["critic"]["Conv_0"]["kernel"].shape[-2] == K * C
+
+
+def test_critic_num_must_be_0_1_or_k():
+    with pytest.raises(ValueError, match="critic.num"):
+        train.step_context(_config(num=2), _info(), 1)
+
+
+def test_masked_inputs_feed_the_critic():
+    image = jnp.ones((1, 4, 4, C))
+    maps = jax.nn.one_hot(jnp.zeros((1, 4, 4), jnp.int32), K)
+    assert models.masked_inputs(image, maps, 1).shape == (1, 1, 4, 4, K * C)
