@@ -6,7 +6,7 @@ Logic lives in the segan_jax package so notebooks call the same functions.
 import pathlib
 import shutil
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -28,6 +28,7 @@ def _discard_run(workdir: pathlib.Path) -> None:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from segan_jax import datasets, train, workdir
 
     # Errors a user can fix from the message alone (it names the file or key): no traceback.

@@ -77,12 +77,12 @@ def _crop(data: TrainData, key: jax.Array, crop: int) -> tuple[jax.Array, jax.Ar
     """One random crop of one random image: (crop, crop, C) raw image, (crop, crop) labels."""
     k_index, k_y, k_x = jax.random.split(key, 3)
     i = jax.random.randint(k_index, (), 0, data.images.shape[0])
-    h, w = data.sizes[i, 0], data.sizes[i, 1]
+    h, w = jnp.asarray(data.sizes)[i, 0], jnp.asarray(data.sizes)[i, 1]
     y = jax.random.randint(k_y, (), 0, jnp.maximum(h - crop, 0) + 1)
     x = jax.random.randint(k_x, (), 0, jnp.maximum(w - crop, 0) + 1)
     c = data.images.shape[-1]
-    image = jax.lax.dynamic_slice(data.images[i], (y, x, 0), (crop, crop, c))
-    mask = jax.lax.dynamic_slice(data.masks[i], (y, x), (crop, crop))
+    image = jax.lax.dynamic_slice(jnp.asarray(data.images)[i], (y, x, 0), (crop, crop, c))
+    mask = jax.lax.dynamic_slice(jnp.asarray(data.masks)[i], (y, x), (crop, crop))
     return image, mask
 
 

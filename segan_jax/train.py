@@ -201,6 +201,9 @@ def train_step(
     metrics = {k: jax.lax.psum(v, AXIS) for k, v in metrics.items()}
     metrics["loss"] = jax.lax.psum(loss, AXIS)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    # Checked on the host before any checkpoint is saved: a finite loss can still produce
+    # non-finite parameters, which must never be saved as a "good" checkpoint.
+    metrics["param_norm"] = optax.tree.norm(state.params)
     return state, metrics
 
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every GPU measurement of benchmarks/train_throughput.py in one command, in priority order,
+# inside a time budget (BUDGET_S, default 370 s): a case is not started with less than
+# MIN_CASE_S left, and every result is written to $OUT/results.json as soon as it is measured,
+# so a run cut short still returns what it measured. EXTRA (word-split) is appended to every
+# invocation and overrides its flags, e.g. for a CPU smoke test of this script:
+#   EXTRA="--depth=18 --width=8 --crop=64 --num_images=4 --tile=200 --infer_size=96 --steps=1" \
+#     PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
+#
+#   OUT=/tmp/out bash benchmarks/gpu_all.sh
+#
+# On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
+# and their dependencies carried as wheels in .whl/, see benchmarks/README.md):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \
+#   bash benchmarks/gpu_all.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+BUDGET_S=${BUDGET_S:-370}
+MIN_CASE_S=${MIN_CASE_S:-40}
+DEADLINE=$(($(date +%s) + BUDGET_S))
+J=$OUT/results.json
+B=("$PY" benchmarks/train_throughput.py "--out=$J" "--deadline=$DEADLINE" "--min_case_s=$MIN_CASE_S"
+  --steps=30 --warmup=3 --repeats=2 --case_timeout=200)
+read -r -a X <<<"${EXTRA:-}"
+T=(--infer=0 --crop=256)
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+  "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, jax.devices())"
+  # (1) OS8 bf16 batch 16, no critic, with a short profile (top ops, model scopes)
+  "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
+    --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt" ${X[@]+"${X[@]}"}
+  # (2) OS8 bf16 batch 16, single SegAN critic
+  "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${X[@]+"${X[@]}"}
+  # (3) OS8 bf16 batch 64, without and with the critic
+  "${B[@]}" "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${X[@]+"${X[@]}"}
+  # (4) OS16 bf16 batch 16
+  "${B[@]}" "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${X[@]+"${X[@]}"}
+  # (5) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
+  "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${X[@]+"${X[@]}"}
+  # (6) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4
+  "${B[@]}" --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+    --infer_steps=20 ${X[@]+"${X[@]}"}
+  # (7) the input pipeline alone (crops + augmentation), batch 16 and 64
+  "${B[@]}" --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50 ${X[@]+"${X[@]}"}
+  echo "== all results"
+  "$PY" benchmarks/train_throughput.py --table_from="$J"
+  date -u
+} 2>&1 | tee "$OUT/log.txt"

@@ -1,0 +1,917 @@
+"""Throughput of the full train step (input pipeline included) and of whole-image inference.
+
+The train step is exactly what training runs: ``train.compile_train_step(ctx, mesh)``, i.e.
+``jit(shard_map(train_step))`` with the state donated. Crops and augmentation run inside the step
+on a device-resident ``TrainData``, so images/s of the step already include the input pipeline.
+The data are synthetic (CoNSeP-like: ``--num_images`` random ``--tile`` x ``--tile`` RGB uint8
+tiles with random 5-class masks), so no dataset build is needed.
+
+For every case the script reports: lowering and compile seconds; images/s over ``--steps`` timed
+steps after ``--warmup`` steps (no host sync inside the loop, ``jax.block_until_ready`` on the
+state and metrics at the end); FLOPs per step from the compiled step's ``cost_analysis()`` (and
+from the unoptimised lowered HLO); achieved TFLOP/s and MFU against ``--peak_tflops`` (default on
+GPU: 790 TFLOP/s, a measured bf16 8192^3 matmul on an H100, the issue's reference; the datasheet
+dense peaks, 989 bf16 and 495 TF32 for an H100 SXM, are reported as a second MFU); peak device
+memory (``memory_stats()['peak_bytes_in_use']``, GPU only) and XLA's static memory analysis;
+and whether calls after the first one compiled anything (jax.monitoring compile events and the
+jitted function's cache size).
+
+Every case runs in its own subprocess (``--isolate``, default), so peak memory is per case and a
+case that fails (OOM, crash, timeout) is recorded as failed with its error and the others go on.
+The JSON in ``--out`` is rewritten after every case, so an interrupted run keeps what it measured.
+
+Examples:
+  # the full grid (GPU): ResNet-50, 256x256 crops
+  python benchmarks/train_throughput.py --out=benchmarks/results/run.json
+  # a reduced CPU run
+  python benchmarks/train_throughput.py --depth=18 --width=16 --crop=128 --batch=8 \
+      --dtype=float32 --critic=0,1 --os=16,8 --steps=5 --infer_size=256 --infer_batch=1
+  # markdown table of saved results
+  python benchmarks/train_throughput.py --table_from=benchmarks/results/run.json
+"""
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import glob
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULT_TAG = "BENCH_RESULT "
+MEASURED_BF16_TFLOPS = 790.0  # H100/H200 bf16 8192^3 matmul as measured (the issue's reference)
+DATASHEET_TFLOPS = {"bfloat16": 989.4, "float32": 494.7}  # H100 SXM dense bf16 / TF32
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+BACKEND_COMPILE = COMPILE_EVENTS[2]
+
+
+def _csv(kind):
+    return lambda s: [kind(v) for v in s.split(",") if v.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    a = p.add_argument
+    a("--os", type=_csv(int), default=[8, 16], help="output strides (8,16)")
+    a("--batch", type=_csv(int), default=[16, 64], help="global train batch sizes")
+    a("--dtype", type=_csv(str), default=["bfloat16", "float32"], help="compute dtypes")
+    a("--critic", type=_csv(int), default=[0, 1], help="critic.num values (0 or 1)")
+    a("--depth", type=int, default=50, help="ResNet depth (18/34/50/101)")
+    a("--width", type=int, default=64, help="ResNet base width")
+    a("--crop", type=int, default=256, help="train crop size")
+    a("--steps", type=int, default=20, help="timed steps per repeat")
+    a("--warmup", type=int, default=3, help="untimed steps after the first (compiling) call")
+    a("--repeats", type=int, default=2, help="timed repeats; the best is reported")
+    a("--num_images", type=int, default=32, help="synthetic training tiles")
+    a("--tile", type=int, default=1000, help="synthetic tile size (CoNSeP: 1000)")
+    a("--classes", type=int, default=5, help="classes (CoNSeP: 5)")
+    a("--train", type=int, default=1, help="run the train-step cases (1/0)")
+    a("--infer", type=int, default=1, help="run whole-image inference cases (1/0)")
+    a("--infer_size", type=int, default=1000, help="whole-image size (square, RGB)")
+    a("--infer_batch", type=_csv(int), default=[1, 4], help="inference batch sizes")
+    a("--infer_steps", type=int, default=10, help="timed inference calls")
+    a("--infer_e2e", type=int, default=0, help="also time evaluate.predict_labels (batch 1)")
+    a("--pipeline", type=int, default=0, help="also time the input pipeline alone (1/0)")
+    a("--peak_tflops", type=float, default=None, help="MFU denominator; GPU default 790")
+    a("--profile_dir", default="", help="capture a jax.profiler trace of the train cases here")
+    a("--profile_steps", type=int, default=3, help="steps inside the profile")
+    a("--profile_txt", default="", help="write the text summaries of the profiles here")
+    a("--out", default="", help="JSON results (rewritten after every case)")
+    a("--append", type=int, default=1, help="keep the results already in --out (1/0)")
+    a("--isolate", type=int, default=1, help="one subprocess per case (1/0)")
+    a("--case_timeout", type=float, default=900, help="seconds before a case is killed")
+    a("--deadline", type=float, default=0, help="unix time after which no case is started")
+    a("--min_case_s", type=float, default=30, help="skip a case with less time to the deadline")
+    a("--table_from", default="", help="print the markdown table of these JSON files and exit")
+    a("--child", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def make_cases(args):
+    cases = []
+    if args.train:
+        for os_ in args.os:
+            for dtype in args.dtype:
+                for batch in args.batch:
+                    for critic in args.critic:
+                        cases.append(
+                            dict(
+                                kind="train",
+                                os=os_,
+                                dtype=dtype,
+                                batch=batch,
+                                critic=critic,
+                                crop=args.crop,
+                            )
+                        )
+    if args.pipeline:
+        for batch in args.batch:
+            cases.append(dict(kind="pipeline", batch=batch, crop=args.crop))
+    if args.infer:
+        for os_ in args.os:
+            for dtype in args.dtype:
+                for batch in args.infer_batch:
+                    cases.append(
+                        dict(kind="infer", os=os_, dtype=dtype, batch=batch, size=args.infer_size)
+                    )
+    common = dict(depth=args.depth, width=args.width)
+    return [{**common, **c} for c in cases]
+
+
+def case_name(c):
+    net = f"R{c['depth']}w{c['width']}"
+    if c["kind"] == "train":
+        return (
+            f"train {net} OS{c['os']} {c['crop']}px b{c['batch']} {c['dtype']} critic{c['critic']}"
+        )
+    if c["kind"] == "infer":
+        return f"infer {net} OS{c['os']} {c['size']}px b{c['batch']} {c['dtype']}"
+    return f"pipeline {c['crop']}px b{c['batch']}"
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+class CompileCounter:
+    """Counts jax compile events (tracing, lowering, backend compiles) via jax.monitoring."""
+
+    def __init__(self):
+        import jax
+
+        self.events = []
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, name, duration, **kwargs):
+        if name in COMPILE_EVENTS:
+            self.events.append((name, float(duration)))
+
+    def mark(self):
+        return len(self.events)
+
+    def since(self, mark):
+        new = self.events[mark:]
+        return {
+            "backend_compiles": sum(1 for n, _ in new if n == BACKEND_COMPILE),
+            "traces": sum(1 for n, _ in new if n == COMPILE_EVENTS[0]),
+            "seconds": {
+                n.rsplit("/", 1)[-1]: round(sum(d for m, d in new if m == n), 3)
+                for n in COMPILE_EVENTS
+            },
+        }
+
+
+def synthetic_data(num_images, tile, classes, seed=0):
+    """CoNSeP-like tiles: (N, tile, tile, 3) uint8 images, (N, tile, tile) uint8 masks."""
+    import numpy as np
+
+    from segan_jax import datasets, input_pipeline
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (num_images, tile, tile, 3), dtype=np.uint8)
+    masks = rng.integers(0, classes, (num_images, tile, tile), dtype=np.uint8)
+    counts = np.bincount(masks.ravel(), minlength=classes).astype(np.int64)
+    info = datasets.DatasetInfo(
+        classes=tuple(f"class{k}" for k in range(classes)),
+        num_channels=3,
+        splits=("train", "test"),
+        train_pixel_counts=counts,
+        scale=255.0,
+        channel_mean=np.full(3, 0.5, np.float32),
+        channel_std=np.full(3, 0.289, np.float32),
+        is_rgb=True,
+    )
+    sizes = np.full((num_images, 2), tile, np.int32)
+    return info, input_pipeline.TrainData(images, masks, sizes)
+
+
+def make_config(case, batch=None):
+    from configs import default
+
+    config = default.get_config()
+    config.model.depth = case["depth"]
+    config.model.width = case["width"]
+    config.model.output_stride = case.get("os", 16)
+    config.model.dtype = case.get("dtype", "float32")
+    config.data.crop_size = case.get("crop", 256)
+    config.train.batch_size = batch or case["batch"]
+    config.critic.num = case.get("critic", 0)
+    return config
+
+
+def _flops(cost):
+    """'flops' of a cost_analysis() result (a dict, a list of dicts or None)."""
+    if cost is None:
+        return None
+    if isinstance(cost, (list, tuple)):
+        values = [c.get("flops") for c in cost if c and c.get("flops") is not None]
+        return float(sum(values)) if values else None
+    value = cost.get("flops")
+    return None if value is None or value < 0 else float(value)
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - reported, never fatal
+        return f"n/a ({type(e).__name__}: {str(e)[:200]})"
+
+
+def _memory_stats(device):
+    stats = _safe(device.memory_stats)
+    if not isinstance(stats, dict) or "peak_bytes_in_use" not in stats:
+        return None, None
+    return int(stats["peak_bytes_in_use"]), int(stats.get("bytes_in_use", 0))
+
+
+def _memory_analysis(compiled):
+    m = _safe(compiled.memory_analysis)
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
+    keys += ("temp_size_in_bytes", "generated_code_size_in_bytes")
+    if isinstance(m, str) or m is None:
+        return None
+    out = {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
+    if len(out) >= 4:
+        out["estimated_peak_bytes"] = (
+            out["argument_size_in_bytes"]
+            + out["output_size_in_bytes"]
+            - out["alias_size_in_bytes"]
+            + out["temp_size_in_bytes"]
+        )
+    return out
+
+
+def _peaks(platform_name, dtype, peak_flag):
+    measured = (
+        peak_flag if peak_flag else (MEASURED_BF16_TFLOPS if platform_name == "gpu" else None)
+    )
+    datasheet = DATASHEET_TFLOPS.get(dtype) if platform_name == "gpu" else None
+    return measured, datasheet
+
+
+def _env():
+    import jax
+
+    d = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "platform": d.platform,
+        "device_kind": d.device_kind,
+        "device_count": jax.device_count(),
+    }
+
+
+def _timed_loop(step, state, n):
+    import jax
+
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(n):
+        state, out = step(state)
+    jax.block_until_ready((state, out))
+    return state, out, time.perf_counter() - t0
+
+
+def run_train(case, args, emit):
+    import jax
+    import jax.numpy as jnp
+
+    from segan_jax import train
+
+    counter = CompileCounter()
+    res = {"env": _env()}
+    config = make_config(case)
+    info, host_data = synthetic_data(args.num_images, args.tile, args.classes)
+    mesh = train.make_mesh()
+    if case["batch"] % mesh.size:
+        raise ValueError(f"batch {case['batch']} does not divide over {mesh.size} devices")
+    ctx = train.step_context(config, info, mesh.size)
+    t = time.perf_counter()
+    # Parameter shapes do not depend on the image size: initialise through a small image to keep
+    # the init's compile short (same parameters, BatchNorm statistics and optimizer states).
+    init_config = config.copy_and_resolve_references()
+    init_config.data.crop_size = min(case["crop"], 64)
+    init_ctx = dataclasses.replace(ctx, config=init_config)
+    state = jax.jit(lambda k: train.create_train_state(init_ctx, k, info.num_channels))(
+        jax.random.key(0)
+    )
+    state = train.replicate(state, mesh)
+    data = train.replicate(host_data, mesh)
+    key = train.replicate(jax.random.key(1), mesh)
+    jax.block_until_ready((state, data))
+    res["setup_s"] = round(time.perf_counter() - t, 3)
+
+    # Forward FLOPs of one image (unoptimised HLO; lowering only, no compile).
+    model = ctx.model.clone(bn_axis_name=None)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = jnp.zeros((1, case["crop"], case["crop"], info.num_channels), jnp.float32)
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x)
+    res["fwd_gflop_per_image"] = _round(_flops(_safe(fwd.cost_analysis)), 1e9)
+
+    step_fn = train.compile_train_step(ctx, mesh)
+    mark = counter.mark()
+    t = time.perf_counter()
+    lowered = step_fn.lower(state, data, key)
+    res["lower_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    res["compile_s"] = round(time.perf_counter() - t, 3)
+    res["aot_compile_events"] = counter.since(mark)
+    flops_compiled = _flops(_safe(compiled.cost_analysis))
+    flops_lowered = _flops(_safe(lowered.cost_analysis))
+    res["flops_per_step_compiled"] = flops_compiled
+    res["flops_per_step_lowered"] = flops_lowered
+    res["memory_analysis"] = _memory_analysis(compiled)
+    op_names = _hlo_op_names(_safe(compiled.as_text)) if args.profile_dir else {}
+    del lowered, compiled
+
+    def step(s):
+        return step_fn(s, data, key)
+
+    cache = getattr(step_fn, "_cache_size", None)
+    calls = {}
+    for i in (1, 2, 3):  # the first call should hit the cache filled by the AOT compile
+        mark = counter.mark()
+        t = time.perf_counter()
+        state, metrics = step(state)
+        jax.block_until_ready((state, metrics))
+        calls[f"call{i}"] = {
+            "seconds": round(time.perf_counter() - t, 4),
+            **counter.since(mark),
+            "cache_size": cache() if cache else None,
+        }
+    mark = counter.mark()
+    for _ in range(args.warmup):
+        state, metrics = step(state)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(args.repeats):
+        state, metrics, dt = _timed_loop(step, state, args.steps)
+        times.append(dt)
+    later = counter.since(mark)
+    res["calls"] = calls
+    res["compiles_in_warmup_and_timed"] = later["backend_compiles"]
+    sizes = {c["cache_size"] for c in calls.values()} | {cache() if cache else None}
+    res["recompiled"] = bool(
+        calls["call2"]["backend_compiles"]
+        or calls["call3"]["backend_compiles"]
+        or later["backend_compiles"]
+        or len(sizes) > 1
+    )
+    res["recompiled_check"] = (
+        "jax.monitoring backend_compile events during calls 2, 3, warmup and timed steps"
+        + ("; jit _cache_size() before/after" if cache else "")
+    )
+    final_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    res["final_metrics"] = final_metrics
+    res["finite"] = all(math.isfinite(v) for v in final_metrics.values())
+
+    best = min(times)
+    res["step_times_s"] = [round(t_ / args.steps, 6) for t_ in times]
+    res["step_ms"] = round(1e3 * best / args.steps, 3)
+    res["images_per_s"] = round(case["batch"] * args.steps / best, 2)
+    res["steps"], res["warmup"], res["repeats"] = args.steps, args.warmup, args.repeats
+    flops = flops_compiled if flops_compiled else flops_lowered
+    res["flops_source"] = "compiled" if flops_compiled else ("lowered" if flops_lowered else None)
+    _rates(res, flops, best / args.steps, case["dtype"], args)
+    peak, in_use = _memory_stats(jax.local_devices()[0])
+    res["peak_bytes_in_use"], res["bytes_in_use"] = peak, in_use
+    res["status"] = "ok"
+    emit(res)  # measured figures are out before the (optional) profile
+
+    if args.profile_dir:
+        res["profile"] = _profile(step, state, args, case, op_names)
+        emit(res)
+    return res
+
+
+def _rates(res, flops, step_s, dtype, args):
+    measured, datasheet = _peaks(res["env"]["platform"], dtype, args.peak_tflops)
+    res["peak_tflops_measured_bf16"] = measured
+    res["peak_tflops_datasheet"] = datasheet
+    if flops is None:
+        res["tflops_per_s"] = res["mfu"] = res["mfu_datasheet"] = None
+        return
+    achieved = flops / step_s / 1e12
+    res["gflop_per_step"] = round(flops / 1e9, 2)
+    res["tflops_per_s"] = round(achieved, 3)
+    res["mfu"] = round(achieved / measured, 4) if measured else None
+    res["mfu_datasheet"] = round(achieved / datasheet, 4) if datasheet else None
+
+
+def _round(x, scale):
+    return None if x is None else round(x / scale, 3)
+
+
+def _profile(step, state, args, case, op_names):
+    import jax
+
+    logdir = pathlib.Path(args.profile_dir) / re.sub(r"[^A-Za-z0-9]+", "_", case_name(case))
+    out = {"dir": str(logdir)}
+    try:
+        jax.profiler.start_trace(str(logdir))
+        t = time.perf_counter()
+        for _ in range(args.profile_steps):
+            state, metrics = step(state)
+        jax.block_until_ready((state, metrics))
+        out["wall_s"] = round(time.perf_counter() - t, 4)
+        jax.profiler.stop_trace()
+        out["steps"] = args.profile_steps
+        out.update(summarise_profile(logdir, args.profile_steps, op_names))
+    except Exception as e:  # noqa: BLE001
+        out["error"] = f"{type(e).__name__}: {e}"[:1000]
+    return out
+
+
+def _category(name):
+    n = name.lower()
+    rules = (
+        ("conv", ("conv", "xmma", "cudnn", "implicit_gemm", "wgrad", "dgrad", "fprop")),
+        ("gemm", ("gemm", "cublas", "cutlass", "matmul", "dot")),
+        ("reduce", ("reduce", "reduction")),
+        ("copy/transpose", ("memcpy", "memset", "copy", "transpose", "nhwc", "nchw")),
+        ("fusion", ("fusion", "loop_", "input_", "triton")),
+    )
+    for cat, keys in rules:
+        if any(k in n for k in keys):
+            return cat
+    return "other"
+
+
+_HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
+
+
+def _hlo_op_names(text):
+    """{HLO instruction name: jax op_name (name stack)} of an optimised HLO module's text."""
+    if not isinstance(text, str):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        m = _HLO_LINE.match(line)
+        if m:
+            out.setdefault(m.group(1), m.group(2))
+    return out
+
+
+def _scope(op_name):
+    """A coarse model scope of a jax op_name: direction + critic/backbone stage/head/other."""
+    if op_name is None:
+        return "unattributed"
+    direction = "bwd" if "transpose(" in op_name else "fwd"
+    low = op_name.lower()
+    if "critic" in low:
+        return f"{direction} critic"
+    m = re.search(r"backbone/(stem|layer\d)", op_name)
+    if m:
+        return f"{direction} backbone/{m.group(1)}"
+    if "backbone" in op_name:
+        return f"{direction} backbone"
+    m = re.search(r"head/(aspp|conv|classifier)", op_name)
+    if m:
+        return f"{direction} head/{m.group(1)}"
+    if "head" in op_name:
+        return f"{direction} head"
+    if "resize" in low:
+        return f"{direction} upsample"
+    return "other (input pipeline, losses, optimizer, ...)"
+
+
+def summarise_profile(logdir, steps, op_names=None, top=25):
+    """Top device ops by total time from the newest .xplane.pb under `logdir`."""
+    from jax.profiler import ProfileData
+
+    files = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True), key=os.path.getmtime)
+    if not files:
+        return {"error": "no .xplane.pb written"}
+    pd = ProfileData.from_file(files[-1])
+    device_planes = [p for p in pd.planes if p.name.startswith("/device:")]
+    lines_out, text = [], []
+    for plane in device_planes or [p for p in pd.planes if p.name == "/host:CPU"]:
+        for line in plane.lines:
+            total, count, agg, cats = 0, 0, collections.Counter(), collections.Counter()
+            aggn, first, last = collections.Counter(), None, None
+            scopes = collections.Counter()
+            for e in line.events:
+                name = e.name
+                stats = dict(e.stats)
+                if not device_planes and "hlo_op" not in stats:
+                    continue  # CPU: only XLA ops (events with an hlo_op stat)
+                hlo_op = stats.get("hlo_op")
+                d = e.duration_ns
+                if op_names and hlo_op is not None:
+                    scopes[_scope(op_names.get(str(hlo_op)))] += d
+                total, count = total + d, count + 1
+                agg[name] += d
+                aggn[name] += 1
+                cats[_category(name)] += d
+                first = e.start_ns if first is None else min(first, e.start_ns)
+                last = max(last or 0, e.start_ns + d)
+            if not count:
+                continue
+            span = (last - first) if first is not None else 0
+            lines_out.append(
+                {
+                    "plane": plane.name,
+                    "line": line.name,
+                    "busy_ms_per_step": round(total / 1e6 / steps, 3),
+                    "span_ms": round(span / 1e6, 3),
+                    "events": count,
+                    "by_category_ms_per_step": {
+                        k: round(v / 1e6 / steps, 3) for k, v in cats.most_common()
+                    },
+                    "by_scope_ms_per_step": {
+                        k: round(v / 1e6 / steps, 3) for k, v in scopes.most_common()
+                    },
+                    "top": [
+                        {
+                            "name": k[:160],
+                            "ms_per_step": round(v / 1e6 / steps, 4),
+                            "calls_per_step": round(aggn[k] / steps, 2),
+                            "share": round(v / total, 4),
+                        }
+                        for k, v in agg.most_common(top)
+                    ],
+                }
+            )
+    lines_out.sort(key=lambda r: -r["busy_ms_per_step"])
+    lines_out = lines_out[:8]
+    for r in lines_out:
+        text.append(
+            f"== {r['plane']} | {r['line']}: busy {r['busy_ms_per_step']} ms/step, "
+            f"{r['events']} events, span {r['span_ms']} ms"
+        )
+        cats = ", ".join(f"{k} {v}" for k, v in r["by_category_ms_per_step"].items())
+        text.append(f"   by category (ms/step): {cats}")
+        if r["by_scope_ms_per_step"]:
+            scopes = ", ".join(f"{k} {v}" for k, v in r["by_scope_ms_per_step"].items())
+            text.append(f"   by model scope (ms/step): {scopes}")
+        for t in r["top"]:
+            text.append(
+                f"   {t['ms_per_step']:9.4f} ms {100 * t['share']:5.1f}% "
+                f"x{t['calls_per_step']:<6} {t['name']}"
+            )
+    return {"file": files[-1], "lines": lines_out, "text": "\n".join(text)}
+
+
+def run_infer(case, args, emit):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from segan_jax import evaluate, input_pipeline, models
+
+    counter = CompileCounter()
+    res = {"env": _env()}
+    config = make_config(case, batch=1)
+    info, _ = synthetic_data(1, 8, args.classes)
+    model = models.deeplab_from_config(config.model, args.classes, bn_axis_name=None)
+    normalizer = input_pipeline.Normalizer.from_info(info)
+    variables = jax.jit(
+        lambda k: model.init({"params": k}, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
+    )(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    size = case["size"]
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    padded, _ = input_pipeline.pad_for_eval(image, None, model.output_stride, 255)
+    x = input_pipeline.normalize_host(padded, normalizer)[None]
+    res["padded_shape"] = list(x.shape[1:3])
+    batch = jnp.asarray(np.repeat(x, case["batch"], axis=0))
+
+    @jax.jit
+    def predict(v, x):  # evaluate's whole-image forward + argmax, cropped back
+        logits = model.apply(v, x, train=False)
+        return jnp.argmax(logits[:, :size, :size], axis=-1).astype(jnp.uint8)
+
+    mark = counter.mark()
+    t = time.perf_counter()
+    lowered = predict.lower(variables, batch)
+    res["lower_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    res["compile_s"] = round(time.perf_counter() - t, 3)
+    flops_c, flops_l = _flops(_safe(compiled.cost_analysis)), _flops(_safe(lowered.cost_analysis))
+    res["flops_per_call_compiled"], res["flops_per_call_lowered"] = flops_c, flops_l
+    res["memory_analysis"] = _memory_analysis(compiled)
+    del lowered, compiled
+    mark = counter.mark()
+    out = predict(variables, batch)
+    for _ in range(2):
+        out = predict(variables, batch)
+    jax.block_until_ready(out)
+    res["compiles_after_aot"] = counter.since(mark)["backend_compiles"]
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _ in range(args.infer_steps):
+            out = predict(variables, batch)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    best = min(times)
+    res["call_ms"] = round(1e3 * best / args.infer_steps, 3)
+    res["images_per_s"] = round(case["batch"] * args.infer_steps / best, 2)
+    flops = flops_c if flops_c else flops_l
+    _rates(res, flops, best / args.infer_steps, case["dtype"], args)
+    if args.infer_e2e and case["batch"] == 1:
+        # The production path: host pad + normalise, transfer, forward, argmax, fetch.
+        evaluate.predict_labels(model, variables, image, normalizer)
+        t = time.perf_counter()
+        for _ in range(args.infer_steps):
+            evaluate.predict_labels(model, variables, image, normalizer)
+        res["e2e_predict_labels_images_per_s"] = round(
+            args.infer_steps / (time.perf_counter() - t), 2
+        )
+    peak, in_use = _memory_stats(jax.local_devices()[0])
+    res["peak_bytes_in_use"], res["bytes_in_use"] = peak, in_use
+    res["status"] = "ok"
+    return res
+
+
+def run_pipeline(case, args, emit):
+    """The input pipeline alone (crops + augmentation of one global batch), jitted."""
+    import jax
+    import jax.numpy as jnp
+
+    from segan_jax import input_pipeline
+
+    res = {"env": _env()}
+    config = make_config(case)
+    info, host_data = synthetic_data(args.num_images, args.tile, args.classes)
+    normalizer = input_pipeline.Normalizer.from_info(info)
+    data = jax.device_put(host_data)
+    ids = jnp.arange(case["batch"])
+
+    @jax.jit
+    def sample(key):
+        return input_pipeline.sample_batch(
+            data, key, ids, case["crop"], config.augment, normalizer, config.data.ignore_index
+        )
+
+    t = time.perf_counter()
+    jax.block_until_ready(sample(jax.random.key(0)))
+    res["compile_s"] = round(time.perf_counter() - t, 3)
+    keys = [jax.random.key(i) for i in range(args.steps)]
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = [sample(k) for k in keys]
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    best = min(times)
+    res["step_ms"] = round(1e3 * best / args.steps, 3)
+    res["images_per_s"] = round(case["batch"] * args.steps / best, 2)
+    res["status"] = "ok"
+    return res
+
+
+def child_main(args):
+    case = json.loads(args.child)
+    sys.path.insert(0, str(REPO))
+
+    def emit(res):
+        print(RESULT_TAG + json.dumps({**case, **res}, default=str), flush=True)
+
+    try:
+        runner = {"train": run_train, "infer": run_infer, "pipeline": run_pipeline}[case["kind"]]
+        emit(runner(case, args, emit))
+    except BaseException as e:  # noqa: BLE001 - every failure is reported
+        tb = traceback.format_exc()
+        emit(
+            {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}"[:2000],
+                "traceback_tail": tb[-3000:],
+            }
+        )
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def run_isolated(case, args, timeout):
+    """Runs one case in a subprocess; echoes its output; returns its last result record."""
+    argv = [
+        f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k not in ("child", "out", "table_from") and v is not None
+    ]
+    cmd = [sys.executable, "-u", str(pathlib.Path(__file__).resolve()), *argv]
+    cmd.append("--child=" + json.dumps(case))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO)
+    )
+    results, tail = [], collections.deque(maxlen=40)
+
+    def reader():
+        for line in proc.stdout:
+            if line.startswith(RESULT_TAG):
+                results.append(json.loads(line[len(RESULT_TAG) :]))
+            else:
+                tail.append(line.rstrip())
+                print("  | " + line.rstrip(), flush=True)
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        proc.wait()
+    th.join(timeout=10)
+    if results and not timed_out:
+        return results[-1]
+    rec = dict(results[-1]) if results else dict(case)
+    if timed_out:
+        rec["status"] = "failed" if not results else "partial"
+        rec["error"] = f"timed out after {timeout:.0f} s" + (
+            " (after the measurement; the profile did not finish)" if results else ""
+        )
+    else:
+        rec["status"] = "failed"
+        rec["error"] = f"child exited with code {proc.returncode} and no result"
+    rec["output_tail"] = "\n".join(tail)
+    return rec
+
+
+def run_inline(case, args):
+    ns = argparse.Namespace(**vars(args))
+    ns.child = json.dumps(case)
+    captured = []
+    real_print = print
+
+    def grab(*a, **k):
+        s = " ".join(str(x) for x in a)
+        if s.startswith(RESULT_TAG):
+            captured.append(json.loads(s[len(RESULT_TAG) :]))
+        else:
+            real_print(*a, **k)
+
+    import builtins
+
+    builtins.print = grab
+    try:
+        child_main(ns)
+    finally:
+        builtins.print = real_print
+    return captured[-1]
+
+
+def host_meta():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host_cpu": cpu,
+        "host_cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "argv": sys.argv[1:],
+    }
+
+
+def write_json(path, meta, results):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _fmt(v, digits=1, scale=1.0, suffix=""):
+    if v is None or isinstance(v, str):
+        return "n/a"
+    return f"{v / scale:,.{digits}f}{suffix}"
+
+
+def table(results):
+    head = (
+        "| case | status | img/s | ms/call | compile s | GFLOP/call | TFLOP/s "
+        "| MFU (790) | MFU (datasheet) | peak mem GiB | XLA est. GiB | recompiled |"
+    )
+    rows = [head, "|" + "---|" * 12]
+    for r in results:
+        gib = 1024**3
+        ma = r.get("memory_analysis") or {}
+        ms = r.get("step_ms", r.get("call_ms"))
+        mfu = r.get("mfu")
+        mfu_ds = r.get("mfu_datasheet")
+        status = r.get("status", "?")
+        if status != "ok":
+            status += ": " + str(r.get("error", ""))[:80].replace("|", "/").replace("\n", " ")
+        rec = r.get("recompiled")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    case_name(r),
+                    status,
+                    _fmt(r.get("images_per_s")),
+                    _fmt(ms, 2),
+                    _fmt(r.get("compile_s"), 1),
+                    _fmt(r.get("gflop_per_step"), 1),
+                    _fmt(r.get("tflops_per_s"), 1),
+                    _fmt(None if mfu is None else 100 * mfu, 1, suffix="%"),
+                    _fmt(None if mfu_ds is None else 100 * mfu_ds, 1, suffix="%"),
+                    _fmt(r.get("peak_bytes_in_use"), 2, gib),
+                    _fmt(ma.get("estimated_peak_bytes"), 2, gib),
+                    "n/a" if rec is None else ("YES" if rec else "no"),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def parent_main(args):
+    if args.table_from:
+        results = []
+        for f in args.table_from.split(","):
+            results += json.loads(pathlib.Path(f).read_text())["results"]
+        print(table(results))
+        return 0
+    meta, results = host_meta(), []
+    if args.out and args.append and pathlib.Path(args.out).exists():
+        old = json.loads(pathlib.Path(args.out).read_text())
+        results = old.get("results", [])
+        meta = {**old.get("meta", {}), "last_invocation": meta}
+    cases = make_cases(args)
+    print(f"{len(cases)} cases", flush=True)
+    failed = 0
+    for case in cases:
+        name = case_name(case)
+        left = args.deadline - time.time() if args.deadline else math.inf
+        if left < args.min_case_s:
+            rec = {**case, "status": "skipped", "error": f"deadline ({left:.0f} s left)"}
+        else:
+            print(f"== {name}", flush=True)
+            timeout = min(args.case_timeout, left)
+            t = time.perf_counter()
+            rec = run_isolated(case, args, timeout) if args.isolate else run_inline(case, args)
+            rec["case_wall_s"] = round(time.perf_counter() - t, 1)
+        rec["name"] = name
+        failed += rec.get("status") != "ok"
+        results.append(rec)
+        _print_case(rec)
+        if args.out:
+            write_json(args.out, meta, results)
+    print()
+    print(table(results))
+    for r in results:
+        if isinstance(r.get("profile"), dict) and r["profile"].get("text"):
+            print(f"\nprofile of {r['name']}:\n{r['profile']['text']}")
+            if args.profile_txt:
+                pathlib.Path(args.profile_txt).write_text(
+                    f"profile of {r['name']}\n{r['profile']['text']}\n"
+                )
+    return 1 if failed and failed == len(cases) else 0
+
+
+def _print_case(r):
+    if r.get("status") != "ok":
+        print(f"   -> {r.get('status')}: {r.get('error')}", flush=True)
+        return
+    parts = [f"{r.get('images_per_s')} img/s"]
+    for k in ("step_ms", "call_ms", "lower_s", "compile_s", "gflop_per_step", "tflops_per_s"):
+        if r.get(k) is not None:
+            parts.append(f"{k}={r[k]}")
+    if r.get("mfu") is not None:
+        parts.append(f"MFU(790)={100 * r['mfu']:.1f}%")
+    if r.get("peak_bytes_in_use"):
+        parts.append(f"peak={r['peak_bytes_in_use'] / 1024**3:.2f} GiB")
+    if "recompiled" in r:
+        parts.append(f"recompiled={r['recompiled']}")
+    print("   -> " + ", ".join(parts), flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Figures and tables of one run, for the results notebook (the paper's Figs. 3-6, Table I).
+
+Every function here takes plain data (metric rows, evaluation records, arrays) and returns a
+matplotlib :class:`~matplotlib.figure.Figure` or a string; nothing trains, restores or predicts.
+Figures are built with the object API (no pyplot state), so they work under any backend
+(Agg in tests) and ``fig.savefig(path)`` writes them; in a notebook, ``%matplotlib inline``
+displays a returned figure.
+
+Reading a workdir (``read_metrics``, ``load_config``, ``latest_record``) is here too: those are
+the inputs of the figures.
+"""
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+import ml_collections
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import LogFormatter
+
+from segan_jax import evaluate
+
+# Paper-sized text: readable at one column width when saved at DPI.
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+DPI = 200
+IGNORE_COLOR = "tab:red"  # label values >= num_classes (the ignore index) in label maps
+LOSS_KEYS = ("loss", "ce")  # panel 1 of loss_curves
+ADVERSARIAL_KEY = "l_mae"  # panel 2 (runs with a critic)
+COLUMN_TITLES = ("Image", "Ground truth", "Prediction")
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+def _nan(value):
+    """JSON null (NaN as written by workdir.append_jsonl) back to NaN, in lists too."""
+    if value is None:
+        return math.nan
+    if isinstance(value, list):
+        return [_nan(v) for v in value]
+    return value
+
+
+def read_metrics(workdir: str | pathlib.Path) -> tuple[list[dict], list[dict]]:
+    """(train rows, eval rows) of ``workdir/metrics.jsonl``, each in file order.
+
+    Train rows: {step, loss, ce, [l_mae], grad_norm, steps_per_s, ...}; eval rows: {step, split,
+    f1 (K,), iou (K,), f1_foreground_mean, iou_foreground_mean}. JSON null becomes NaN. Blank
+    lines are skipped; a missing file gives two empty lists.
+    """
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    train_rows: list[dict] = []
+    eval_rows: list[dict] = []
+    if not path.exists():
+        return train_rows, eval_rows
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = {k: _nan(v) for k, v in json.loads(line).items()}
+        kind = row.pop("kind", "train")
+        (eval_rows if kind == "eval" else train_rows).append(row)
+    return train_rows, eval_rows
+
+
+def _tuples(value):
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The run's resolved config from ``workdir/config.json`` (JSON lists back to tuples)."""
+    raw = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+    return ml_collections.ConfigDict(_tuples(raw))
+
+
+def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict | None:
+    """The evaluation record ``workdir/eval/<split>_<step>.json`` of the highest step.
+
+    Args:
+      split: only records of this split; None: any split.
+
+    Returns:
+      The record (keys of ``evaluate.EVAL_KEYS``), or None when there is none.
+    """
+    records = []
+    for path in sorted((pathlib.Path(workdir) / "eval").glob("*.json")):
+        record = json.loads(path.read_text())
+        if split is None or record.get("split") == split:
+            records.append(record)
+    return max(records, key=lambda r: r["step"]) if records else None
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def _by_step(rows: Sequence[Mapping]) -> list[Mapping]:
+    """Rows sorted by step; of rows with equal steps (a resumed run) the last one is kept."""
+    return sorted({row["step"]: row for row in rows}.values(), key=lambda r: r["step"])
+
+
+def _class_colors(num_classes: int) -> list:
+    cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
+    return [cmap(k % cmap.N) for k in range(num_classes)]
+
+
+def _metric_panel(
+    ax: Axes, steps: np.ndarray, values: np.ndarray, means: np.ndarray, classes: Sequence[str]
+) -> None:
+    """Per-class lines of one metric (values (N, K)) and the foreground mean (N,) thick."""
+    marker = "o" if len(steps) <= 30 else None
+    for k, (name, color) in enumerate(zip(classes, _class_colors(len(classes)), strict=True)):
+        style = "--" if k == 0 else "-"
+        ax.plot(steps, values[:, k], style, color=color, marker=marker, ms=3, lw=1.2, label=name)
+    ax.plot(steps, means, "-", color="black", marker=marker, ms=4, lw=2.8, label="foreground mean")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("Iteration")
+    ax.grid(alpha=0.3)
+
+
+def training_curves(
+    eval_rows: Sequence[Mapping], classes: Sequence[str], split: str | None = None
+) -> Figure:
+    """Per-class F1 (left) and IoU (right) against iteration: the paper's Figs. 4 and 5.
+
+    Each panel has K class lines (background dashed) and the foreground mean as a thick black
+    line (K + 1 lines).
+
+    Args:
+      eval_rows: eval rows of :func:`read_metrics`; f1 and iou (K,) lists (NaN allowed).
+      classes: K class names in label order.
+      split: only rows of this split (None: all rows).
+    """
+    rows = _by_step([r for r in eval_rows if split is None or r.get("split") == split])
+    if not rows:
+        raise ValueError("no evaluation rows to plot (did the run reach train.eval_every?)")
+    steps = np.array([r["step"] for r in rows])
+    shown = split or rows[-1].get("split", "")
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(10.0, 3.8), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, key, label in zip(axes, ("f1", "iou"), ("F1", "IoU"), strict=True):
+            values = np.array([r[key] for r in rows], np.float64).reshape(len(rows), len(classes))
+            means = np.array([r[f"{key}_foreground_mean"] for r in rows], np.float64)
+            _metric_panel(ax, steps, values, means, classes)
+            ax.set_ylabel(label)
+            ax.set_title(f"Per-class {label} on the {shown} split")
+        axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
+
+
+def loss_curves(train_rows: Sequence[Mapping]) -> Figure:
+    """Training losses against iteration.
+
+    Panels: total loss and cross-entropy; the critic's multi-scale L1 ``l_mae`` (only when the
+    rows have it, i.e. runs with a critic); the gradient norm (log scale). Each value is the
+    mean over the ``train.log_every`` steps before the row's step.
+    """
+    rows = _by_step(train_rows)
+    if not rows:
+        raise ValueError("no train rows to plot")
+    steps = np.array([r["step"] for r in rows])
+    panels = [("Segmentor loss", [k for k in LOSS_KEYS if k in rows[0]], "Loss", False)]
+    if any(ADVERSARIAL_KEY in r for r in rows):
+        panels.append(("Critic multi-scale L1", [ADVERSARIAL_KEY], r"$\ell_{mae}$", False))
+    if any("grad_norm" in r for r in rows):
+        panels.append(("Gradient norm", ["grad_norm"], "Global L2 norm", True))
+    marker = "o" if len(steps) <= 30 else None
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(panels)))
+        for ax, (title, keys, ylabel, log) in zip(axes, panels, strict=True):
+            for key in keys:
+                values = np.array([r.get(key, math.nan) for r in rows], np.float64)
+                ax.plot(steps, values, marker=marker, ms=3, lw=1.5, label=key)
+            ax.set(title=title, xlabel="Iteration", ylabel=ylabel)
+            if log:  # plain numbers ("6", "10"), not "6 x 10^0"
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(LogFormatter(base=10))
+                ax.yaxis.set_minor_formatter(LogFormatter(base=10, labelOnlyBase=False))
+            if len(keys) > 1:
+                ax.legend(frameon=False)
+            ax.grid(alpha=0.3)
+    return fig
+
+
+# ----------------------------------------------------------------------------- label maps
+
+
+def class_shades(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Grey shade of every pixel, one per class (the paper's Fig. 3).
+
+    Args:
+      labels: (H, W) integer label map.
+
+    Returns:
+      (H, W) float64: class k -> k / (K - 1) (background 0 black, the last class white);
+      NaN for values outside 0..K-1 (the ignore index), drawn in ``IGNORE_COLOR``.
+    """
+    labels = np.asarray(labels)
+    valid = (labels >= 0) & (labels < num_classes)
+    return np.where(valid, labels / max(num_classes - 1, 1), np.nan)
+
+
+def display_image(
+    image: np.ndarray, channel: int | None = None, percentiles: tuple[float, float] = (1.0, 99.0)
+) -> np.ndarray:
+    """An (H, W, C) raw uint8/uint16 image as (H, W, 3) float RGB in [0, 1] for display.
+
+    Each channel is stretched between its own ``percentiles``. One channel (or ``channel``
+    given): grey. Two channels: false colour, channel 0 magenta and channel 1 green (so both
+    bright is white). Three or more: the first three as RGB.
+    """
+    image = np.asarray(image, np.float64)
+    if image.ndim == 2:
+        image = image[..., None]
+    if channel is not None:
+        image = image[..., channel : channel + 1]
+    low, high = np.percentile(image, percentiles, axis=(0, 1))
+    scaled = np.clip((image - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
+    c = scaled.shape[-1]
+    if c == 1:
+        return np.repeat(scaled, 3, axis=-1)
+    if c == 2:
+        return scaled[..., [0, 1, 0]]
+    return scaled[..., :3]
+
+
+def _label_cmap() -> Colormap:
+    return matplotlib.colormaps["gray"].with_extremes(bad=IGNORE_COLOR)
+
+
+def _class_legend(fig: Figure, classes: Sequence[str]) -> None:
+    shades = class_shades(np.arange(len(classes)), len(classes))
+    handles = [
+        Patch(facecolor=(s, s, s), edgecolor="black", label=f"{k}: {name}")
+        for k, (s, name) in enumerate(zip(shades, classes, strict=True))
+    ]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(len(classes), 6), frameon=False
+    )
+
+
+def result_grid(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    names: Sequence[str],
+    classes: Sequence[str],
+    title: str | None = None,
+    channel: int | None = None,
+) -> Figure:
+    """Rows of image | ground truth | prediction, labels in class shades (the paper's Fig. 3).
+
+    Args:
+      images: N raw (H, W, C) images (see :func:`display_image`; ``channel`` picks one).
+      truths, predictions: N (H, W) label maps.
+      names: N row labels.
+      classes: K class names; a legend maps each grey shade to its class.
+
+    Returns:
+      A figure with 3 N axes, row-major.
+    """
+    n = len(images)
+    if not n or not len(truths) == len(predictions) == len(names) == n:
+        raise ValueError(
+            f"need equally many (> 0) images, truths, predictions and names: {n}, "
+            f"{len(truths)}, {len(predictions)}, {len(names)}"
+        )
+    h, w = np.shape(images[0])[:2]
+    panel_w = 3.3
+    panel_h = min(max(panel_w * h / w, 1.0), 4.0)
+    cmap, k = _label_cmap(), len(classes)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3 * panel_w + 0.6, n * panel_h + 0.9), layout="constrained")
+        axes = fig.subplots(n, 3, squeeze=False)
+        for row, (image, truth, pred, name) in enumerate(
+            zip(images, truths, predictions, names, strict=True)
+        ):
+            axes[row, 0].imshow(display_image(image, channel), interpolation="nearest")
+            for ax, labels in zip(axes[row, 1:], (truth, pred), strict=True):
+                shades = class_shades(labels, k)
+                ax.imshow(shades, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            axes[row, 0].set_ylabel(name)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(True)
+            ax.spines[:].set_linewidth(0.6)
+        for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
+            ax.set_title(column)
+        _class_legend(fig, classes)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _score(row: Mapping) -> float:
+    value = row.get("f1_foreground_mean")
+    return math.nan if value is None else float(value)
+
+
+def worst_images(rows: Sequence[Mapping], n: int) -> list[Mapping]:
+    """The ``n`` rows of lowest foreground-mean F1, worst first (ties keep input order).
+
+    Rows are those of ``evaluate.per_image_scores``: {name, f1_foreground_mean}. A NaN (or
+    None) score sorts as best, after every number: it means no foreground class is in either
+    the truth or the prediction, i.e. the image was correctly left all background.
+    """
+    order = sorted(range(len(rows)), key=lambda i: (math.isnan(_score(rows[i])), _score(rows[i])))
+    return [rows[i] for i in order[: max(n, 0)]]
+
+
+def failure_grid(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    names: Sequence[str],
+    classes: Sequence[str],
+    scores: Sequence[Mapping],
+    n: int = 3,
+    channel: int | None = None,
+) -> Figure:
+    """The ``n`` worst images of a split (the paper's Fig. 6), as a :func:`result_grid`.
+
+    ``images``, ``truths``, ``predictions`` and ``names`` describe the whole split (N each);
+    ``scores`` are its per-image rows (matched by name). Rows are labelled with their F1.
+    """
+    index = {name: i for i, name in enumerate(names)}
+    rows = worst_images(scores, n)
+    worst = [index[row["name"]] for row in rows]
+    labels = [f"{row['name']}\nF1 {_score(row):.3f}" for row in rows]
+    return result_grid(
+        [images[i] for i in worst],
+        [truths[i] for i in worst],
+        [predictions[i] for i in worst],
+        labels,
+        classes,
+        title=f"The {len(worst)} images of lowest foreground-mean F1",
+        channel=channel,
+    )
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def per_class_table(record: Mapping) -> str:
+    """Table I of an evaluation record: a caption line, then Label | Type | F1 | IoU."""
+    caption = f"{record['split']} split, step {record['step']}"
+    return caption + "\n" + evaluate.table_from_record(dict(record))
+
+
+def ablation_table(path: str | pathlib.Path) -> str | None:
+    """The markdown of the ablation benchmark (``benchmarks/results/ablation.md``), or None."""
+    path = pathlib.Path(path)
+    return path.read_text() if path.is_file() else None
+
+
+def save_figure(fig: Figure, directory: str | pathlib.Path, name: str) -> pathlib.Path:
+    """Writes ``directory/name.png`` at ``DPI`` (creating the directory); returns the path."""
+    out = pathlib.Path(directory) / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, bbox_inches="tight")
+    return out

@@ -1,0 +1,260 @@
+"""The results figures and tables on synthetic rows, records and arrays (no training)."""
+
+import io
+import json
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+
+from configs import tiny
+from segan_jax import evaluate, figures
+from segan_jax import workdir as workdir_lib
+
+matplotlib.use("Agg")  # figures.py uses no pyplot; any savefig renders with Agg
+
+CLASSES = ("background", "cytoplasm", "nucleus")
+
+
+def _eval_row(step, f1, split="test"):
+    f1 = list(f1)
+    fg = [v for v in f1[1:] if v is not None and not math.isnan(v)]
+    return {
+        "step": step,
+        "split": split,
+        "f1": f1,
+        "iou": [None if v is None else v / 2 for v in f1],
+        "f1_foreground_mean": float(np.mean(fg)) if fg else math.nan,
+        "iou_foreground_mean": float(np.mean(fg)) / 2 if fg else math.nan,
+    }
+
+
+def _train_row(step, l_mae=True):
+    row = {"step": step, "loss": 1.0 / step, "ce": 0.9 / step, "grad_norm": 2.0, "steps_per_s": 3}
+    if l_mae:
+        row["l_mae"] = 0.1
+    return row
+
+
+def _png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=50)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+def test_read_metrics_splits_kinds_and_turns_null_into_nan(tmp_path):
+    lines = [
+        {"kind": "train", "step": 2, "loss": 1.5, "ce": 1.5, "grad_norm": None},
+        {"kind": "eval", **_eval_row(2, [0.9, None, 0.5])},
+        {"kind": "train", "step": 4, "loss": 1.2, "ce": 1.1, "grad_norm": 3.0},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    (tmp_path / "metrics.jsonl").write_text(text)
+    train_rows, eval_rows = figures.read_metrics(tmp_path)
+    assert [r["step"] for r in train_rows] == [2, 4]
+    assert math.isnan(train_rows[0]["grad_norm"])
+    assert "kind" not in train_rows[0]
+    (row,) = eval_rows
+    assert row["f1"][0] == 0.9 and math.isnan(row["f1"][1]) and row["split"] == "test"
+
+
+def test_read_metrics_of_a_workdir_without_metrics(tmp_path):
+    assert figures.read_metrics(tmp_path) == ([], [])
+
+
+def test_load_config_restores_tuples(tmp_path):
+    config = tiny.get_config()
+    workdir_lib.write_json(tmp_path / "config.json", workdir_lib.config_dict(config))
+    loaded = figures.load_config(tmp_path)
+    assert loaded.critic.features == tuple(config.critic.features)
+    assert loaded.data.name == config.data.name and loaded.train.num_steps == 4
+
+
+def test_latest_record_takes_the_highest_step_of_the_split(tmp_path):
+    assert figures.latest_record(tmp_path) is None
+    for step, split in ((10, "test"), (200, "test"), (30, "val"), (40, "val")):
+        record = {**_eval_row(step, [0.1, 0.2, 0.3], split), "classes": list(CLASSES)}
+        evaluate.write_record(tmp_path, record)
+    assert figures.latest_record(tmp_path, "test")["step"] == 200
+    assert figures.latest_record(tmp_path, "val")["step"] == 40
+    assert figures.latest_record(tmp_path)["step"] == 200
+    assert figures.latest_record(tmp_path, "train") is None
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def test_training_curves_has_class_lines_and_a_thick_mean():
+    rows = [_eval_row(s, [0.5, 0.2 + s / 1000, math.nan]) for s in (300, 100, 200)]
+    fig = figures.training_curves(rows, CLASSES)
+    assert len(fig.axes) == 2
+    for ax, label in zip(fig.axes, ("F1", "IoU"), strict=True):
+        assert ax.get_ylabel() == label and ax.get_xlabel() == "Iteration"
+        lines = ax.get_lines()
+        assert len(lines) == len(CLASSES) + 1
+        mean = lines[-1]
+        assert mean.get_label() == "foreground mean"
+        assert mean.get_linewidth() > max(line.get_linewidth() for line in lines[:-1])
+        assert list(mean.get_xdata()) == [100, 200, 300]  # sorted by step
+    assert _png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_training_curves_filters_the_split_and_keeps_the_last_row_per_step():
+    rows = [
+        _eval_row(100, [0.5, 0.1, 0.1]),
+        _eval_row(100, [0.5, 0.2, 0.2]),  # a resumed run logged step 100 again
+        _eval_row(100, [0.5, 0.9, 0.9], split="val"),
+    ]
+    fig = figures.training_curves(rows, CLASSES, split="test")
+    (y,) = fig.axes[0].get_lines()[-1].get_ydata()
+    assert y == pytest.approx(0.2)
+    assert "test" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="no evaluation rows"):
+        figures.training_curves(rows, CLASSES, split="train")
+
+
+@pytest.mark.parametrize(("l_mae", "num_axes"), [(True, 3), (False, 2)])
+def test_loss_curves_panels(l_mae, num_axes):
+    fig = figures.loss_curves([_train_row(s, l_mae) for s in (2, 4, 6)])
+    assert len(fig.axes) == num_axes
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["loss", "ce"]
+    assert fig.axes[-1].get_yscale() == "log"  # gradient norm
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "Iteration" and ax.get_title()
+    assert _png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_loss_curves_needs_rows():
+    with pytest.raises(ValueError):
+        figures.loss_curves([])
+
+
+# ----------------------------------------------------------------------------- label maps
+
+
+def test_class_shades_distinct_and_ordered():
+    k = 5
+    labels = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)
+    shades = figures.class_shades(labels, k)
+    assert shades.shape == labels.shape
+    values = shades.ravel()[:k]
+    assert len(set(values.tolist())) == k
+    assert np.all(np.diff(values) > 0)
+    assert values[0] == 0.0 and values[-1] == 1.0
+    assert math.isnan(shades[1, 2])  # the ignore index
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_display_image_is_rgb_in_unit_range(channels, dtype):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, np.iinfo(dtype).max, (12, 20, channels)).astype(dtype)
+    shown = figures.display_image(image)
+    assert shown.shape == (12, 20, 3)
+    assert shown.min() >= 0.0 and shown.max() <= 1.0
+    grey = figures.display_image(image, channel=channels - 1)
+    assert np.array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_display_image_of_a_constant_image():
+    shown = figures.display_image(np.full((4, 4, 2), 7, np.uint16))
+    assert np.all(np.isfinite(shown))
+
+
+def _split(n, h=24, w=40, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 4000, (h, w, 2)).astype(np.uint16) for _ in range(n)]
+    truths = [rng.integers(0, len(CLASSES), (h, w)).astype(np.uint8) for _ in range(n)]
+    predictions = [rng.integers(0, len(CLASSES), (h, w)).astype(np.uint8) for _ in range(n)]
+    return images, truths, predictions, [f"img{i}" for i in range(n)]
+
+
+def test_result_grid_layout_and_legend():
+    images, truths, predictions, names = _split(2)
+    truths[0][0, 0] = 255
+    fig = figures.result_grid(images, truths, predictions, names, CLASSES, title="t")
+    assert len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes[:3]] == list(figures.COLUMN_TITLES)
+    assert [fig.axes[3 * i].get_ylabel() for i in range(2)] == names
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        f"{k}: {c}" for k, c in enumerate(CLASSES)
+    ]
+    truth_image = fig.axes[1].get_images()[0].get_array()
+    np.testing.assert_allclose(
+        truth_image.filled(np.nan), figures.class_shades(truths[0], len(CLASSES))
+    )
+    assert _png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_result_grid_rejects_mismatched_lengths():
+    images, truths, predictions, names = _split(2)
+    with pytest.raises(ValueError, match="equally many"):
+        figures.result_grid(images, truths, predictions[:1], names, CLASSES)
+    with pytest.raises(ValueError):
+        figures.result_grid([], [], [], [], CLASSES)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_worst_images_orders_lowest_first_and_nan_last():
+    rows = [
+        {"name": "a", "f1_foreground_mean": 0.8},
+        {"name": "b", "f1_foreground_mean": math.nan},
+        {"name": "c", "f1_foreground_mean": 0.1},
+        {"name": "d", "f1_foreground_mean": None},
+        {"name": "e", "f1_foreground_mean": 0.5},
+        {"name": "f", "f1_foreground_mean": 0.1},
+    ]
+    names = [r["name"] for r in figures.worst_images(rows, 10)]
+    assert names == ["c", "f", "e", "a", "b", "d"]
+    assert [r["name"] for r in figures.worst_images(rows, 2)] == ["c", "f"]
+    assert figures.worst_images(rows, 0) == []
+
+
+def test_failure_grid_shows_the_worst_images_by_name():
+    images, truths, predictions, names = _split(4)
+    scores = [
+        {"name": "img3", "f1_foreground_mean": 0.9},
+        {"name": "img0", "f1_foreground_mean": 0.4},
+        {"name": "img2", "f1_foreground_mean": 0.2},
+        {"name": "img1", "f1_foreground_mean": 0.7},
+    ]
+    fig = figures.failure_grid(images, truths, predictions, names, CLASSES, scores, n=2)
+    assert len(fig.axes) == 6
+    labels = [fig.axes[0].get_ylabel(), fig.axes[3].get_ylabel()]
+    assert labels == ["img2\nF1 0.200", "img0\nF1 0.400"]
+    shown = fig.axes[4].get_images()[0].get_array()  # truth of the second row: img0
+    np.testing.assert_allclose(shown, figures.class_shades(truths[0], len(CLASSES)))
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_per_class_table_reuses_the_evaluate_table():
+    confusion = np.array([[50, 2, 0], [3, 30, 1], [0, 4, 10]])
+    record = evaluate.result_record(120, "test", CLASSES, confusion)
+    table = figures.per_class_table(record)
+    assert table.splitlines()[0] == "test split, step 120"
+    assert table.endswith(evaluate.table_from_record(record))
+    for name in (*CLASSES, "foreground mean"):
+        assert name in table
+
+
+def test_ablation_table(tmp_path):
+    path = tmp_path / "ablation.md"
+    assert figures.ablation_table(path) is None
+    path.write_text("| run | F1 |\n|---|---|\n| baseline | 0.5 |\n")
+    assert figures.ablation_table(path) == path.read_text()
+
+
+def test_save_figure_writes_a_png(tmp_path):
+    fig = figures.loss_curves([_train_row(s) for s in (2, 4)])
+    out = figures.save_figure(fig, tmp_path / "figures", "loss")
+    assert out == tmp_path / "figures" / "loss.png"
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,83 @@
+"""notebooks/results.ipynb: committed without outputs, and runs headless on a real tiny run."""
+
+import os
+import pathlib
+import sys
+
+import nbclient
+import nbformat
+import pytest
+
+from configs import tiny
+from segan_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "results.ipynb"
+FIGURES = ("training_curves", "loss_curves", "result_grid", "worst_images")
+
+
+def _read():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def test_committed_notebook_has_no_outputs():
+    nb = _read()
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    first = code[0].source
+    assert 'os.environ.get("SEGAN_WORKDIR", "runs/demo")' in first and "SPLIT = None" in first
+
+
+def _outputs(nb) -> tuple[str, int, str]:
+    """(stream and text/plain output, number of PNG outputs, text/markdown output)."""
+    texts, pngs, markdown = [], 0, []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                texts.append(out.text)
+            elif out.output_type in ("display_data", "execute_result"):
+                pngs += "image/png" in out.data
+                texts.append(out.data.get("text/plain", ""))
+                markdown.append(out.data.get("text/markdown", ""))
+    return "\n".join(texts), pngs, "".join(markdown)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    """A real 4-step run of configs/tiny.py with one critic (about 40 s on 2 CPU cores)."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny.get_config()
+    config.data.data_dir = str(data_dir)
+    config.critic.num = 1
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_results_notebook_runs_on_a_tiny_run(tiny_run, data_dir):
+    nb = _read()
+    probe = "import sys, jax\nprint('KERNEL', sys.executable, jax.default_backend())"
+    nb.cells.append(nbformat.v4.new_code_cell(probe))
+    # The kernel gets this process's environment: conftest's XLA_FLAGS and JAX_PLATFORMS=cpu.
+    env = dict(os.environ, SEGAN_WORKDIR=str(tiny_run), SEGAN_JAX_DATA_DIR=str(data_dir))
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=300,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute(env=env)  # raises CellExecutionError on any failing cell
+    text, pngs, markdown = _outputs(nb)
+    assert f"KERNEL {sys.executable} cpu" in text  # the kernel is this venv's python, on CPU
+    assert "test split, step 4" in text  # Table I caption
+    for word in ("background", "cytoplasm", "nucleus", "foreground mean", "checkpoint step 4"):
+        assert word in text
+    assert "t07" in text and "F1" in text  # per-image scores
+    ablation = REPO / "benchmarks" / "results" / "ablation.md"
+    if ablation.is_file():
+        assert markdown == ablation.read_text()
+    else:
+        assert "no ablation results yet" in text
+    assert pngs == len(FIGURES)
+    for name in FIGURES:
+        assert (tiny_run / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,193 @@
+"""End to end: launch.py modes, resume, NaN handling, workdir safety, a real run that learns."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from configs import demo, tiny
+from segan_jax import checkpoints, datasets, evaluate, train, workdir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny(data_dir, **train_overrides):
+    config = tiny.get_config()
+    config.data.data_dir = str(data_dir)
+    config.train.update(train_overrides)
+    return config
+
+
+def _launch(*args, data_dir, check=True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SEGAN_JAX_DATA_DIR=str(data_dir))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_launch_train_evaluate_predict(tmp_path, data_dir):
+    work = tmp_path / "run"
+    common = ["--config=configs/tiny.py", f"--workdir={work}", "--config.train.num_steps=2"]
+    train_out = _launch(*common, data_dir=data_dir).stdout
+    assert "step 2/2" in train_out and "steps/s" in train_out and "ETA" in train_out
+    assert (work / "config.json").exists() and (work / "class_frequencies.json").exists()
+
+    out = _launch(*common, "--mode=evaluate", data_dir=data_dir).stdout
+    record = json.loads((work / "eval" / "test_2.json").read_text())
+    assert tuple(record) == evaluate.EVAL_KEYS
+    assert record["classes"] == ["background", "cytoplasm", "nucleus"]
+    assert np.asarray(record["confusion_matrix"]).sum() == 3 * 210 * 576
+    assert "Label | Type" in out and "nucleus" in out
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = np.random.default_rng(0).integers(0, 4000, (45, 61, 2), dtype=np.uint16)
+    contig = {"photometric": "minisblack", "planarconfig": "contig"}  # (H, W, S) samples
+    tifffile.imwrite(inputs / "slide_a.tif", image, **contig)
+    tifffile.imwrite(inputs / "slide_b.tiff", np.moveaxis(image[:30], -1, 0))  # (C, H, W)
+    predict = [*common, "--mode=predict", f"--config.predict.input={inputs}"]
+    _launch(*predict, f"--config.predict.output={tmp_path / 'out'}", data_dir=data_dir)
+    a = np.asarray(Image.open(tmp_path / "out" / "slide_a.png"))
+    b = np.asarray(Image.open(tmp_path / "out" / "slide_b.png"))
+    assert a.shape == (45, 61) and b.shape == (30, 61) and a.max() < 3
+
+    again = _launch(
+        *predict, f"--config.predict.output={tmp_path / 'out'}", data_dir=data_dir, check=False
+    )
+    assert again.returncode != 0 and "overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_bad_dataset_fails_before_any_work(tmp_path, data_dir):
+    root = tmp_path / "bad"
+    for split in ("train", "test"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / split / "images" / "a.png")
+    Image.fromarray(np.full((20, 20), 7, np.uint8)).save(root / "train" / "masks" / "a.png")
+    (root / "classes.json").write_text(json.dumps({"0": "background", "1": "cell"}))
+    work = tmp_path / "run"
+    proc = _launch(
+        "--config=configs/folder.py",
+        f"--workdir={work}",
+        f"--config.data.path={root}",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        data_dir=data_dir,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert str(root / "train" / "masks" / "a.png") in proc.stderr  # bad label value
+    assert str(root / "test" / "images" / "a.png") in proc.stderr  # missing mask
+    assert not work.exists()
+    assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
+
+
+def _final_state(work: pathlib.Path) -> dict:
+    return checkpoints.restore_raw(work / "checkpoints")
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
+    """With a fixed seed on CPU, stopping after 2 of 4 steps and rerunning gives the same
+    parameters and both optimiser states, bit for bit (adversarial run, single critic)."""
+    config = _tiny(data_dir, num_steps=4, checkpoint_every=2, eval_every=4)
+    config.critic.num = 1
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    train.train_and_evaluate(config, str(tmp_path / "resumed"), max_steps_this_run=2)
+    assert checkpoints.latest_manager(tmp_path / "resumed", 3).latest_step() == 2
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
+    for name in ("params", "batch_stats", "opt_state", "critic_params", "critic_opt_state"):
+        for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name]), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    assert int(a["step"]) == int(b["step"]) == 4
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    config = _tiny(data_dir, num_steps=6, log_every=1, checkpoint_every=1, eval_every=6)
+    config.optimizer.name, config.optimizer.schedule = "sgd", "constant"
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e36, 3  # lr 0 at step 1
+    with pytest.raises(train.NonFiniteLossError, match="NaN or inf"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    manager = checkpoints.latest_manager(tmp_path / "run", 3)
+    last = manager.latest_step()
+    assert last is not None and last < 6
+    state = _final_state(tmp_path / "run")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_a_different_config_in_the_same_workdir_is_refused(tmp_path, data_dir):
+    config = _tiny(data_dir, num_steps=2)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    config.loss.class_weights = "inverse_frequency"
+    with pytest.raises(workdir.ConfigMismatchError, match="loss.class_weights"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            h, w = 45 + 7 * i, 61 - 5 * i  # not multiples of 16 or 32; smaller than the crop
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{i}.png"
+            )
+            Image.fromarray(rng.integers(0, 2, (h, w), dtype=np.uint8)).save(
+                root / split / "masks" / f"{i}.png"
+            )
+    (root / "classes.json").write_text(json.dumps({"0": "background", "1": "cell"}))
+    config = _tiny(tmp_path / "tfds", num_steps=2)
+    config.data.name, config.data.path = "folder", str(root)
+    record = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert record["split"] == "test"
+    assert np.asarray(record["confusion_matrix"]).sum() == 45 * 61 + 52 * 56
+
+
+def test_train_step_compiles_once(data_dir):
+    config = _tiny(data_dir)
+    info = datasets.load_info(config.data)
+    mesh = train.make_mesh()
+    ctx = train.step_context(config, info, mesh.size)
+    state = train.replicate(train.create_train_state(ctx, jax.random.key(0), 2), mesh)
+    split = datasets.load_split(config.data, "train")
+    from segan_jax import input_pipeline
+
+    data = train.replicate(input_pipeline.stack_split(split, 64, 255), mesh)
+    key = train.replicate(jax.random.key(1), mesh)
+    step = train.compile_train_step(ctx, mesh)
+    for _ in range(3):
+        state, _ = step(state, data, key)
+    assert step._cache_size() == 1
+
+
+def test_a_short_real_run_on_the_demo_data_learns(tmp_path, data_dir):
+    """Foreground F1 on the held-out time points clearly beats the best constant predictor."""
+    config = demo.get_config()
+    config.data.data_dir = str(data_dir)
+    config.train.update(num_steps=200, eval_every=200, checkpoint_every=200, log_every=50)
+    record = train.train_and_evaluate(config, str(tmp_path / "run"))
+    truth = np.asarray(record["confusion_matrix"]).sum(axis=1)
+    share = truth / truth.sum()
+    # Predicting class c everywhere gives F1_c = 2 p_c / (1 + p_c) and 0 for the others.
+    constant = max(2 * p / (1 + p) for p in share[1:]) / (len(share) - 1)
+    assert record["f1_foreground_mean"] > constant + 0.08, (record, constant)
+    assert record["f1"][2] > 0.15  # nuclei (7 % of pixels; constant predictors score 0) found
