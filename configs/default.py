@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.momentum = 0.9  # sgd only
 
     c.critic = ml_collections.ConfigDict()
-    c.critic.num = 0  # 0: no critic; 1: one critic for all classes; K: one per class
+    c.critic.num = 0  # 0: no critic; 1: one critic for all classes; K or -1: one per class
     c.critic.features = (64, 128, 256, 512, 512, 512)  # SegAN's six 4x4 stride-2 blocks
     c.critic.layer_weighting = "mean"  # "mean" (paper eq. 2) | "segan" (original SegAN code)
     c.critic.constraint = "clip"  # "clip" (weight clipping, as SegAN) | "none"

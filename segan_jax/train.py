@@ -60,11 +60,17 @@ class StepContext:
 
 
 def make_models(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None):
-    """The segmentor and (when critic.num > 0) the critics for this config."""
+    """The segmentor and (when critic.num != 0) the critics for this config.
+
+    critic.num: 0 none; 1 one critic on all classes; K (or -1, "one per class" whatever K is)
+    one critic per class.
+    """
     model = models.deeplab_from_config(config.model, num_classes, bn_axis_name=axis_name)
-    num = config.critic.num
+    num = num_classes if config.critic.num == -1 else config.critic.num
     if num not in (0, 1, num_classes):
-        raise ValueError(f"critic.num must be 0, 1 or the number of classes ({num_classes}): {num}")
+        raise ValueError(
+            f"critic.num must be 0, 1, -1 or the number of classes ({num_classes}), got {num}"
+        )
     critics = None
     if num:
         critics = models.Critics(num=num, features=tuple(config.critic.features), dtype=model.dtype)

@@ -158,9 +158,10 @@ def test_per_class_critics_see_one_masked_copy_each():
     assert state1.critic_params["critic"]["Conv_0"]["kernel"].shape[-2] == K * C
 
 
-def test_critic_num_must_be_0_1_or_k():
+def test_critic_num_must_be_0_1_or_k_and_minus_one_means_per_class():
     with pytest.raises(ValueError, match="critic.num"):
         train.step_context(_config(num=2), _info(), 1)
+    assert train.step_context(_config(num=-1), _info(), 1).critics.num == K
 
 
 def test_masked_inputs_feed_the_critic():
