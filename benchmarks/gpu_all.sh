@@ -8,6 +8,11 @@
 #     PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
+#   FROM=4 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (4) to (7)
+#
+# On an H100 (2026-11-26) one ResNet-50 train case took 77-94 s of wall time (process start,
+# ~25 s init compile and data placement, ~4 s lowering, 42-53 s XLA compile, seconds of timing),
+# so the default budget covers priorities (1) to (3); FROM=4 runs the rest in a second command.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
 # and their dependencies carried as wheels in .whl/, see benchmarks/README.md):
@@ -28,6 +33,7 @@ B=("$PY" benchmarks/train_throughput.py "--out=$J" "--deadline=$DEADLINE" "--min
   --steps=30 --warmup=3 --repeats=2 --case_timeout=200)
 read -r -a X <<<"${EXTRA:-}"
 T=(--infer=0 --crop=256)
+FROM=${FROM:-1}
 
 {
   date -u
@@ -35,21 +41,21 @@ T=(--infer=0 --crop=256)
   "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())"
   # (1) OS8 bf16 batch 16, no critic, with a short profile (top ops, model scopes)
-  "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
+  [ "$FROM" -le 1 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
     --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt" ${X[@]+"${X[@]}"}
   # (2) OS8 bf16 batch 16, single SegAN critic
-  "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${X[@]+"${X[@]}"}
+  [ "$FROM" -le 2 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${X[@]+"${X[@]}"}
   # (3) OS8 bf16 batch 64, without and with the critic
-  "${B[@]}" "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${X[@]+"${X[@]}"}
+  [ "$FROM" -le 3 ] && "${B[@]}" "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${X[@]+"${X[@]}"}
   # (4) OS16 bf16 batch 16
-  "${B[@]}" "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${X[@]+"${X[@]}"}
+  [ "$FROM" -le 4 ] && "${B[@]}" "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${X[@]+"${X[@]}"}
   # (5) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${X[@]+"${X[@]}"}
+  [ "$FROM" -le 5 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${X[@]+"${X[@]}"}
   # (6) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4
-  "${B[@]}" --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+  [ "$FROM" -le 6 ] && "${B[@]}" --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
     --infer_steps=20 ${X[@]+"${X[@]}"}
   # (7) the input pipeline alone (crops + augmentation), batch 16 and 64
-  "${B[@]}" --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50 ${X[@]+"${X[@]}"}
+  [ "$FROM" -le 7 ] && "${B[@]}" --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50 ${X[@]+"${X[@]}"}
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u

@@ -1,6 +1,6 @@
 """Cross-entropy only, each class's error scaled by its inverse training-set pixel frequency.
 
-  python launch.py --config=configs/paper_ce_weighted.py --workdir=DIR --config.data.path=PATH
+python launch.py --config=configs/paper_ce_weighted.py --workdir=DIR --config.data.path=PATH
 """
 
 import ml_collections

@@ -59,17 +59,30 @@ class Normalizer:
         return (unit - jnp.asarray(self.mean)) / jnp.asarray(self.std)
 
 
-def stack_split(split: datasets.Split, min_size: int, ignore_index: int) -> TrainData:
-    """Pads every image of a split to one (H, W) at least `min_size` square, as numpy arrays."""
-    height = max(min_size, *(m.shape[0] for m in split.masks))
-    width = max(min_size, *(m.shape[1] for m in split.masks))
-    n, c = len(split.images), split.images[0].shape[-1]
+def stack_split(
+    split: datasets.Split,
+    min_size: int,
+    ignore_index: int,
+    shape: tuple[int, int, int] | None = None,
+) -> TrainData:
+    """Pads every image of a split to one (H, W), at least `min_size` square, as numpy arrays.
+
+    Args:
+      shape: (N, H, W) to pad to, at least the split's own; with several processes every
+        process's shard gets one shape, and a shard with fewer images repeats its first ones.
+    """
+    n, height, width = shape or (len(split.images), 0, 0)
+    height = max(min_size, height, *(m.shape[0] for m in split.masks))
+    width = max(min_size, width, *(m.shape[1] for m in split.masks))
+    c = split.images[0].shape[-1]
     images = np.zeros((n, height, width, c), split.images[0].dtype)
     masks = np.full((n, height, width), ignore_index, np.uint8)
-    for i, (img, msk) in enumerate(zip(split.images, split.masks, strict=True)):
+    sizes = np.zeros((n, 2), np.int32)
+    for i in range(n):
+        img, msk = split.images[i % len(split.images)], split.masks[i % len(split.masks)]
         images[i, : img.shape[0], : img.shape[1]] = img
         masks[i, : msk.shape[0], : msk.shape[1]] = msk
-    sizes = np.array([m.shape for m in split.masks], np.int32)
+        sizes[i] = msk.shape
     return TrainData(images, masks, sizes)
 
 

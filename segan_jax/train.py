@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -173,8 +174,12 @@ def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
 def train_step(
     ctx: StepContext, state: TrainState, data: input_pipeline.TrainData, key: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One adversarial update, per device (call inside shard_map over axis `AXIS`)."""
+    """One adversarial update, per device (call inside shard_map over axis `AXIS`).
+
+    `data` is this device's block of `place_data`'s arrays: a leading axis of size 1.
+    """
     cfg = ctx.config
+    data = jax.tree.map(lambda x: x[0], data)
     data_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
     device = jax.lax.axis_index(AXIS)
     ids = device * ctx.per_device_batch + jnp.arange(ctx.per_device_batch)
@@ -224,8 +229,8 @@ def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels) ->
 
 
 def make_mesh(devices=None) -> Mesh:
-    """A one-axis mesh over `devices` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else devices
+    """A one-axis mesh over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (AXIS,))
 
 
@@ -240,18 +245,46 @@ def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
 def compile_train_step(ctx: StepContext, mesh: Mesh):
     """The data-parallel step: jit(shard_map(train_step)) with the state donated.
 
-    State, data and key are replicated over the mesh; each device cuts its own share of the
-    global batch. Returns a function (state, data, key) -> (state, metrics).
+    State and key are replicated over the mesh; data come from `place_data`; each device cuts
+    its own share of the global batch. Returns a function (state, data, key) -> (state, metrics).
     """
     mapped = _shard_map(
-        functools.partial(train_step, ctx), mesh, in_specs=(P(), P(), P()), out_specs=(P(), P())
+        functools.partial(train_step, ctx),
+        mesh,
+        in_specs=(P(), P(AXIS), P()),
+        out_specs=(P(), P()),
     )
     return jax.jit(mapped, donate_argnums=(0,))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a host tree on every device of `mesh` (replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Places a tree, the same on every process, on every device of `mesh` (replicated)."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.TrainData:
+    """Puts this process's training images on each of its devices.
+
+    Arrays get a leading device axis sharded over `AXIS`: device d holds its process's whole
+    shard (every process's arrays must have one shape: see `_agree_on_shape`).
+    """
+    sharding = NamedSharding(mesh, P(AXIS))
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+    def put(x):
+        x = np.asarray(x)
+        blocks = [jax.device_put(x[None], d) for d in local]
+        return jax.make_array_from_single_device_arrays((mesh.size, *x.shape), sharding, blocks)
+
+    return jax.tree.map(put, data)
+
+
+def local_value(x: jax.Array) -> np.ndarray:
+    """This process's copy of a replicated array (works on one host and on many)."""
+    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -295,22 +328,28 @@ def step_context(config, info, num_devices: int, axis_name: str | None = AXIS) -
 
 
 def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, managers) -> TrainState:
-    """The latest checkpoint of the workdir, else a fresh state (from model.init_checkpoint)."""
-    key = jax.random.key(config.seed)
-    init = jax.jit(lambda k: create_train_state(ctx, k, num_channels))
+    """The latest checkpoint of the workdir, else a fresh state (from model.init_checkpoint).
+
+    The state is created on the devices, replicated (big_vision style); its `jax.eval_shape`
+    tree is the restore target, so the optax states keep their structure.
+    """
     sharding = NamedSharding(mesh, P())
+    init = jax.jit(
+        lambda: create_train_state(ctx, jax.random.key(config.seed), num_channels),
+        out_shardings=sharding,
+    )
     abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        jax.eval_shape(init, key),
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init)
     )
     latest = managers[0]
     if latest.latest_step() is not None:
-        print(f"Resuming from step {latest.latest_step()} in {latest.directory}", flush=True)
+        _print(f"Resuming from step {latest.latest_step()} in {latest.directory}")
         return checkpoints.restore(latest, abstract)
-    state = init(key)
+    state = init()
     if config.model.init_checkpoint:
-        state = load_init_checkpoint(state, config.model.init_checkpoint)
-    return replicate(state, mesh)
+        local = jax.tree.map(local_value, state)
+        state = replicate(load_init_checkpoint(local, config.model.init_checkpoint), mesh)
+    return state
 
 
 def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
@@ -335,10 +374,42 @@ def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
     return state.replace(**loaded)
 
 
+def _load_data(config, process_index: int, process_count: int):
+    """(info, {"train": this process's train shard, eval split: whole}).
+
+    Validates and builds the dataset first; with several processes, process 0 builds it (on a
+    filesystem all share) while the others wait.
+    """
+    if process_count > 1:
+        if process_index == 0:
+            datasets.load_info(config.data)
+        multihost_utils.sync_global_devices("segan_jax: dataset built")
+    info = datasets.load_info(config.data)
+    eval_name = eval_split_name(config, info.splits)
+    splits = {
+        "train": datasets.load_split(config.data, "train", process_index, process_count),
+        eval_name: datasets.load_split(config.data, eval_name),
+    }
+    return info, splits
+
+
+def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
+    """The train shard stacked to one shape, the same on every process."""
+    shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
+    if jax.process_count() > 1:
+        shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
+    return input_pipeline.stack_split(
+        split, config.data.crop_size, config.data.ignore_index, shape=shape
+    )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, max_steps_this_run: int | None = None
 ) -> dict | None:
     """Trains (resuming from the workdir's latest checkpoint) and evaluates periodically.
+
+    Runs on all devices of all processes (after `jax.distributed.initialize`); process 0 writes
+    the workdir's files, every process takes part in checkpointing.
 
     Args:
       max_steps_this_run: stop after this many steps (with a checkpoint), e.g. for time-sliced
@@ -348,15 +419,13 @@ def train_and_evaluate(
       The last evaluation record, or None when no evaluation ran.
     """
     workdir = pathlib.Path(workdir)
-    info = datasets.load_info(config.data)  # validates and builds before the workdir is touched
-    splits = {
-        s: datasets.load_split(config.data, s)
-        for s in ("train", eval_split_name(config, info.splits))
-    }
+    # Validates and builds before the workdir is touched.
+    info, splits = _load_data(config, jax.process_index(), jax.process_count())
     mesh = make_mesh()
     _check_config(config, mesh.size)
-    workdir_lib.prepare(workdir, config)
-    workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
+    if jax.process_index() == 0:
+        workdir_lib.prepare(workdir, config)
+        workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
     ctx = step_context(config, info, mesh.size)
     managers = (
         checkpoints.latest_manager(workdir, config.train.keep),
@@ -364,7 +433,9 @@ def train_and_evaluate(
     )
     try:
         state = initial_state(ctx, config, info.num_channels, mesh, managers)
-        return _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run)
+        data = place_data(_train_arrays(config, splits.pop("train")), mesh)
+        loop = _Loop(ctx, info, managers, workdir, splits)
+        return loop.run(state, data, mesh, max_steps_this_run)
     finally:
         for m in managers:
             m.wait_until_finished()
@@ -380,48 +451,80 @@ def _frequencies(info) -> dict:
     }
 
 
-def _loop(ctx, state, splits, info, mesh, managers, workdir, max_steps_this_run):
-    cfg = ctx.config.train
-    start = int(jax.device_get(state.step))
-    end = (
-        cfg.num_steps
-        if max_steps_this_run is None
-        else min(cfg.num_steps, start + max_steps_this_run)
-    )
-    data = replicate(
-        input_pipeline.stack_split(
-            splits["train"], ctx.config.data.crop_size, ctx.config.data.ignore_index
-        ),
-        mesh,
-    )
-    key = replicate(jax.random.key(ctx.config.seed + 1), mesh)
-    step_fn = compile_train_step(ctx, mesh)
-    progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
-    for step in range(start, end):
-        state, step_metrics = step_fn(state, data, key)
-        acc = step_metrics if acc is None else jax.tree.map(jnp.add, acc, step_metrics)
-        done = step + 1
-        if done % cfg.log_every and done != end:
-            continue
-        means = {k: float(v) / (done - since) for k, v in jax.device_get(acc).items()}
+def _print(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The training loop's fixed pieces; `run` steps, logs, checkpoints and evaluates."""
+
+    ctx: StepContext
+    info: Any
+    managers: tuple
+    workdir: pathlib.Path
+    eval_splits: dict
+
+    def run(self, state, data, mesh: Mesh, max_steps_this_run: int | None) -> dict | None:
+        cfg = self.ctx.config.train
+        start = int(local_value(state.step))
+        end = cfg.num_steps if max_steps_this_run is None else start + max_steps_this_run
+        end = min(end, cfg.num_steps)
+        seed = self.ctx.config.seed
+        key = jax.jit(lambda: jax.random.key(seed + 1), out_shardings=NamedSharding(mesh, P()))()
+        step_fn = compile_train_step(self.ctx, mesh)
+        progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
+        for step in range(start, end):
+            state, step_metrics = step_fn(state, data, key)
+            acc = step_metrics if acc is None else jax.tree.map(jnp.add, acc, step_metrics)
+            done = step + 1
+            if done % cfg.log_every and done != end:
+                continue
+            self.log(progress, acc, since, done)
+            acc, since = None, done
+            if done % cfg.checkpoint_every == 0 or done == end:
+                checkpoints.save(self.managers[0], done, state)
+            if done % cfg.eval_every == 0 or done == cfg.num_steps:
+                record = self.evaluate(state, done)
+        return record
+
+    def log(self, progress: workdir_lib.Progress, acc: dict, since: int, done: int) -> None:
+        """Fetches the summed metrics (the only host sync), checks them, prints and records."""
+        means = {k: float(local_value(v)) / (done - since) for k, v in acc.items()}
         if not all(np.isfinite(v) for v in means.values()):
-            raise NonFiniteLossError(_nan_message(since, done, managers[0], workdir))
-        rate = progress.print(done, means)
-        workdir_lib.append_jsonl(
-            workdir / "metrics.jsonl", {"kind": "train", "step": done, "steps_per_s": rate, **means}
+            raise NonFiniteLossError(_nan_message(since, done, self.managers[0], self.workdir))
+        if jax.process_index() == 0:
+            rate = progress.print(done, means)
+            record = {"kind": "train", "step": done, "steps_per_s": rate, **means}
+            workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
+
+    def evaluate(self, state: TrainState, step: int) -> dict:
+        """Whole-image evaluation (every process, so all agree on the best checkpoint)."""
+        name, split = next(iter(self.eval_splits.items()))
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
+        model = self.ctx.model.clone(bn_axis_name=None)
+        ignore = self.ctx.config.data.ignore_index
+        confusion = evaluate.split_confusion(model, variables, split, self.ctx.normalizer, ignore)
+        record = evaluate.result_record(step, name, self.info.classes, confusion)
+        f1 = record["f1_foreground_mean"]
+        checkpoints.save(self.managers[1], step, state, {"f1_foreground_mean": _nan_if_none(f1)})
+        if jax.process_index() == 0:
+            self.write(record)
+        return record
+
+    def write(self, record: dict) -> None:
+        evaluate.write_record(self.workdir, record)
+        keys = ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
+        line = {"kind": "eval", **{k: record[k] for k in keys}}
+        workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", line)
+        print(
+            f"eval {record['split']} step {record['step']}: "
+            f"F1 fg mean {_fmt(record['f1_foreground_mean'])} | "
+            f"IoU fg mean {_fmt(record['iou_foreground_mean'])}",
+            flush=True,
         )
-        acc, since = None, done
-        if done % cfg.checkpoint_every == 0 or done == end:
-            checkpoints.save(managers[0], done, state)
-        if done % cfg.eval_every == 0 or done == cfg.num_steps:
-            record = _evaluate(ctx, state, splits, info, done, workdir)
-            checkpoints.save(
-                managers[1],
-                done,
-                state,
-                {"f1_foreground_mean": _nan_if_none(record["f1_foreground_mean"])},
-            )
-    return record
 
 
 def _nan_message(since: int, done: int, manager, workdir) -> str:
@@ -435,29 +538,6 @@ def _nan_message(since: int, done: int, manager, workdir) -> str:
         f"loss became NaN or inf between steps {since + 1} and {done}; stopping. {kept}. "
         "Try a lower optimizer.learning_rate or model.dtype='float32'."
     )
-
-
-def _evaluate(ctx, state, splits, info, step, workdir) -> dict:
-    name = [s for s in splits if s != "train"][0]
-    device = jax.local_devices()[0]
-    variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, device)
-    model = ctx.model.clone(bn_axis_name=None)
-    confusion = evaluate.split_confusion(
-        model, variables, splits[name], ctx.normalizer, ctx.config.data.ignore_index
-    )
-    record = evaluate.result_record(step, name, info.classes, confusion)
-    evaluate.write_record(workdir, record)
-    line = {
-        k: record[k]
-        for k in ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
-    }
-    workdir_lib.append_jsonl(workdir / "metrics.jsonl", {"kind": "eval", **line})
-    print(
-        f"eval {name} step {step}: F1 fg mean {_fmt(record['f1_foreground_mean'])}"
-        f" | IoU fg mean {_fmt(record['iou_foreground_mean'])}",
-        flush=True,
-    )
-    return record
 
 
 def _nan_if_none(x) -> float:

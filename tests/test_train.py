@@ -48,7 +48,7 @@ def _run_step(config, devices, steps: int = 1, seed: int = 0):
     ctx = train.step_context(config, _info(), mesh.size)
     state = train.create_train_state(ctx, jax.random.key(seed), C)
     state = train.replicate(state, mesh)
-    data = train.replicate(_data(), mesh)
+    data = train.place_data(_data(), mesh)
     key = train.replicate(jax.random.key(7), mesh)
     step = train.compile_train_step(ctx, mesh)
     for _ in range(steps):

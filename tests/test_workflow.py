@@ -171,7 +171,7 @@ def test_train_step_compiles_once(data_dir):
     split = datasets.load_split(config.data, "train")
     from segan_jax import input_pipeline
 
-    data = train.replicate(input_pipeline.stack_split(split, 64, 255), mesh)
+    data = train.place_data(input_pipeline.stack_split(split, 64, 255), mesh)
     key = train.replicate(jax.random.key(1), mesh)
     step = train.compile_train_step(ctx, mesh)
     for _ in range(3):
