@@ -55,23 +55,36 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
+def _restore_on_one_device(manager: ocp.CheckpointManager, step: int) -> dict:
+    """Restores a checkpoint as nested dicts on this process's first device, whatever mesh or
+    number of processes saved it."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    metadata = manager.item_metadata(step)
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
 def restore_raw(path: str | pathlib.Path) -> dict:
-    """Restores a checkpoint folder without a target, as nested dicts of numpy arrays.
+    """Restores a checkpoint without a target, as nested dicts of arrays (one device).
 
     Args:
       path: a workdir, its `checkpoints/` or `best/` folder (the latest step is used), or one
         step folder inside them.
     """
     path = pathlib.Path(path).absolute()
+    handler = ocp.StandardCheckpointHandler()
     for candidate in (path / "best", path / "checkpoints", path):
         if candidate.is_dir():
-            manager = ocp.CheckpointManager(candidate)
+            manager = ocp.CheckpointManager(candidate, item_handlers=handler)
             step = manager.latest_step()
             if step is not None:
-                return manager.restore(step, args=ocp.args.StandardRestore())
-    if (path / "default").is_dir() or (path / "_CHECKPOINT_METADATA").exists():
-        item = path / "default" if (path / "default").is_dir() else path
-        return ocp.StandardCheckpointer().restore(item)
+                return _restore_on_one_device(manager, step)
+    if (path / "default").is_dir():
+        manager = ocp.CheckpointManager(path.parent, item_handlers=handler)
+        if path.name.isdigit() and int(path.name) in manager.all_steps():
+            return _restore_on_one_device(manager, int(path.name))
     raise FileNotFoundError(
         f"{path}: no orbax checkpoint found (expected a workdir or step folder)"
     )

@@ -191,3 +191,21 @@ def test_a_short_real_run_on_the_demo_data_learns(tmp_path, data_dir):
     constant = max(2 * p / (1 + p) for p in share[1:]) / (len(share) - 1)
     assert record["f1_foreground_mean"] > constant + 0.08, (record, constant)
     assert record["f1"][2] > 0.15  # nuclei (7 % of pixels; constant predictors score 0) found
+
+
+def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, data_dir):
+    config = _tiny(data_dir, num_steps=2)
+    train.train_and_evaluate(config, str(tmp_path / "a"))
+    saved = checkpoints.restore_raw(tmp_path / "a" / "checkpoints" / "2")
+    config.model.init_checkpoint = str(tmp_path / "a")
+    info = datasets.load_info(config.data)
+    mesh = train.make_mesh()
+    ctx = train.step_context(config, info, mesh.size)
+    manager = checkpoints.latest_manager(tmp_path / "b", 3)
+    state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
+    assert int(train.local_value(state.step)) == 0  # a new run, not a resume
+    for name in ("params", "batch_stats"):
+        for x, y in zip(
+            jax.tree.leaves(saved[name]), jax.tree.leaves(getattr(state, name)), strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(x), train.local_value(y))

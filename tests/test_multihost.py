@@ -1,0 +1,69 @@
+"""Two processes on localhost with jax.distributed (CPU, gloo collectives), one device each."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from segan_jax import checkpoints
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_collectives_supported() -> bool:
+    return "jax_cpu_collectives_implementation" in jax.config.values
+
+
+@pytest.mark.skipif(
+    not _cpu_collectives_supported(), reason="this jax has no CPU cross-process collectives"
+)
+def test_two_processes_train_one_run(tmp_path, data_dir):
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        SEGAN_JAX_DATA_DIR=str(data_dir),
+    )
+    port = _free_port()
+    work = tmp_path / "run"
+    args = [
+        sys.executable,
+        str(REPO / "launch.py"),
+        "--config=configs/tiny.py",
+        f"--workdir={work}",
+        "--config.train.num_steps=2",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+    ]
+    procs = [
+        subprocess.Popen(
+            [*args, f"--process_id={i}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    # Process 0 alone printed progress and wrote the workdir's files, once.
+    assert "step 2/2" in outs[0][0] and "step 2/2" not in outs[1][0]
+    lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines] == ["train", "eval"]
+    state = checkpoints.restore_raw(work / "checkpoints")
+    assert int(state["step"]) == 2
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
