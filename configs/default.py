@@ -52,8 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.critic.num = 0  # 0: no critic; 1: one critic for all classes; K or -1: one per class
     c.critic.features = (64, 128, 256, 512, 512, 512)  # SegAN's six 4x4 stride-2 blocks
     c.critic.layer_weighting = "mean"  # "mean" (paper eq. 2) | "segan" (original SegAN code)
-    c.critic.constraint = "clip"  # "clip" (weight clipping, as SegAN) | "none"
+    c.critic.constraint = "clip"  # "clip" (weight clipping, SegAN) | "gradient_penalty" | "none"
     c.critic.clip_value = 0.05
+    c.critic.gp_weight = 10.0  # with "gradient_penalty" (WGAN-GP's weight)
     c.critic.steps_per_update = 1  # critic updates per segmentor update
     c.critic.learning_rate = 2e-4  # SegAN: Adam, lr 2e-4, beta1 0.5
     c.critic.b1 = 0.5

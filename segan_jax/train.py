@@ -32,6 +32,7 @@ from segan_jax import checkpoints, datasets, evaluate, input_pipeline, losses, m
 from segan_jax import workdir as workdir_lib
 
 AXIS = "data"
+CRITIC_CONSTRAINTS = ("clip", "gradient_penalty", "none")
 
 
 @flax.struct.dataclass
@@ -72,6 +73,8 @@ def make_models(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
         raise ValueError(
             f"critic.num must be 0, 1, -1 or the number of classes ({num_classes}), got {num}"
         )
+    if config.critic.constraint not in CRITIC_CONSTRAINTS:
+        raise ValueError(f"critic.constraint must be one of {CRITIC_CONSTRAINTS}")
     critics = None
     if num:
         critics = models.Critics(num=num, features=tuple(config.critic.features), dtype=model.dtype)
@@ -126,24 +129,57 @@ def clip_weights(params: Any, value: float) -> Any:
     return jax.tree.map(lambda p: jnp.clip(p, -value, value), params)
 
 
-def critic_update(ctx: StepContext, state: TrainState, image, probs, onehot):
+def gradient_penalty(ctx: StepContext, critic_params, image, probs, onehot, key) -> jax.Array:
+    """WGAN-GP (Gulrajani et al. 2017) adapted to a critic without a scalar output.
+
+    At random interpolates x of the prediction-masked and truth-masked critic inputs, the
+    penalty is mean over samples of (||grad_x s(x)||_2 - 1)^2, where s(x), the critic's score, is
+    the sum over its blocks of each block's mean feature. Samples do not interact in the critic
+    (GroupNorm is per sample), so one gradient of the summed scores gives every sample's.
+    Shapes: image (B, H, W, C); probs, onehot (B, H, W, K).
+    """
+    num = ctx.critics.num
+    fake = models.masked_inputs(image, probs, num)
+    real = models.masked_inputs(image, onehot, num)
+    eps = jax.random.uniform(key, (1, image.shape[0], 1, 1, 1))
+    mixed = eps * fake + (1 - eps) * real
+
+    def score(x):
+        features = ctx.critics.apply({"params": critic_params}, x)[1:]
+        return sum(jnp.sum(jnp.mean(f, axis=(2, 3, 4))) for f in features)
+
+    grad = jax.grad(score)(mixed)
+    norms = jnp.sqrt(jnp.sum(grad**2, axis=(2, 3, 4)) + 1e-12)
+    return jnp.mean((norms - 1.0) ** 2)
+
+
+def critic_update(ctx: StepContext, state: TrainState, image, probs, onehot, key=None):
     """One critic step: ascend l_mae; `probs` carry no gradient to the segmentor.
 
+    The critic is kept bounded by `critic.constraint`: "clip" clips its weights to
+    +-critic.clip_value after the update (SegAN), "gradient_penalty" adds
+    critic.gp_weight * `gradient_penalty` (needs `key`) to its loss, "none" does neither.
     Returns (critic_params, critic_opt_state, l_mae before the update).
     """
+    cfg = ctx.config.critic
     probs = jax.lax.stop_gradient(probs)
     n = jax.lax.psum(1, AXIS)
 
     def loss_fn(critic_params):
-        return -adversarial_l1(ctx, critic_params, image, probs, onehot) / n
+        l_mae = adversarial_l1(ctx, critic_params, image, probs, onehot)
+        loss = -l_mae
+        if cfg.constraint == "gradient_penalty":
+            gp = gradient_penalty(ctx, critic_params, image, probs, onehot, key)
+            loss = loss + cfg.gp_weight * gp
+        return loss / n, l_mae / n
 
-    neg_l1, grads = jax.value_and_grad(loss_fn)(state.critic_params)
+    (_, l_mae), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic_params)
     grads = jax.lax.psum(grads, AXIS)
     updates, opt_state = ctx.critic_tx.update(grads, state.critic_opt_state, state.critic_params)
     params = optax.apply_updates(state.critic_params, updates)
-    if ctx.config.critic.constraint == "clip":
-        params = clip_weights(params, ctx.config.critic.clip_value)
-    return params, opt_state, -jax.lax.psum(neg_l1, AXIS)
+    if cfg.constraint == "clip":
+        params = clip_weights(params, cfg.clip_value)
+    return params, opt_state, jax.lax.psum(l_mae, AXIS)
 
 
 def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
@@ -180,7 +216,7 @@ def train_step(
     """
     cfg = ctx.config
     data = jax.tree.map(lambda x: x[0], data)
-    data_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
+    data_key, dropout_key, critic_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
     device = jax.lax.axis_index(AXIS)
     ids = device * ctx.per_device_batch + jnp.arange(ctx.per_device_batch)
     image, labels = input_pipeline.sample_batch(
@@ -196,8 +232,9 @@ def train_step(
         return logits, updated["batch_stats"]
 
     logits, pullback, batch_stats = jax.vjp(forward, state.params, has_aux=True)
+    critic_metrics = {}
     if ctx.critics is not None:
-        state = _critic_steps(ctx, state, image, logits, labels)
+        state, critic_metrics = _critic_steps(ctx, state, image, logits, labels, critic_key)
     grad_fn = jax.value_and_grad(functools.partial(segmentor_loss, ctx), argnums=1, has_aux=True)
     (loss, metrics), g_logits = grad_fn(state.critic_params, logits, image, labels)
     (grads,) = pullback(g_logits)
@@ -211,6 +248,7 @@ def train_step(
     )
     metrics = {k: jax.lax.psum(v, AXIS) for k, v in metrics.items()}
     metrics["loss"] = jax.lax.psum(loss, AXIS)
+    metrics.update(critic_metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
     # Checked on the host before any checkpoint is saved: a finite loss can still produce
     # non-finite parameters, which must never be saved as a "good" checkpoint.
@@ -218,14 +256,16 @@ def train_step(
     return state, metrics
 
 
-def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels) -> TrainState:
+def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels, key):
+    """critic.steps_per_update critic updates; returns (state, metrics)."""
     valid = (labels != ctx.config.data.ignore_index)[..., None]
     onehot = jax.nn.one_hot(labels, logits.shape[-1]) * valid
     probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
-    for _ in range(ctx.config.critic.steps_per_update):
-        params, opt_state, _ = critic_update(ctx, state, image, probs, onehot)
+    for i in range(ctx.config.critic.steps_per_update):
+        k = jax.random.fold_in(key, i)
+        params, opt_state, l_mae = critic_update(ctx, state, image, probs, onehot, k)
         state = state.replace(critic_params=params, critic_opt_state=opt_state)
-    return state
+    return state, {"critic_l_mae": l_mae}
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -168,3 +168,32 @@ def test_masked_inputs_feed_the_critic():
     image = jnp.ones((1, 4, 4, C))
     maps = jax.nn.one_hot(jnp.zeros((1, 4, 4), jnp.int32), K)
     assert models.masked_inputs(image, maps, 1).shape == (1, 1, 4, 4, K * C)
+
+
+def test_gradient_penalty_bounds_the_critic_instead_of_clipping():
+    config = _config(num=1, constraint="gradient_penalty", learning_rate=0.5)
+    state, metrics = _run_step(config, jax.devices()[:1])
+    leaves = jax.tree.leaves(state.critic_params)
+    assert max(float(np.abs(x).max()) for x in leaves) > config.critic.clip_value  # no clipping
+    assert np.isfinite(metrics["critic_l_mae"]) and np.isfinite(metrics["loss"])
+
+
+def test_gradient_penalty_is_non_negative_and_differentiable():
+    config = _config(num=1, constraint="gradient_penalty")
+    ctx = train.step_context(config, _info(), 1)
+    state = train.create_train_state(ctx, jax.random.key(0), C)
+    image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(2), (2, 32, 32, K)))
+    onehot = jax.nn.one_hot(jax.random.randint(jax.random.key(3), (2, 32, 32), 0, K), K)
+
+    def gp(params):
+        return train.gradient_penalty(ctx, params, image, probs, onehot, jax.random.key(4))
+
+    value, grads = jax.value_and_grad(gp)(state.critic_params)
+    assert float(value) >= 0 and np.isfinite(float(value))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_unknown_critic_constraint_is_refused():
+    with pytest.raises(ValueError, match="critic.constraint"):
+        train.step_context(_config(num=1, constraint="spectral"), _info(), 1)
