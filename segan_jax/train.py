@@ -383,7 +383,7 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
     )
     latest = managers[0]
     if latest.latest_step() is not None:
-        _print(f"Resuming from step {latest.latest_step()} in {latest.directory}")
+        _print(f"Restored step {latest.latest_step()} from {latest.directory}")
         return checkpoints.restore(latest, abstract)
     state = init()
     if config.model.init_checkpoint:

@@ -35,35 +35,42 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
         XLA_FLAGS="--xla_force_host_platform_device_count=1",
         SEGAN_JAX_DATA_DIR=str(data_dir),
     )
-    port = _free_port()
     work = tmp_path / "run"
-    args = [
-        sys.executable,
-        str(REPO / "launch.py"),
-        "--config=configs/tiny.py",
-        f"--workdir={work}",
-        "--config.train.num_steps=2",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-    ]
-    procs = [
-        subprocess.Popen(
-            [*args, f"--process_id={i}"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+
+    def launch(num_steps: int) -> list[str]:
+        args = [
+            sys.executable,
+            str(REPO / "launch.py"),
+            "--config=configs/tiny.py",
+            f"--workdir={work}",
+            f"--config.train.num_steps={num_steps}",
+            f"--coordinator_address=127.0.0.1:{_free_port()}",
+            "--num_processes=2",
+        ]
+        procs = [
+            subprocess.Popen(
+                [*args, f"--process_id={i}"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-3000:]
+        return [out for out, _ in outs]
+
+    first = launch(2)
     # Process 0 alone printed progress and wrote the workdir's files, once.
-    assert "step 2/2" in outs[0][0] and "step 2/2" not in outs[1][0]
+    assert "step 2/2" in first[0] and "step 2/2" not in first[1]
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines] == ["train", "eval"]
+    # Rerunning the 2-process job restores the 2-process checkpoint and goes on.
+    second = launch(3)
+    assert "Restored step 2" in second[0] and "step 3/3" in second[0]
     state = checkpoints.restore_raw(work / "checkpoints")
-    assert int(state["step"]) == 2
+    assert int(state["step"]) == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
