@@ -33,5 +33,6 @@ format: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
+# Removes the virtualenv and the demo's run only: other runs under runs/ are a user's results.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs/demo

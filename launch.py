@@ -3,9 +3,6 @@
 Logic lives in the segan_jax package so notebooks call the same functions.
 """
 
-import pathlib
-import shutil
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -13,7 +10,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run (config, metrics, checkpoints).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
-flags.DEFINE_bool("overwrite", False, "Discard an existing run in --workdir before training.")
+flags.DEFINE_bool(
+    "overwrite", False, "Discard the run in --workdir (after the data and config pass checks)."
+)
+flags.DEFINE_integer(
+    "max_steps_this_run", None, "Stop after this many steps (with a checkpoint); rerun to go on."
+)
+flags.DEFINE_bool(
+    "distributed", False, "Multi-host run: jax.distributed.initialize() finds SLURM/MPI/... values."
+)
 flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for a multi-host run (jax.distributed)."
 )
@@ -22,21 +27,14 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-host r
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _discard_run(workdir: pathlib.Path) -> None:
-    """Deletes an earlier run, but only a folder that is one (it holds config.json)."""
-    if not workdir.exists():
-        return
-    if not (workdir / "config.json").exists():
-        raise SystemExit(f"{workdir}: --overwrite refuses to delete a folder that is not a run")
-    shutil.rmtree(workdir)
-
-
 def _init_distributed() -> None:
-    """jax.distributed for multi-host runs; on clusters (SLURM, ...) JAX finds the values."""
+    """jax.distributed for multi-host runs: the flags' values, or (with --distributed alone)
+    those JAX detects on clusters (SLURM, Open MPI, ...)."""
     import jax
 
     # Cross-process collectives on CPU (no effect on GPU/TPU), e.g. for tests on localhost.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if "jax_cpu_collectives_implementation" in jax.config.values:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes,
@@ -47,7 +45,7 @@ def _init_distributed() -> None:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if FLAGS.coordinator_address or FLAGS.num_processes:
+    if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
         _init_distributed()
     from segan_jax import datasets, train, workdir
 
@@ -69,9 +67,12 @@ def _run() -> None:
     from segan_jax import inference, train
 
     if FLAGS.mode == "train":
-        if FLAGS.overwrite:
-            _discard_run(pathlib.Path(FLAGS.workdir))
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train.train_and_evaluate(
+            FLAGS.config,
+            FLAGS.workdir,
+            overwrite=FLAGS.overwrite,
+            max_steps_this_run=FLAGS.max_steps_this_run,
+        )
     elif FLAGS.mode == "evaluate":
         inference.evaluate_workdir(FLAGS.config, FLAGS.workdir)
     else:

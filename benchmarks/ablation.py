@@ -57,13 +57,18 @@ def experiment_config(name: str, args, seed: int):
     return c
 
 
-def run_one(name: str, args, seed: int) -> dict:
-    """Trains (or resumes, or reuses) one run and returns its final evaluation record."""
+def run_one(name: str, args, seed: int) -> dict | None:
+    """Trains (or resumes, or reuses) one run and returns its final evaluation record.
+
+    With --report_only nothing is trained and an unfinished run gives None.
+    """
     config = experiment_config(name, args, seed)
     workdir = pathlib.Path(args.workdir) / name / f"seed{seed}"
     done = sorted(workdir.glob(f"eval/*_{args.steps}.json"))
     if done:
         return json.loads(done[0].read_text())
+    if args.report_only:
+        return None
     start = time.perf_counter()
     record = train.train_and_evaluate(config, str(workdir))
     record["seconds"] = time.perf_counter() - start
@@ -96,13 +101,14 @@ def markdown(summary: dict, classes: list[str], header: str) -> str:
     def cell(ms):
         return "n/a" if np.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
 
-    cols = [f"F1 {c}" for c in classes] + ["F1 fg mean", "IoU fg mean"]
+    cols = [f"F1 {c}" for c in classes] + ["F1 fg mean", "IoU fg mean", "seeds"]
     lines = [header, "", "| experiment | " + " | ".join(cols) + " |"]
     lines.append("|" + "---|" * (len(cols) + 1))
     for name, s in summary.items():
         row = [cell(v) for v in s["f1"]] + [
             cell(s["f1_foreground_mean"]),
             cell(s["iou_foreground_mean"]),
+            str(s["seeds"]),
         ]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     lines.append("")
@@ -125,12 +131,17 @@ def main() -> None:
     p.add_argument("--experiments", default=",".join(EXPERIMENTS))
     p.add_argument("--workdir", default="runs/ablation")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation"))
+    p.add_argument(
+        "--report_only", action="store_true", help="train nothing; tabulate finished runs"
+    )
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     records = {}
     for name in args.experiments.split(","):
-        records[name] = [run_one(name, args, seed) for seed in seeds]
-        print(f"{name}: F1 fg mean per seed", [r["f1_foreground_mean"] for r in records[name]])
+        runs = [r for r in (run_one(name, args, seed) for seed in seeds) if r is not None]
+        if runs:
+            records[name] = runs
+            print(f"{name}: F1 fg mean per seed", [r["f1_foreground_mean"] for r in runs])
     summary = summarise(records)
     classes = records[next(iter(records))][0]["classes"]
     import jax

@@ -20,9 +20,11 @@ def _best_metric(metrics: dict[str, float]) -> float:
     return value if math.isfinite(value) else -1.0
 
 
-def latest_manager(workdir: str | pathlib.Path, keep: int) -> ocp.CheckpointManager:
+def latest_manager(
+    workdir: str | pathlib.Path, keep: int, create: bool = True
+) -> ocp.CheckpointManager:
     """Manager of the last `keep` checkpoints in `workdir/checkpoints`."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
     return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options)
 
 
@@ -39,14 +41,6 @@ def save(
 ) -> None:
     """Saves `state` asynchronously; call `manager.wait_until_finished()` before exiting."""
     manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
-
-
-def abstract_like(state: Any) -> Any:
-    """A tree of ShapeDtypeStructs (with shardings) to restore into."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        state,
-    )
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:

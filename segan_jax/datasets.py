@@ -60,7 +60,7 @@ DEMO_FILE = "samples/scratch-assay-labeled-10T-2Ch.tiff"
 DEMO_CLASSES = ("background", "cytoplasm", "nucleus")
 DEMO_TRAIN_FRAMES = 7
 STD_FLOOR = 1e-6
-MAX_CLASSES = 256
+MAX_CLASSES = 255  # label 255 is the ignore label of the input pipeline
 _CLASSES_EXAMPLE = '{"0": "background", "1": "nucleus"}'
 _META_KEYS = (
     "classes",

@@ -1,18 +1,22 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
+import json
 import pathlib
 
 import jax
 import ml_collections
 
 from segan_jax import checkpoints, datasets, evaluate, train
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+from segan_jax import workdir as workdir_lib
 
 
 def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
-    """(model, variables on one device, dataset info, step) of the workdir's latest checkpoint."""
-    manager = checkpoints.latest_manager(workdir, config.train.keep)
+    """(model, variables on one device, dataset info, step, normalizer) of the workdir's latest
+    checkpoint. `config` must be the run's (eval.* and predict.* may differ)."""
+    _check_same_run(config, workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
+    manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
@@ -23,6 +27,20 @@ def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return ctx.model, variables, info, step, ctx.normalizer
+
+
+def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
+    diffs = workdir_lib.config_differences(
+        json.loads(path.read_text()), workdir_lib.config_dict(config)
+    )
+    if diffs:
+        raise workdir_lib.ConfigMismatchError(
+            f"{path}: the run was trained with another config; pass the same --config and "
+            "overrides. Differences:\n  " + "\n  ".join(diffs)
+        )
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -48,9 +66,10 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: predict.input is neither an image file nor a folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in datasets.IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        suffixes = ", ".join(datasets.IMAGE_SUFFIXES)
+        raise FileNotFoundError(f"{path}: no images ({suffixes}) in this folder")
     return files
 
 
@@ -60,6 +79,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         raise ValueError("--mode=predict needs --config.predict.input and --config.predict.output")
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
+    _check_outputs(files, out)
     targets = [out / f"{f.stem}.png" for f in files]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not config.predict.overwrite:
@@ -76,6 +96,21 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         evaluate.save_label_png(labels, target)
     print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
     return targets
+
+
+def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:
+    """Refuses an output folder that is an input folder, and inputs sharing a stem."""
+    if any(f.parent.resolve() == out.resolve() for f in files):
+        raise FileExistsError(f"{out}: predict.output must not be the folder of the input images")
+    stems: dict[str, list[str]] = {}
+    for f in files:
+        stems.setdefault(f.stem, []).append(f.name)
+    clashes = [names for names in stems.values() if len(names) > 1]
+    if clashes:
+        raise FileExistsError(
+            f"{files[0].parent}: inputs share a stem, so their label PNGs would overwrite each "
+            f"other: {clashes}"
+        )
 
 
 def _check_channels(files, images, channels: int) -> None:

@@ -4,8 +4,10 @@ Cross-entropy with per-class weights (the paper's imbalance handling after Chan 
 arXiv 1901.08394) and the SegAN multi-scale L1 distance between critic features (Xue et al. 2017,
 arXiv 1706.01805; the paper's eq. 2).
 
-Each loss returns a *sum* and a *normaliser* where the normaliser can differ between devices, so
-that a data-parallel step can divide by the global normaliser and match one device exactly.
+The cross-entropy returns a *sum* and a *normaliser* (the normaliser differs between devices),
+so a data-parallel step divides by the global normaliser and matches one device exactly; the
+multi-scale L1 is a mean over equally sized per-device blocks, so its global value is the mean
+of the devices' values.
 """
 
 from collections.abc import Sequence

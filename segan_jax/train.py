@@ -7,8 +7,8 @@ separate parameters and optax states. Within one step:
 
 1. the segmentor runs forward once (`jax.vjp`, BatchNorm in training mode);
 2. the critic ascends the multi-scale L1 loss between its features of the image masked by the
-   predicted class maps (under `stop_gradient`) and by the one-hot truth, then its weights are
-   clipped;
+   predicted class maps (under `stop_gradient`) and by the one-hot truth, bounded by weight
+   clipping (then its weights are clipped) or a gradient penalty (`critic.constraint`);
 3. the segmentor descends lambda_ce * CE + lambda_mae * l_mae with the updated critic's
    parameters held fixed, through the same forward pass.
 """
@@ -129,19 +129,23 @@ def clip_weights(params: Any, value: float) -> Any:
     return jax.tree.map(lambda p: jnp.clip(p, -value, value), params)
 
 
-def gradient_penalty(ctx: StepContext, critic_params, image, probs, onehot, key) -> jax.Array:
+def gradient_penalty(
+    ctx: StepContext, critic_params, image, probs, onehot, key, example_ids=None
+) -> jax.Array:
     """WGAN-GP (Gulrajani et al. 2017) adapted to a critic without a scalar output.
 
     At random interpolates x of the prediction-masked and truth-masked critic inputs, the
     penalty is mean over samples of (||grad_x s(x)||_2 - 1)^2, where s(x), the critic's score, is
     the sum over its blocks of each block's mean feature. Samples do not interact in the critic
     (GroupNorm is per sample), so one gradient of the summed scores gives every sample's.
-    Shapes: image (B, H, W, C); probs, onehot (B, H, W, K).
+    Shapes: image (B, H, W, C); probs, onehot (B, H, W, K); example_ids (B,).
     """
     num = ctx.critics.num
     fake = models.masked_inputs(image, probs, num)
     real = models.masked_inputs(image, onehot, num)
-    eps = jax.random.uniform(key, (1, image.shape[0], 1, 1, 1))
+    ids = jnp.arange(image.shape[0]) if example_ids is None else example_ids
+    eps = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(ids)
+    eps = eps.reshape(1, -1, 1, 1, 1)  # per example, keyed by its global index
     mixed = eps * fake + (1 - eps) * real
 
     def score(x):
@@ -153,7 +157,9 @@ def gradient_penalty(ctx: StepContext, critic_params, image, probs, onehot, key)
     return jnp.mean((norms - 1.0) ** 2)
 
 
-def critic_update(ctx: StepContext, state: TrainState, image, probs, onehot, key=None):
+def critic_update(
+    ctx: StepContext, state: TrainState, image, probs, onehot, key=None, example_ids=None
+):
     """One critic step: ascend l_mae; `probs` carry no gradient to the segmentor.
 
     The critic is kept bounded by `critic.constraint`: "clip" clips its weights to
@@ -169,7 +175,7 @@ def critic_update(ctx: StepContext, state: TrainState, image, probs, onehot, key
         l_mae = adversarial_l1(ctx, critic_params, image, probs, onehot)
         loss = -l_mae
         if cfg.constraint == "gradient_penalty":
-            gp = gradient_penalty(ctx, critic_params, image, probs, onehot, key)
+            gp = gradient_penalty(ctx, critic_params, image, probs, onehot, key, example_ids)
             loss = loss + cfg.gp_weight * gp
         return loss / n, l_mae / n
 
@@ -234,7 +240,7 @@ def train_step(
     logits, pullback, batch_stats = jax.vjp(forward, state.params, has_aux=True)
     critic_metrics = {}
     if ctx.critics is not None:
-        state, critic_metrics = _critic_steps(ctx, state, image, logits, labels, critic_key)
+        state, critic_metrics = _critic_steps(ctx, state, image, logits, labels, critic_key, ids)
     grad_fn = jax.value_and_grad(functools.partial(segmentor_loss, ctx), argnums=1, has_aux=True)
     (loss, metrics), g_logits = grad_fn(state.critic_params, logits, image, labels)
     (grads,) = pullback(g_logits)
@@ -256,14 +262,14 @@ def train_step(
     return state, metrics
 
 
-def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels, key):
+def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels, key, ids):
     """critic.steps_per_update critic updates; returns (state, metrics)."""
     valid = (labels != ctx.config.data.ignore_index)[..., None]
     onehot = jax.nn.one_hot(labels, logits.shape[-1]) * valid
     probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
     for i in range(ctx.config.critic.steps_per_update):
         k = jax.random.fold_in(key, i)
-        params, opt_state, l_mae = critic_update(ctx, state, image, probs, onehot, k)
+        params, opt_state, l_mae = critic_update(ctx, state, image, probs, onehot, k, ids)
         state = state.replace(critic_params=params, critic_opt_state=opt_state)
     return state, {"critic_l_mae": l_mae}
 
@@ -309,7 +315,7 @@ def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.Tra
     """Puts this process's training images on each of its devices.
 
     Arrays get a leading device axis sharded over `AXIS`: device d holds its process's whole
-    shard (every process's arrays must have one shape: see `_agree_on_shape`).
+    shard (every process's arrays must have one shape: see `_train_arrays`).
     """
     sharding = NamedSharding(mesh, P(AXIS))
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
@@ -334,7 +340,12 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_classes: int) -> None:
+    ignore = config.data.ignore_index
+    if not num_classes <= ignore <= 255:
+        raise ValueError(
+            f"data.ignore_index={ignore} must be in {num_classes}..255 (labels are 0..K-1, uint8)"
+        )
     t = config.train
     if t.batch_size % num_devices:
         raise ValueError(f"train.batch_size={t.batch_size} must divide over {num_devices} devices")
@@ -421,9 +432,7 @@ def _load_data(config, process_index: int, process_count: int):
     filesystem all share) while the others wait.
     """
     if process_count > 1:
-        if process_index == 0:
-            datasets.load_info(config.data)
-        multihost_utils.sync_global_devices("segan_jax: dataset built")
+        _process_0_first(lambda: datasets.load_info(config.data), "validate and build the data")
     info = datasets.load_info(config.data)
     eval_name = eval_split_name(config, info.splits)
     splits = {
@@ -433,8 +442,28 @@ def _load_data(config, process_index: int, process_count: int):
     return info, splits
 
 
+def _process_0_first(fn, what: str) -> None:
+    """Runs `fn` on process 0 while the others wait; if it fails there, every process stops."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            fn()
+        except Exception as err:  # re-raised below, after telling the other processes
+            error = err
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError(f"process 0 failed to {what}; its output says why")
+
+
 def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
     """The train shard stacked to one shape, the same on every process."""
+    if not split.images:
+        raise ValueError(
+            f"process {jax.process_index()} of {jax.process_count()} got no training images: "
+            "the train split has fewer images than processes"
+        )
     shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
     if jax.process_count() > 1:
         shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
@@ -444,7 +473,11 @@ def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, max_steps_this_run: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    overwrite: bool = False,
+    max_steps_this_run: int | None = None,
 ) -> dict | None:
     """Trains (resuming from the workdir's latest checkpoint) and evaluates periodically.
 
@@ -452,6 +485,8 @@ def train_and_evaluate(
     the workdir's files, every process takes part in checkpointing.
 
     Args:
+      overwrite: discard an earlier run in `workdir` (only once the data and config passed
+        their checks, and only a folder that is a segan_jax run).
       max_steps_this_run: stop after this many steps (with a checkpoint), e.g. for time-sliced
         cluster jobs; rerunning continues.
 
@@ -462,7 +497,10 @@ def train_and_evaluate(
     # Validates and builds before the workdir is touched.
     info, splits = _load_data(config, jax.process_index(), jax.process_count())
     mesh = make_mesh()
-    _check_config(config, mesh.size)
+    _check_config(config, mesh.size, len(info.classes))
+    if overwrite:
+        _process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
+    workdir_lib.check(workdir, config)  # every process: all stop alike on a mismatch
     if jax.process_index() == 0:
         workdir_lib.prepare(workdir, config)
         workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))

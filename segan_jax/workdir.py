@@ -3,13 +3,15 @@
 import json
 import math
 import pathlib
+import shutil
 import sys
 import time
 
 import ml_collections
 
-# Keys that may change between runs in one workdir (they do not change what is trained).
-MUTABLE_PREFIXES = ("eval.", "predict.", "train.log_every", "train.eval_every", "train.num_steps")
+# Keys that may change between runs in one workdir (they do not change what is trained;
+# train.num_steps does: the learning-rate schedules are built from it).
+MUTABLE_PREFIXES = ("eval.", "predict.", "train.log_every", "train.eval_every")
 
 
 class ConfigMismatchError(ValueError):
@@ -27,9 +29,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys (dotted) whose values differ, ignoring `MUTABLE_PREFIXES`."""
+    """Keys (dotted) whose values differ, ignoring `MUTABLE_PREFIXES`.
+
+    Keys the saved config lacks (options added to segan_jax after that run started) are not
+    compared: the run trained with their defaults.
+    """
     a, b = _flatten(saved), _flatten(current)
-    keys = sorted(set(a) | set(b))
+    keys = sorted(a)
     return [
         f"{k}: {a.get(k)!r} in the workdir, {b.get(k)!r} now"
         for k in keys
@@ -42,23 +48,40 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Creates the workdir and saves the resolved config, or checks a rerun asks for the same run.
+def check(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Checks that a rerun in an existing workdir asks for the same run (reads only).
 
     Raises:
       ConfigMismatchError: naming every differing key, so no earlier result is overwritten.
     """
     path = workdir / "config.json"
-    current = config_dict(config)
     if path.exists():
-        diffs = config_differences(json.loads(path.read_text()), current)
+        diffs = config_differences(json.loads(path.read_text()), config_dict(config))
         if diffs:
             raise ConfigMismatchError(
                 f"{path}: this workdir holds a different run; use a new --workdir "
                 "(or --overwrite to discard it). Differences:\n  " + "\n  ".join(diffs)
             )
+
+
+def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Checks the workdir (`check`), creates it and saves the resolved config."""
+    check(workdir, config)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(path, current)
+    write_json(workdir / "config.json", config_dict(config))
+
+
+def discard(workdir: pathlib.Path) -> None:
+    """Deletes an earlier run, but only a folder that is one (config.json plus metrics or
+    checkpoints); anything else raises and nothing is deleted."""
+    if not workdir.exists():
+        return
+    is_run = (workdir / "config.json").is_file() and (
+        (workdir / "metrics.jsonl").is_file() or (workdir / "checkpoints").is_dir()
+    )
+    if not is_run:
+        raise ConfigMismatchError(f"{workdir}: --overwrite deletes only a segan_jax run folder")
+    shutil.rmtree(workdir)
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -71,6 +71,15 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     )
     assert again.returncode != 0 and "overwrite" in again.stderr
     assert "Traceback" not in again.stderr
+    into_inputs = _launch(
+        *predict, f"--config.predict.output={inputs}", data_dir=data_dir, check=False
+    )
+    assert into_inputs.returncode != 0 and "must not be the folder" in into_inputs.stderr
+
+    other = _launch(
+        *common, "--mode=evaluate", "--config.critic.num=1", data_dir=data_dir, check=False
+    )
+    assert other.returncode != 0 and "critic.num" in other.stderr
 
 
 def test_bad_dataset_fails_before_any_work(tmp_path, data_dir):
@@ -209,3 +218,23 @@ def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, 
             jax.tree.leaves(saved[name]), jax.tree.leaves(getattr(state, name)), strict=True
         ):
             np.testing.assert_array_equal(np.asarray(x), train.local_value(y))
+
+
+def test_overwrite_discards_a_run_only_after_checks_and_only_a_run(tmp_path, data_dir):
+    config = _tiny(data_dir, num_steps=2)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    bad = _tiny(data_dir, num_steps=2)
+    bad.data.ignore_index = 1  # fails the config check: the earlier run must survive
+    with pytest.raises(ValueError, match="ignore_index"):
+        train.train_and_evaluate(bad, str(tmp_path / "run"), overwrite=True)
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    config.loss.class_weights = "inverse_frequency"
+    train.train_and_evaluate(config, str(tmp_path / "run"), overwrite=True)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["loss"]["class_weights"] == "inverse_frequency"
+    not_a_run = tmp_path / "notes"
+    not_a_run.mkdir()
+    (not_a_run / "config.json").write_text("{}")
+    with pytest.raises(workdir.ConfigMismatchError, match="only a segan_jax run"):
+        train.train_and_evaluate(config, str(not_a_run), overwrite=True)
+    assert (not_a_run / "config.json").exists()
