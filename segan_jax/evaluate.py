@@ -5,7 +5,6 @@ one confusion matrix is accumulated over the split and the paper's metrics come 
 """
 
 import functools
-import json
 import math
 import pathlib
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from segan_jax import datasets, input_pipeline, metrics, models
+from segan_jax import workdir as workdir_lib
 
 EVAL_KEYS = (
     "step",
@@ -119,9 +119,7 @@ def write_record(workdir: pathlib.Path, record: dict) -> pathlib.Path:
     """Writes `DIR/eval/<split>_<step>.json` atomically and returns its path."""
     out = pathlib.Path(workdir) / "eval" / f"{record['split']}_{record['step']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out)
+    workdir_lib.write_json(out, record)
     return out
 
 

@@ -188,6 +188,15 @@ def critic_update(
     return params, opt_state, jax.lax.psum(l_mae, AXIS)
 
 
+def class_maps(ctx: StepContext, logits, labels) -> tuple[jax.Array, jax.Array]:
+    """The maps that mask the critic's inputs: softmax of the logits and the one-hot truth,
+    both zero on ignored (padding) pixels. Shapes: logits (B, H, W, K), labels (B, H, W)."""
+    valid = (labels != ctx.config.data.ignore_index)[..., None]
+    onehot = jax.nn.one_hot(labels, logits.shape[-1]) * valid
+    probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
+    return probs, onehot
+
+
 def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
     """lambda_ce * CE + lambda_mae * l_mae as a function of the logits (critic fixed).
 
@@ -203,10 +212,7 @@ def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
     loss = cfg.loss.lambda_ce * ce
     metrics = {"ce": ce}
     if ctx.critics is not None:
-        num_classes = logits.shape[-1]
-        valid = (labels != cfg.data.ignore_index)[..., None]
-        onehot = jax.nn.one_hot(labels, num_classes) * valid
-        probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
+        probs, onehot = class_maps(ctx, logits, labels)
         l_mae = adversarial_l1(ctx, critic_params, image, probs, onehot) / n
         loss = loss + cfg.loss.lambda_mae * l_mae
         metrics["l_mae"] = l_mae
@@ -264,9 +270,7 @@ def train_step(
 
 def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels, key, ids):
     """critic.steps_per_update critic updates; returns (state, metrics)."""
-    valid = (labels != ctx.config.data.ignore_index)[..., None]
-    onehot = jax.nn.one_hot(labels, logits.shape[-1]) * valid
-    probs = jax.nn.softmax(logits.astype(jnp.float32)) * valid
+    probs, onehot = class_maps(ctx, logits, labels)
     for i in range(ctx.config.critic.steps_per_update):
         k = jax.random.fold_in(key, i)
         params, opt_state, l_mae = critic_update(ctx, state, image, probs, onehot, k, ids)
