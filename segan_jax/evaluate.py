@@ -5,7 +5,6 @@ one confusion matrix is accumulated over the split and the paper's metrics come 
 """
 
 import functools
-import math
 import pathlib
 from typing import Any
 
@@ -103,16 +102,12 @@ def result_record(step: int, split: str, classes, confusion: np.ndarray) -> dict
         "step": int(step),
         "split": split,
         "classes": list(classes),
-        "f1": [_json_float(v) for v in result["f1"]],
-        "iou": [_json_float(v) for v in result["iou"]],
-        "f1_foreground_mean": _json_float(result["f1_foreground_mean"]),
-        "iou_foreground_mean": _json_float(result["iou_foreground_mean"]),
+        "f1": workdir_lib.nan_to_null(result["f1"].tolist()),
+        "iou": workdir_lib.nan_to_null(result["iou"].tolist()),
+        "f1_foreground_mean": workdir_lib.nan_to_null(result["f1_foreground_mean"]),
+        "iou_foreground_mean": workdir_lib.nan_to_null(result["iou_foreground_mean"]),
         "confusion_matrix": np.asarray(confusion).astype(int).tolist(),
     }
-
-
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def write_record(workdir: pathlib.Path, record: dict) -> pathlib.Path:
@@ -125,16 +120,8 @@ def write_record(workdir: pathlib.Path, record: dict) -> pathlib.Path:
 
 def table_from_record(record: dict) -> str:
     """The per-class table (Label | Type | F1 | IoU) of an evaluation record."""
-
-    def nan(v):
-        return float("nan") if v is None else v
-
-    result = {
-        "f1": [nan(v) for v in record["f1"]],
-        "iou": [nan(v) for v in record["iou"]],
-        "f1_foreground_mean": nan(record["f1_foreground_mean"]),
-        "iou_foreground_mean": nan(record["iou_foreground_mean"]),
-    }
+    keys = ("f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
+    result = {k: workdir_lib.null_to_nan(record[k]) for k in keys}
     return metrics.format_table(record["classes"], result)
 
 

@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter
 
 from segan_jax import evaluate
+from segan_jax import workdir as workdir_lib
 
 # Paper-sized text: readable at one column width when saved at DPI.
 STYLE = {
@@ -47,15 +48,6 @@ COLUMN_TITLES = ("Image", "Ground truth", "Prediction")
 # ----------------------------------------------------------------------------- reading a run
 
 
-def _nan(value):
-    """JSON null (NaN as written by workdir.append_jsonl) back to NaN, in lists too."""
-    if value is None:
-        return math.nan
-    if isinstance(value, list):
-        return [_nan(v) for v in value]
-    return value
-
-
 def read_metrics(workdir: str | pathlib.Path) -> tuple[list[dict], list[dict]]:
     """(train rows, eval rows) of ``workdir/metrics.jsonl``, each in file order.
 
@@ -71,7 +63,7 @@ def read_metrics(workdir: str | pathlib.Path) -> tuple[list[dict], list[dict]]:
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
-        row = {k: _nan(v) for k, v in json.loads(line).items()}
+        row = {k: workdir_lib.null_to_nan(v) for k, v in json.loads(line).items()}
         kind = row.pop("kind", "train")
         (eval_rows if kind == "eval" else train_rows).append(row)
     return train_rows, eval_rows

@@ -591,7 +591,9 @@ class _Loop:
         confusion = evaluate.split_confusion(model, variables, split, self.ctx.normalizer, ignore)
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = record["f1_foreground_mean"]
-        checkpoints.save(self.managers[1], step, state, {"f1_foreground_mean": _nan_if_none(f1)})
+        checkpoints.save(
+            self.managers[1], step, state, {"f1_foreground_mean": workdir_lib.null_to_nan(f1)}
+        )
         if jax.process_index() == 0:
             self.write(record)
         return record
@@ -620,10 +622,6 @@ def _nan_message(since: int, done: int, manager, workdir) -> str:
         f"loss became NaN or inf between steps {since + 1} and {done}; stopping. {kept}. "
         "Try a lower optimizer.learning_rate or model.dtype='float32'."
     )
-
-
-def _nan_if_none(x) -> float:
-    return float("nan") if x is None else x
 
 
 def _fmt(x) -> str:

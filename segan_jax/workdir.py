@@ -93,16 +93,26 @@ def write_json(path: pathlib.Path, obj) -> None:
 
 def append_jsonl(path: pathlib.Path, record: dict) -> None:
     """Appends one JSON line (NaN written as null)."""
-    clean = {k: _null_nan(v) for k, v in record.items()}
+    clean = {k: nan_to_null(v) for k, v in record.items()}
     with path.open("a") as f:
         f.write(json.dumps(clean) + "\n")
 
 
-def _null_nan(v):
+def nan_to_null(v):
+    """NaN and inf (also inside lists) to None, which JSON writes as null."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, list):
-        return [_null_nan(x) for x in v]
+        return [nan_to_null(x) for x in v]
+    return v
+
+
+def null_to_nan(v):
+    """The inverse for reading: None (also inside lists) back to NaN."""
+    if v is None:
+        return math.nan
+    if isinstance(v, list):
+        return [null_to_nan(x) for x in v]
     return v
 
 
