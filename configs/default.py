@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.output_stride = 16  # 16 or 8
     c.model.aspp_features = 256
     c.model.dropout_rate = 0.1
+    # ASPP taps that read only padding on the training crops (rate >= crop / output_stride)
+    # never train; True drops them on every input (whole images too), False keeps them there
+    # with their initial weights, as torchvision does.
+    c.model.drop_untrained_taps = True
     c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.model.init_checkpoint = ""  # local orbax checkpoint to start the segmentor from
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import lax
 
 Dtype = Any
 
@@ -63,6 +64,64 @@ def torch_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int],
     return ((pad, pad), (pad, pad))
 
 
+def live_taps(size: int, kernel: int, stride: int, dilation: int, pad: tuple[int, int]) -> range:
+    """Kernel taps (along one spatial axis) that read at least one real input pixel.
+
+    Output ``o`` reads input ``o * stride - pad[0] + t * dilation`` through tap ``t``; a tap
+    that reads padding for every output (e.g. an atrous tap with ``dilation >= size`` at stride
+    1) contributes exactly 0. The live taps form one contiguous range.
+    """
+    out = (size + pad[0] + pad[1] - dilation * (kernel - 1) - 1) // stride + 1
+    live = [
+        t
+        for t in range(kernel)
+        if any(0 <= o * stride - pad[0] + t * dilation < size for o in range(out))
+    ]
+    return range(live[0], live[-1] + 1) if live else range(kernel)
+
+
+def conv_live_taps(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    *,
+    live_size: int | None = None,
+    **kwargs: Any,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` (NHWC input, HWIO kernel, explicit padding) without the
+    kernel taps that only ever read padding (``live_taps``).
+
+    With ``live_size`` the taps kept are those live on an input of at most ``live_size`` pixels
+    per axis, whatever the input's size: the taps a model trained on that size has trained.
+
+    Exact: the output and every gradient are those of the full convolution (the dropped taps
+    multiply zeros, so their gradient is 0 either way), in fewer FLOPs. DeepLabV3 at output
+    stride 8 on 256x256 crops has 32x32 features, so the rate-36 ASPP branch reduces to its
+    centre tap (8/9 of that branch, about 10 % of the forward FLOPs of ResNet-50). The kernel
+    parameter keeps its full shape: a whole-image forward pass on larger inputs uses every tap.
+    """
+    dilation = tuple(rhs_dilation or (1,) * len(window_strides))
+    if lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
+        )
+    keep = [
+        live_taps(size, rhs.shape[i], window_strides[i], dilation[i], padding[i])
+        for i, size in enumerate(min(n, live_size or n) for n in lhs.shape[1:3])
+    ]
+    padding = [
+        (lo - r.start * d, hi - (k - r.stop) * d)
+        for (lo, hi), r, d, k in zip(padding, keep, dilation, rhs.shape[:2], strict=True)
+    ]
+    rhs = rhs[keep[0].start : keep[0].stop, keep[1].start : keep[1].stop]
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
+    )
+
+
 class ConvBN(nn.Module):
     """Conv (no bias) + BatchNorm (+ ReLU): torchvision's ``Conv2d, BatchNorm2d, ReLU`` sequence.
 
@@ -78,6 +137,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    live_size: int | None = None  # see conv_live_taps
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -92,6 +152,7 @@ class ConvBN(nn.Module):
             kernel_init=conv_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            conv_general_dilated=functools.partial(conv_live_taps, live_size=self.live_size),
         )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
@@ -197,17 +258,24 @@ class ResNet(nn.Module):
 
 
 class ASPPConv(nn.Module):
-    """ASPP atrous branch: 3x3 conv (dilation = padding = rate) + BN + ReLU. Keeps (B, h, w)."""
+    """ASPP atrous branch: 3x3 conv (dilation = padding = rate) + BN + ReLU. Keeps (B, h, w).
+
+    ``live_size``: use only the taps that see data on features of this size (``ConvBN``).
+    """
 
     features: int
     rate: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    live_size: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return ConvBN(self.features, 3, dilation=self.rate, **_shared(self))(x, train)
+        conv = ConvBN(
+            self.features, 3, dilation=self.rate, live_size=self.live_size, **_shared(self)
+        )
+        return conv(x, train)
 
 
 class ASPPPooling(nn.Module):
@@ -257,6 +325,8 @@ class ASPP(nn.Module):
     concatenated and projected by 1x1 ConvBN + ReLU + dropout. ``(B, h, w, C) -> (B, h, w, F)``.
 
     ``dropout_rate`` needs a ``'dropout'`` rng when ``train`` and > 0 (torchvision uses 0.5).
+    ``train_features``: the feature size in training; atrous taps that read only padding there
+    never train, and are dropped at every input size (None: kept on larger inputs).
     """
 
     features: int = 256
@@ -265,13 +335,17 @@ class ASPP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    train_features: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         common = _shared(self)
         branches = [ConvBN(self.features, 1, name="conv1x1", **common)(x, train)]
         for i, rate in enumerate(self.rates):
-            branches.append(ASPPConv(self.features, rate, name=f"atrous{i}", **common)(x, train))
+            atrous = ASPPConv(
+                self.features, rate, live_size=self.train_features, name=f"atrous{i}", **common
+            )
+            branches.append(atrous(x, train))
         pooling = ASPPPooling(
             self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="pooling"
         )
@@ -290,13 +364,20 @@ class DeepLabHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    train_features: int | None = None  # see ASPP
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         common = _shared(self)
-        x = ASPP(self.features, tuple(self.rates), self.dropout_rate, name="aspp", **common)(
-            x, train
+        aspp = ASPP(
+            self.features,
+            tuple(self.rates),
+            self.dropout_rate,
+            train_features=self.train_features,
+            name="aspp",
+            **common,
         )
+        x = aspp(x, train)
         x = ConvBN(self.features, 3, name="conv", **common)(x, train)
         return nn.Conv(
             self.num_classes,
@@ -315,6 +396,12 @@ class DeepLabV3(nn.Module):
     ``mutable=['batch_stats']``); dropout then needs a ``'dropout'`` rng. ``dropout_rate`` is the
     ASPP projection dropout (torchvision: 0.5). ASPP rates are (6, 12, 18) at output stride 16
     and (12, 24, 36) at 8. Parameters are float32; ``dtype`` is the compute dtype.
+
+    ``train_size``: the crop size the model trains on. ASPP taps that read only padding on
+    crops of that size (rate >= ceil(train_size / output_stride), e.g. rate 36 at output stride
+    8 on 256x256 crops) never receive a gradient; with ``train_size`` they are dropped on every
+    input, so whole-image inference runs the network that was trained. ``None`` keeps them on
+    larger inputs with their initial weights (torchvision's behaviour).
     """
 
     num_classes: int
@@ -326,6 +413,7 @@ class DeepLabV3(nn.Module):
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     param_dtype: Dtype = jnp.float32
+    train_size: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -338,6 +426,9 @@ class DeepLabV3(nn.Module):
             self.aspp_features,
             ASPP_RATES[self.output_stride],
             self.dropout_rate,
+            train_features=None
+            if self.train_size is None
+            else -(-self.train_size // self.output_stride),
             name="head",
             **common,
         )(features, train)
@@ -347,11 +438,16 @@ class DeepLabV3(nn.Module):
 
 
 def deeplab_from_config(
-    model_cfg: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None
+    model_cfg: ml_collections.ConfigDict,
+    num_classes: int,
+    bn_axis_name: str | None = None,
+    crop_size: int | None = None,
 ) -> DeepLabV3:
     """Builds DeepLabV3 from a config with keys depth, width, output_stride, aspp_features,
-    dropout_rate and dtype ('float32' | 'bfloat16')."""
+    dropout_rate, dtype ('float32' | 'bfloat16') and drop_untrained_taps (default True: the
+    model's ``train_size`` is ``crop_size``)."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
+    drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
         num_classes=num_classes,
         depth=int(model_cfg.depth),
@@ -361,6 +457,7 @@ def deeplab_from_config(
         dropout_rate=float(model_cfg.dropout_rate),
         dtype=DTYPES[model_cfg.dtype],
         bn_axis_name=bn_axis_name,
+        train_size=int(crop_size) if drop and crop_size else None,
     )
 
 

@@ -67,7 +67,9 @@ def make_models(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
     critic.num: 0 none; 1 one critic on all classes; K (or -1, "one per class" whatever K is)
     one critic per class.
     """
-    model = models.deeplab_from_config(config.model, num_classes, bn_axis_name=axis_name)
+    model = models.deeplab_from_config(
+        config.model, num_classes, bn_axis_name=axis_name, crop_size=config.data.crop_size
+    )
     num = num_classes if config.critic.num == -1 else config.critic.num
     if num not in (0, 1, num_classes):
         raise ValueError(

@@ -127,6 +127,116 @@ def test_forward_and_gradients_batch_1(depth, output_stride, hw):
         assert bool(jnp.any(g != 0)), name
 
 
+def conv_kernels(jaxpr) -> list[tuple[int, ...]]:
+    """Kernel shapes of every convolution in a jaxpr (nested jaxprs included)."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            shapes.append(tuple(eqn.invars[1].aval.shape))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, "eqns"):
+                    shapes += conv_kernels(sub)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    ("hw", "kernel", "stride", "dilation", "live"),
+    [
+        ((32, 32), 3, 1, 36, (1, 1)),  # ASPP rate 36 on OS8 features of a 256 crop
+        ((32, 32), 3, 1, 24, (3, 3)),  # rate 24: off-centre taps still see 8 rows
+        ((5, 9), 3, 1, 6, (1, 3)),  # one axis only
+        ((3, 20), 3, 1, 3, (1, 3)),  # dilation == size: dead
+        ((16, 16), 7, 2, 1, (7, 7)),  # ResNet stem
+        ((9, 9), 3, 2, 5, (3, 3)),
+    ],
+)
+def test_conv_live_taps_matches_full_convolution(hw, kernel, stride, dilation, live):
+    """Dropping taps that read only padding changes neither the output nor any gradient, and
+    the convolution that runs has only the live taps."""
+    x = random_image((2, *hw, 3))
+    w = random_image((kernel, kernel, 3, 4), seed=1)
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    args = ((stride, stride), models.torch_padding(kernel, dilation))
+    kwargs = dict(rhs_dilation=(dilation, dilation), dimension_numbers=dims)
+
+    def full(x, w):
+        return jax.lax.conv_general_dilated(x, w, *args, **kwargs)
+
+    def pruned(x, w):
+        return models.conv_live_taps(x, w, *args, **kwargs)
+
+    np.testing.assert_allclose(pruned(x, w), full(x, w), rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, pruned)
+    ]
+    for g_full, g_pruned in zip(*grads, strict=True):
+        np.testing.assert_allclose(g_pruned, g_full, rtol=1e-5, atol=1e-4)
+    assert conv_kernels(jax.make_jaxpr(pruned)(x, w).jaxpr) == [(*live, 3, 4)]
+
+
+def full_convolution(*args, live_size=None, **kwargs):
+    """``models.conv_live_taps`` with every tap: lax's convolution."""
+    return jax.lax.conv_general_dilated(*args, **kwargs)
+
+
+def test_deeplab_skips_dead_atrous_taps_exactly(monkeypatch):
+    """OS8 on a 40x40 input has 5x5 features: every ASPP rate (12, 24, 36) reads only padding
+    off-centre, so the three atrous branches run as 1x1 convolutions of their 3x3 kernels'
+    centres. Logits and parameter gradients equal those of the full convolutions."""
+    model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
+    variables = he_filled(abstract_init(model, (2, 40, 40, 3))[0])
+    x = random_image((2, 40, 40, 3))
+    atrous = (3, 3, 64, TINY["aspp_features"])  # backbone features: 8 * width
+    assert variables["params"]["head"]["aspp"]["atrous2"]["ConvBN_0"]["Conv_0"]["kernel"].shape == (
+        atrous
+    )
+
+    def loss(params):
+        logits, _ = train_apply(model, {**variables, "params": params}, x)
+        return jnp.sum(jnp.sin(logits))
+
+    def forward_kernels():
+        return conv_kernels(jax.make_jaxpr(lambda v: train_apply(model, v, x))(variables).jaxpr)
+
+    pruned, pruned_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
+    monkeypatch.setattr(models, "conv_live_taps", full_convolution)
+    full, full_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
+    assert (full_kernels.count(atrous), pruned_kernels.count(atrous)) == (3, 0)
+    assert pruned_kernels.count((1, 1, *atrous[2:])) == full_kernels.count((1, 1, *atrous[2:])) + 3
+    for a, b in zip(jax.tree.leaves(pruned), jax.tree.leaves(full), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_train_size_drops_untrained_taps_on_larger_inputs():
+    """A model trained on 40x40 crops (OS8: 5x5 features) never trains the off-centre taps of
+    its ASPP rates (12, 24, 36). With ``train_size=40`` a 304x296 input (38x37 features, where
+    every tap sees data) runs as if those taps were zero; the 40x40 forward pass is unchanged."""
+    model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
+    trained = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0, train_size=40)
+    variables = he_filled(abstract_init(model, (1, 40, 40, 3))[0])
+    zeroed = jax.tree.map(lambda a: a, variables)
+    for branch in zeroed["params"]["head"]["aspp"].values():
+        kernel = branch.get("ConvBN_0", {}).get("Conv_0", {}).get("kernel")
+        if kernel is not None and kernel.shape[0] == 3:
+            branch["ConvBN_0"]["Conv_0"]["kernel"] = kernel * jnp.zeros((3, 3, 1, 1)).at[1, 1].set(
+                1
+            )
+    small, large = random_image((1, 40, 40, 3)), random_image((1, 304, 296, 3), seed=3)
+    np.testing.assert_allclose(
+        trained.apply(variables, small, train=False),
+        model.apply(variables, small, train=False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    full, dropped = (m.apply(variables, large, train=False) for m in (model, trained))
+    np.testing.assert_allclose(
+        dropped, model.apply(zeroed, large, train=False), rtol=1e-5, atol=1e-5
+    )
+    assert float(jnp.max(jnp.abs(dropped - full))) > 1e-3  # the taps mattered
+
+
 SMALL = dict(depth=18, output_stride=16, dropout_rate=0.0)
 SMALL_SHAPE = (2, 32, 32, 3)
 
@@ -248,6 +358,10 @@ def test_deeplab_from_config():
     assert (model.depth, model.width, model.output_stride, model.aspp_features) == (18, 8, 8, 16)
     assert (model.num_classes, model.dropout_rate, model.bn_axis_name) == (4, 0.2, "batch")
     assert model.dtype == jnp.bfloat16
+    assert model.train_size is None
+    assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size == 64
+    cfg.drop_untrained_taps = False
+    assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size is None
     cfg.dtype = "float16"
     with pytest.raises(ValueError):
         models.deeplab_from_config(cfg, num_classes=4)
