@@ -32,6 +32,7 @@ Examples:
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime
 import glob
@@ -70,6 +71,13 @@ def parse_args(argv=None):
     a("--batch", type=_csv(int), default=[16, 64], help="global train batch sizes")
     a("--dtype", type=_csv(str), default=["bfloat16", "float32"], help="compute dtypes")
     a("--critic", type=_csv(int), default=[0, 1], help="critic.num values (0 or 1)")
+    a(
+        "--taps",
+        type=_csv(str),
+        default=["live"],
+        help="'live': skip convolution taps that read only padding and ASPP taps untrained at\n"
+        "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic). E.g. live,all",
+    )
     a("--depth", type=int, default=50, help="ResNet depth (18/34/50/101)")
     a("--width", type=int, default=64, help="ResNet base width")
     a("--crop", type=int, default=256, help="train crop size")
@@ -113,14 +121,7 @@ def make_cases(args):
                 for batch in args.batch:
                     for critic in args.critic:
                         cases.append(
-                            dict(
-                                kind="train",
-                                os=os_,
-                                dtype=dtype,
-                                batch=batch,
-                                critic=critic,
-                                crop=args.crop,
-                            )
+                            dict(kind="train", os=os_, dtype=dtype, batch=batch, critic=critic)
                         )
     if args.pipeline:
         for batch in args.batch:
@@ -132,18 +133,24 @@ def make_cases(args):
                     cases.append(
                         dict(kind="infer", os=os_, dtype=dtype, batch=batch, size=args.infer_size)
                     )
-    common = dict(depth=args.depth, width=args.width)
-    return [{**common, **c} for c in cases]
+    common = dict(depth=args.depth, width=args.width, crop=args.crop)
+    return [
+        {**common, **c, **({} if c["kind"] == "pipeline" else {"taps": taps})}
+        for c in cases
+        for taps in (args.taps if c["kind"] != "pipeline" else ["live"])
+    ]
 
 
 def case_name(c):
     net = f"R{c['depth']}w{c['width']}"
+    taps = "" if c.get("taps", "live") == "live" else f" taps-{c['taps']}"
     if c["kind"] == "train":
         return (
             f"train {net} OS{c['os']} {c['crop']}px b{c['batch']} {c['dtype']} critic{c['critic']}"
+            + taps
         )
     if c["kind"] == "infer":
-        return f"infer {net} OS{c['os']} {c['size']}px b{c['batch']} {c['dtype']}"
+        return f"infer {net} OS{c['os']} {c['size']}px b{c['batch']} {c['dtype']}{taps}"
     return f"pipeline {c['crop']}px b{c['batch']}"
 
 
@@ -475,9 +482,6 @@ def annotate_flops(path, args):
     measured before the jaxpr count existed, or where it failed."""
     sys.path.insert(0, str(REPO))
     import jax
-    import jax.numpy as jnp
-
-    from segan_jax import input_pipeline, models, train
 
     doc = json.loads(pathlib.Path(path).read_text())
     note = f"jaxpr FLOPs added by --annotate_flops (jax {jax.__version__}, {jax.default_backend()})"
@@ -487,45 +491,53 @@ def annotate_flops(path, args):
         if r["env"].get("device_count", 1) != 1:
             print(f"{r['name']}: measured on {r['env']['device_count']} devices; skipped")
             continue
-        if r["kind"] == "train":
-            config = make_config(r)
-            info, _ = synthetic_data(1, 8, args.classes)
-            ctx = train.step_context(config, info, 1)
-            state = jax.eval_shape(
-                lambda k, ctx=ctx: train.create_train_state(ctx, k, 3), jax.random.key(0)
-            )
-            tile = args.tile
-            data = input_pipeline.TrainData(
-                jax.ShapeDtypeStruct((1, args.num_images, tile, tile, 3), jnp.uint8),
-                jax.ShapeDtypeStruct((1, args.num_images, tile, tile), jnp.uint8),
-                jax.ShapeDtypeStruct((1, args.num_images, 2), jnp.int32),
-            )
-            key = jax.eval_shape(lambda: jax.random.key(1))
-            step_fn = train.compile_train_step(ctx, train.make_mesh(jax.devices()[:1]))
-            r.update(train_model_flops(ctx, step_fn, state, data, key, r))
-            seconds = r["step_ms"] / 1e3
-        else:
-            config = make_config(r, batch=1)
-            model = models.deeplab_from_config(config.model, args.classes, bn_axis_name=None)
-            x = jax.ShapeDtypeStruct((r["batch"], *r["padded_shape"], 3), jnp.float32)
-            size = r["size"]
-            variables = jax.eval_shape(
-                lambda k, model=model: model.init(
-                    {"params": k}, jnp.zeros((1, 64, 64, 3)), train=False
-                ),
-                jax.random.key(0),
-            )
-
-            def predict(v, x, size=size, model=model):
-                logits = model.apply(v, x, train=False)
-                return jnp.argmax(logits[:, :size, :size], axis=-1).astype(jnp.uint8)
-
-            r["flops_per_call_jaxpr"] = _model_flops(predict, variables, x)
-            seconds = r["call_ms"] / 1e3
+        with tap_mode(r.get("taps", "all")):  # results before --taps existed used every tap
+            seconds = _annotate_one(r, args)
         r["flops_note"] = note
         _rates(r, seconds, r["dtype"], args)
         print(f"{r['name']}: {r.get('gflop_per_step')} GFLOP, {r.get('tflops_per_s')} TFLOP/s")
     pathlib.Path(path).write_text(json.dumps(doc, indent=1, default=str))
+
+
+def _annotate_one(r, args):
+    """Adds the jaxpr FLOPs to one saved result; returns its measured seconds per step/call."""
+    import jax
+    import jax.numpy as jnp
+
+    from segan_jax import input_pipeline, models, train
+
+    if r["kind"] == "train":
+        config = make_config(r)
+        info, _ = synthetic_data(1, 8, args.classes)
+        ctx = train.step_context(config, info, 1)
+        state = jax.eval_shape(
+            lambda k, ctx=ctx: train.create_train_state(ctx, k, 3), jax.random.key(0)
+        )
+        tile = args.tile
+        data = input_pipeline.TrainData(
+            jax.ShapeDtypeStruct((1, args.num_images, tile, tile, 3), jnp.uint8),
+            jax.ShapeDtypeStruct((1, args.num_images, tile, tile), jnp.uint8),
+            jax.ShapeDtypeStruct((1, args.num_images, 2), jnp.int32),
+        )
+        key = jax.eval_shape(lambda: jax.random.key(1))
+        step_fn = train.compile_train_step(ctx, train.make_mesh(jax.devices()[:1]))
+        r.update(train_model_flops(ctx, step_fn, state, data, key, r))
+        return r["step_ms"] / 1e3
+    config = make_config(r, batch=1)
+    model = models.deeplab_from_config(config.model, args.classes, crop_size=r.get("crop"))
+    x = jax.ShapeDtypeStruct((r["batch"], *r["padded_shape"], 3), jnp.float32)
+    size = r["size"]
+    variables = jax.eval_shape(
+        lambda k, model=model: model.init({"params": k}, jnp.zeros((1, 64, 64, 3)), train=False),
+        jax.random.key(0),
+    )
+
+    def predict(v, x, size=size, model=model):
+        logits = model.apply(v, x, train=False)
+        return jnp.argmax(logits[:, :size, :size], axis=-1).astype(jnp.uint8)
+
+    r["flops_per_call_jaxpr"] = _model_flops(predict, variables, x)
+    return r["call_ms"] / 1e3
 
 
 def _pick_flops(res, kind):
@@ -718,7 +730,7 @@ def run_infer(case, args, emit):
     res = {"env": _env()}
     config = make_config(case, batch=1)
     info, _ = synthetic_data(1, 8, args.classes)
-    model = models.deeplab_from_config(config.model, args.classes, bn_axis_name=None)
+    model = models.deeplab_from_config(config.model, args.classes, crop_size=case.get("crop"))
     normalizer = input_pipeline.Normalizer.from_info(info)
     variables = jax.jit(
         lambda k: model.init({"params": k}, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
@@ -827,7 +839,8 @@ def child_main(args):
 
     try:
         runner = {"train": run_train, "infer": run_infer, "pipeline": run_pipeline}[case["kind"]]
-        emit(runner(case, args, emit))
+        with tap_mode(case.get("taps", "live")):
+            emit(runner(case, args, emit))
     except BaseException as e:  # noqa: BLE001 - every failure is reported
         tb = traceback.format_exc()
         emit(
@@ -839,6 +852,25 @@ def child_main(args):
         )
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def tap_mode(taps):
+    """'all': ``models.conv_live_taps`` keeps every tap while inside (``--taps=all``)."""
+    import jax
+
+    from segan_jax import models
+
+    def every_tap(*args, live_size=None, **kwargs):
+        return jax.lax.conv_general_dilated(*args, **kwargs)
+
+    live_taps = models.conv_live_taps
+    if taps == "all":
+        models.conv_live_taps = every_tap
+    try:
+        yield
+    finally:
+        models.conv_live_taps = live_taps
 
 
 # ----------------------------------------------------------------------------- parent side
