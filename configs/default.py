@@ -23,6 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.brightness = 0.1  # additive, in units of the image's full scale
     c.augment.contrast = 0.1  # multiplicative, about the crop's mean
     c.augment.saturation = 0.1  # RGB only
+    c.augment.hue = 0.0  # RGB only: chroma rotation of at most this fraction of a turn
+    # RGB only: H&E stain jitter (Tellez et al. 2018), HED a*s+b with a in 1 +- hed, b in +-hed;
+    # 0.02-0.05 for H&E slides. 0 keeps the recorded runs reproducible.
+    c.augment.hed = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.depth = 50  # ResNet-18/34/50/101 backbone

@@ -113,13 +113,59 @@ def _flip_rotate(key: jax.Array, image: jax.Array, mask: jax.Array, aug: ml_coll
     return image, mask
 
 
+# Haematoxylin, eosin and DAB optical-density vectors (rows) of Ruifrok & Johnston (2001), as in
+# scikit-image's rgb2hed; stain concentrations are in its units (optical density / -ln 1e-6).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_OD_FLOOR = 1e-6
+# NTSC YIQ: luma Y and the two chroma axes I, Q.
+YIQ_FROM_RGB = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def stain_affine(unit: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Maps each H, E, D stain concentration ``s`` of (..., 3) RGB in [0, 1] to ``a * s + b``
+    (``a``, ``b``: (3,)) and back to RGB, clipped to [0, 1].
+
+    Unlike scikit-image, negative concentrations are not clipped, so ``a = 1, b = 0`` gives the
+    image back (for values >= 1e-6, the optical-density floor).
+    """
+    log_adjust = -np.log(_OD_FLOOR)
+    stains = (-jnp.log(jnp.clip(unit, _OD_FLOOR, 1.0)) / log_adjust) @ HED_FROM_RGB
+    od = (a * stains + b) @ RGB_FROM_HED * log_adjust
+    return jnp.clip(jnp.exp(-od), 0.0, 1.0)
+
+
+def hed_jitter(key: jax.Array, unit: jax.Array, sigma: float) -> jax.Array:
+    """H&E stain augmentation (Tellez et al. 2018): ``stain_affine`` with, per image,
+    ``a ~ U(1 - sigma, 1 + sigma)`` and ``b ~ U(-sigma, sigma)`` for each stain.
+    ``unit``: (H, W, 3) RGB in [0, 1]."""
+    ka, kb = jax.random.split(key)
+    a = jax.random.uniform(ka, (3,), minval=1 - sigma, maxval=1 + sigma)
+    b = jax.random.uniform(kb, (3,), minval=-sigma, maxval=sigma)
+    return stain_affine(unit, a, b)
+
+
+def hue_rotation(unit: jax.Array, turns: jax.Array) -> jax.Array:
+    """Rotates the chroma of (..., 3) RGB by ``turns`` of a full turn in YIQ space (luma kept)."""
+    angle = 2 * jnp.pi * turns
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    rotation = jnp.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = jnp.asarray(np.linalg.inv(YIQ_FROM_RGB)) @ rotation @ jnp.asarray(YIQ_FROM_RGB)
+    return unit @ matrix.T
+
+
 def colour_jitter(key: jax.Array, unit: jax.Array, aug: ml_collections.ConfigDict, is_rgb: bool):
-    """Brightness (additive), contrast (about the image mean) and, for RGB, saturation jitter.
+    """Colour augmentation of one image, each step skipped when its strength is 0: for RGB, H&E
+    stain jitter (``aug.hed``, ``hed_jitter``) first; then brightness (additive), contrast
+    (about the image mean) and, for RGB, saturation and hue (``aug.hue``: at most that fraction
+    of a turn, ``hue_rotation``).
 
     Args:
       unit: (H, W, C) image in scaled units (about [0, 1]).
     """
     kb, kc, ks = jax.random.split(key, 3)
+    if is_rgb and aug.hed > 0:
+        unit = hed_jitter(jax.random.fold_in(key, 4), unit, aug.hed)
     unit = unit + jax.random.uniform(kb, (), minval=-aug.brightness, maxval=aug.brightness)
     mean = jnp.mean(unit, axis=(0, 1), keepdims=True)
     contrast = jax.random.uniform(kc, (), minval=1 - aug.contrast, maxval=1 + aug.contrast)
@@ -128,6 +174,9 @@ def colour_jitter(key: jax.Array, unit: jax.Array, aug: ml_collections.ConfigDic
         grey = jnp.mean(unit, axis=-1, keepdims=True)
         sat = jax.random.uniform(ks, (), minval=1 - aug.saturation, maxval=1 + aug.saturation)
         unit = grey + sat * (unit - grey)
+    if is_rgb and aug.hue > 0:
+        turns = jax.random.uniform(jax.random.fold_in(key, 3), (), minval=-aug.hue, maxval=aug.hue)
+        unit = hue_rotation(unit, turns)
     return unit
 
 

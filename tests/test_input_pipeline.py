@@ -13,7 +13,7 @@ IGNORE = 255
 
 def _aug(**overrides) -> ml_collections.ConfigDict:
     aug = ml_collections.ConfigDict(
-        dict(flips=True, rot90=True, brightness=0.0, contrast=0.0, saturation=0.0)
+        dict(flips=True, rot90=True, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hed=0.0)
     )
     aug.update(overrides)
     return aug
@@ -73,6 +73,7 @@ def test_images_smaller_than_the_crop_are_padded_with_ignore():
 def test_colour_jitter_changes_intensity_but_not_labels():
     data = input_pipeline.stack_split(_coded_split([(40, 52)]), 24, IGNORE)
     aug = _aug(flips=False, rot90=False, brightness=0.2, contrast=0.2, saturation=0.2)
+    aug.update(hue=0.1, hed=0.05)
     plain_img, plain_mask = input_pipeline.augment_example(
         data, jax.random.key(3), 24, _aug(flips=False, rot90=False), _normalizer(), IGNORE
     )
@@ -81,6 +82,38 @@ def test_colour_jitter_changes_intensity_but_not_labels():
     )
     np.testing.assert_array_equal(mask, plain_mask)
     assert not np.allclose(img, plain_img)
+
+
+def _stain_pixels() -> np.ndarray:
+    """(4, 3) RGB in (0, 1]: white, pure haematoxylin, pure eosin, and a mix."""
+    density = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.05, 0.08, 0.0]])
+    od = density @ input_pipeline.RGB_FROM_HED * -np.log(1e-6)
+    return np.exp(-od).astype(np.float32)
+
+
+def test_stain_affine_scales_one_stain_and_round_trips():
+    pixels = _stain_pixels()
+    one, zero = jnp.ones(3), jnp.zeros(3)
+    np.testing.assert_allclose(input_pipeline.stain_affine(pixels, one, zero), pixels, atol=1e-5)
+    doubled_h = np.asarray(input_pipeline.stain_affine(pixels, jnp.array([2.0, 1, 1]), zero))
+    np.testing.assert_allclose(doubled_h[[0, 2]], pixels[[0, 2]], atol=1e-5)  # no haematoxylin
+    np.testing.assert_allclose(np.log(doubled_h[1]), 2 * np.log(pixels[1]), rtol=1e-4)
+    assert np.all(doubled_h[3] < pixels[3])  # more stain absorbs more light
+    jittered = input_pipeline.hed_jitter(jax.random.key(0), pixels, 0.05)
+    assert float(jnp.min(jittered)) >= 0 and float(jnp.max(jittered)) <= 1
+    assert not np.allclose(jittered, pixels)
+
+
+def test_hue_rotation_keeps_luma_and_greys_and_inverts():
+    rgb = np.random.default_rng(0).uniform(size=(50, 3)).astype(np.float32)
+    rotated = input_pipeline.hue_rotation(rgb, 0.2)
+    luma = input_pipeline.YIQ_FROM_RGB[0]
+    np.testing.assert_allclose(rotated @ luma, rgb @ luma, atol=1e-5)
+    np.testing.assert_allclose(input_pipeline.hue_rotation(rotated, -0.2), rgb, atol=1e-5)
+    np.testing.assert_allclose(input_pipeline.hue_rotation(rgb, 1.0), rgb, atol=1e-5)
+    grey = np.full((1, 3), 0.4, np.float32)
+    np.testing.assert_allclose(input_pipeline.hue_rotation(grey, 0.3), grey, atol=1e-5)
+    assert not np.allclose(rotated, rgb, atol=1e-2)
 
 
 def test_sample_batch_is_keyed_by_global_example_index():
