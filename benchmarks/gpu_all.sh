@@ -8,11 +8,13 @@
 #     PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
-#   FROM=4 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (4) to (7)
+#   FROM=4 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (4) to (8)
 #
 # On an H100 (2026-11-26) one ResNet-50 train case took 77-94 s of wall time (process start,
 # ~25 s init compile and data placement, ~4 s lowering, 42-53 s XLA compile, seconds of timing),
 # so the default budget covers priorities (1) to (3); FROM=4 runs the rest in a second command.
+# Cases run with segan_jax's convolutions (--taps=live: taps that only read padding skipped);
+# (2) repeats (1) with every tap, the arithmetic of the 2026-11-26 H100 figures and torchvision.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
 # and their dependencies carried as wheels in .whl/, see benchmarks/README.md):
@@ -43,19 +45,21 @@ FROM=${FROM:-1}
   # (1) OS8 bf16 batch 16, no critic, with a short profile (top ops, model scopes)
   [ "$FROM" -le 1 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
     --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt" ${X[@]+"${X[@]}"}
-  # (2) OS8 bf16 batch 16, single SegAN critic
-  [ "$FROM" -le 2 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${X[@]+"${X[@]}"}
-  # (3) OS8 bf16 batch 64, without and with the critic
-  [ "$FROM" -le 3 ] && "${B[@]}" "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${X[@]+"${X[@]}"}
-  # (4) OS16 bf16 batch 16
-  [ "$FROM" -le 4 ] && "${B[@]}" "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${X[@]+"${X[@]}"}
-  # (5) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  [ "$FROM" -le 5 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${X[@]+"${X[@]}"}
-  # (6) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4
-  [ "$FROM" -le 6 ] && "${B[@]}" --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
-    --infer_steps=20 ${X[@]+"${X[@]}"}
-  # (7) the input pipeline alone (crops + augmentation), batch 16 and 64
-  [ "$FROM" -le 7 ] && "${B[@]}" --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50 ${X[@]+"${X[@]}"}
+  # (2) the same with every convolution tap (the baseline of the skipped taps, same machine)
+  [ "$FROM" -le 2 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=all ${X[@]+"${X[@]}"}
+  # (3) OS8 bf16 batch 16, single SegAN critic
+  [ "$FROM" -le 3 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${X[@]+"${X[@]}"}
+  # (4) OS8 bf16 batch 64, without and with the critic
+  [ "$FROM" -le 4 ] && "${B[@]}" "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${X[@]+"${X[@]}"}
+  # (5) OS16 bf16 batch 16
+  [ "$FROM" -le 5 ] && "${B[@]}" "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${X[@]+"${X[@]}"}
+  # (6) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
+  [ "$FROM" -le 6 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${X[@]+"${X[@]}"}
+  # (7) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256 crops)
+  [ "$FROM" -le 7 ] && "${B[@]}" --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+    --crop=256 --infer_steps=20 ${X[@]+"${X[@]}"}
+  # (8) the input pipeline alone (crops + augmentation), batch 16 and 64
+  [ "$FROM" -le 8 ] && "${B[@]}" --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50 ${X[@]+"${X[@]}"}
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u
