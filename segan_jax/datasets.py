@@ -120,6 +120,7 @@ class DatasetInfo:
       channel_mean: (C,) float32 mean of image / scale over all train pixels.
       channel_std: (C,) float32 std of the same, floored at 1e-6.
       is_rgb: C == 3.
+      image_dtype: "uint8" or "uint16", the pixel type of every image.
     """
 
     classes: tuple[str, ...]
@@ -130,6 +131,7 @@ class DatasetInfo:
     channel_mean: np.ndarray
     channel_std: np.ndarray
     is_rgb: bool
+    image_dtype: str = "uint8"
 
 
 class FormatError(ValueError):
@@ -727,6 +729,7 @@ def _info_from_metadata(metadata: dict) -> DatasetInfo:
         channel_mean=np.asarray(metadata["channel_mean"], np.float32),
         channel_std=np.asarray(metadata["channel_std"], np.float32),
         is_rgb=num_channels == 3,
+        image_dtype=str(metadata["image_dtype"]),
     )
 
 

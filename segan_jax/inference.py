@@ -89,7 +89,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         )
     images = [datasets.read_image(f) for f in files]  # reads (and checks) all before writing
     model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
-    _check_channels(files, images, info.num_channels)
+    _check_images(files, images, info)
     out.mkdir(parents=True, exist_ok=True)
     for image, target in zip(images, targets, strict=True):
         labels = evaluate.predict_labels(model, variables, image, normalizer)
@@ -113,11 +113,17 @@ def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:
         )
 
 
-def _check_channels(files, images, channels: int) -> None:
-    bad = [
-        f"{f}: {im.shape[-1]} channels, the model takes {channels}"
-        for f, im in zip(files, images, strict=True)
-        if im.shape[-1] != channels
-    ]
+def _check_images(files, images, info: datasets.DatasetInfo) -> None:
+    """Refuses images whose channels or pixel type differ from the training data's: a 16-bit
+    image given to a model trained on 8-bit ones would be scaled by the wrong factor."""
+    bad = []
+    for f, im in zip(files, images, strict=True):
+        if im.shape[-1] != info.num_channels:
+            bad.append(f"{f}: {im.shape[-1]} channels, the model takes {info.num_channels}")
+        if im.dtype != info.image_dtype:
+            bad.append(
+                f"{f}: {im.dtype} pixels, the model was trained on {info.image_dtype} images "
+                f"(scaled by 1/{info.scale:g}); convert it to {info.image_dtype} first"
+            )
     if bad:
         raise datasets.DatasetError(bad)

@@ -75,6 +75,20 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
         *predict, f"--config.predict.output={inputs}", data_dir=data_dir, check=False
     )
     assert into_inputs.returncode != 0 and "must not be the folder" in into_inputs.stderr
+    eight_bit = tmp_path / "in8"
+    eight_bit.mkdir()
+    tifffile.imwrite(eight_bit / "slide_c.tif", (image // 16).astype(np.uint8), **contig)
+    wrong_type = _launch(
+        *common,
+        "--mode=predict",
+        f"--config.predict.input={eight_bit}",
+        f"--config.predict.output={tmp_path / 'out8'}",
+        data_dir=data_dir,
+        check=False,
+    )
+    assert wrong_type.returncode != 0 and "Traceback" not in wrong_type.stderr
+    assert "slide_c.tif: uint8 pixels" in wrong_type.stderr and "uint16" in wrong_type.stderr
+    assert not (tmp_path / "out8").exists()
 
     other = _launch(
         *common, "--mode=evaluate", "--config.critic.num=1", data_dir=data_dir, check=False
