@@ -101,7 +101,8 @@ def conv_live_taps(
     multiply zeros, so their gradient is 0 either way), in fewer FLOPs. DeepLabV3 at output
     stride 8 on 256x256 crops has 32x32 features, so the rate-36 ASPP branch reduces to its
     centre tap (8/9 of that branch, about 10 % of the forward FLOPs of ResNet-50). The kernel
-    parameter keeps its full shape: a whole-image forward pass on larger inputs uses every tap.
+    parameter keeps its full shape: without ``live_size``, a forward pass on larger inputs uses
+    every tap.
     """
     dilation = tuple(rhs_dilation or (1,) * len(window_strides))
     if lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
