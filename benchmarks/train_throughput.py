@@ -365,9 +365,7 @@ def run_train(case, args, emit):
 
     counter = CompileCounter()
     res = {"env": _env()}
-    t = time.perf_counter()
-    ctx, mesh, state, data, key = _train_setup(case, args)
-    res["setup_s"] = round(time.perf_counter() - t, 3)
+    ctx, mesh, state, data, key, res["setup_s"] = _train_setup(case, args)
     step_fn = train.compile_train_step(ctx, mesh)
     res.update(train_model_flops(ctx, step_fn, state, data, key, case))
     op_names = _aot_compile(step_fn, (state, data, key), counter, args.profile_dir, res)
@@ -405,7 +403,8 @@ def run_train(case, args, emit):
 
 
 def _train_setup(case, args):
-    """(ctx, mesh, replicated state, device-resident data, replicated key) of a train case."""
+    """(ctx, mesh, replicated state, device-resident data, replicated key, seconds) of a train
+    case; the seconds are those of the state's initialisation and the data's placement."""
     import jax
 
     from segan_jax import train
@@ -416,6 +415,7 @@ def _train_setup(case, args):
     if case["batch"] % mesh.size:
         raise ValueError(f"batch {case['batch']} does not divide over {mesh.size} devices")
     ctx = train.step_context(config, info, mesh.size)
+    t = time.perf_counter()
     # Parameter shapes do not depend on the image size: initialise through a small image to keep
     # the init's compile short (same parameters, BatchNorm statistics and optimizer states).
     init_config = config.copy_and_resolve_references()
@@ -428,7 +428,7 @@ def _train_setup(case, args):
     data = train.place_data(host_data, mesh)
     key = train.replicate(jax.random.key(1), mesh)
     jax.block_until_ready((state, data))
-    return ctx, mesh, state, data, key
+    return ctx, mesh, state, data, key, round(time.perf_counter() - t, 3)
 
 
 def _aot_compile(fn, fn_args, counter, want_op_names, res, per="step") -> dict:

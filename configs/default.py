@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.saturation = 0.1  # RGB only
     c.augment.hue = 0.0  # RGB only: chroma rotation of at most this fraction of a turn
     # RGB only: H&E stain jitter (Tellez et al. 2018), HED a*s+b with a in 1 +- hed, b in +-hed;
-    # 0.02-0.05 for H&E slides. 0 keeps the recorded runs reproducible.
+    # 0.02-0.05 for H&E slides. At 0 (hue too) the augmentation draws what it drew before.
     c.augment.hed = 0.0
 
     c.model = ml_collections.ConfigDict()
@@ -36,7 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.1
     # ASPP taps that read only padding on the training crops (rate >= crop / output_stride)
     # never train; True drops them on every input (whole images too), False keeps them there
-    # with their initial weights, as torchvision does.
+    # with their initial weights, as torchvision does. Judged from data.crop_size: fine-tuning
+    # (model.init_checkpoint) on smaller crops than the source run's also drops taps that the
+    # source run trained. May change between runs in one workdir (evaluation only).
     c.model.drop_untrained_taps = True
     c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.model.init_checkpoint = ""  # local orbax checkpoint to start the segmentor from

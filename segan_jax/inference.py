@@ -41,6 +41,9 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
             f"{path}: the run was trained with another config; pass the same --config and "
             "overrides. Differences:\n  " + "\n  ".join(diffs)
         )
+    note = workdir_lib.new_options_note(path, config)
+    if note:
+        print(note, flush=True)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -123,7 +126,8 @@ def _check_images(files, images, info: datasets.DatasetInfo) -> None:
         if im.dtype != info.image_dtype:
             bad.append(
                 f"{f}: {im.dtype} pixels, the model was trained on {info.image_dtype} images "
-                f"(scaled by 1/{info.scale:g}); convert it to {info.image_dtype} first"
+                f"divided by {info.scale:g}; convert it to {info.image_dtype} with the training "
+                "images' intensity range first"
             )
     if bad:
         raise datasets.DatasetError(bad)

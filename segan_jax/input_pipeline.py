@@ -158,13 +158,14 @@ def colour_jitter(key: jax.Array, unit: jax.Array, aug: ml_collections.ConfigDic
     """Colour augmentation of one image, each step skipped when its strength is 0: for RGB, H&E
     stain jitter (``aug.hed``, ``hed_jitter``) first; then brightness (additive), contrast
     (about the image mean) and, for RGB, saturation and hue (``aug.hue``: at most that fraction
-    of a turn, ``hue_rotation``).
+    of a turn, ``hue_rotation``). Only the stain jitter clips to [0, 1]; missing ``hue`` and
+    ``hed`` keys count as 0.
 
     Args:
       unit: (H, W, C) image in scaled units (about [0, 1]).
     """
     kb, kc, ks = jax.random.split(key, 3)
-    if is_rgb and aug.hed > 0:
+    if is_rgb and aug.get("hed", 0.0) > 0:
         unit = hed_jitter(jax.random.fold_in(key, 4), unit, aug.hed)
     unit = unit + jax.random.uniform(kb, (), minval=-aug.brightness, maxval=aug.brightness)
     mean = jnp.mean(unit, axis=(0, 1), keepdims=True)
@@ -174,7 +175,7 @@ def colour_jitter(key: jax.Array, unit: jax.Array, aug: ml_collections.ConfigDic
         grey = jnp.mean(unit, axis=-1, keepdims=True)
         sat = jax.random.uniform(ks, (), minval=1 - aug.saturation, maxval=1 + aug.saturation)
         unit = grey + sat * (unit - grey)
-    if is_rgb and aug.hue > 0:
+    if is_rgb and aug.get("hue", 0.0) > 0:
         turns = jax.random.uniform(jax.random.fold_in(key, 3), (), minval=-aug.hue, maxval=aug.hue)
         unit = hue_rotation(unit, turns)
     return unit

@@ -69,7 +69,8 @@ def live_taps(size: int, kernel: int, stride: int, dilation: int, pad: tuple[int
 
     Output ``o`` reads input ``o * stride - pad[0] + t * dilation`` through tap ``t``; a tap
     that reads padding for every output (e.g. an atrous tap with ``dilation >= size`` at stride
-    1) contributes exactly 0. The live taps form one contiguous range.
+    1) contributes exactly 0. Returns the smallest range holding every live tap (with a stride
+    larger than the input it may hold dead ones too, which costs FLOPs, not correctness).
     """
     out = (size + pad[0] + pad[1] - dilation * (kernel - 1) - 1) // stride + 1
     live = [
@@ -97,8 +98,9 @@ def conv_live_taps(
     With ``live_size`` the taps kept are those live on an input of at most ``live_size`` pixels
     per axis, whatever the input's size: the taps a model trained on that size has trained.
 
-    Exact: the output and every gradient are those of the full convolution (the dropped taps
-    multiply zeros, so their gradient is 0 either way), in fewer FLOPs. DeepLabV3 at output
+    The same function as the full convolution, output and every gradient, up to floating-point
+    summation order (the dropped taps multiply zeros, so their gradient is 0 either way), in
+    fewer FLOPs. DeepLabV3 at output
     stride 8 on 256x256 crops has 32x32 features, so the rate-36 ASPP branch reduces to its
     centre tap (8/9 of that branch, about 10 % of the forward FLOPs of ResNet-50). The kernel
     parameter keeps its full shape: without ``live_size``, a forward pass on larger inputs uses

@@ -10,8 +10,15 @@ import time
 import ml_collections
 
 # Keys that may change between runs in one workdir (they do not change what is trained;
-# train.num_steps does: the learning-rate schedules are built from it).
-MUTABLE_PREFIXES = ("eval.", "predict.", "train.log_every", "train.eval_every")
+# train.num_steps does: the learning-rate schedules are built from it). drop_untrained_taps
+# only changes the network evaluation and prediction run on inputs larger than the crops.
+MUTABLE_PREFIXES = (
+    "eval.",
+    "predict.",
+    "train.log_every",
+    "train.eval_every",
+    "model.drop_untrained_taps",
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -43,6 +50,21 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     ]
 
 
+def new_options_note(path: pathlib.Path, config: ml_collections.ConfigDict) -> str | None:
+    """A note naming the keys of ``config`` that the saved config at ``path`` lacks (options
+    added to segan_jax after that run started) and the values used for them now; None if none."""
+    if not path.exists():
+        return None
+    saved, current = _flatten(json.loads(path.read_text())), _flatten(config_dict(config))
+    added = [f"{k}={v!r}" for k, v in sorted(current.items()) if k not in saved]
+    if not added:
+        return None
+    return (
+        f"note: {path} predates these options; this run uses their current values (pass "
+        "--config.KEY=VALUE to choose): " + ", ".join(added)
+    )
+
+
 def config_dict(config: ml_collections.ConfigDict) -> dict:
     """The config as plain JSON types (tuples become lists)."""
     return json.loads(config.to_json_best_effort())
@@ -65,8 +87,12 @@ def check(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
 
 
 def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Checks the workdir (`check`), creates it and saves the resolved config."""
+    """Checks the workdir (`check`), notes options the saved config lacks, creates the workdir
+    and saves the resolved config."""
     check(workdir, config)
+    note = new_options_note(workdir / "config.json", config)
+    if note:
+        print(note, flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", config_dict(config))
 

@@ -84,11 +84,43 @@ def test_colour_jitter_changes_intensity_but_not_labels():
     assert not np.allclose(img, plain_img)
 
 
+@pytest.mark.parametrize("setting", ["hue", "hed"])
+def test_hue_and_stain_jitter_each_change_an_rgb_image(setting):
+    unit = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.9, (8, 8, 3)), jnp.float32)
+    jittered = input_pipeline.colour_jitter(jax.random.key(1), unit, _aug(**{setting: 0.1}), True)
+    assert float(jnp.abs(jittered - unit).max()) > 1e-3
+    grey = input_pipeline.colour_jitter(jax.random.key(1), unit, _aug(**{setting: 0.1}), False)
+    np.testing.assert_allclose(grey, unit, atol=1e-6)  # RGB only
+
+
+def test_colour_jitter_without_hue_and_stains_keeps_its_random_stream():
+    """hue = hed = 0 draws exactly what brightness, contrast and saturation drew before."""
+    unit = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.9, (8, 8, 3)), jnp.float32)
+    key, aug = jax.random.key(4), _aug(brightness=0.2, contrast=0.2, saturation=0.2)
+    kb, kc, ks = jax.random.split(key, 3)
+    expected = unit + jax.random.uniform(kb, (), minval=-0.2, maxval=0.2)
+    mean = jnp.mean(expected, axis=(0, 1), keepdims=True)
+    expected = mean + jax.random.uniform(kc, (), minval=0.8, maxval=1.2) * (expected - mean)
+    grey = jnp.mean(expected, axis=-1, keepdims=True)
+    expected = grey + jax.random.uniform(ks, (), minval=0.8, maxval=1.2) * (expected - grey)
+    np.testing.assert_allclose(
+        input_pipeline.colour_jitter(key, unit, aug, True), expected, rtol=1e-6
+    )
+
+
 def _stain_pixels() -> np.ndarray:
     """(4, 3) RGB in (0, 1]: white, pure haematoxylin, pure eosin, and a mix."""
     density = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.05, 0.08, 0.0]])
     od = density @ input_pipeline.RGB_FROM_HED * -np.log(1e-6)
     return np.exp(-od).astype(np.float32)
+
+
+def test_stain_matrix_is_scikit_images():
+    """The haematoxylin row of scikit-image's ``hed_from_rgb`` (the inverse of its Ruifrok &
+    Johnston ``rgb_from_hed``), hard-coded so that an edited matrix fails."""
+    np.testing.assert_allclose(
+        input_pipeline.HED_FROM_RGB[0], [1.87798274, -1.00767869, -0.55611582], atol=1e-6
+    )
 
 
 def test_stain_affine_scales_one_stain_and_round_trips():

@@ -164,6 +164,15 @@ def test_critic_num_must_be_0_1_or_k_and_minus_one_means_per_class():
     assert train.step_context(_config(num=-1), _info(), 1).critics.num == K
 
 
+def test_segmentor_is_built_for_the_training_crop_size():
+    """Evaluation and prediction go through step_context too: their model drops the ASPP taps
+    that the training crops never train, unless model.drop_untrained_taps is off."""
+    config = _config(num=0)
+    assert train.step_context(config, _info(), 1).model.train_size == 32
+    config.model.drop_untrained_taps = False
+    assert train.step_context(config, _info(), 1).model.train_size is None
+
+
 def test_masked_inputs_feed_the_critic():
     image = jnp.ones((1, 4, 4, C))
     maps = jax.nn.one_hot(jnp.zeros((1, 4, 4), jnp.int32), K)
