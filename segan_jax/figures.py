@@ -308,8 +308,7 @@ def result_grid(
 
 
 def _score(row: Mapping) -> float:
-    value = row.get("f1_foreground_mean")
-    return math.nan if value is None else float(value)
+    return float(workdir_lib.null_to_nan(row.get("f1_foreground_mean")))
 
 
 def worst_images(rows: Sequence[Mapping], n: int) -> list[Mapping]:

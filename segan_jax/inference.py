@@ -1,6 +1,5 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
-import json
 import pathlib
 
 import jax
@@ -14,8 +13,6 @@ def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(model, variables on one device, dataset info, step, normalizer) of the workdir's latest
     checkpoint. `config` must be the run's (eval.* and predict.* may differ)."""
     _check_same_run(config, workdir)
-    if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
     step = manager.latest_step()
     if step is None:
@@ -33,32 +30,31 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     path = workdir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
-    diffs = workdir_lib.config_differences(
-        json.loads(path.read_text()), workdir_lib.config_dict(config)
-    )
-    if diffs:
-        raise workdir_lib.ConfigMismatchError(
-            f"{path}: the run was trained with another config; pass the same --config and "
-            "overrides. Differences:\n  " + "\n  ".join(diffs)
-        )
-    note = workdir_lib.new_options_note(path, config)
+    mismatch = "the run was trained with another config; pass the same --config and overrides"
+    note = workdir_lib.check(workdir, config, mismatch)
     if note:
         print(note, flush=True)
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the latest checkpoint on eval.split, writes DIR/eval/<split>_<step>.json and
-    prints the per-class table. Returns the record."""
-    workdir = pathlib.Path(workdir)
+def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, int]:
+    """(evaluation record, number of images) of the latest checkpoint on eval.split; writes
+    nothing."""
     model, variables, info, step, normalizer = load_trained(config, workdir)
     name = train.eval_split_name(config, info.splits)
     split = datasets.load_split(config.data, name)
     confusion = evaluate.split_confusion(
         model, variables, split, normalizer, config.data.ignore_index
     )
-    record = evaluate.result_record(step, name, info.classes, confusion)
+    return evaluate.result_record(step, name, info.classes, confusion), len(split.images)
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Evaluates the latest checkpoint on eval.split, writes DIR/eval/<split>_<step>.json and
+    prints the per-class table. Returns the record."""
+    workdir = pathlib.Path(workdir)
+    record, num_images = evaluate_trained(config, workdir)
     path = evaluate.write_record(workdir, record)
-    print(f"{name} split, step {step} ({len(split.images)} images) -> {path}")
+    print(f"{record['split']} split, step {record['step']} ({num_images} images) -> {path}")
     print(evaluate.table_from_record(record), flush=True)
     return record
 

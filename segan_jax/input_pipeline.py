@@ -120,6 +120,7 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 _OD_FLOOR = 1e-6
 # NTSC YIQ: luma Y and the two chroma axes I, Q.
 YIQ_FROM_RGB = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+RGB_FROM_YIQ = np.linalg.inv(YIQ_FROM_RGB)
 
 
 def stain_affine(unit: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -150,7 +151,7 @@ def hue_rotation(unit: jax.Array, turns: jax.Array) -> jax.Array:
     angle = 2 * jnp.pi * turns
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     rotation = jnp.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-    matrix = jnp.asarray(np.linalg.inv(YIQ_FROM_RGB)) @ rotation @ jnp.asarray(YIQ_FROM_RGB)
+    matrix = RGB_FROM_YIQ @ rotation @ YIQ_FROM_RGB
     return unit @ matrix.T
 
 

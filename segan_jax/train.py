@@ -395,9 +395,7 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
         lambda: create_train_state(ctx, jax.random.key(config.seed), num_channels),
         out_shardings=sharding,
     )
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init)
-    )
+    abstract = jax.eval_shape(init)  # ShapeDtypeStructs carrying init's out_shardings
     latest = managers[0]
     if latest.latest_step() is not None:
         _print(f"Restored step {latest.latest_step()} from {latest.directory}")
@@ -437,9 +435,12 @@ def _load_data(config, process_index: int, process_count: int):
     Validates and builds the dataset first; with several processes, process 0 builds it (on a
     filesystem all share) while the others wait.
     """
+    info = None
     if process_count > 1:
-        _process_0_first(lambda: datasets.load_info(config.data), "validate and build the data")
-    info = datasets.load_info(config.data)
+        what = "validate and build the data"
+        info = _process_0_first(lambda: datasets.load_info(config.data), what)
+    if info is None:  # one process, or the processes that waited for process 0's build
+        info = datasets.load_info(config.data)
     eval_name = eval_split_name(config, info.splits)
     splits = {
         "train": datasets.load_split(config.data, "train", process_index, process_count),
@@ -448,12 +449,13 @@ def _load_data(config, process_index: int, process_count: int):
     return info, splits
 
 
-def _process_0_first(fn, what: str) -> None:
-    """Runs `fn` on process 0 while the others wait; if it fails there, every process stops."""
-    error = None
+def _process_0_first(fn, what: str) -> Any:
+    """Runs `fn` on process 0 while the others wait; if it fails there, every process stops.
+    Returns `fn`'s result on process 0, None on the others."""
+    error, result = None, None
     if jax.process_index() == 0:
         try:
-            fn()
+            result = fn()
         except Exception as err:  # re-raised below, after telling the other processes
             error = err
     ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
@@ -461,6 +463,7 @@ def _process_0_first(fn, what: str) -> None:
         raise error
     if not ok:
         raise RuntimeError(f"process 0 failed to {what}; its output says why")
+    return result
 
 
 def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
@@ -506,8 +509,10 @@ def train_and_evaluate(
     _check_config(config, mesh.size, len(info.classes))
     if overwrite:
         _process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
-    workdir_lib.check(workdir, config)  # every process: all stop alike on a mismatch
+    note = workdir_lib.check(workdir, config)  # every process: all stop alike on a mismatch
     if jax.process_index() == 0:
+        if note:
+            print(note, flush=True)
         workdir_lib.prepare(workdir, config)
         workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
     ctx = step_context(config, info, mesh.size)
@@ -556,7 +561,7 @@ class _Loop:
         end = cfg.num_steps if max_steps_this_run is None else start + max_steps_this_run
         end = min(end, cfg.num_steps)
         seed = self.ctx.config.seed
-        key = jax.jit(lambda: jax.random.key(seed + 1), out_shardings=NamedSharding(mesh, P()))()
+        key = replicate(jax.random.key(seed + 1), mesh)
         step_fn = compile_train_step(self.ctx, mesh)
         progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
         for step in range(start, end):

@@ -55,8 +55,12 @@ def new_options_note(path: pathlib.Path, config: ml_collections.ConfigDict) -> s
     added to segan_jax after that run started) and the values used for them now; None if none."""
     if not path.exists():
         return None
-    saved, current = _flatten(json.loads(path.read_text())), _flatten(config_dict(config))
-    added = [f"{k}={v!r}" for k, v in sorted(current.items()) if k not in saved]
+    return _options_note(path, json.loads(path.read_text()), config)
+
+
+def _options_note(path: pathlib.Path, saved: dict, config: ml_collections.ConfigDict) -> str | None:
+    flat_saved, current = _flatten(saved), _flatten(config_dict(config))
+    added = [f"{k}={v!r}" for k, v in sorted(current.items()) if k not in flat_saved]
     if not added:
         return None
     return (
@@ -70,29 +74,34 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def check(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Checks that a rerun in an existing workdir asks for the same run (reads only).
+RERUN_ADVICE = (
+    "this workdir holds a different run; use a new --workdir (or --overwrite to discard it)"
+)
 
+
+def check(
+    workdir: pathlib.Path, config: ml_collections.ConfigDict, mismatch: str = RERUN_ADVICE
+) -> str | None:
+    """Checks that ``config`` asks for the run the workdir holds, if any (reads only).
+
+    Returns:
+      ``new_options_note`` for the saved config, or None.
     Raises:
-      ConfigMismatchError: naming every differing key, so no earlier result is overwritten.
+      ConfigMismatchError: ``mismatch`` and every differing key, so no earlier result is
+        overwritten.
     """
     path = workdir / "config.json"
-    if path.exists():
-        diffs = config_differences(json.loads(path.read_text()), config_dict(config))
-        if diffs:
-            raise ConfigMismatchError(
-                f"{path}: this workdir holds a different run; use a new --workdir "
-                "(or --overwrite to discard it). Differences:\n  " + "\n  ".join(diffs)
-            )
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    diffs = config_differences(saved, config_dict(config))
+    if diffs:
+        raise ConfigMismatchError(f"{path}: {mismatch}. Differences:\n  " + "\n  ".join(diffs))
+    return _options_note(path, saved, config)
 
 
 def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Checks the workdir (`check`), notes options the saved config lacks, creates the workdir
-    and saves the resolved config."""
-    check(workdir, config)
-    note = new_options_note(workdir / "config.json", config)
-    if note:
-        print(note, flush=True)
+    """Creates the workdir and saves the resolved config (after `check`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", config_dict(config))
 
