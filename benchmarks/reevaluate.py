@@ -10,7 +10,6 @@ prints one markdown table; it writes nothing into the runs.
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -22,19 +21,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import ablation  # noqa: E402
 
-from segan_jax import datasets, evaluate, inference, train  # noqa: E402
+from segan_jax import inference  # noqa: E402
 
 
 def foreground_f1(config, workdir: pathlib.Path, drop: bool) -> float:
     """Foreground-mean F1 of the run's latest checkpoint on its evaluation split."""
     config.model.drop_untrained_taps = drop
-    model, variables, info, step, normalizer = inference.load_trained(config, workdir)
-    name = train.eval_split_name(config, info.splits)
-    split = datasets.load_split(config.data, name)
-    confusion = evaluate.split_confusion(
-        model, variables, split, normalizer, config.data.ignore_index
-    )
-    return evaluate.result_record(step, name, info.classes, confusion)["f1_foreground_mean"]
+    return inference.evaluate_trained(config, workdir)[0]["f1_foreground_mean"]
 
 
 def main() -> None:
@@ -44,7 +37,10 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--experiments", default="paper_ce,paper_ce_weighted,paper_critic_single")
     args = p.parse_args()
-    ablation_args = argparse.Namespace(data="consep", path="", scale="cpu", steps=args.steps)
+    ablation_args = argparse.Namespace(
+        data="consep", path="", scale="cpu", steps=args.steps, workdir=args.workdir
+    )
+    ablation_args.report_only = True  # ablation.run_one only reads finished runs
     print("| experiment | seed | recorded | F1 fg, untrained taps kept | dropped | change |")
     print("|---|---|---|---|---|---|")
     changes, summary = [], []
@@ -53,7 +49,7 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             workdir = pathlib.Path(args.workdir) / name / f"seed{seed}"
             config = ablation.experiment_config(name, ablation_args, seed)
-            record = json.loads((workdir / "eval" / f"test_{args.steps}.json").read_text())
+            record = ablation.run_one(name, ablation_args, seed)
             kept, dropped = (foreground_f1(config, workdir, drop) for drop in (False, True))
             pairs.append((kept, dropped))
             print(

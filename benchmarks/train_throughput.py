@@ -120,25 +120,25 @@ def make_cases(args):
             for dtype in args.dtype:
                 for batch in args.batch:
                     for critic in args.critic:
-                        cases.append(
-                            dict(kind="train", os=os_, dtype=dtype, batch=batch, critic=critic)
-                        )
+                        for taps in args.taps:
+                            cases.append(
+                                dict(kind="train", os=os_, dtype=dtype, batch=batch, critic=critic)
+                                | {"taps": taps}
+                            )
     if args.pipeline:
         for batch in args.batch:
-            cases.append(dict(kind="pipeline", batch=batch, crop=args.crop))
+            cases.append(dict(kind="pipeline", batch=batch))
     if args.infer:
         for os_ in args.os:
             for dtype in args.dtype:
                 for batch in args.infer_batch:
-                    cases.append(
-                        dict(kind="infer", os=os_, dtype=dtype, batch=batch, size=args.infer_size)
-                    )
+                    for taps in args.taps:
+                        cases.append(
+                            dict(kind="infer", os=os_, dtype=dtype, batch=batch)
+                            | {"size": args.infer_size, "taps": taps}
+                        )
     common = dict(depth=args.depth, width=args.width, crop=args.crop)
-    return [
-        {**common, **c, **({} if c["kind"] == "pipeline" else {"taps": taps})}
-        for c in cases
-        for taps in (args.taps if c["kind"] != "pipeline" else ["live"])
-    ]
+    return [{**common, **c} for c in cases]
 
 
 def case_name(c):
@@ -367,8 +367,9 @@ def run_train(case, args, emit):
     res = {"env": _env()}
     ctx, mesh, state, data, key, res["setup_s"] = _train_setup(case, args)
     step_fn = train.compile_train_step(ctx, mesh)
-    res.update(train_model_flops(ctx, step_fn, state, data, key, case))
+    # Lower first: the jaxpr FLOP count after it reuses the trace, so lower_s includes tracing.
     op_names = _aot_compile(step_fn, (state, data, key), counter, args.profile_dir, res)
+    res.update(train_model_flops(ctx, step_fn, state, data, key, case))
 
     def step(s):
         return step_fn(s, data, key)
@@ -394,7 +395,9 @@ def run_train(case, args, emit):
     final_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     res["final_metrics"] = final_metrics
     res["finite"] = all(math.isfinite(v) for v in final_metrics.values())
-    _record_times(res, times, case, args)
+    res["step_times_s"] = [round(t_ / args.steps, 6) for t_ in times]
+    res["steps"], res["warmup"], res["repeats"] = args.steps, args.warmup, args.repeats
+    _record_times(res, times, case, args, args.steps, "step_ms")
     emit(res)  # measured figures are out before the (optional) profile
     if args.profile_dir:
         res["profile"] = _profile(step, state, args, case, op_names)
@@ -482,16 +485,15 @@ def _timed_repeats(step, state, args):
     return state, metrics, times
 
 
-def _record_times(res, times, case, args) -> None:
-    """Step time, images/s, TFLOP/s and MFU of the best repeat, and the device's peak memory."""
+def _record_times(res, times, case, args, n, ms_key) -> None:
+    """Time per call (``res[ms_key]``), images/s, TFLOP/s and MFU of the best of ``times`` (each
+    ``n`` calls), and the device's peak memory."""
     import jax
 
     best = min(times)
-    res["step_times_s"] = [round(t_ / args.steps, 6) for t_ in times]
-    res["step_ms"] = round(1e3 * best / args.steps, 3)
-    res["images_per_s"] = round(case["batch"] * args.steps / best, 2)
-    res["steps"], res["warmup"], res["repeats"] = args.steps, args.warmup, args.repeats
-    _rates(res, best / args.steps, case["dtype"], args)
+    res[ms_key] = round(1e3 * best / n, 3)
+    res["images_per_s"] = round(case["batch"] * n / best, 2)
+    _rates(res, best / n, case["dtype"], args)
     peak, in_use = _memory_stats(jax.local_devices()[0])
     res["peak_bytes_in_use"], res["bytes_in_use"] = peak, in_use
     res["status"] = "ok"
@@ -562,17 +564,11 @@ def _annotate_one(r, args):
     config = make_config(r, batch=1)
     model = models.deeplab_from_config(config.model, args.classes, crop_size=r.get("crop"))
     x = jax.ShapeDtypeStruct((r["batch"], *r["padded_shape"], 3), jnp.float32)
-    size = r["size"]
     variables = jax.eval_shape(
         lambda k, model=model: model.init({"params": k}, jnp.zeros((1, 64, 64, 3)), train=False),
         jax.random.key(0),
     )
-
-    def predict(v, x, size=size, model=model):
-        logits = model.apply(v, x, train=False)
-        return jnp.argmax(logits[:, :size, :size], axis=-1).astype(jnp.uint8)
-
-    r["flops_per_call_jaxpr"] = _model_flops(predict, variables, x)
+    r["flops_per_call_jaxpr"] = _model_flops(_predict_fn(model, r["size"]), variables, x)
     return r["call_ms"] / 1e3
 
 
@@ -762,36 +758,39 @@ def _profile_text(lines_out) -> str:
 def run_infer(case, args, emit):
     """Whole-image inference as ``evaluate`` runs it: compile, recompilation check, timing."""
     import jax
-    import jax.numpy as jnp
 
     counter = CompileCounter()
     res = {"env": _env(), "kind": "infer"}
     model, variables, normalizer, image, batch = _infer_setup(case, args)
     res["padded_shape"] = list(batch.shape[1:3])
-    size = case["size"]
-
-    @jax.jit
-    def predict(v, x):  # evaluate's whole-image forward + argmax, cropped back
-        logits = model.apply(v, x, train=False)
-        return jnp.argmax(logits[:, :size, :size], axis=-1).astype(jnp.uint8)
-
+    predict = jax.jit(_predict_fn(model, case["size"]))
     _aot_compile(predict, (variables, batch), counter, False, res, per="call")
     res["flops_per_call_jaxpr"] = _model_flops(predict, variables, batch)
     mark = counter.mark()
     jax.block_until_ready([predict(variables, batch) for _ in range(3)])
     res["compiles_after_aot"] = counter.since(mark)["backend_compiles"]
-    best = min(_timed_calls(lambda: predict(variables, batch), args.infer_steps, args.repeats))
-    res["call_ms"] = round(1e3 * best / args.infer_steps, 3)
-    res["images_per_s"] = round(case["batch"] * args.infer_steps / best, 2)
-    _rates(res, best / args.infer_steps, case["dtype"], args)
+
+    def call(v):
+        return v, predict(v, batch)
+
+    times = [_timed_loop(call, variables, args.infer_steps)[2] for _ in range(args.repeats)]
+    _record_times(res, times, case, args, args.infer_steps, "call_ms")
     if args.infer_e2e and case["batch"] == 1:
         res["e2e_predict_labels_images_per_s"] = _e2e_images_per_s(
             model, variables, image, normalizer, args.infer_steps
         )
-    peak, in_use = _memory_stats(jax.local_devices()[0])
-    res["peak_bytes_in_use"], res["bytes_in_use"] = peak, in_use
-    res["status"] = "ok"
     return res
+
+
+def _predict_fn(model, size):
+    """``evaluate``'s whole-image forward + argmax, cropped back to ``size`` x ``size``."""
+    import jax.numpy as jnp
+
+    def predict(v, x):
+        logits = model.apply(v, x, train=False)
+        return jnp.argmax(logits[:, :size, :size], axis=-1).astype(jnp.uint8)
+
+    return predict
 
 
 def _infer_setup(case, args):
@@ -814,20 +813,6 @@ def _infer_setup(case, args):
     padded, _ = input_pipeline.pad_for_eval(image, None, model.output_stride, 255)
     x = input_pipeline.normalize_host(padded, normalizer)[None]
     return model, variables, normalizer, image, jnp.asarray(np.repeat(x, case["batch"], axis=0))
-
-
-def _timed_calls(call, n, repeats) -> list[float]:
-    """Seconds of ``repeats`` loops of ``n`` back-to-back ``call()``s, one sync per loop."""
-    import jax
-
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(n):
-            out = call()
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def _e2e_images_per_s(model, variables, image, normalizer, n) -> float:
