@@ -21,18 +21,23 @@ import train_throughput  # noqa: E402
 from segan_jax import models  # noqa: E402
 
 
-def forward_gflop(output_stride: int, size: int, taps: str, crop: int | None) -> float:
-    """GFLOP of one size x size inference-mode forward (jaxpr count, 2 per multiply-add)."""
-    with train_throughput.tap_mode(taps):
-        model = models.DeepLabV3(
-            num_classes=5, depth=50, output_stride=output_stride, train_size=crop
-        )
-        x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-        variables = jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
-        )
-        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
-        return train_throughput.jaxpr_flops(jaxpr) / 1e9
+def forward_gflop(output_stride: int, size: int, crop: int | None) -> float:
+    """GFLOP of one size x size inference-mode forward (jaxpr count, 2 per multiply-add):
+    every tap without ``crop``; with it, segan_jax's defaults for a model trained on crops of
+    that size (skip_dead_taps, train_size)."""
+    model = models.DeepLabV3(
+        num_classes=5,
+        depth=50,
+        output_stride=output_stride,
+        train_size=crop,
+        skip_dead_taps=crop is not None,
+    )
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+    )
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    return train_throughput.jaxpr_flops(jaxpr) / 1e9
 
 
 def main() -> None:
@@ -40,8 +45,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for output_stride in (8, 16):
         for size in (256, -(-1000 // output_stride) * output_stride):  # 1000 padded as evaluate
-            full = forward_gflop(output_stride, size, "all", None)
-            live = forward_gflop(output_stride, size, "live", 256)
+            full = forward_gflop(output_stride, size, None)
+            live = forward_gflop(output_stride, size, 256)
             print(
                 f"| {output_stride} | {size}x{size} | {full:.1f} | {live:.1f} "
                 f"| {100 * (1 - live / full):.1f} % |"

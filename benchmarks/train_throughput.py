@@ -32,7 +32,6 @@ Examples:
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import datetime
 import glob
@@ -114,6 +113,8 @@ def parse_args(argv=None):
 
 
 def make_cases(args):
+    if set(args.taps) - {"live", "all"}:
+        raise SystemExit(f"--taps: 'live' and/or 'all', got {args.taps}")
     cases = []
     if args.train:
         for os_ in args.os:
@@ -220,6 +221,8 @@ def make_config(case, batch=None):
     config.data.crop_size = case.get("crop", 256)
     config.train.batch_size = batch or case["batch"]
     config.critic.num = case.get("critic", 0)
+    live = case.get("taps", "live") == "live"  # "all": every tap, torchvision's arithmetic
+    config.model.skip_dead_taps = config.model.drop_untrained_taps = live
     return config
 
 
@@ -529,8 +532,8 @@ def annotate_flops(path, args):
         if r["env"].get("device_count", 1) != 1:
             print(f"{r['name']}: measured on {r['env']['device_count']} devices; skipped")
             continue
-        with tap_mode(r.get("taps", "all")):  # results before --taps existed used every tap
-            seconds = _annotate_one(r, args)
+        r.setdefault("taps", "all")  # results saved before --taps existed ran every tap
+        seconds = _annotate_one(r, args)
         r["flops_note"] = note
         _rates(r, seconds, r["dtype"], args)
         print(f"{r['name']}: {r.get('gflop_per_step')} GFLOP, {r.get('tflops_per_s')} TFLOP/s")
@@ -873,8 +876,7 @@ def child_main(args):
 
     try:
         runner = {"train": run_train, "infer": run_infer, "pipeline": run_pipeline}[case["kind"]]
-        with tap_mode(case.get("taps", "live")):
-            emit(runner(case, args, emit))
+        emit(runner(case, args, emit))
     except BaseException as e:  # noqa: BLE001 - every failure is reported
         tb = traceback.format_exc()
         emit(
@@ -886,25 +888,6 @@ def child_main(args):
         )
         return 1
     return 0
-
-
-@contextlib.contextmanager
-def tap_mode(taps):
-    """'all': ``models.conv_live_taps`` keeps every tap while inside (``--taps=all``)."""
-    import jax
-
-    from segan_jax import models
-
-    def every_tap(*args, live_size=None, **kwargs):
-        return jax.lax.conv_general_dilated(*args, **kwargs)
-
-    live_taps = models.conv_live_taps
-    if taps == "all":
-        models.conv_live_taps = every_tap
-    try:
-        yield
-    finally:
-        models.conv_live_taps = live_taps
 
 
 # ----------------------------------------------------------------------------- parent side

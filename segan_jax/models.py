@@ -90,6 +90,7 @@ def conv_live_taps(
     rhs_dilation: Sequence[int] | None = None,
     *,
     live_size: int | None = None,
+    skip_dead: bool = True,
     **kwargs: Any,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` (NHWC input, HWIO kernel, explicit padding) without the
@@ -97,6 +98,8 @@ def conv_live_taps(
 
     With ``live_size`` the taps kept are those live on an input of at most ``live_size`` pixels
     per axis, whatever the input's size: the taps a model trained on that size has trained.
+    ``skip_dead=False`` keeps the taps that are dead on this input only (every tap without
+    ``live_size``, those live at ``live_size`` with it): torchvision's arithmetic, for A/B timing.
 
     The same function as the full convolution, output and every gradient, up to floating-point
     summation order (the dropped taps multiply zeros, so their gradient is 0 either way), in
@@ -107,13 +110,15 @@ def conv_live_taps(
     every tap.
     """
     dilation = tuple(rhs_dilation or (1,) * len(window_strides))
-    if lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+    every_tap = not skip_dead and live_size is None
+    if every_tap or lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
         )
+    sizes = [min(n, live_size or n) if skip_dead else live_size for n in lhs.shape[1:3]]
     keep = [
         live_taps(size, rhs.shape[i], window_strides[i], dilation[i], padding[i])
-        for i, size in enumerate(min(n, live_size or n) for n in lhs.shape[1:3])
+        for i, size in enumerate(sizes)
     ]
     padding = [
         (lo - r.start * d, hi - (k - r.stop) * d)
@@ -140,6 +145,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True  # see conv_live_taps
     live_size: int | None = None  # see conv_live_taps
 
     @nn.compact
@@ -155,7 +161,9 @@ class ConvBN(nn.Module):
             kernel_init=conv_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            conv_general_dilated=functools.partial(conv_live_taps, live_size=self.live_size),
+            conv_general_dilated=functools.partial(
+                conv_live_taps, live_size=self.live_size, skip_dead=self.skip_dead_taps
+            ),
         )(x)
         x = nn.BatchNorm(
             use_running_average=not train,
@@ -182,6 +190,7 @@ class BasicBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True
     expansion = 1
 
     @nn.compact
@@ -206,6 +215,7 @@ class Bottleneck(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True
     expansion = 4
 
     @nn.compact
@@ -234,6 +244,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -271,6 +282,7 @@ class ASPPConv(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True
     live_size: int | None = None
 
     @nn.compact
@@ -338,6 +350,7 @@ class ASPP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True
     train_features: int | None = None
 
     @nn.compact
@@ -367,6 +380,7 @@ class DeepLabHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    skip_dead_taps: bool = True
     train_features: int | None = None  # see ASPP
 
     @nn.compact
@@ -405,6 +419,10 @@ class DeepLabV3(nn.Module):
     8 on 256x256 crops) never receive a gradient; with ``train_size`` they are dropped on every
     input, so whole-image inference runs the network that was trained. ``None`` keeps them on
     larger inputs with their initial weights (torchvision's behaviour).
+
+    ``skip_dead_taps`` (default True): every convolution skips the kernel taps that read only
+    zero padding on its input (``conv_live_taps``): the same function up to float rounding, in
+    fewer FLOPs. False runs them (torchvision's arithmetic), e.g. to time both.
     """
 
     num_classes: int
@@ -417,6 +435,7 @@ class DeepLabV3(nn.Module):
     bn_axis_name: str | None = None
     param_dtype: Dtype = jnp.float32
     train_size: int | None = None
+    skip_dead_taps: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -447,8 +466,8 @@ def deeplab_from_config(
     crop_size: int | None = None,
 ) -> DeepLabV3:
     """Builds DeepLabV3 from a config with keys depth, width, output_stride, aspp_features,
-    dropout_rate, dtype ('float32' | 'bfloat16') and drop_untrained_taps (default True: the
-    model's ``train_size`` is ``crop_size``)."""
+    dropout_rate, dtype ('float32' | 'bfloat16'), drop_untrained_taps (default True: the
+    model's ``train_size`` is ``crop_size``) and skip_dead_taps (default True)."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
     drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
@@ -461,13 +480,17 @@ def deeplab_from_config(
         dtype=DTYPES[model_cfg.dtype],
         bn_axis_name=bn_axis_name,
         train_size=int(crop_size) if drop and crop_size else None,
+        skip_dead_taps=bool(model_cfg.get("skip_dead_taps", True)),
     )
 
 
 def _shared(module: nn.Module) -> dict[str, Any]:
-    """The dtype/param_dtype/bn_axis_name fields a module passes on to its children."""
+    """The dtype/param_dtype/bn_axis_name/skip_dead_taps fields a module passes on."""
     return dict(
-        dtype=module.dtype, param_dtype=module.param_dtype, bn_axis_name=module.bn_axis_name
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        bn_axis_name=module.bn_axis_name,
+        skip_dead_taps=module.skip_dead_taps,
     )
 
 

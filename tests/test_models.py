@@ -1,5 +1,6 @@
 """Tests for segan_jax.models: tiny DeepLabV3 variants (width 8, 16 ASPP features) and critics."""
 
+import functools
 import math
 
 import jax
@@ -176,12 +177,25 @@ def test_conv_live_taps_matches_full_convolution(hw, kernel, stride, dilation, l
     assert conv_kernels(jax.make_jaxpr(pruned)(x, w).jaxpr) == [(*live, 3, 4)]
 
 
-def full_convolution(*args, live_size=None, **kwargs):
-    """``models.conv_live_taps`` with every tap: lax's convolution."""
-    return jax.lax.conv_general_dilated(*args, **kwargs)
+def test_conv_skip_dead_false_keeps_the_taps_live_at_live_size():
+    """``skip_dead=False`` runs every tap (lax's convolution) or, with ``live_size``, the taps
+    live on inputs of that size even where this input leaves them dead."""
+    x, w = random_image((1, 5, 5, 3)), random_image((3, 3, 3, 4), seed=1)
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    args = ((1, 1), models.torch_padding(3, 12))
+    kwargs = dict(rhs_dilation=(12, 12), dimension_numbers=dims)
+
+    def kernel_shapes(**options):
+        f = functools.partial(models.conv_live_taps, **kwargs, **options)
+        return conv_kernels(jax.make_jaxpr(lambda x, w: f(x, w, *args))(x, w).jaxpr)
+
+    assert kernel_shapes() == [(1, 1, 3, 4)]  # 5x5 features: rate 12 reads padding off-centre
+    assert kernel_shapes(skip_dead=False) == [(3, 3, 3, 4)]
+    assert kernel_shapes(skip_dead=False, live_size=32) == [(3, 3, 3, 4)]
+    assert kernel_shapes(skip_dead=False, live_size=12) == [(1, 1, 3, 4)]
 
 
-def test_deeplab_skips_dead_atrous_taps_exactly(monkeypatch):
+def test_deeplab_skips_dead_atrous_taps_exactly():
     """OS8 on a 40x40 input has 5x5 features: every ASPP rate (12, 24, 36) reads only padding
     off-centre, so the three atrous branches run as 1x1 convolutions of their 3x3 kernels'
     centres. Logits and parameter gradients equal those of the full convolutions."""
@@ -201,7 +215,7 @@ def test_deeplab_skips_dead_atrous_taps_exactly(monkeypatch):
         return conv_kernels(jax.make_jaxpr(lambda v: train_apply(model, v, x))(variables).jaxpr)
 
     pruned, pruned_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
-    monkeypatch.setattr(models, "conv_live_taps", full_convolution)
+    model = model.clone(skip_dead_taps=False)
     full, full_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
     assert (full_kernels.count(atrous), pruned_kernels.count(atrous)) == (3, 0)
     assert pruned_kernels.count((1, 1, *atrous[2:])) == full_kernels.count((1, 1, *atrous[2:])) + 3
@@ -362,6 +376,9 @@ def test_deeplab_from_config():
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size == 64
     cfg.drop_untrained_taps = False
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size is None
+    assert model.skip_dead_taps
+    cfg.skip_dead_taps = False
+    assert not models.deeplab_from_config(cfg, 4).skip_dead_taps
     cfg.dtype = "float16"
     with pytest.raises(ValueError):
         models.deeplab_from_config(cfg, num_classes=4)

@@ -6,10 +6,11 @@ from configs import tiny
 from segan_jax import workdir
 
 
-def test_drop_untrained_taps_may_change_but_not_the_model():
+def test_tap_options_may_change_but_not_the_model():
     saved = workdir.config_dict(tiny.get_config())
     current = tiny.get_config()
     current.model.drop_untrained_taps = not current.model.drop_untrained_taps
+    current.model.skip_dead_taps = not current.model.skip_dead_taps
     assert workdir.config_differences(saved, workdir.config_dict(current)) == []
     current.model.depth = 34
     assert [
