@@ -430,7 +430,7 @@ def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
 
 
 def _load_data(config, process_index: int, process_count: int):
-    """(info, {"train": this process's train shard, eval split: whole}).
+    """(info, {"train": this process's train shard, eval split: this process's shard}).
 
     Validates and builds the dataset first; with several processes, process 0 builds it (on a
     filesystem all share) while the others wait.
@@ -444,7 +444,7 @@ def _load_data(config, process_index: int, process_count: int):
     eval_name = eval_split_name(config, info.splits)
     splits = {
         "train": datasets.load_split(config.data, "train", process_index, process_count),
-        eval_name: datasets.load_split(config.data, eval_name),
+        eval_name: datasets.load_split(config.data, eval_name, process_index, process_count),
     }
     return info, splits
 
@@ -464,6 +464,14 @@ def _process_0_first(fn, what: str) -> Any:
     if not ok:
         raise RuntimeError(f"process 0 failed to {what}; its output says why")
     return result
+
+
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """Every process's int64 ``counts`` summed, exactly (without jax_enable_x64 jax gathers
+    int32, so the counts travel as two 30-bit halves). Same shape as ``counts``."""
+    halves = np.stack([counts >> 30, counts & (2**30 - 1)]).astype(np.int32)
+    total = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
+    return (total[0] << 30) + total[1]
 
 
 def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
@@ -491,7 +499,8 @@ def train_and_evaluate(
     """Trains (resuming from the workdir's latest checkpoint) and evaluates periodically.
 
     Runs on all devices of all processes (after `jax.distributed.initialize`); process 0 writes
-    the workdir's files, every process takes part in checkpointing.
+    the workdir's files, every process takes part in checkpointing and evaluates its shard of
+    the evaluation split.
 
     Args:
       overwrite: discard an earlier run in `workdir` (only once the data and config passed
@@ -589,13 +598,16 @@ class _Loop:
             workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
 
     def evaluate(self, state: TrainState, step: int) -> dict:
-        """Whole-image evaluation (every process, so all agree on the best checkpoint)."""
+        """Whole-image evaluation: each process its shard of the split, on its first device;
+        the confusion matrices are summed, so all agree on the best checkpoint."""
         name, split = next(iter(self.eval_splits.items()))
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
         confusion = evaluate.split_confusion(model, variables, split, self.ctx.normalizer, ignore)
+        if jax.process_count() > 1:
+            confusion = sum_over_processes(confusion)
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = record["f1_foreground_mean"]
         checkpoints.save(

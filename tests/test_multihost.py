@@ -26,6 +26,15 @@ def _cpu_collectives_supported() -> bool:
     return "jax_cpu_collectives_implementation" in jax.config.values
 
 
+def launch_args(work: pathlib.Path) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "launch.py"),
+        "--config=configs/tiny.py",
+        f"--workdir={work}",
+    ]
+
+
 @pytest.mark.skipif(
     not _cpu_collectives_supported(), reason="this jax has no CPU cross-process collectives"
 )
@@ -39,10 +48,7 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
 
     def launch(*extra: str) -> list[str]:
         args = [
-            sys.executable,
-            str(REPO / "launch.py"),
-            "--config=configs/tiny.py",
-            f"--workdir={work}",
+            *launch_args(work),
             "--config.train.num_steps=3",
             *extra,
             f"--coordinator_address=127.0.0.1:{_free_port()}",
@@ -75,3 +81,11 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
     state = checkpoints.restore_raw(work / "checkpoints")
     assert int(state["step"]) == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+    # Each process evaluated its shard of the test split; the summed confusion matrix equals
+    # one process evaluating all of it.
+    sharded = json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
+    assert np.sum(sharded) == 3 * 210 * 576  # every test pixel, once
+    single = [*launch_args(work), "--mode=evaluate", "--config.train.num_steps=3"]
+    subprocess.run(single, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    whole = json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
+    assert sharded == whole
