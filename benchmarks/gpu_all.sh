@@ -36,6 +36,8 @@ B=("$PY" benchmarks/train_throughput.py "--out=$J" "--deadline=$DEADLINE" "--min
 read -r -a X <<<"${EXTRA:-}"
 T=(--infer=0 --crop=256)
 FROM=${FROM:-1}
+# priority N, then its flags: runs when N >= FROM, with EXTRA's flags last
+run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]}"}; }
 
 {
   date -u
@@ -43,23 +45,23 @@ FROM=${FROM:-1}
   "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())"
   # (1) OS8 bf16 batch 16, no critic, with a short profile (top ops, model scopes)
-  [ "$FROM" -le 1 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
-    --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt" ${X[@]+"${X[@]}"}
+  run 1 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
+    --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt"
   # (2) the same with every convolution tap (the baseline of the skipped taps, same machine)
-  [ "$FROM" -le 2 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=all ${X[@]+"${X[@]}"}
+  run 2 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=all
   # (3) OS8 bf16 batch 16, single SegAN critic
-  [ "$FROM" -le 3 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${X[@]+"${X[@]}"}
+  run 3 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
   # (4) OS8 bf16 batch 64, without and with the critic
-  [ "$FROM" -le 4 ] && "${B[@]}" "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${X[@]+"${X[@]}"}
+  run 4 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
   # (5) OS16 bf16 batch 16
-  [ "$FROM" -le 5 ] && "${B[@]}" "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${X[@]+"${X[@]}"}
+  run 5 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
   # (6) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  [ "$FROM" -le 6 ] && "${B[@]}" "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${X[@]+"${X[@]}"}
+  run 6 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
   # (7) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256 crops)
-  [ "$FROM" -le 7 ] && "${B[@]}" --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
-    --crop=256 --infer_steps=20 ${X[@]+"${X[@]}"}
+  run 7 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+    --crop=256 --infer_steps=20
   # (8) the input pipeline alone (crops + augmentation), batch 16 and 64
-  [ "$FROM" -le 8 ] && "${B[@]}" --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50 ${X[@]+"${X[@]}"}
+  run 8 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u
