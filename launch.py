@@ -3,6 +3,8 @@
 Logic lives in the segan_jax package so notebooks call the same functions.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,7 +26,20 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_string(
+    "compilation_cache",
+    os.path.join(os.path.expanduser("~"), ".cache", "segan_jax", "xla"),
+    "Folder of JAX's persistent compilation cache, so a rerun (resume, evaluate) skips most "
+    "compiling; '' turns it off. The JAX_COMPILATION_CACHE_DIR variable, when set, wins.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _compilation_cache() -> None:
+    import jax
+
+    if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
 
 
 def _init_distributed() -> None:
@@ -45,6 +60,7 @@ def _init_distributed() -> None:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    _compilation_cache()
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
         _init_distributed()
     from segan_jax import datasets, train, workdir
