@@ -1,5 +1,6 @@
 """Forward FLOPs of DeepLabV3-ResNet50 per image, with every convolution tap and with the taps
-segan_jax runs (padding-only taps skipped; ASPP taps untrained at the crop size dropped).
+segan_jax runs (model.padding_taps 'skip' and 'regions'; ASPP taps untrained at the crop size
+dropped).
 
 Traced only (jax.make_jaxpr, no compile), so it runs in about a minute on a CPU:
 
@@ -21,16 +22,16 @@ import train_throughput  # noqa: E402
 from segan_jax import models  # noqa: E402
 
 
-def forward_gflop(output_stride: int, size: int, crop: int | None) -> float:
+def forward_gflop(output_stride: int, size: int, crop: int | None, taps: str = "skip") -> float:
     """GFLOP of one size x size inference-mode forward (jaxpr count, 2 per multiply-add):
-    every tap without ``crop``; with it, segan_jax's defaults for a model trained on crops of
-    that size (skip_dead_taps, train_size)."""
+    every tap without ``crop``; with it, a model trained on crops of that size (train_size)
+    with ``model.padding_taps=taps``."""
     model = models.DeepLabV3(
         num_classes=5,
         depth=50,
         output_stride=output_stride,
         train_size=crop,
-        skip_dead_taps=crop is not None,
+        padding_taps="keep" if crop is None else taps,
     )
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(
@@ -41,16 +42,16 @@ def forward_gflop(output_stride: int, size: int, crop: int | None) -> float:
 
 
 def main() -> None:
-    print("| OS | input | every tap | segan_jax (trained on 256 crops) | fewer |")
-    print("|---|---|---|---|---|")
+    print("| OS | input | every tap | padding_taps=skip (default) | fewer | =regions | fewer |")
+    print("|---|---|---|---|---|---|---|")
     for output_stride in (8, 16):
         for size in (256, -(-1000 // output_stride) * output_stride):  # 1000 padded as evaluate
             full = forward_gflop(output_stride, size, None)
-            live = forward_gflop(output_stride, size, 256)
-            print(
-                f"| {output_stride} | {size}x{size} | {full:.1f} | {live:.1f} "
-                f"| {100 * (1 - live / full):.1f} % |"
-            )
+            cells = [f"| {output_stride} | {size}x{size} | {full:.1f} "]
+            for taps in ("skip", "regions"):
+                live = forward_gflop(output_stride, size, 256, taps)
+                cells.append(f"| {live:.1f} | {100 * (1 - live / full):.1f} % ")
+            print("".join(cells) + "|")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@
 #     PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
-#   FROM=4 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (4) to (8)
+#   FROM=4 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (4) to (9)
 #
 # On an H100 (2026-11-26) one ResNet-50 train case took 77-94 s of wall time (process start,
 # ~25 s init compile and data placement, ~4 s lowering, 42-53 s XLA compile, seconds of timing),
 # so the default budget covers priorities (1) to (3); FROM=4 runs the rest in a second command.
 # Cases run with segan_jax's convolutions (--taps=live: taps that only read padding skipped);
-# (2) repeats (1) with every tap, the arithmetic of the 2026-11-26 H100 figures and torchvision.
+# (2) repeats (1) with every tap, the arithmetic of the 2026-11-26 H100 figures and torchvision,
+# (3) with the atrous convolutions split into regions that skip the padding they read.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
 # and their dependencies carried as wheels in .whl/, see benchmarks/README.md):
@@ -49,19 +50,21 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
     --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt"
   # (2) the same with every convolution tap (the baseline of the skipped taps, same machine)
   run 2 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=all
-  # (3) OS8 bf16 batch 16, single SegAN critic
-  run 3 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
-  # (4) OS8 bf16 batch 64, without and with the critic
-  run 4 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
-  # (5) OS16 bf16 batch 16
-  run 5 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
-  # (6) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  run 6 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
-  # (7) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256 crops)
-  run 7 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+  # (3) the same with ASPP rates 12/24 split into regions (model.padding_taps=regions)
+  run 3 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=regions
+  # (4) OS8 bf16 batch 16, single SegAN critic
+  run 4 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
+  # (5) OS8 bf16 batch 64, without and with the critic
+  run 5 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
+  # (6) OS16 bf16 batch 16
+  run 6 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
+  # (7) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
+  run 7 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
+  # (8) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256 crops)
+  run 8 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
     --crop=256 --infer_steps=20
-  # (8) the input pipeline alone (crops + augmentation), batch 16 and 64
-  run 8 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
+  # (9) the input pipeline alone (crops + augmentation), batch 16 and 64
+  run 9 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u

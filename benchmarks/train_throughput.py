@@ -75,7 +75,8 @@ def parse_args(argv=None):
         type=_csv(str),
         default=["live"],
         help="'live': skip convolution taps that read only padding and ASPP taps untrained at\n"
-        "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic). E.g. live,all",
+        "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic); 'regions':\n"
+        "live, and atrous convolutions split into regions (model.padding_taps). E.g. live,all",
     )
     a("--depth", type=int, default=50, help="ResNet depth (18/34/50/101)")
     a("--width", type=int, default=64, help="ResNet base width")
@@ -113,8 +114,8 @@ def parse_args(argv=None):
 
 
 def make_cases(args):
-    if set(args.taps) - {"live", "all"}:
-        raise SystemExit(f"--taps: 'live' and/or 'all', got {args.taps}")
+    if set(args.taps) - {"live", "all", "regions"}:
+        raise SystemExit(f"--taps: 'live', 'all' and/or 'regions', got {args.taps}")
     cases = []
     if args.train:
         for os_ in args.os:
@@ -221,8 +222,9 @@ def make_config(case, batch=None):
     config.data.crop_size = case.get("crop", 256)
     config.train.batch_size = batch or case["batch"]
     config.critic.num = case.get("critic", 0)
-    live = case.get("taps", "live") == "live"  # "all": every tap, torchvision's arithmetic
-    config.model.skip_dead_taps = config.model.drop_untrained_taps = live
+    taps = case.get("taps", "live")  # "all": every tap, torchvision's arithmetic
+    config.model.padding_taps = {"live": "skip", "all": "keep"}.get(taps, taps)
+    config.model.drop_untrained_taps = taps != "all"
     return config
 
 

@@ -40,11 +40,13 @@ def get_config() -> ml_collections.ConfigDict:
     # (model.init_checkpoint) on smaller crops than the source run's also drops taps that the
     # source run trained. May change between runs in one workdir (evaluation only).
     c.model.drop_untrained_taps = True
-    # Skip the convolution taps that read only zero padding (e.g. off-centre taps of ASPP rate
-    # 36 at output stride 8 on 256 crops): the same function up to float rounding, about 10 %
-    # fewer FLOPs for ResNet-50 OS8. False runs every tap (torchvision's arithmetic); may
-    # change between runs in one workdir.
-    c.model.skip_dead_taps = True
+    # Convolution taps that read zero padding: "skip" those that read only padding (e.g. the
+    # off-centre taps of ASPP rate 36 at output stride 8 on 256 crops; about 10 % fewer FLOPs
+    # for ResNet-50 OS8), "regions" also splits atrous convolutions whose taps read padding in
+    # part of the image (rates 12 and 24 there) into regions that skip it, "keep" runs every
+    # tap (torchvision's arithmetic). The same function up to float rounding; may change
+    # between runs in one workdir.
+    c.model.padding_taps = "skip"
     c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.model.init_checkpoint = ""  # local orbax checkpoint to start the segmentor from
 

@@ -40,6 +40,9 @@ REPLACE_STRIDE_WITH_DILATION: dict[int, tuple[bool, bool, bool]] = {
 # ASPP atrous rates of the paper for each output stride.
 ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# What convolutions do with kernel taps that read zero padding (see conv_live_taps).
+PADDING_TAPS = ("keep", "skip", "regions")
+REGIONS_MIN_SAVING = 0.25
 
 BN_MOMENTUM = 0.9  # Flax convention; equals PyTorch's momentum=0.1.
 BN_EPSILON = 1e-5
@@ -90,7 +93,7 @@ def conv_live_taps(
     rhs_dilation: Sequence[int] | None = None,
     *,
     live_size: int | None = None,
-    skip_dead: bool = True,
+    padding_taps: str = "skip",
     **kwargs: Any,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` (NHWC input, HWIO kernel, explicit padding) without the
@@ -98,8 +101,11 @@ def conv_live_taps(
 
     With ``live_size`` the taps kept are those live on an input of at most ``live_size`` pixels
     per axis, whatever the input's size: the taps a model trained on that size has trained.
-    ``skip_dead=False`` keeps the taps that are dead on this input only (every tap without
-    ``live_size``, those live at ``live_size`` with it): torchvision's arithmetic, for A/B timing.
+    ``padding_taps`` (``PADDING_TAPS``): 'skip' drops the taps dead on this input; 'keep' keeps
+    them (every tap without ``live_size``, those live at ``live_size`` with it): torchvision's
+    arithmetic, for A/B timing; 'regions' skips them and also runs a stride-1 'same'
+    convolution whose taps read padding in at least ``REGIONS_MIN_SAVING`` of their products
+    region by region (``conv_regions``).
 
     The same function as the full convolution, output and every gradient, up to floating-point
     summation order (the dropped taps multiply zeros, so their gradient is 0 either way), in
@@ -109,17 +115,24 @@ def conv_live_taps(
     parameter keeps its full shape: without ``live_size``, a forward pass on larger inputs uses
     every tap.
     """
+    _check_choice("padding_taps", padding_taps, PADDING_TAPS)
     dilation = tuple(rhs_dilation or (1,) * len(window_strides))
-    every_tap = not skip_dead and live_size is None
+    every_tap = padding_taps == "keep" and live_size is None
     if every_tap or lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
         )
-    sizes = [min(n, live_size or n) if skip_dead else live_size for n in lhs.shape[1:3]]
+    sizes = [
+        live_size if padding_taps == "keep" else min(n, live_size or n) for n in lhs.shape[1:3]
+    ]
     keep = [
         live_taps(size, rhs.shape[i], window_strides[i], dilation[i], padding[i])
         for i, size in enumerate(sizes)
     ]
+    if padding_taps == "regions" and _regions_pay(
+        lhs, rhs, window_strides, padding, dilation, keep, kwargs
+    ):
+        return conv_regions(lhs, rhs, dilation[0], (keep[0], keep[1]), **kwargs)
     padding = [
         (lo - r.start * d, hi - (k - r.stop) * d)
         for (lo, hi), r, d, k in zip(padding, keep, dilation, rhs.shape[:2], strict=True)
@@ -128,6 +141,73 @@ def conv_live_taps(
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
     )
+
+
+def _regions_pay(lhs, rhs, strides, padding, dilation, keep, kwargs) -> bool:
+    """Whether ``conv_regions`` applies (stride 1, 'same' PyTorch padding, one dilation, NHWC
+    and HWIO, no groups) and skips at least ``REGIONS_MIN_SAVING`` of the ``keep`` taps'
+    products."""
+    same = all(
+        tuple(p) == (d * (k - 1) // 2,) * 2
+        for p, d, k in zip(padding, dilation, rhs.shape[:2], strict=True)
+    )
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = kwargs.get("dimension_numbers") == nhwc and kwargs.get("feature_group_count", 1) == 1
+    if tuple(strides) != (1, 1) or len(set(dilation)) != 1 or not same or not plain:
+        return False
+    products, live = 1, 1
+    for n, k, taps in zip(lhs.shape[1:3], rhs.shape[:2], keep, strict=True):
+        products *= n * len(taps)
+        windows = (tap_window(n, k, dilation[0], t) for t in taps)
+        live *= sum(max(b - a, 0) for a, b in windows)
+    return live <= (1 - REGIONS_MIN_SAVING) * products
+
+
+def tap_window(size: int, kernel: int, dilation: int, tap: int) -> tuple[int, int]:
+    """The outputs ``[start, stop)`` (along one axis of a stride-1 convolution with PyTorch's
+    'same' padding) where ``tap`` reads real input: output ``o`` reads input ``o + shift``,
+    ``shift = tap * dilation - dilation * (kernel - 1) // 2``. Empty (start >= stop) for a dead
+    tap."""
+    shift = tap * dilation - dilation * (kernel - 1) // 2
+    return max(0, -shift), min(size, size - shift)
+
+
+def conv_regions(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dilation: int,
+    live: tuple[range, range],
+    precision: Any = None,
+    **unused: Any,
+) -> jax.Array:
+    """A stride-1, 'same'-padded convolution (NHWC, HWIO) as one matrix product per kernel tap
+    over the region where that tap reads real input, so no product with padding is computed,
+    in the forward pass or its gradients. For atrous convolutions whose off-centre taps read
+    padding over much of the image (ASPP rates 12 and 24 on 32x32 features), which
+    ``conv_live_taps`` cannot skip.
+
+    lhs (B, H, W, C), rhs (kh, kw, C, F); ``live``: the taps allowed per axis (e.g. those
+    trained). Returns (B, H, W, F) in lhs's dtype, the products summed in float32: the full
+    convolution's value (with the other taps zero) up to float rounding.
+    """
+    del unused  # dimension_numbers (NHWC/HWIO, checked by the caller), feature_group_count 1
+    (_, h, w, _), out = lhs.shape, None
+    for th in live[0]:
+        a_h, b_h = tap_window(h, rhs.shape[0], dilation, th)
+        for tw in live[1]:
+            a_w, b_w = tap_window(w, rhs.shape[1], dilation, tw)
+            if a_h >= b_h or a_w >= b_w:
+                continue
+            s_h = th * dilation - dilation * (rhs.shape[0] - 1) // 2  # input = output + shift
+            s_w = tw * dilation - dilation * (rhs.shape[1] - 1) // 2
+            x = lhs[:, a_h + s_h : b_h + s_h, a_w + s_w : b_w + s_w]
+            dims = (((3,), (0,)), ((), ()))
+            y = lax.dot_general(x, rhs[th, tw], dims, precision, jnp.float32)
+            y = jnp.pad(y, ((0, 0), (a_h, h - b_h), (a_w, w - b_w), (0, 0)))
+            out = y if out is None else out + y
+    if out is None:  # every tap dead
+        return jnp.zeros((*lhs.shape[:3], rhs.shape[3]), lhs.dtype)
+    return out.astype(lhs.dtype)
 
 
 class ConvBN(nn.Module):
@@ -145,7 +225,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True  # see conv_live_taps
+    padding_taps: str = "skip"  # see conv_live_taps
     live_size: int | None = None  # see conv_live_taps
 
     @nn.compact
@@ -162,7 +242,7 @@ class ConvBN(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             conv_general_dilated=functools.partial(
-                conv_live_taps, live_size=self.live_size, skip_dead=self.skip_dead_taps
+                conv_live_taps, live_size=self.live_size, padding_taps=self.padding_taps
             ),
         )(x)
         x = nn.BatchNorm(
@@ -190,7 +270,7 @@ class BasicBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
     expansion = 1
 
     @nn.compact
@@ -215,7 +295,7 @@ class Bottleneck(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
     expansion = 4
 
     @nn.compact
@@ -244,7 +324,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -282,7 +362,7 @@ class ASPPConv(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
     live_size: int | None = None
 
     @nn.compact
@@ -350,7 +430,7 @@ class ASPP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
     train_features: int | None = None
 
     @nn.compact
@@ -380,7 +460,7 @@ class DeepLabHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
     train_features: int | None = None  # see ASPP
 
     @nn.compact
@@ -420,9 +500,11 @@ class DeepLabV3(nn.Module):
     input, so whole-image inference runs the network that was trained. ``None`` keeps them on
     larger inputs with their initial weights (torchvision's behaviour).
 
-    ``skip_dead_taps`` (default True): every convolution skips the kernel taps that read only
-    zero padding on its input (``conv_live_taps``): the same function up to float rounding, in
-    fewer FLOPs. False runs them (torchvision's arithmetic), e.g. to time both.
+    ``padding_taps`` (``conv_live_taps``): 'skip' (default), every convolution skips the kernel
+    taps that read only zero padding on its input: the same function up to float rounding, in
+    fewer FLOPs; 'keep' runs them (torchvision's arithmetic), e.g. to time both; 'regions'
+    also splits atrous convolutions whose taps read padding in part of the image (ASPP rates 12
+    and 24 at output stride 8 on 256 crops) into regions that each skip it.
     """
 
     num_classes: int
@@ -435,7 +517,7 @@ class DeepLabV3(nn.Module):
     bn_axis_name: str | None = None
     param_dtype: Dtype = jnp.float32
     train_size: int | None = None
-    skip_dead_taps: bool = True
+    padding_taps: str = "skip"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -467,8 +549,9 @@ def deeplab_from_config(
 ) -> DeepLabV3:
     """Builds DeepLabV3 from a config with keys depth, width, output_stride, aspp_features,
     dropout_rate, dtype ('float32' | 'bfloat16'), drop_untrained_taps (default True: the
-    model's ``train_size`` is ``crop_size``) and skip_dead_taps (default True)."""
+    model's ``train_size`` is ``crop_size``) and padding_taps (default 'skip')."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
+    _check_choice("model.padding_taps", model_cfg.get("padding_taps", "skip"), PADDING_TAPS)
     drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
         num_classes=num_classes,
@@ -480,17 +563,17 @@ def deeplab_from_config(
         dtype=DTYPES[model_cfg.dtype],
         bn_axis_name=bn_axis_name,
         train_size=int(crop_size) if drop and crop_size else None,
-        skip_dead_taps=bool(model_cfg.get("skip_dead_taps", True)),
+        padding_taps=str(model_cfg.get("padding_taps", "skip")),
     )
 
 
 def _shared(module: nn.Module) -> dict[str, Any]:
-    """The dtype/param_dtype/bn_axis_name/skip_dead_taps fields a module passes on."""
+    """The dtype/param_dtype/bn_axis_name/padding_taps fields a module passes on."""
     return dict(
         dtype=module.dtype,
         param_dtype=module.param_dtype,
         bn_axis_name=module.bn_axis_name,
-        skip_dead_taps=module.skip_dead_taps,
+        padding_taps=module.padding_taps,
     )
 
 

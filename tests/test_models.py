@@ -128,17 +128,18 @@ def test_forward_and_gradients_batch_1(depth, output_stride, hw):
         assert bool(jnp.any(g != 0)), name
 
 
-def conv_kernels(jaxpr) -> list[tuple[int, ...]]:
-    """Kernel shapes of every convolution in a jaxpr (nested jaxprs included)."""
+def conv_kernels(jaxpr, primitive: str = "conv_general_dilated") -> list[tuple[int, ...]]:
+    """Kernel (right operand) shapes of every convolution, or other ``primitive``, in a jaxpr
+    (nested jaxprs included)."""
     shapes = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
+        if eqn.primitive.name == primitive:
             shapes.append(tuple(eqn.invars[1].aval.shape))
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
                 if hasattr(sub, "eqns"):
-                    shapes += conv_kernels(sub)
+                    shapes += conv_kernels(sub, primitive)
     return shapes
 
 
@@ -177,9 +178,9 @@ def test_conv_live_taps_matches_full_convolution(hw, kernel, stride, dilation, l
     assert conv_kernels(jax.make_jaxpr(pruned)(x, w).jaxpr) == [(*live, 3, 4)]
 
 
-def test_conv_skip_dead_false_keeps_the_taps_live_at_live_size():
-    """``skip_dead=False`` runs every tap (lax's convolution) or, with ``live_size``, the taps
-    live on inputs of that size even where this input leaves them dead."""
+def test_conv_keep_padding_taps_keeps_the_taps_live_at_live_size():
+    """``padding_taps='keep'`` runs every tap (lax's convolution) or, with ``live_size``, the
+    taps live on inputs of that size even where this input leaves them dead."""
     x, w = random_image((1, 5, 5, 3)), random_image((3, 3, 3, 4), seed=1)
     dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
     args = ((1, 1), models.torch_padding(3, 12))
@@ -190,9 +191,76 @@ def test_conv_skip_dead_false_keeps_the_taps_live_at_live_size():
         return conv_kernels(jax.make_jaxpr(lambda x, w: f(x, w, *args))(x, w).jaxpr)
 
     assert kernel_shapes() == [(1, 1, 3, 4)]  # 5x5 features: rate 12 reads padding off-centre
-    assert kernel_shapes(skip_dead=False) == [(3, 3, 3, 4)]
-    assert kernel_shapes(skip_dead=False, live_size=32) == [(3, 3, 3, 4)]
-    assert kernel_shapes(skip_dead=False, live_size=12) == [(1, 1, 3, 4)]
+    assert kernel_shapes(padding_taps="keep") == [(3, 3, 3, 4)]
+    assert kernel_shapes(padding_taps="keep", live_size=32) == [(3, 3, 3, 4)]
+    assert kernel_shapes(padding_taps="keep", live_size=12) == [(1, 1, 3, 4)]
+    with pytest.raises(ValueError, match="padding_taps"):
+        kernel_shapes(padding_taps="drop")
+
+
+def test_tap_window_by_hand():
+    """Rate 24 on 32 features: the tap 24 below reads data for outputs 0-7, the centre for all,
+    the tap 24 above for 24-31; rate 36 off-centre: none."""
+    assert [models.tap_window(32, 3, 24, t) for t in range(3)] == [(24, 32), (0, 32), (0, 8)]
+    assert [models.tap_window(32, 3, 12, t) for t in range(3)] == [(12, 32), (0, 32), (0, 20)]
+    a, b = models.tap_window(32, 3, 36, 0)
+    assert a >= b
+
+
+@pytest.mark.parametrize(
+    ("hw", "dilation", "live"),
+    [
+        ((32, 32), 24, (range(3), range(3))),
+        ((32, 32), 12, (range(3), range(3))),
+        ((9, 20), 4, (range(3), range(3))),
+        ((12, 12), 5, (range(1, 3), range(3))),  # an allowed sub-range (untrained taps)
+        ((6, 6), 1, (range(3), range(3))),  # ordinary 3x3: regions of a 1-pixel border
+    ],
+)
+def test_conv_regions_matches_full_convolution(hw, dilation, live):
+    """Region by region, each with only the taps that read data there: the same output and
+    gradients as one convolution with the allowed taps (others zeroed)."""
+    x = random_image((2, *hw, 3))
+    w = random_image((3, 3, 3, 4), seed=1)
+    mask = np.zeros((3, 3, 1, 1), np.float32)
+    mask[live[0].start : live[0].stop, live[1].start : live[1].stop] = 1
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    pad = models.torch_padding(3, dilation)
+
+    def full(x, w):
+        rhs = w * mask
+        kw = dict(rhs_dilation=(dilation,) * 2, dimension_numbers=dims)
+        return jax.lax.conv_general_dilated(x, rhs, (1, 1), pad, **kw)
+
+    def regions(x, w):
+        return models.conv_regions(x, w, dilation, live, dimension_numbers=dims)
+
+    np.testing.assert_allclose(regions(x, w), full(x, w), rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, regions)
+    ]
+    for g_full, g_regions in zip(*grads, strict=True):  # sums of |values| up to ~3e3
+        np.testing.assert_allclose(g_regions, g_full, rtol=1e-4, atol=1e-3)
+
+
+def test_padding_taps_regions_splits_only_where_it_pays():
+    """OS8 on a 256 crop (32x32 features): ASPP rates 12 and 24 run region by region with
+    fewer multiply-adds; the dilated backbone convolutions (rates 2 and 4, a thin border of
+    padding) stay single convolutions; logits equal those of 'skip'."""
+    model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
+    x = random_image((1, 256, 256, 3))
+    variables = he_filled(abstract_init(model, x.shape)[0])
+    logits, convs, dots = {}, {}, {}
+    for taps in ("skip", "regions"):
+        m = model.clone(padding_taps=taps)
+        jaxpr = jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(variables).jaxpr
+        convs[taps], dots[taps] = conv_kernels(jaxpr), conv_kernels(jaxpr, "dot_general")
+        logits[taps] = m.apply(variables, x, train=False)
+    atrous = (3, 3, 64, TINY["aspp_features"])  # rates 12 and 24 (36: its centre tap, 1x1)
+    assert convs["skip"].count(atrous) == 2 and atrous not in convs["regions"]
+    assert len(convs["regions"]) == len(convs["skip"]) - 2  # the backbone's stay as they were
+    assert dots["regions"].count(atrous[2:]) == dots["skip"].count(atrous[2:]) + 2 * 9
+    np.testing.assert_allclose(logits["regions"], logits["skip"], rtol=1e-4, atol=1e-4)
 
 
 def test_deeplab_skips_dead_atrous_taps_exactly():
@@ -215,7 +283,7 @@ def test_deeplab_skips_dead_atrous_taps_exactly():
         return conv_kernels(jax.make_jaxpr(lambda v: train_apply(model, v, x))(variables).jaxpr)
 
     pruned, pruned_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
-    model = model.clone(skip_dead_taps=False)
+    model = model.clone(padding_taps="keep")
     full, full_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
     assert (full_kernels.count(atrous), pruned_kernels.count(atrous)) == (3, 0)
     assert pruned_kernels.count((1, 1, *atrous[2:])) == full_kernels.count((1, 1, *atrous[2:])) + 3
@@ -376,9 +444,13 @@ def test_deeplab_from_config():
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size == 64
     cfg.drop_untrained_taps = False
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size is None
-    assert model.skip_dead_taps
-    cfg.skip_dead_taps = False
-    assert not models.deeplab_from_config(cfg, 4).skip_dead_taps
+    assert model.padding_taps == "skip"
+    cfg.padding_taps = "regions"
+    assert models.deeplab_from_config(cfg, 4).padding_taps == "regions"
+    cfg.padding_taps = "drop"
+    with pytest.raises(ValueError, match="padding_taps"):
+        models.deeplab_from_config(cfg, 4)
+    cfg.padding_taps = "skip"
     cfg.dtype = "float16"
     with pytest.raises(ValueError):
         models.deeplab_from_config(cfg, num_classes=4)

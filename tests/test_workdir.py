@@ -10,7 +10,7 @@ def test_tap_options_may_change_but_not_the_model():
     saved = workdir.config_dict(tiny.get_config())
     current = tiny.get_config()
     current.model.drop_untrained_taps = not current.model.drop_untrained_taps
-    current.model.skip_dead_taps = not current.model.skip_dead_taps
+    current.model.padding_taps = "keep"
     assert workdir.config_differences(saved, workdir.config_dict(current)) == []
     current.model.depth = 34
     assert [
