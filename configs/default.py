@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Convolution taps that read zero padding: "skip" those that read only padding (e.g. the
     # off-centre taps of ASPP rate 36 at output stride 8 on 256 crops; about 10 % fewer FLOPs
     # for ResNet-50 OS8), "regions" also splits atrous convolutions whose taps read padding in
-    # part of the image (rates 12 and 24 there) into regions that skip it, "keep" runs every
+    # at least a quarter of their products (rates 12 and 24 there; on 128 crops also the
+    # backbone's rate-4 convolutions) into regions that skip it, "keep" runs every
     # tap (torchvision's arithmetic). The same function up to float rounding; may change
     # between runs in one workdir.
     c.model.padding_taps = "skip"

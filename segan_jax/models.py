@@ -14,7 +14,7 @@ model outputs (logits, critic features) are returned in float32.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +42,7 @@ ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # What convolutions do with kernel taps that read zero padding (see conv_live_taps).
 PADDING_TAPS = ("keep", "skip", "regions")
+DEFAULT_PADDING_TAPS = "skip"
 REGIONS_MIN_SAVING = 0.25
 
 BN_MOMENTUM = 0.9  # Flax convention; equals PyTorch's momentum=0.1.
@@ -93,7 +94,7 @@ def conv_live_taps(
     rhs_dilation: Sequence[int] | None = None,
     *,
     live_size: int | None = None,
-    padding_taps: str = "skip",
+    padding_taps: str = DEFAULT_PADDING_TAPS,
     **kwargs: Any,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` (NHWC input, HWIO kernel, explicit padding) without the
@@ -103,36 +104,30 @@ def conv_live_taps(
     per axis, whatever the input's size: the taps a model trained on that size has trained.
     ``padding_taps`` (``PADDING_TAPS``): 'skip' drops the taps dead on this input; 'keep' keeps
     them (every tap without ``live_size``, those live at ``live_size`` with it): torchvision's
-    arithmetic, for A/B timing; 'regions' skips them and also runs a stride-1 'same'
-    convolution whose taps read padding in at least ``REGIONS_MIN_SAVING`` of their products
-    region by region (``conv_regions``).
+    arithmetic, for A/B timing; 'regions' skips them and also runs an atrous convolution whose
+    taps read padding in at least ``REGIONS_MIN_SAVING`` of their products region by region
+    (``conv_regions``).
 
     The same function as the full convolution, output and every gradient, up to floating-point
     summation order (the dropped taps multiply zeros, so their gradient is 0 either way), in
-    fewer FLOPs. DeepLabV3 at output
-    stride 8 on 256x256 crops has 32x32 features, so the rate-36 ASPP branch reduces to its
-    centre tap (8/9 of that branch, about 10 % of the forward FLOPs of ResNet-50). The kernel
-    parameter keeps its full shape: without ``live_size``, a forward pass on larger inputs uses
-    every tap.
+    fewer FLOPs. DeepLabV3 at output stride 8 on 256x256 crops has 32x32 features, so the
+    rate-36 ASPP branch reduces to its centre tap (8/9 of that branch, about 10 % of the forward
+    FLOPs of ResNet-50). The kernel parameter keeps its full shape: without ``live_size``, a
+    forward pass on larger inputs uses every tap.
     """
     _check_choice("padding_taps", padding_taps, PADDING_TAPS)
     dilation = tuple(rhs_dilation or (1,) * len(window_strides))
-    every_tap = padding_taps == "keep" and live_size is None
-    if every_tap or lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+    keep = _kept_taps(
+        lhs, rhs, window_strides, padding, lhs_dilation, dilation, live_size, padding_taps
+    )
+    if keep is None:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
         )
-    sizes = [
-        live_size if padding_taps == "keep" else min(n, live_size or n) for n in lhs.shape[1:3]
-    ]
-    keep = [
-        live_taps(size, rhs.shape[i], window_strides[i], dilation[i], padding[i])
-        for i, size in enumerate(sizes)
-    ]
     if padding_taps == "regions" and _regions_pay(
         lhs, rhs, window_strides, padding, dilation, keep, kwargs
     ):
-        return conv_regions(lhs, rhs, dilation[0], (keep[0], keep[1]), **kwargs)
+        return conv_regions(lhs, rhs, dilation[0], padding, keep, kwargs.get("precision"))
     padding = [
         (lo - r.start * d, hi - (k - r.stop) * d)
         for (lo, hi), r, d, k in zip(padding, keep, dilation, rhs.shape[:2], strict=True)
@@ -143,32 +138,46 @@ def conv_live_taps(
     )
 
 
+def _kept_taps(lhs, rhs, strides, padding, lhs_dilation, dilation, live_size, padding_taps):
+    """Per spatial axis, the taps ``conv_live_taps`` runs; None: every tap, through lax as is."""
+    every_tap = padding_taps == "keep" and live_size is None
+    if every_tap or lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+        return None
+    sizes = [
+        live_size if padding_taps == "keep" else min(n, live_size or n) for n in lhs.shape[1:3]
+    ]
+    return [
+        live_taps(n, k, s, d, p)
+        for n, k, s, d, p in zip(sizes, rhs.shape[:2], strides, dilation, padding, strict=True)
+    ]
+
+
 def _regions_pay(lhs, rhs, strides, padding, dilation, keep, kwargs) -> bool:
-    """Whether ``conv_regions`` applies (stride 1, 'same' PyTorch padding, one dilation, NHWC
-    and HWIO, no groups) and skips at least ``REGIONS_MIN_SAVING`` of the ``keep`` taps'
-    products."""
-    same = all(
-        tuple(p) == (d * (k - 1) // 2,) * 2
-        for p, d, k in zip(padding, dilation, rhs.shape[:2], strict=True)
-    )
+    """Whether ``conv_regions`` applies (an atrous, stride-1 convolution whose output has the
+    input's size; NHWC/HWIO, no groups, no other options) and skips at least
+    ``REGIONS_MIN_SAVING`` of the products of the ``keep`` taps."""
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = kwargs.get("dimension_numbers") == nhwc and kwargs.get("feature_group_count", 1) == 1
-    if tuple(strides) != (1, 1) or len(set(dilation)) != 1 or not same or not plain:
+    if set(kwargs) - {"dimension_numbers", "feature_group_count", "precision"}:
+        return False
+    if kwargs.get("dimension_numbers") != nhwc or kwargs.get("feature_group_count", 1) != 1:
+        return False
+    same = all(
+        lo + hi == d * (k - 1)
+        for (lo, hi), d, k in zip(padding, dilation, rhs.shape[:2], strict=True)
+    )
+    if tuple(strides) != (1, 1) or len(set(dilation)) != 1 or dilation[0] == 1 or not same:
         return False
     products, live = 1, 1
-    for n, k, taps in zip(lhs.shape[1:3], rhs.shape[:2], keep, strict=True):
+    for n, (lo, _), taps in zip(lhs.shape[1:3], padding, keep, strict=True):
         products *= n * len(taps)
-        windows = (tap_window(n, k, dilation[0], t) for t in taps)
-        live *= sum(max(b - a, 0) for a, b in windows)
+        live *= sum(max(b - a, 0) for a, b in (tap_window(n, t * dilation[0] - lo) for t in taps))
     return live <= (1 - REGIONS_MIN_SAVING) * products
 
 
-def tap_window(size: int, kernel: int, dilation: int, tap: int) -> tuple[int, int]:
-    """The outputs ``[start, stop)`` (along one axis of a stride-1 convolution with PyTorch's
-    'same' padding) where ``tap`` reads real input: output ``o`` reads input ``o + shift``,
-    ``shift = tap * dilation - dilation * (kernel - 1) // 2``. Empty (start >= stop) for a dead
-    tap."""
-    shift = tap * dilation - dilation * (kernel - 1) // 2
+def tap_window(size: int, shift: int) -> tuple[int, int]:
+    """The outputs ``[start, stop)``, along one axis of a stride-1 convolution whose output has
+    the input's ``size``, where a tap reading input ``output + shift`` reads real input
+    (``shift = tap * dilation - padding_before``). Empty (start >= stop) for a dead tap."""
     return max(0, -shift), min(size, size - shift)
 
 
@@ -176,30 +185,30 @@ def conv_regions(
     lhs: jax.Array,
     rhs: jax.Array,
     dilation: int,
-    live: tuple[range, range],
+    padding: Sequence[tuple[int, int]],
+    live: Sequence[range],
     precision: Any = None,
-    **unused: Any,
 ) -> jax.Array:
-    """A stride-1, 'same'-padded convolution (NHWC, HWIO) as one matrix product per kernel tap
-    over the region where that tap reads real input, so no product with padding is computed,
-    in the forward pass or its gradients. For atrous convolutions whose off-centre taps read
-    padding over much of the image (ASPP rates 12 and 24 on 32x32 features), which
+    """A stride-1 convolution whose output has the input's size (NHWC, HWIO, ``padding``
+    before and after each axis summing to ``dilation * (k - 1)``), as one matrix product per
+    kernel tap over the region where that tap reads real input: no product with padding is
+    computed, in the forward pass or its gradients. For atrous convolutions whose off-centre
+    taps read padding over much of the map (ASPP rates 12 and 24 on 32x32 features), which
     ``conv_live_taps`` cannot skip.
 
     lhs (B, H, W, C), rhs (kh, kw, C, F); ``live``: the taps allowed per axis (e.g. those
     trained). Returns (B, H, W, F) in lhs's dtype, the products summed in float32: the full
     convolution's value (with the other taps zero) up to float rounding.
     """
-    del unused  # dimension_numbers (NHWC/HWIO, checked by the caller), feature_group_count 1
     (_, h, w, _), out = lhs.shape, None
     for th in live[0]:
-        a_h, b_h = tap_window(h, rhs.shape[0], dilation, th)
+        s_h = th * dilation - padding[0][0]  # this tap reads input row = output row + s_h
+        a_h, b_h = tap_window(h, s_h)
         for tw in live[1]:
-            a_w, b_w = tap_window(w, rhs.shape[1], dilation, tw)
+            s_w = tw * dilation - padding[1][0]
+            a_w, b_w = tap_window(w, s_w)
             if a_h >= b_h or a_w >= b_w:
                 continue
-            s_h = th * dilation - dilation * (rhs.shape[0] - 1) // 2  # input = output + shift
-            s_w = tw * dilation - dilation * (rhs.shape[1] - 1) // 2
             x = lhs[:, a_h + s_h : b_h + s_h, a_w + s_w : b_w + s_w]
             dims = (((3,), (0,)), ((), ()))
             y = lax.dot_general(x, rhs[th, tw], dims, precision, jnp.float32)
@@ -225,7 +234,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"  # see conv_live_taps
+    padding_taps: str = DEFAULT_PADDING_TAPS  # see conv_live_taps
     live_size: int | None = None  # see conv_live_taps
 
     @nn.compact
@@ -270,7 +279,7 @@ class BasicBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
     expansion = 1
 
     @nn.compact
@@ -295,7 +304,7 @@ class Bottleneck(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
     expansion = 4
 
     @nn.compact
@@ -324,7 +333,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -362,7 +371,7 @@ class ASPPConv(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
     live_size: int | None = None
 
     @nn.compact
@@ -430,7 +439,7 @@ class ASPP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
     train_features: int | None = None
 
     @nn.compact
@@ -460,7 +469,7 @@ class DeepLabHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
     train_features: int | None = None  # see ASPP
 
     @nn.compact
@@ -504,7 +513,8 @@ class DeepLabV3(nn.Module):
     taps that read only zero padding on its input: the same function up to float rounding, in
     fewer FLOPs; 'keep' runs them (torchvision's arithmetic), e.g. to time both; 'regions'
     also splits atrous convolutions whose taps read padding in part of the image (ASPP rates 12
-    and 24 at output stride 8 on 256 crops) into regions that each skip it.
+    and 24 at output stride 8 on 256 crops; on 128 crops also the backbone's rate-4
+    convolutions) into regions that each skip it.
     """
 
     num_classes: int
@@ -517,7 +527,7 @@ class DeepLabV3(nn.Module):
     bn_axis_name: str | None = None
     param_dtype: Dtype = jnp.float32
     train_size: int | None = None
-    padding_taps: str = "skip"
+    padding_taps: str = DEFAULT_PADDING_TAPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -551,7 +561,9 @@ def deeplab_from_config(
     dropout_rate, dtype ('float32' | 'bfloat16'), drop_untrained_taps (default True: the
     model's ``train_size`` is ``crop_size``) and padding_taps (default 'skip')."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
-    _check_choice("model.padding_taps", model_cfg.get("padding_taps", "skip"), PADDING_TAPS)
+    _check_choice(
+        "model.padding_taps", model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS), PADDING_TAPS
+    )
     drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
         num_classes=num_classes,
@@ -563,7 +575,7 @@ def deeplab_from_config(
         dtype=DTYPES[model_cfg.dtype],
         bn_axis_name=bn_axis_name,
         train_size=int(crop_size) if drop and crop_size else None,
-        padding_taps=str(model_cfg.get("padding_taps", "skip")),
+        padding_taps=str(model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS)),
     )
 
 
@@ -577,7 +589,7 @@ def _shared(module: nn.Module) -> dict[str, Any]:
     )
 
 
-def _check_choice(name: str, value: Any, choices: dict) -> None:
+def _check_choice(name: str, value: Any, choices: Collection) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} not supported; choose one of {sorted(choices)}")
 

@@ -468,7 +468,8 @@ def _process_0_first(fn, what: str) -> Any:
 
 def sum_over_processes(counts: np.ndarray) -> np.ndarray:
     """Every process's int64 ``counts`` summed, exactly (without jax_enable_x64 jax gathers
-    int32, so the counts travel as two 30-bit halves). Same shape as ``counts``."""
+    int32, so the counts travel as two 30-bit halves; exact below 2**61). Same shape as
+    ``counts``."""
     halves = np.stack([counts >> 30, counts & (2**30 - 1)]).astype(np.int32)
     total = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
     return (total[0] << 30) + total[1]

@@ -199,54 +199,65 @@ def test_conv_keep_padding_taps_keeps_the_taps_live_at_live_size():
 
 
 def test_tap_window_by_hand():
-    """Rate 24 on 32 features: the tap 24 below reads data for outputs 0-7, the centre for all,
-    the tap 24 above for 24-31; rate 36 off-centre: none."""
-    assert [models.tap_window(32, 3, 24, t) for t in range(3)] == [(24, 32), (0, 32), (0, 8)]
-    assert [models.tap_window(32, 3, 12, t) for t in range(3)] == [(12, 32), (0, 32), (0, 20)]
-    a, b = models.tap_window(32, 3, 36, 0)
+    """Rate 24 on 32 features (padding 24): the tap 24 below reads data for outputs 0-7, the
+    centre for all, the tap 24 above for 24-31; rate 36's off-centre taps: none."""
+    assert [models.tap_window(32, shift) for shift in (-24, 0, 24)] == [(24, 32), (0, 32), (0, 8)]
+    a, b = models.tap_window(32, 36)
     assert a >= b
 
 
 @pytest.mark.parametrize(
-    ("hw", "dilation", "live"),
+    ("hw", "kernel", "dilation", "padding", "regions"),
     [
-        ((32, 32), 24, (range(3), range(3))),
-        ((32, 32), 12, (range(3), range(3))),
-        ((9, 20), 4, (range(3), range(3))),
-        ((12, 12), 5, (range(1, 3), range(3))),  # an allowed sub-range (untrained taps)
-        ((6, 6), 1, (range(3), range(3))),  # ordinary 3x3: regions of a 1-pixel border
+        ((32, 32), (3, 3), 24, None, True),  # ASPP rate 24 on the features of a 256 crop
+        ((32, 32), (3, 3), 12, None, True),
+        ((9, 20), (3, 3), 4, None, True),
+        ((12, 10), (3, 5), 5, None, True),  # kh != kw; a tap of the 5 is dead on 10 columns
+        ((6, 7), (4, 4), 2, ((3, 3), (2, 4)), True),  # even kernel, asymmetric 'same' padding
+        ((4, 4), (4, 4), 3, None, False),  # PyTorch padding 4+4 != 9: output 3x3, not 'same'
+        ((6, 6), (3, 3), 1, None, False),  # not atrous: a 1-pixel border, one convolution
+        ((32, 32), (3, 3), 4, None, False),  # backbone rate 4 on 32x32: 16 % padding, kept whole
     ],
 )
-def test_conv_regions_matches_full_convolution(hw, dilation, live):
-    """Region by region, each with only the taps that read data there: the same output and
-    gradients as one convolution with the allowed taps (others zeroed)."""
+def test_conv_regions_matches_full_convolution(hw, kernel, dilation, padding, regions):
+    """``padding_taps='regions'`` runs one matrix product per tap where it pays and applies,
+    one convolution elsewhere; either way the same output and gradients as lax's."""
     x = random_image((2, *hw, 3))
-    w = random_image((3, 3, 3, 4), seed=1)
-    mask = np.zeros((3, 3, 1, 1), np.float32)
-    mask[live[0].start : live[0].stop, live[1].start : live[1].stop] = 1
+    w = random_image((*kernel, 3, 4), seed=1)
     dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    pad = models.torch_padding(3, dilation)
+    pad = padding or [(dilation * (k - 1) // 2,) * 2 for k in kernel]
+    kw = dict(rhs_dilation=(dilation,) * 2, dimension_numbers=dims)
 
     def full(x, w):
-        rhs = w * mask
-        kw = dict(rhs_dilation=(dilation,) * 2, dimension_numbers=dims)
-        return jax.lax.conv_general_dilated(x, rhs, (1, 1), pad, **kw)
+        return jax.lax.conv_general_dilated(x, w, (1, 1), pad, **kw)
 
-    def regions(x, w):
-        return models.conv_regions(x, w, dilation, live, dimension_numbers=dims)
+    def split(x, w):
+        return models.conv_live_taps(x, w, (1, 1), pad, padding_taps="regions", **kw)
 
-    np.testing.assert_allclose(regions(x, w), full(x, w), rtol=1e-5, atol=1e-5)
-    grads = [
-        jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, regions)
-    ]
-    for g_full, g_regions in zip(*grads, strict=True):  # sums of |values| up to ~3e3
-        np.testing.assert_allclose(g_regions, g_full, rtol=1e-4, atol=1e-3)
+    assert bool(conv_kernels(jax.make_jaxpr(split)(x, w).jaxpr, "dot_general")) == regions
+    np.testing.assert_allclose(split(x, w), full(x, w), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, split)]
+    for g_full, g_split in zip(*grads, strict=True):  # sums of |values| up to ~3e3
+        np.testing.assert_allclose(g_split, g_full, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_regions_with_a_sub_range_of_taps():
+    """Only the allowed taps (e.g. those trained) count; the others act as zeros."""
+    x, w = random_image((2, 12, 12, 3)), random_image((3, 3, 3, 4), seed=1)
+    mask = np.zeros((3, 3, 1, 1), np.float32)
+    mask[1:3] = 1
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    pad = models.torch_padding(3, 5)
+    kw = dict(rhs_dilation=(5, 5), dimension_numbers=dims)
+    full = jax.lax.conv_general_dilated(x, w * mask, (1, 1), pad, **kw)
+    split = models.conv_regions(x, w, 5, pad, (range(1, 3), range(3)))
+    np.testing.assert_allclose(split, full, rtol=1e-5, atol=1e-5)
 
 
 def test_padding_taps_regions_splits_only_where_it_pays():
     """OS8 on a 256 crop (32x32 features): ASPP rates 12 and 24 run region by region with
-    fewer multiply-adds; the dilated backbone convolutions (rates 2 and 4, a thin border of
-    padding) stay single convolutions; logits equal those of 'skip'."""
+    fewer multiply-adds; the dilated backbone convolutions (rates 2 and 4 on 32x32 maps, a
+    thin border of padding) stay single convolutions; logits equal those of 'skip'."""
     model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
     x = random_image((1, 256, 256, 3))
     variables = he_filled(abstract_init(model, x.shape)[0])
