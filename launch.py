@@ -4,6 +4,9 @@ Logic lives in the segan_jax package so notebooks call the same functions.
 """
 
 import os
+import platform
+import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -28,18 +31,46 @@ flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.DEFINE_string(
     "compilation_cache",
-    os.path.join(os.path.expanduser("~"), ".cache", "segan_jax", "xla"),
+    None,
     "Folder of JAX's persistent compilation cache, so a rerun (resume, evaluate) skips most "
-    "compiling; '' turns it off. The JAX_COMPILATION_CACHE_DIR variable, when set, wins.",
+    "compiling; '' turns it off. Default: $JAX_COMPILATION_CACHE_DIR when set, else "
+    "~/.cache/segan_jax/xla/<host name>.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _compilation_cache() -> None:
+def compilation_cache_dir(flag: str | None, env: dict, home: str, host: str) -> str | None:
+    """The cache folder: the flag's when given ('' = off), None when JAX_COMPILATION_CACHE_DIR
+    is set (JAX reads it), else one folder per host (compiled CPU code must not travel to
+    another machine's processor through a shared home)."""
+    if flag is not None:
+        return flag
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    return os.path.join(home, ".cache", "segan_jax", "xla", host or "host")
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    """Points JAX's persistent compilation cache at ``path`` (None: leave JAX's own setting;
+    '' or a folder that cannot be written: off, with a note)."""
     import jax
 
-    if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    if path is None:
+        return
+    try:
+        if not path:
+            raise OSError("turned off by --compilation_cache=")
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        if path:
+            print(f"note: compilation cache off: cannot write to {path} ({err})", file=sys.stderr)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    jax.config.update("jax_enable_compilation_cache", True)
+    # No size limit: jax_compilation_cache_max_size needs the filelock package.
+    jax.config.update("jax_compilation_cache_dir", path)
 
 
 def _init_distributed() -> None:
@@ -60,7 +91,9 @@ def _init_distributed() -> None:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    _compilation_cache()
+    flag = FLAGS.compilation_cache if FLAGS["compilation_cache"].present else None
+    home, host = os.path.expanduser("~"), platform.node()
+    enable_compilation_cache(compilation_cache_dir(flag, dict(os.environ), home, host))
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
         _init_distributed()
     from segan_jax import datasets, train, workdir
