@@ -2,7 +2,7 @@
 segan_jax runs (model.padding_taps 'skip' and 'regions'; ASPP taps untrained at the crop size
 dropped).
 
-Traced only (jax.make_jaxpr, no compile), so it runs in about a minute on a CPU:
+Traced only (jax.make_jaxpr, no compile), so it runs in seconds on a CPU:
 
   python benchmarks/flop_count.py
 """
