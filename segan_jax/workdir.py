@@ -52,15 +52,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def new_options_note(path: pathlib.Path, config: ml_collections.ConfigDict) -> str | None:
-    """A note naming the keys of ``config`` that the saved config at ``path`` lacks (options
-    added to segan_jax after that run started) and the values used for them now; None if none."""
-    if not path.exists():
-        return None
-    return _options_note(path, json.loads(path.read_text()), config)
-
-
 def _options_note(path: pathlib.Path, saved: dict, config: ml_collections.ConfigDict) -> str | None:
+    """A note naming the keys of ``config`` that ``saved`` (the config at ``path``) lacks
+    (options added to segan_jax after that run started) and the values used for them now."""
     flat_saved, current = _flatten(saved), _flatten(config_dict(config))
     added = [f"{k}={v!r}" for k, v in sorted(current.items()) if k not in flat_saved]
     if not added:
@@ -87,7 +81,8 @@ def check(
     """Checks that ``config`` asks for the run the workdir holds, if any (reads only).
 
     Returns:
-      ``new_options_note`` for the saved config, or None.
+      A note naming the options the saved config lacks (added to segan_jax since) and the
+      values used for them now; None without a saved config or without such options.
     Raises:
       ConfigMismatchError: ``mismatch`` and every differing key, so no earlier result is
         overwritten.

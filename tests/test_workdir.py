@@ -18,16 +18,16 @@ def test_tap_options_may_change_but_not_the_model():
     ] == ["model.depth"]
 
 
-def test_new_options_note_names_the_keys_an_older_run_lacks(tmp_path):
+def test_check_notes_the_keys_an_older_run_lacks(tmp_path):
     path = tmp_path / "config.json"
     config = tiny.get_config()
-    assert workdir.new_options_note(path, config) is None  # no earlier run
+    assert workdir.check(tmp_path, config) is None  # no earlier run
     saved = workdir.config_dict(config)
     path.write_text(json.dumps(saved))
-    assert workdir.new_options_note(path, config) is None
+    assert workdir.check(tmp_path, config) is None
     del saved["model"]["drop_untrained_taps"], saved["augment"]["hue"]
     path.write_text(json.dumps(saved))
-    note = workdir.new_options_note(path, config)
+    note = workdir.check(tmp_path, config)
     assert str(path) in note
     assert "augment.hue=0.0" in note and "model.drop_untrained_taps=True" in note
     assert "model.depth" not in note
