@@ -561,9 +561,8 @@ def deeplab_from_config(
     dropout_rate, dtype ('float32' | 'bfloat16'), drop_untrained_taps (default True: the
     model's ``train_size`` is ``crop_size``) and padding_taps (default 'skip')."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
-    _check_choice(
-        "model.padding_taps", model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS), PADDING_TAPS
-    )
+    padding_taps = model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS)
+    _check_choice("model.padding_taps", padding_taps, PADDING_TAPS)
     drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
         num_classes=num_classes,
@@ -575,7 +574,7 @@ def deeplab_from_config(
         dtype=DTYPES[model_cfg.dtype],
         bn_axis_name=bn_axis_name,
         train_size=int(crop_size) if drop and crop_size else None,
-        padding_taps=str(model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS)),
+        padding_taps=str(padding_taps),
     )
 
 
