@@ -52,23 +52,22 @@ def compilation_cache_dir(flag: str | None, env: dict, home: str, host: str) -> 
 
 def enable_compilation_cache(path: str | None) -> None:
     """Points JAX's persistent compilation cache at ``path`` (None: leave JAX's own setting;
-    '' or a folder that cannot be written: off, with a note)."""
+    '': off; a folder that cannot be written: off, with a note)."""
     import jax
 
     if path is None:
         return
-    try:
-        if not path:
-            raise OSError("turned off by --compilation_cache=")
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        if path:
+    if path:
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as err:
             print(f"note: compilation cache off: cannot write to {path} ({err})", file=sys.stderr)
-        jax.config.update("jax_enable_compilation_cache", False)
+            path = ""
+    jax.config.update("jax_enable_compilation_cache", bool(path))
+    if not path:
         return
-    jax.config.update("jax_enable_compilation_cache", True)
     # No size limit: jax_compilation_cache_max_size needs the filelock package.
     jax.config.update("jax_compilation_cache_dir", path)
 
