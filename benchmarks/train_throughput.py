@@ -415,11 +415,11 @@ def _train_setup(case, args):
     case; the seconds are those of the state's initialisation and the data's placement."""
     import jax
 
-    from segan_jax import train
+    from segan_jax import parallel, train
 
     config = make_config(case)
     info, host_data = synthetic_data(args.num_images, args.tile, args.classes)
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     if case["batch"] % mesh.size:
         raise ValueError(f"batch {case['batch']} does not divide over {mesh.size} devices")
     ctx = train.step_context(config, info, mesh.size)
@@ -432,9 +432,9 @@ def _train_setup(case, args):
     state = jax.jit(lambda k: train.create_train_state(init_ctx, k, info.num_channels))(
         jax.random.key(0)
     )
-    state = train.replicate(state, mesh)
+    state = parallel.replicate(state, mesh)
     data = train.place_data(host_data, mesh)
-    key = train.replicate(jax.random.key(1), mesh)
+    key = parallel.replicate(jax.random.key(1), mesh)
     jax.block_until_ready((state, data))
     return ctx, mesh, state, data, key, round(time.perf_counter() - t, 3)
 
@@ -547,7 +547,7 @@ def _annotate_one(r, args):
     import jax
     import jax.numpy as jnp
 
-    from segan_jax import input_pipeline, models, train
+    from segan_jax import input_pipeline, models, parallel, train
 
     if r["kind"] == "train":
         config = make_config(r)
@@ -563,7 +563,7 @@ def _annotate_one(r, args):
             jax.ShapeDtypeStruct((1, args.num_images, 2), jnp.int32),
         )
         key = jax.eval_shape(lambda: jax.random.key(1))
-        step_fn = train.compile_train_step(ctx, train.make_mesh(jax.devices()[:1]))
+        step_fn = train.compile_train_step(ctx, parallel.make_mesh(jax.devices()[:1]))
         r.update(train_model_flops(ctx, step_fn, state, data, key, r))
         return r["step_ms"] / 1e3
     config = make_config(r, batch=1)

@@ -1,7 +1,9 @@
 """Whole-image evaluation and prediction with a trained segmentor.
 
-Images are evaluated whole, reflect-padded to a multiple of the output stride and cropped back;
-one confusion matrix is accumulated over the split and the paper's metrics come from it.
+Images are evaluated whole, reflect-padded to a multiple of the output stride and cropped back,
+one image per local device at a time (images of one padded shape are batched together, so each
+shape compiles once); one confusion matrix is accumulated over the split and the paper's
+metrics come from it.
 """
 
 import functools
@@ -11,9 +13,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from segan_jax import datasets, input_pipeline, metrics, models
+from segan_jax import datasets, input_pipeline, metrics, models, parallel
 from segan_jax import workdir as workdir_lib
 
 EVAL_KEYS = (
@@ -28,16 +32,97 @@ EVAL_KEYS = (
 )
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _logits(model: models.DeepLabV3, variables: Any, image: jax.Array) -> jax.Array:
-    return model.apply(variables, image, train=False)
+def _labels(model: models.DeepLabV3, variables: Any, images: jax.Array) -> jax.Array:
+    """(B, H, W, C) normalised images -> (B, H, W) uint8 predicted labels."""
+    logits = model.apply(variables, images, train=False)
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _confusion(model, variables, image, labels, ignore_index):
-    logits = model.apply(variables, image, train=False)
-    predictions = jnp.argmax(logits, axis=-1)
-    return metrics.confusion_matrix(labels, predictions, model.num_classes, ignore_index)
+def _confusions(model, ignore_index: int, variables, images, labels) -> jax.Array:
+    """(B, H, W, C) images, (B, H, W) truth -> (B, K, K) int32 confusion matrices."""
+    predictions = _labels(model, variables, images)
+    count = functools.partial(
+        metrics.confusion_matrix, num_classes=model.num_classes, ignore_index=ignore_index
+    )
+    return jax.vmap(count)(labels, predictions)
+
+
+@functools.cache
+def _program(model: models.DeepLabV3, mesh: Mesh, ignore_index: int | None):
+    """jit(shard_map) of `_confusions` (or of `_labels` when ignore_index is None): variables
+    replicated, images (and truth) split over the mesh's devices; compiles once per shape."""
+    if ignore_index is None:
+        fn, batched = functools.partial(_labels, model), 1
+    else:
+        fn, batched = functools.partial(_confusions, model, ignore_index), 2
+    specs = (P(), *[P(parallel.AXIS)] * batched)
+    return jax.jit(parallel.shard_map(fn, mesh, in_specs=specs, out_specs=P(parallel.AXIS)))
+
+
+def shape_batches(shapes: list[tuple[int, int]], multiple: int, size: int) -> list[list[int]]:
+    """Indices of the images grouped by their padded shape (H and W rounded up to `multiple`),
+    in batches of at most `size`, first-seen shape first and image order kept within a shape."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(shapes):
+        groups.setdefault((-(-h // multiple), -(-w // multiple)), []).append(i)
+    return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
+
+
+def _batches(model, images, masks, normalizer, ignore_index: int, mesh: Mesh):
+    """Yields (indices, images, truth or None) with one image per device of `mesh`: padded for
+    evaluation, normalised, stacked (a short batch filled with zero images whose truth is all
+    `ignore_index`) and placed split over the mesh."""
+    sharding = NamedSharding(mesh, P(parallel.AXIS))
+    shapes = [im.shape[:2] for im in images]
+    for idx in shape_batches(shapes, model.output_stride, mesh.size):
+        pairs = [
+            input_pipeline.pad_for_eval(
+                images[i], None if masks is None else masks[i], model.output_stride, ignore_index
+            )
+            for i in idx
+        ]
+        x = _stack([input_pipeline.normalize_host(im, normalizer) for im, _ in pairs], mesh.size, 0)
+        y = None if masks is None else _stack([m for _, m in pairs], mesh.size, ignore_index)
+        yield idx, jax.device_put(x, sharding), None if y is None else jax.device_put(y, sharding)
+
+
+def _stack(arrays: list[np.ndarray], size: int, fill) -> np.ndarray:
+    """(size, ...) array: `arrays` stacked, the rest filled with `fill`."""
+    out = np.full((size, *arrays[0].shape), fill, arrays[0].dtype)
+    out[: len(arrays)] = arrays
+    return out
+
+
+def _local_mesh(devices) -> Mesh:
+    return parallel.make_mesh(jax.local_devices() if devices is None else devices)
+
+
+def predict_all(
+    model: models.DeepLabV3,
+    variables: Any,
+    images: list[np.ndarray],
+    normalizer: input_pipeline.Normalizer,
+    devices: list | None = None,
+) -> list[np.ndarray]:
+    """Label maps of whole images, one image per device at a time (`devices`: default this
+    process's).
+
+    Args:
+      images: each (H, W, C) raw pixel values; sizes may differ.
+
+    Returns:
+      each (H, W) uint8 predicted labels, same order.
+    """
+    mesh = _local_mesh(devices)
+    variables = parallel.replicate(variables, mesh)
+    program = _program(model, mesh, None)
+    out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
+    for idx, x, _ in _batches(model, images, None, normalizer, 0, mesh):
+        labels = np.asarray(program(variables, x))
+        for j, i in enumerate(idx):
+            h, w = images[i].shape[:2]
+            out[i] = labels[j, :h, :w]
+    return out
 
 
 def predict_labels(
@@ -45,21 +130,28 @@ def predict_labels(
     variables: Any,
     image: np.ndarray,
     normalizer: input_pipeline.Normalizer,
-    ignore_index: int = 255,
 ) -> np.ndarray:
-    """Label map of one whole image.
+    """(H, W) uint8 label map of one (H, W, C) raw image, on this process's first device."""
+    return predict_all(model, variables, [image], normalizer, jax.local_devices()[:1])[0]
 
-    Args:
-      image: (H, W, C) raw pixel values.
 
-    Returns:
-      (H, W) uint8 predicted labels.
-    """
-    h, w = image.shape[:2]
-    padded, _ = input_pipeline.pad_for_eval(image, None, model.output_stride, ignore_index)
-    x = input_pipeline.normalize_host(padded, normalizer)[None]
-    logits = _logits(model, variables, jnp.asarray(x))
-    return np.asarray(jnp.argmax(logits[0, :h, :w], axis=-1), np.uint8)
+def image_confusions(
+    model: models.DeepLabV3,
+    variables: Any,
+    split: datasets.Split,
+    normalizer: input_pipeline.Normalizer,
+    ignore_index: int = 255,
+    devices: list | None = None,
+) -> np.ndarray:
+    """(N, K, K) int64 confusion matrix (rows truth) of each of the N images of `split`, one
+    image per device at a time (`devices`: default this process's)."""
+    mesh = _local_mesh(devices)
+    variables = parallel.replicate(variables, mesh)
+    program = _program(model, mesh, ignore_index)
+    out = np.zeros((len(split.images), *(model.num_classes,) * 2), np.int64)
+    for idx, x, y in _batches(model, split.images, split.masks, normalizer, ignore_index, mesh):
+        out[idx] = np.asarray(program(variables, x, y))[: len(idx)]
+    return out
 
 
 def split_confusion(
@@ -68,15 +160,10 @@ def split_confusion(
     split: datasets.Split,
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
+    devices: list | None = None,
 ) -> np.ndarray:
     """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`."""
-    total = np.zeros((model.num_classes,) * 2, np.int64)
-    for image, mask in zip(split.images, split.masks, strict=True):
-        padded, labels = input_pipeline.pad_for_eval(image, mask, model.output_stride, ignore_index)
-        x = input_pipeline.normalize_host(padded, normalizer)[None]
-        cm = _confusion(model, variables, jnp.asarray(x), jnp.asarray(labels[None]), ignore_index)
-        total += np.asarray(cm, np.int64)
-    return total
+    return image_confusions(model, variables, split, normalizer, ignore_index, devices).sum(0)
 
 
 def per_image_scores(
@@ -87,12 +174,11 @@ def per_image_scores(
     ignore_index: int = 255,
 ) -> list[dict]:
     """Foreground-mean F1 of every image, for finding the worst ones (the paper's Fig. 6)."""
-    rows = []
-    for name, image, mask in zip(split.names, split.images, split.masks, strict=True):
-        one = datasets.Split([image], [mask], [name])
-        result = metrics.scores(split_confusion(model, variables, one, normalizer, ignore_index))
-        rows.append({"name": name, "f1_foreground_mean": result["f1_foreground_mean"]})
-    return rows
+    confusions = image_confusions(model, variables, split, normalizer, ignore_index)
+    return [
+        {"name": name, "f1_foreground_mean": metrics.scores(cm)["f1_foreground_mean"]}
+        for name, cm in zip(split.names, confusions, strict=True)
+    ]
 
 
 def result_record(step: int, split: str, classes, confusion: np.ndarray) -> dict:

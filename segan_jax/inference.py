@@ -4,22 +4,23 @@ import pathlib
 
 import jax
 import ml_collections
+import numpy as np
 
-from segan_jax import checkpoints, datasets, evaluate, train
+from segan_jax import checkpoints, datasets, evaluate, parallel, train
 from segan_jax import workdir as workdir_lib
 
 
 def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
-    """(model, variables on one device, dataset info, step, normalizer) of the workdir's latest
-    checkpoint. `config` must be the run's (eval.* and predict.* may differ)."""
+    """(model, variables on this process's devices, dataset info, step, normalizer) of the
+    workdir's latest checkpoint. `config` must be the run's (eval.* and predict.* may differ)."""
     _check_same_run(config, workdir)
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
-    info = datasets.load_info(config.data)
+    info = train.load_info(config)
     ctx = train.step_context(config, info, num_devices=1, axis_name=None)
-    mesh = train.make_mesh(jax.local_devices()[:1])
+    mesh = parallel.make_mesh(jax.local_devices())
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -38,24 +39,28 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
 
 def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, int]:
     """(evaluation record, number of images) of the latest checkpoint on eval.split; writes
-    nothing."""
+    nothing. Each process evaluates its shard of the split; the counts are summed."""
     model, variables, info, step, normalizer = load_trained(config, workdir)
     name = train.eval_split_name(config, info.splits)
-    split = datasets.load_split(config.data, name)
-    confusion = evaluate.split_confusion(
-        model, variables, split, normalizer, config.data.ignore_index
-    )
-    return evaluate.result_record(step, name, info.classes, confusion), len(split.images)
+    split = train.load_shard(config, name)
+    ignore = config.data.ignore_index
+    confusion = evaluate.split_confusion(model, variables, split, normalizer, ignore)
+    counts = np.append(confusion.ravel(), len(split.images))  # one exchange for both
+    if jax.process_count() > 1:
+        counts = parallel.sum_over_processes(counts)
+    confusion, num_images = counts[:-1].reshape(confusion.shape), int(counts[-1])
+    return evaluate.result_record(step, name, info.classes, confusion), num_images
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the latest checkpoint on eval.split, writes DIR/eval/<split>_<step>.json and
-    prints the per-class table. Returns the record."""
+    """Evaluates the latest checkpoint on eval.split; process 0 writes
+    DIR/eval/<split>_<step>.json and prints the per-class table. Returns the record."""
     workdir = pathlib.Path(workdir)
     record, num_images = evaluate_trained(config, workdir)
-    path = evaluate.write_record(workdir, record)
-    print(f"{record['split']} split, step {record['step']} ({num_images} images) -> {path}")
-    print(evaluate.table_from_record(record), flush=True)
+    if jax.process_index() == 0:
+        path = evaluate.write_record(workdir, record)
+        print(f"{record['split']} split, step {record['step']} ({num_images} images) -> {path}")
+        print(evaluate.table_from_record(record), flush=True)
     return record
 
 
@@ -73,7 +78,8 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
-    """Writes one single-channel label PNG per input image (same stem) to predict.output."""
+    """Writes one single-channel label PNG per input image (same stem) to predict.output
+    (with several processes, each predicts and writes its share). Returns all their paths."""
     if not config.predict.input or not config.predict.output:
         raise ValueError("--mode=predict needs --config.predict.input and --config.predict.output")
     files = input_files(pathlib.Path(config.predict.input))
@@ -89,11 +95,14 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     images = [datasets.read_image(f) for f in files]  # reads (and checks) all before writing
     model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
     _check_images(files, images, info)
+    parallel.barrier("predict: outputs checked")  # every process checked before any writes
     out.mkdir(parents=True, exist_ok=True)
-    for image, target in zip(images, targets, strict=True):
-        labels = evaluate.predict_labels(model, variables, image, normalizer)
-        evaluate.save_label_png(labels, target)
-    print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
+    mine = slice(jax.process_index(), None, jax.process_count())  # each process its share
+    labels = evaluate.predict_all(model, variables, images[mine], normalizer)
+    for one, target in zip(labels, targets[mine], strict=True):
+        evaluate.save_label_png(one, target)
+    if jax.process_index() == 0:
+        print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
     return targets
 
 

@@ -28,10 +28,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from segan_jax import checkpoints, datasets, evaluate, input_pipeline, losses, models, optim
+from segan_jax import (
+    checkpoints,
+    datasets,
+    evaluate,
+    input_pipeline,
+    losses,
+    models,
+    optim,
+    parallel,
+)
 from segan_jax import workdir as workdir_lib
 
-AXIS = "data"
 CRITIC_CONSTRAINTS = ("clip", "gradient_penalty", "none")
 
 
@@ -171,7 +179,7 @@ def critic_update(
     """
     cfg = ctx.config.critic
     probs = jax.lax.stop_gradient(probs)
-    n = jax.lax.psum(1, AXIS)
+    n = jax.lax.psum(1, parallel.AXIS)
 
     def loss_fn(critic_params):
         l_mae = adversarial_l1(ctx, critic_params, image, probs, onehot)
@@ -182,12 +190,12 @@ def critic_update(
         return loss / n, l_mae / n
 
     (_, l_mae), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic_params)
-    grads = jax.lax.psum(grads, AXIS)
+    grads = jax.lax.psum(grads, parallel.AXIS)
     updates, opt_state = ctx.critic_tx.update(grads, state.critic_opt_state, state.critic_params)
     params = optax.apply_updates(state.critic_params, updates)
     if cfg.constraint == "clip":
         params = clip_weights(params, cfg.clip_value)
-    return params, opt_state, jax.lax.psum(l_mae, AXIS)
+    return params, opt_state, jax.lax.psum(l_mae, parallel.AXIS)
 
 
 def class_maps(ctx: StepContext, logits, labels) -> tuple[jax.Array, jax.Array]:
@@ -206,11 +214,11 @@ def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
     gradients gives the gradient of the global loss. Returns (local loss, metrics).
     """
     cfg = ctx.config
-    n = jax.lax.psum(1, AXIS)
+    n = jax.lax.psum(1, parallel.AXIS)
     ce_sum, w_sum = losses.weighted_cross_entropy(
         logits, labels, jnp.asarray(ctx.class_weights), cfg.data.ignore_index
     )
-    ce = ce_sum / jnp.maximum(jax.lax.psum(w_sum, AXIS), 1e-12)
+    ce = ce_sum / jnp.maximum(jax.lax.psum(w_sum, parallel.AXIS), 1e-12)
     loss = cfg.loss.lambda_ce * ce
     metrics = {"ce": ce}
     if ctx.critics is not None:
@@ -224,14 +232,14 @@ def segmentor_loss(ctx: StepContext, critic_params, logits, image, labels):
 def train_step(
     ctx: StepContext, state: TrainState, data: input_pipeline.TrainData, key: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One adversarial update, per device (call inside shard_map over axis `AXIS`).
+    """One adversarial update, per device (call inside shard_map over axis `parallel.AXIS`).
 
     `data` is this device's block of `place_data`'s arrays: a leading axis of size 1.
     """
     cfg = ctx.config
     data = jax.tree.map(lambda x: x[0], data)
     data_key, dropout_key, critic_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
-    device = jax.lax.axis_index(AXIS)
+    device = jax.lax.axis_index(parallel.AXIS)
     ids = device * ctx.per_device_batch + jnp.arange(ctx.per_device_batch)
     image, labels = input_pipeline.sample_batch(
         data, data_key, ids, cfg.data.crop_size, cfg.augment, ctx.normalizer, cfg.data.ignore_index
@@ -252,7 +260,7 @@ def train_step(
     grad_fn = jax.value_and_grad(functools.partial(segmentor_loss, ctx), argnums=1, has_aux=True)
     (loss, metrics), g_logits = grad_fn(state.critic_params, logits, image, labels)
     (grads,) = pullback(g_logits)
-    grads = jax.lax.psum(grads, AXIS)
+    grads = jax.lax.psum(grads, parallel.AXIS)
     updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
     state = state.replace(
         step=state.step + 1,
@@ -260,8 +268,8 @@ def train_step(
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
-    metrics = {k: jax.lax.psum(v, AXIS) for k, v in metrics.items()}
-    metrics["loss"] = jax.lax.psum(loss, AXIS)
+    metrics = {k: jax.lax.psum(v, parallel.AXIS) for k, v in metrics.items()}
+    metrics["loss"] = jax.lax.psum(loss, parallel.AXIS)
     metrics.update(critic_metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
     # Checked on the host before any checkpoint is saved: a finite loss can still produce
@@ -280,50 +288,28 @@ def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels, ke
     return state, {"critic_l_mae": l_mae}
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis mesh over `devices` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (AXIS,))
-
-
-def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-    from jax.experimental.shard_map import shard_map  # jax < 0.7
-
-    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
-
-
 def compile_train_step(ctx: StepContext, mesh: Mesh):
     """The data-parallel step: jit(shard_map(train_step)) with the state donated.
 
     State and key are replicated over the mesh; data come from `place_data`; each device cuts
     its own share of the global batch. Returns a function (state, data, key) -> (state, metrics).
     """
-    mapped = _shard_map(
+    mapped = parallel.shard_map(
         functools.partial(train_step, ctx),
         mesh,
-        in_specs=(P(), P(AXIS), P()),
+        in_specs=(P(), P(parallel.AXIS), P()),
         out_specs=(P(), P()),
     )
     return jax.jit(mapped, donate_argnums=(0,))
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a tree, the same on every process, on every device of `mesh` (replicated)."""
-    sharding = NamedSharding(mesh, P())
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
-
-
 def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.TrainData:
     """Puts this process's training images on each of its devices.
 
-    Arrays get a leading device axis sharded over `AXIS`: device d holds its process's whole
+    Arrays get a leading device axis sharded over the mesh: device d holds its process's whole
     shard (every process's arrays must have one shape: see `_train_arrays`).
     """
-    sharding = NamedSharding(mesh, P(AXIS))
+    sharding = NamedSharding(mesh, P(parallel.AXIS))
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
 
     def put(x):
@@ -332,11 +318,6 @@ def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.Tra
         return jax.make_array_from_single_device_arrays((mesh.size, *x.shape), sharding, blocks)
 
     return jax.tree.map(put, data)
-
-
-def local_value(x: jax.Array) -> np.ndarray:
-    """This process's copy of a replicated array (works on one host and on many)."""
-    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -368,7 +349,9 @@ def eval_split_name(config: ml_collections.ConfigDict, splits: tuple[str, ...]) 
     return name
 
 
-def step_context(config, info, num_devices: int, axis_name: str | None = AXIS) -> StepContext:
+def step_context(
+    config, info, num_devices: int, axis_name: str | None = parallel.AXIS
+) -> StepContext:
     """The static pieces of the train step for this config and dataset."""
     model, critics = make_models(config, len(info.classes), axis_name)
     weights = losses.class_weights(info.train_pixel_counts, config.loss.class_weights)
@@ -402,8 +385,8 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
         return checkpoints.restore(latest, abstract)
     state = init()
     if config.model.init_checkpoint:
-        local = jax.tree.map(local_value, state)
-        state = replicate(load_init_checkpoint(local, config.model.init_checkpoint), mesh)
+        local = jax.tree.map(parallel.local_value, state)
+        state = parallel.replicate(load_init_checkpoint(local, config.model.init_checkpoint), mesh)
     return state
 
 
@@ -429,50 +412,29 @@ def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
     return state.replace(**loaded)
 
 
-def _load_data(config, process_index: int, process_count: int):
-    """(info, {"train": this process's train shard, eval split: this process's shard}).
-
-    Validates and builds the dataset first; with several processes, process 0 builds it (on a
-    filesystem all share) while the others wait.
-    """
+def load_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
+    """`datasets.load_info` (which validates and builds the dataset) for every process: with
+    several, process 0 builds it (on a filesystem all share) while the others wait."""
     info = None
-    if process_count > 1:
+    if jax.process_count() > 1:
         what = "validate and build the data"
-        info = _process_0_first(lambda: datasets.load_info(config.data), what)
+        info = parallel.process_0_first(lambda: datasets.load_info(config.data), what)
     if info is None:  # one process, or the processes that waited for process 0's build
         info = datasets.load_info(config.data)
+    return info
+
+
+def load_shard(config: ml_collections.ConfigDict, name: str) -> datasets.Split:
+    """This process's shard of split `name` (all of it with one process)."""
+    return datasets.load_split(config.data, name, jax.process_index(), jax.process_count())
+
+
+def _load_data(config):
+    """(info, {"train": this process's train shard, eval split: this process's shard}),
+    validated (and built) first."""
+    info = load_info(config)
     eval_name = eval_split_name(config, info.splits)
-    splits = {
-        "train": datasets.load_split(config.data, "train", process_index, process_count),
-        eval_name: datasets.load_split(config.data, eval_name, process_index, process_count),
-    }
-    return info, splits
-
-
-def _process_0_first(fn, what: str) -> Any:
-    """Runs `fn` on process 0 while the others wait; if it fails there, every process stops.
-    Returns `fn`'s result on process 0, None on the others."""
-    error, result = None, None
-    if jax.process_index() == 0:
-        try:
-            result = fn()
-        except Exception as err:  # re-raised below, after telling the other processes
-            error = err
-    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
-    if error is not None:
-        raise error
-    if not ok:
-        raise RuntimeError(f"process 0 failed to {what}; its output says why")
-    return result
-
-
-def sum_over_processes(counts: np.ndarray) -> np.ndarray:
-    """Every process's int64 ``counts`` summed, exactly (without jax_enable_x64 jax gathers
-    int32, so the counts travel as two 30-bit halves; exact below 2**61). Same shape as
-    ``counts``."""
-    halves = np.stack([counts >> 30, counts & (2**30 - 1)]).astype(np.int32)
-    total = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
-    return (total[0] << 30) + total[1]
+    return info, {"train": load_shard(config, "train"), eval_name: load_shard(config, eval_name)}
 
 
 def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
@@ -514,11 +476,11 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     # Validates and builds before the workdir is touched.
-    info, splits = _load_data(config, jax.process_index(), jax.process_count())
-    mesh = make_mesh()
+    info, splits = _load_data(config)
+    mesh = parallel.make_mesh()
     _check_config(config, mesh.size, len(info.classes))
     if overwrite:
-        _process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
+        parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
     note = workdir_lib.check(workdir, config)  # every process: all stop alike on a mismatch
     if jax.process_index() == 0:
         if note:
@@ -567,11 +529,11 @@ class _Loop:
 
     def run(self, state, data, mesh: Mesh, max_steps_this_run: int | None) -> dict | None:
         cfg = self.ctx.config.train
-        start = int(local_value(state.step))
+        start = int(parallel.local_value(state.step))
         end = cfg.num_steps if max_steps_this_run is None else start + max_steps_this_run
         end = min(end, cfg.num_steps)
         seed = self.ctx.config.seed
-        key = replicate(jax.random.key(seed + 1), mesh)
+        key = parallel.replicate(jax.random.key(seed + 1), mesh)
         step_fn = compile_train_step(self.ctx, mesh)
         progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
         for step in range(start, end):
@@ -590,7 +552,7 @@ class _Loop:
 
     def log(self, progress: workdir_lib.Progress, acc: dict, since: int, done: int) -> None:
         """Fetches the summed metrics (the only host sync), checks them, prints and records."""
-        means = {k: float(local_value(v)) / (done - since) for k, v in acc.items()}
+        means = {k: float(parallel.local_value(v)) / (done - since) for k, v in acc.items()}
         if not all(np.isfinite(v) for v in means.values()):
             raise NonFiniteLossError(_nan_message(since, done, self.managers[0], self.workdir))
         if jax.process_index() == 0:
@@ -599,8 +561,8 @@ class _Loop:
             workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
 
     def evaluate(self, state: TrainState, step: int) -> dict:
-        """Whole-image evaluation: each process its shard of the split, on its first device;
-        the confusion matrices are summed, so all agree on the best checkpoint."""
+        """Whole-image evaluation: each process its shard of the split, on its devices; the
+        confusion matrices are summed, so all agree on the best checkpoint."""
         name, split = next(iter(self.eval_splits.items()))
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
@@ -608,7 +570,7 @@ class _Loop:
         ignore = self.ctx.config.data.ignore_index
         confusion = evaluate.split_confusion(model, variables, split, self.ctx.normalizer, ignore)
         if jax.process_count() > 1:
-            confusion = sum_over_processes(confusion)
+            confusion = parallel.sum_over_processes(confusion)
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = record["f1_foreground_mean"]
         checkpoints.save(

@@ -10,6 +10,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tifffile
+from PIL import Image
 
 from segan_jax import checkpoints
 
@@ -85,7 +87,35 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
     # one process evaluating all of it.
     sharded = json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
     assert np.sum(sharded) == 3 * 210 * 576  # every test pixel, once
-    single = [*launch_args(work), "--mode=evaluate", "--config.train.num_steps=3"]
-    subprocess.run(single, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    single = [*launch_args(work), "--config.train.num_steps=3"]
+
+    def launch_one(*extra: str) -> None:
+        done = subprocess.run(
+            [*single, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launch_one("--mode=evaluate")
     whole = json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
     assert sharded == whole
+    # --mode=evaluate on 2 processes: each restores the checkpoint and evaluates its shard.
+    evaluated = launch("--mode=evaluate")
+    assert "(3 images)" in evaluated[0] and "nucleus" in evaluated[0]
+    assert "nucleus" not in evaluated[1]  # process 0 alone prints the table
+    assert json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"] == whole
+    # --mode=predict on 2 processes: each writes its share; the same labels as 1 process.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i, shape in enumerate([(45, 61), (40, 40), (45, 61)]):
+        image = rng.integers(0, 4000, (*shape, 2), dtype=np.uint16)
+        contig = {"photometric": "minisblack", "planarconfig": "contig"}
+        tifffile.imwrite(inputs / f"slide_{i}.tif", image, **contig)
+    predict = ["--mode=predict", f"--config.predict.input={inputs}"]
+    launch_one(*predict, f"--config.predict.output={tmp_path / 'one'}")
+    launch(*predict, f"--config.predict.output={tmp_path / 'two'}")
+    for i in range(3):
+        one = np.asarray(Image.open(tmp_path / "one" / f"slide_{i}.png"))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "two" / f"slide_{i}.png")), one
+        )

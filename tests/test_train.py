@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from segan_jax import datasets, input_pipeline, models, train
+from segan_jax import datasets, input_pipeline, models, parallel, train
 
 K, C = 3, 2
 
@@ -44,12 +44,12 @@ def _config(**critic):
 
 
 def _run_step(config, devices, steps: int = 1, seed: int = 0):
-    mesh = train.make_mesh(devices)
+    mesh = parallel.make_mesh(devices)
     ctx = train.step_context(config, _info(), mesh.size)
     state = train.create_train_state(ctx, jax.random.key(seed), C)
-    state = train.replicate(state, mesh)
+    state = parallel.replicate(state, mesh)
     data = train.place_data(_data(), mesh)
-    key = train.replicate(jax.random.key(7), mesh)
+    key = parallel.replicate(jax.random.key(7), mesh)
     step = train.compile_train_step(ctx, mesh)
     for _ in range(steps):
         state, metrics = step(state, data, key)
@@ -108,7 +108,7 @@ def test_critic_update_ignores_the_segmentor_loss():
 
 def test_segmentor_gets_no_gradient_from_the_critic_loss():
     config = _config(num=1)
-    ctx = train.step_context(config, _info(), 1, axis_name=train.AXIS)
+    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
     state = train.create_train_state(ctx, jax.random.key(0), C)
     image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
     onehot = jax.nn.one_hot(jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K), K)
@@ -117,14 +117,14 @@ def test_segmentor_gets_no_gradient_from_the_critic_loss():
     def critic_l1(x):
         return train.critic_update(ctx, state, image, jax.nn.softmax(x), onehot)[2]
 
-    grad = jax.vmap(jax.grad(critic_l1), axis_name=train.AXIS)(logits[None])
+    grad = jax.vmap(jax.grad(critic_l1), axis_name=parallel.AXIS)(logits[None])
     assert float(jnp.abs(grad).max()) == 0.0
 
 
 def test_gradients_reach_the_segmentor_through_the_masked_input():
     config = _config(num=1)
     config.loss.lambda_ce = 0.0  # only the adversarial term is left
-    ctx = train.step_context(config, _info(), 1, axis_name=train.AXIS)
+    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
     state = train.create_train_state(ctx, jax.random.key(0), C)
     image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
     labels = jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K)
@@ -133,7 +133,7 @@ def test_gradients_reach_the_segmentor_through_the_masked_input():
     def loss(x):
         return train.segmentor_loss(ctx, state.critic_params, x, image, labels)[0]
 
-    grad = jax.vmap(jax.grad(loss), axis_name=train.AXIS)(logits[None])
+    grad = jax.vmap(jax.grad(loss), axis_name=parallel.AXIS)(logits[None])
     assert float(jnp.abs(grad).max()) > 0.0 and bool(jnp.all(jnp.isfinite(grad)))
 
 
@@ -211,4 +211,4 @@ def test_unknown_critic_constraint_is_refused():
 def test_sum_over_processes_keeps_int64_counts_exact():
     """Confusion counts past int32 (a large evaluation split) survive the cross-process sum."""
     counts = np.array([[5 * 2**31 + 7, 3], [0, 2**30 - 1]], np.int64)
-    np.testing.assert_array_equal(train.sum_over_processes(counts), counts)
+    np.testing.assert_array_equal(parallel.sum_over_processes(counts), counts)

@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from configs import demo, tiny
-from segan_jax import checkpoints, datasets, evaluate, train, workdir
+from segan_jax import checkpoints, datasets, evaluate, parallel, train, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -193,14 +193,14 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
 def test_train_step_compiles_once(data_dir):
     config = _tiny(data_dir)
     info = datasets.load_info(config.data)
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     ctx = train.step_context(config, info, mesh.size)
-    state = train.replicate(train.create_train_state(ctx, jax.random.key(0), 2), mesh)
+    state = parallel.replicate(train.create_train_state(ctx, jax.random.key(0), 2), mesh)
     split = datasets.load_split(config.data, "train")
     from segan_jax import input_pipeline
 
     data = train.place_data(input_pipeline.stack_split(split, 64, 255), mesh)
-    key = train.replicate(jax.random.key(1), mesh)
+    key = parallel.replicate(jax.random.key(1), mesh)
     step = train.compile_train_step(ctx, mesh)
     for _ in range(3):
         state, _ = step(state, data, key)
@@ -227,16 +227,16 @@ def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, 
     saved = checkpoints.restore_raw(tmp_path / "a" / "checkpoints" / "2")
     config.model.init_checkpoint = str(tmp_path / "a")
     info = datasets.load_info(config.data)
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     ctx = train.step_context(config, info, mesh.size)
     manager = checkpoints.latest_manager(tmp_path / "b", 3)
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
-    assert int(train.local_value(state.step)) == 0  # a new run, not a resume
+    assert int(parallel.local_value(state.step)) == 0  # a new run, not a resume
     for name in ("params", "batch_stats"):
         for x, y in zip(
             jax.tree.leaves(saved[name]), jax.tree.leaves(getattr(state, name)), strict=True
         ):
-            np.testing.assert_array_equal(np.asarray(x), train.local_value(y))
+            np.testing.assert_array_equal(np.asarray(x), parallel.local_value(y))
 
 
 def test_overwrite_discards_a_run_only_after_checks_and_only_a_run(tmp_path, data_dir):

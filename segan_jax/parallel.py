@@ -1,0 +1,75 @@
+"""Devices and processes: the one-axis device mesh, replication, and what processes share.
+
+A run uses every device of every process (after `jax.distributed.initialize`); evaluation uses
+this process's devices only. Functions here are the same on one host and on many.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis mesh over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def shard_map(fn, mesh: Mesh, in_specs, out_specs):
+    """`jax.shard_map` without replication checks (older jax: the experimental one)."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map  # jax < 0.7
+
+    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a tree, the same on every process, on every device of `mesh` (replicated)."""
+    sharding = NamedSharding(mesh, P())
+    if sharding.is_fully_addressable:  # one process, or this process's devices only
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def local_value(x: jax.Array) -> np.ndarray:
+    """This process's copy of a replicated array (works on one host and on many)."""
+    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def process_0_first(fn, what: str) -> Any:
+    """Runs `fn` on process 0 while the others wait; if it fails there, every process stops.
+    Returns `fn`'s result on process 0, None on the others."""
+    error, result = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after telling the other processes
+            error = err
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError(f"process 0 failed to {what}; its output says why")
+    return result
+
+
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """Every process's int64 ``counts`` summed, exactly (without jax_enable_x64 jax gathers
+    int32, so the counts travel as two 30-bit halves; exact below 2**61). Same shape as
+    ``counts``."""
+    halves = np.stack([counts >> 30, counts & (2**30 - 1)]).astype(np.int32)
+    total = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
+    return (total[0] << 30) + total[1]
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

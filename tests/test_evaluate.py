@@ -1,0 +1,82 @@
+"""Tests for segan_jax.evaluate: whole images batched by shape over the local devices."""
+
+import jax
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix
+
+from segan_jax import datasets, evaluate, input_pipeline, metrics, models
+
+NUM_CLASSES = 3
+IGNORE = 255
+NORMALIZER = input_pipeline.Normalizer(255.0, (0.5,) * 3, (0.25,) * 3, True)
+
+
+@pytest.fixture(scope="module")
+def trained_like():
+    """A tiny DeepLabV3 (random weights) and a split of 5 images of 3 sizes, 2 of them not
+    multiples of the output stride, 10 % of their pixels ignored."""
+    model = models.DeepLabV3(num_classes=NUM_CLASSES, depth=18, width=8, aspp_features=16)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    rng = np.random.default_rng(0)
+    shapes = [(40, 48), (33, 29), (40, 48), (40, 48), (40, 41)]
+    images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in shapes]
+    masks = [rng.integers(0, NUM_CLASSES, s).astype(np.uint8) for s in shapes]
+    for m in masks:
+        m[rng.random(m.shape) < 0.1] = IGNORE
+    split = datasets.Split(images, masks, [f"im{i}" for i in range(len(shapes))])
+    return model, variables, split
+
+
+def test_shape_batches_groups_equal_padded_shapes_in_order():
+    shapes = [(210, 576), (100, 100), (210, 570), (210, 576), (97, 100)]
+    # padded to multiples of 8: (216, 576) x3 at 0, 2, 3 and (104, 104) at 1 and 4
+    assert evaluate.shape_batches(shapes, 8, 2) == [[0, 2], [3], [1, 4]]
+    assert evaluate.shape_batches(shapes, 8, 1) == [[0], [2], [3], [1], [4]]
+    assert evaluate.shape_batches([], 8, 2) == []
+
+
+def test_confusions_match_sklearn_on_the_predicted_labels(trained_like):
+    model, variables, split = trained_like
+    labels = evaluate.predict_all(model, variables, split.images, NORMALIZER)
+    assert [x.shape for x in labels] == [m.shape for m in split.masks]
+    assert all(x.dtype == np.uint8 for x in labels)
+    assert len(np.unique(np.concatenate([x.ravel() for x in labels]))) > 1  # not constant
+    confusions = evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE)
+    assert confusions.shape == (5, NUM_CLASSES, NUM_CLASSES) and confusions.dtype == np.int64
+    for cm, truth, pred in zip(confusions, split.masks, labels, strict=True):
+        keep = truth != IGNORE
+        oracle = confusion_matrix(truth[keep], pred[keep], labels=range(NUM_CLASSES))
+        np.testing.assert_array_equal(cm, oracle)
+    total = evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE)
+    np.testing.assert_array_equal(total, confusions.sum(0))
+
+
+def test_two_devices_give_what_one_device_gives(trained_like):
+    model, variables, split = trained_like
+    if len(jax.local_devices()) < 2:
+        pytest.skip("needs 2 devices (conftest asks XLA for 2 CPU devices)")
+    one, two = jax.local_devices()[:1], jax.local_devices()[:2]
+    np.testing.assert_array_equal(
+        evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE, one),
+        evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE, two),
+    )
+    for a, b in zip(
+        evaluate.predict_all(model, variables, split.images, NORMALIZER, one),
+        evaluate.predict_all(model, variables, split.images, NORMALIZER, two),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_image_and_per_image_scores_agree_with_the_batched_path(trained_like):
+    model, variables, split = trained_like
+    batched = evaluate.predict_all(model, variables, split.images, NORMALIZER)
+    one = evaluate.predict_labels(model, variables, split.images[1], NORMALIZER)
+    np.testing.assert_array_equal(one, batched[1])
+    confusions = evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE)
+    rows = evaluate.per_image_scores(model, variables, split, NORMALIZER, IGNORE)
+    assert [r["name"] for r in rows] == split.names
+    for row, cm in zip(rows, confusions, strict=True):
+        expected = metrics.scores(cm)["f1_foreground_mean"]
+        np.testing.assert_equal(row["f1_foreground_mean"], expected)
