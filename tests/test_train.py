@@ -206,9 +206,3 @@ def test_gradient_penalty_is_non_negative_and_differentiable():
 def test_unknown_critic_constraint_is_refused():
     with pytest.raises(ValueError, match="critic.constraint"):
         train.step_context(_config(num=1, constraint="spectral"), _info(), 1)
-
-
-def test_sum_over_processes_keeps_int64_counts_exact():
-    """Confusion counts past int32 (a large evaluation split) survive the cross-process sum."""
-    counts = np.array([[5 * 2**31 + 7, 3], [0, 2**30 - 1]], np.int64)
-    np.testing.assert_array_equal(parallel.sum_over_processes(counts), counts)

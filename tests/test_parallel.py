@@ -1,0 +1,34 @@
+"""Tests for segan_jax.parallel on one process (2 processes: tests/test_multihost.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from segan_jax import parallel
+
+
+def test_sum_over_processes_keeps_int64_counts_exact():
+    """Confusion counts past int32 (a large evaluation split) survive the cross-process sum."""
+    counts = np.array([[5 * 2**31 + 7, 3], [0, 2**30 - 1]], np.int64)
+    np.testing.assert_array_equal(parallel.sum_over_processes(counts), counts)
+
+
+def test_replicate_puts_the_same_tree_on_every_device_of_the_mesh():
+    mesh = parallel.make_mesh(jax.local_devices()[:2])
+    tree = {"w": np.arange(6.0).reshape(2, 3), "n": np.int32(4)}
+    placed = parallel.replicate(tree, mesh)
+    for name, x in placed.items():
+        assert {s.device for s in x.addressable_shards} == set(mesh.devices.flat)
+        for shard in x.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), tree[name])
+        np.testing.assert_array_equal(parallel.local_value(x), tree[name])
+
+
+def test_process_0_first_returns_or_raises_what_fn_does_on_one_process():
+    def fail():
+        raise ValueError("bad data")
+
+    assert parallel.process_0_first(lambda: 7, "count") == 7
+    with pytest.raises(ValueError, match="bad data"):
+        parallel.process_0_first(fail, "fail")
+    parallel.barrier("nothing to wait for")  # one process: returns at once
