@@ -16,13 +16,16 @@ def confusion_matrix(
     """Counts of (truth, prediction) pairs.
 
     Args:
-      labels: (...) integer truth; pixels equal to `ignore_index` are not counted.
+      labels: (...) integer truth (any integer dtype, uint8 masks included); pixels equal to
+        `ignore_index` are not counted.
       predictions: (...) integer predictions, same shape.
 
     Returns:
       (K, K) int32, rows truth, columns prediction.
     """
     valid = (labels != ignore_index).ravel()
+    # int32 first: uint8 masks would wrap label * K + prediction once K > 16.
+    labels, predictions = labels.astype(jnp.int32), predictions.astype(jnp.int32)
     index = jnp.where(valid, labels.ravel() * num_classes + predictions.ravel(), 0)
     counts = jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes**2)
     return counts.reshape(num_classes, num_classes).astype(jnp.int32)

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import f1_score, jaccard_score
 
 from segan_jax import metrics
@@ -27,6 +28,20 @@ def test_parity_with_sklearn_on_random_label_maps(seed):
         result["f1_foreground_mean"],
         f1_score(truth.ravel(), pred.ravel(), labels=labels[1:], average="macro"),
     )
+
+
+@pytest.mark.parametrize("k", [17, 200])
+def test_confusion_of_uint8_masks_with_many_classes_matches_sklearn(k):
+    """uint8 masks (as datasets stores them): label * K + prediction must not wrap at 256."""
+    rng = np.random.default_rng(k)
+    truth = rng.integers(0, k, size=(40, 50)).astype(np.uint8)
+    truth[rng.random(truth.shape) < 0.1] = 255
+    pred = np.where(rng.random(truth.shape) < 0.5, truth, rng.integers(0, k, truth.shape))
+    pred = np.where(truth == 255, 0, pred).astype(np.uint8)
+    cm = np.asarray(metrics.confusion_matrix(jnp.asarray(truth), jnp.asarray(pred), k))
+    keep = truth != 255
+    oracle = sk_confusion_matrix(truth[keep], pred[keep], labels=range(k))
+    np.testing.assert_array_equal(cm, oracle)
 
 
 def test_confusion_ignores_the_ignore_label_and_accumulates():
