@@ -95,13 +95,14 @@ def main(argv):
     enable_compilation_cache(compilation_cache_dir(flag, dict(os.environ), home, host))
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
         _init_distributed()
-    from segan_jax import datasets, train, workdir
+    from segan_jax import datasets, parallel, train, workdir
 
     # Errors a user can fix from the message alone (it names the file or key): no traceback.
     user_errors = (
         datasets.DatasetError,
         workdir.ConfigMismatchError,
         train.NonFiniteLossError,
+        parallel.OtherProcessFailed,
         FileNotFoundError,
         FileExistsError,
     )

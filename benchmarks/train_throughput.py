@@ -788,7 +788,8 @@ def run_infer(case, args, emit):
 
 
 def _predict_fn(model, size):
-    """``evaluate``'s whole-image forward + argmax, cropped back to ``size`` x ``size``."""
+    """Whole-image forward + argmax, cropped to ``size`` x ``size`` (``evaluate`` takes the
+    argmax over the padded image and crops on the host: the same labels)."""
     import jax.numpy as jnp
 
     def predict(v, x):
@@ -821,8 +822,9 @@ def _infer_setup(case, args):
 
 
 def _e2e_images_per_s(model, variables, image, normalizer, n) -> float:
-    """The production path, ``evaluate.predict_labels``: host pad + normalise, transfer,
-    forward, argmax, fetch; batch 1, after one warm-up call."""
+    """The one-image production path, ``evaluate.predict_labels``: host pad + normalise,
+    transfer, forward, argmax, fetch, crop, on the first device; batch 1, after one warm-up
+    call (``evaluate.predict_all`` batches many images over all devices the same way)."""
     from segan_jax import evaluate
 
     evaluate.predict_labels(model, variables, image, normalizer)

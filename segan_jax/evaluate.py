@@ -47,11 +47,12 @@ def _confusions(model, ignore_index: int, variables, images, labels) -> jax.Arra
     return jax.vmap(count)(labels, predictions)
 
 
-@functools.cache
-def _program(model: models.DeepLabV3, mesh: Mesh, ignore_index: int | None):
-    """jit(shard_map) of `_confusions` (or of `_labels` when ignore_index is None): variables
-    replicated, images (and truth) split over the mesh's devices; compiles once per shape."""
-    if ignore_index is None:
+@functools.lru_cache(maxsize=4)
+def _program(model: models.DeepLabV3, mesh: Mesh, what: str, ignore_index: int):
+    """jit(shard_map) of `_labels` (what="labels": (variables, images)) or of `_confusions`
+    (what="confusions": (variables, images, truth)): variables replicated, the rest split over
+    the mesh's devices. Compiles once per padded image shape."""
+    if what == "labels":
         fn, batched = functools.partial(_labels, model), 1
     else:
         fn, batched = functools.partial(_confusions, model, ignore_index), 2
@@ -69,9 +70,9 @@ def shape_batches(shapes: list[tuple[int, int]], multiple: int, size: int) -> li
 
 
 def _batches(model, images, masks, normalizer, ignore_index: int, mesh: Mesh):
-    """Yields (indices, images, truth or None) with one image per device of `mesh`: padded for
-    evaluation, normalised, stacked (a short batch filled with zero images whose truth is all
-    `ignore_index`) and placed split over the mesh."""
+    """Yields (indices, (images,) or (images, truth)) with one image per device of `mesh`:
+    padded for evaluation, normalised, stacked (a short batch filled with zero images whose
+    truth is all `ignore_index`) and placed split over the mesh."""
     sharding = NamedSharding(mesh, P(parallel.AXIS))
     shapes = [im.shape[:2] for im in images]
     for idx in shape_batches(shapes, model.output_stride, mesh.size):
@@ -81,9 +82,12 @@ def _batches(model, images, masks, normalizer, ignore_index: int, mesh: Mesh):
             )
             for i in idx
         ]
-        x = _stack([input_pipeline.normalize_host(im, normalizer) for im, _ in pairs], mesh.size, 0)
-        y = None if masks is None else _stack([m for _, m in pairs], mesh.size, ignore_index)
-        yield idx, jax.device_put(x, sharding), None if y is None else jax.device_put(y, sharding)
+        arrays = [
+            _stack([input_pipeline.normalize_host(im, normalizer) for im, _ in pairs], mesh.size, 0)
+        ]
+        if masks is not None:
+            arrays.append(_stack([m for _, m in pairs], mesh.size, ignore_index))
+        yield idx, tuple(jax.device_put(a, sharding) for a in arrays)
 
 
 def _stack(arrays: list[np.ndarray], size: int, fill) -> np.ndarray:
@@ -93,8 +97,23 @@ def _stack(arrays: list[np.ndarray], size: int, fill) -> np.ndarray:
     return out
 
 
-def _local_mesh(devices) -> Mesh:
-    return parallel.make_mesh(jax.local_devices() if devices is None else devices)
+def _outputs(model, variables, images, masks, normalizer, ignore_index: int, devices):
+    """Yields (indices, host outputs of that batch): (n, H, W) labels when `masks` is None, else
+    (n, K, K) confusion matrices, for n = number of devices (the rows past len(indices) are
+    fill). Each batch is prepared and dispatched before the previous one's outputs are
+    fetched, so the host's padding and copying overlap the devices' work."""
+    mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
+    variables = parallel.replicate(variables, mesh)  # no copy when already there
+    what = "labels" if masks is None else "confusions"
+    program = _program(model, mesh, what, ignore_index)
+    pending = None
+    for idx, args in _batches(model, images, masks, normalizer, ignore_index, mesh):
+        result = program(variables, *args)  # asynchronous
+        if pending is not None:
+            yield pending[0], np.asarray(pending[1])
+        pending = idx, result
+    if pending is not None:
+        yield pending[0], np.asarray(pending[1])
 
 
 def predict_all(
@@ -113,15 +132,11 @@ def predict_all(
     Returns:
       each (H, W) uint8 predicted labels, same order.
     """
-    mesh = _local_mesh(devices)
-    variables = parallel.replicate(variables, mesh)
-    program = _program(model, mesh, None)
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
-    for idx, x, _ in _batches(model, images, None, normalizer, 0, mesh):
-        labels = np.asarray(program(variables, x))
+    for idx, labels in _outputs(model, variables, images, None, normalizer, 0, devices):
         for j, i in enumerate(idx):
             h, w = images[i].shape[:2]
-            out[i] = labels[j, :h, :w]
+            out[i] = labels[j, :h, :w].copy()  # not a view keeping the padded batch alive
     return out
 
 
@@ -131,7 +146,8 @@ def predict_labels(
     image: np.ndarray,
     normalizer: input_pipeline.Normalizer,
 ) -> np.ndarray:
-    """(H, W) uint8 label map of one (H, W, C) raw image, on this process's first device."""
+    """(H, W) uint8 label map of one (H, W, C) raw image, on this process's first device (for
+    many images `predict_all` is faster: it batches them over every device)."""
     return predict_all(model, variables, [image], normalizer, jax.local_devices()[:1])[0]
 
 
@@ -145,12 +161,12 @@ def image_confusions(
 ) -> np.ndarray:
     """(N, K, K) int64 confusion matrix (rows truth) of each of the N images of `split`, one
     image per device at a time (`devices`: default this process's)."""
-    mesh = _local_mesh(devices)
-    variables = parallel.replicate(variables, mesh)
-    program = _program(model, mesh, ignore_index)
     out = np.zeros((len(split.images), *(model.num_classes,) * 2), np.int64)
-    for idx, x, y in _batches(model, split.images, split.masks, normalizer, ignore_index, mesh):
-        out[idx] = np.asarray(program(variables, x, y))[: len(idx)]
+    batches = _outputs(
+        model, variables, split.images, split.masks, normalizer, ignore_index, devices
+    )
+    for idx, confusions in batches:
+        out[idx] = confusions[: len(idx)]
     return out
 
 
@@ -162,8 +178,15 @@ def split_confusion(
     ignore_index: int = 255,
     devices: list | None = None,
 ) -> np.ndarray:
-    """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`."""
-    return image_confusions(model, variables, split, normalizer, ignore_index, devices).sum(0)
+    """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`, one
+    image per device at a time (`devices`: default this process's)."""
+    total = np.zeros((model.num_classes,) * 2, np.int64)
+    batches = _outputs(
+        model, variables, split.images, split.masks, normalizer, ignore_index, devices
+    )
+    for idx, confusions in batches:
+        total += confusions[: len(idx)].sum(0, dtype=np.int64)
+    return total
 
 
 def per_image_scores(

@@ -33,7 +33,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
     mismatch = "the run was trained with another config; pass the same --config and overrides"
     note = workdir_lib.check(workdir, config, mismatch)
-    if note:
+    if note and jax.process_index() == 0:
         print(note, flush=True)
 
 
@@ -78,8 +78,32 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
-    """Writes one single-channel label PNG per input image (same stem) to predict.output
-    (with several processes, each predicts and writes its share). Returns all their paths."""
+    """Writes one single-channel label PNG per input image (same stem) to predict.output.
+
+    With several processes each reads, predicts and writes its share of the images; any
+    process's failed check stops all of them before anything is written. Returns the paths of
+    all label PNGs."""
+    files, targets = parallel.on_every_process(lambda: _plan(config), "check inputs and outputs")
+    mine = slice(jax.process_index(), None, jax.process_count())
+    files, mine_targets = files[mine], targets[mine]
+    # Reads (and checks) all of this process's images before writing anything.
+    images = parallel.on_every_process(lambda: [datasets.read_image(f) for f in files], "read")
+    model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
+    parallel.on_every_process(lambda: _check_images(files, images, info), "check its images")
+    out = pathlib.Path(config.predict.output)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = evaluate.predict_all(model, variables, images, normalizer)
+    for one, target in zip(labels, mine_targets, strict=True):
+        evaluate.save_label_png(one, target)
+    parallel.barrier("predict: written")
+    if jax.process_index() == 0:
+        print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
+    return targets
+
+
+def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+    """(input image files, their label PNGs' paths), after checking the predict.* keys and
+    that no existing prediction would be overwritten without predict.overwrite."""
     if not config.predict.input or not config.predict.output:
         raise ValueError("--mode=predict needs --config.predict.input and --config.predict.output")
     files = input_files(pathlib.Path(config.predict.input))
@@ -92,18 +116,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
             f"{out}: {len(existing)} predictions exist already (e.g. {existing[0]}); "
             "set --config.predict.overwrite=True to replace them"
         )
-    images = [datasets.read_image(f) for f in files]  # reads (and checks) all before writing
-    model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
-    _check_images(files, images, info)
-    parallel.barrier("predict: outputs checked")  # every process checked before any writes
-    out.mkdir(parents=True, exist_ok=True)
-    mine = slice(jax.process_index(), None, jax.process_count())  # each process its share
-    labels = evaluate.predict_all(model, variables, images[mine], normalizer)
-    for one, target in zip(labels, targets[mine], strict=True):
-        evaluate.save_label_png(one, target)
-    if jax.process_index() == 0:
-        print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
-    return targets
+    return files, targets
 
 
 def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:

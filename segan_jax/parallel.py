@@ -15,6 +15,10 @@ from jax.sharding import PartitionSpec as P
 AXIS = "data"
 
 
+class OtherProcessFailed(RuntimeError):
+    """Another process of a multi-host run failed (its own output says why)."""
+
+
 def make_mesh(devices=None) -> Mesh:
     """A one-axis mesh over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else devices
@@ -31,8 +35,14 @@ def shard_map(fn, mesh: Mesh, in_specs, out_specs):
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a tree, the same on every process, on every device of `mesh` (replicated)."""
+    """Places a tree, the same on every process, on every device of `mesh` (replicated).
+    A tree already placed so is returned as it is (no copy)."""
     sharding = NamedSharding(mesh, P())
+    leaves = jax.tree.leaves(tree)
+    if all(
+        isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim) for x in leaves
+    ):
+        return tree
     if sharding.is_fully_addressable:  # one process, or this process's devices only
         return jax.device_put(tree, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
@@ -56,7 +66,26 @@ def process_0_first(fn, what: str) -> Any:
     if error is not None:
         raise error
     if not ok:
-        raise RuntimeError(f"process 0 failed to {what}; its output says why")
+        raise OtherProcessFailed(f"process 0 failed to {what}; its output says why")
+    return result
+
+
+def on_every_process(fn, what: str) -> Any:
+    """Runs `fn` (which must not use collectives) on every process; if it fails on any, every
+    process stops: the failing ones with their own error, the others naming the first that
+    failed. Returns `fn`'s result."""
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as err:  # re-raised below, after the processes compared notes
+        error = err
+    failed = [error is not None]
+    if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.int32(error is not None)).tolist()
+    if error is not None:
+        raise error
+    if any(failed):
+        raise OtherProcessFailed(f"process {failed.index(1)} failed to {what}; its output says why")
     return result
 
 

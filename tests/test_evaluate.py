@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from segan_jax import datasets, evaluate, input_pipeline, metrics, models
+from segan_jax import datasets, evaluate, input_pipeline, metrics, models, parallel
 
 NUM_CLASSES = 3
 IGNORE = 255
@@ -50,6 +50,26 @@ def test_confusions_match_sklearn_on_the_predicted_labels(trained_like):
         np.testing.assert_array_equal(cm, oracle)
     total = evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE)
     np.testing.assert_array_equal(total, confusions.sum(0))
+
+
+def test_batched_labels_equal_the_model_applied_to_each_padded_image(trained_like):
+    model, variables, split = trained_like
+    labels = evaluate.predict_all(model, variables, split.images, NORMALIZER)
+    for image, got in zip(split.images, labels, strict=True):
+        padded, _ = input_pipeline.pad_for_eval(image, None, model.output_stride, IGNORE)
+        x = input_pipeline.normalize_host(padded, NORMALIZER)[None]
+        logits = model.apply(variables, x, train=False)[0, : image.shape[0], : image.shape[1]]
+        np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+
+
+def test_each_padded_shape_compiles_once(trained_like):
+    model, variables, split = trained_like
+    devices = jax.local_devices()[:2]
+    for _ in range(2):
+        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, devices)
+    program = evaluate._program(model, parallel.make_mesh(devices), "confusions", IGNORE)
+    # (40, 48), (40, 41) pad to 40x48 and (33, 29) to 40x32: two shapes, whatever the order
+    assert program._cache_size() == 2
 
 
 def test_two_devices_give_what_one_device_gives(trained_like):

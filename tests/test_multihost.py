@@ -1,4 +1,4 @@
-"""Two processes on localhost with jax.distributed (CPU, gloo collectives), one device each."""
+"""Two processes on localhost with jax.distributed (CPU, gloo collectives), 2 devices each."""
 
 import json
 import os
@@ -37,85 +37,102 @@ def launch_args(work: pathlib.Path) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(
+pytestmark = pytest.mark.skipif(
     not _cpu_collectives_supported(), reason="this jax has no CPU cross-process collectives"
 )
-def test_two_processes_train_one_run(tmp_path, data_dir):
+
+
+def launch(work: pathlib.Path, env: dict, *extra: str, processes: int = 2, check: bool = True):
+    """Runs launch.py as `processes` processes (2: jax.distributed on localhost); returns
+    [(return code, stdout, stderr)] per process."""
+    args = [*launch_args(work), "--config.train.num_steps=3", "--config.train.batch_size=4"]
+    args += extra
+    if processes > 1:
+        args += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
+    ids = [[f"--process_id={i}"] for i in range(processes)] if processes > 1 else [[]]
+    procs = [
+        subprocess.Popen(
+            [*args, *i],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in ids
+    ]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    if check:
+        for p, _, err in results:
+            assert p.returncode == 0, err[-3000:]
+    return [(p.returncode, out, err) for p, out, err in results]
+
+
+def _record(work: pathlib.Path) -> list:
+    return json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir):
+    """A 3-step run trained by 2 processes of 2 CPU devices each, killed after step 2 and
+    resumed: (workdir, environment, outputs of the first launch, of the second)."""
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
         SEGAN_JAX_DATA_DIR=str(data_dir),
     )
-    work = tmp_path / "run"
+    work = tmp_path_factory.mktemp("multihost") / "run"
+    first = launch(work, env, "--max_steps_this_run=2")
+    second = launch(work, env)
+    return work, env, first, second
 
-    def launch(*extra: str) -> list[str]:
-        args = [
-            *launch_args(work),
-            "--config.train.num_steps=3",
-            *extra,
-            f"--coordinator_address=127.0.0.1:{_free_port()}",
-            "--num_processes=2",
-        ]
-        procs = [
-            subprocess.Popen(
-                [*args, f"--process_id={i}"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(2)
-        ]
-        outs = [p.communicate(timeout=600) for p in procs]
-        for p, (_, err) in zip(procs, outs, strict=True):
-            assert p.returncode == 0, err[-3000:]
-        return [out for out, _ in outs]
 
-    first = launch("--max_steps_this_run=2")
+def test_two_processes_train_one_run(run):
+    work, _, first, second = run
     # Process 0 alone printed progress and wrote the workdir's files, once.
-    assert "step 2/3" in first[0] and "step 2/3" not in first[1]
+    assert "step 2/3" in first[0][1] and "step 2/3" not in first[1][1]
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
-    assert [x["kind"] for x in lines] == ["train"]
+    assert [x["kind"] for x in lines] == ["train", "train", "eval"]
     # Rerunning the 2-process job restores the 2-process checkpoint and goes on.
-    second = launch()
-    assert "Restored step 2" in second[0] and "step 3/3" in second[0]
+    assert "Restored step 2" in second[0][1] and "step 3/3" in second[0][1]
     state = checkpoints.restore_raw(work / "checkpoints")
     assert int(state["step"]) == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
-    # Each process evaluated its shard of the test split; the summed confusion matrix equals
-    # one process evaluating all of it.
-    sharded = json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
-    assert np.sum(sharded) == 3 * 210 * 576  # every test pixel, once
-    single = [*launch_args(work), "--config.train.num_steps=3"]
 
-    def launch_one(*extra: str) -> None:
-        done = subprocess.run(
-            [*single, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
 
-    launch_one("--mode=evaluate")
-    whole = json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
-    assert sharded == whole
+def test_evaluation_is_sharded_over_processes_and_sums_to_one_process(run):
+    work, env, _, _ = run
+    during_training = _record(work)  # each process evaluated its shard of the test split
+    assert np.sum(during_training) == 3 * 210 * 576  # every pixel of the demo test split, once
+    (work / "eval" / "test_3.json").unlink()
+    launch(work, env, "--mode=evaluate", processes=1)
+    whole = _record(work)
+    assert during_training == whole
     # --mode=evaluate on 2 processes: each restores the checkpoint and evaluates its shard.
-    evaluated = launch("--mode=evaluate")
-    assert "(3 images)" in evaluated[0] and "nucleus" in evaluated[0]
-    assert "nucleus" not in evaluated[1]  # process 0 alone prints the table
-    assert json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"] == whole
-    # --mode=predict on 2 processes: each writes its share; the same labels as 1 process.
+    (work / "eval" / "test_3.json").unlink()
+    evaluated = launch(work, env, "--mode=evaluate")
+    assert "(3 images)" in evaluated[0][1] and "nucleus" in evaluated[0][1]
+    assert "nucleus" not in evaluated[1][1]  # process 0 alone prints the table
+    assert _record(work) == whole
+
+
+def test_prediction_is_shared_out_over_processes(run, tmp_path):
+    work, env, _, _ = run
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
+    contig = {"photometric": "minisblack", "planarconfig": "contig"}
     for i, shape in enumerate([(45, 61), (40, 40), (45, 61)]):
         image = rng.integers(0, 4000, (*shape, 2), dtype=np.uint16)
-        contig = {"photometric": "minisblack", "planarconfig": "contig"}
         tifffile.imwrite(inputs / f"slide_{i}.tif", image, **contig)
     predict = ["--mode=predict", f"--config.predict.input={inputs}"]
-    launch_one(*predict, f"--config.predict.output={tmp_path / 'one'}")
-    launch(*predict, f"--config.predict.output={tmp_path / 'two'}")
+    launch(work, env, *predict, f"--config.predict.output={tmp_path / 'one'}", processes=1)
+    launch(work, env, *predict, f"--config.predict.output={tmp_path / 'two'}")
     for i in range(3):
         one = np.asarray(Image.open(tmp_path / "one" / f"slide_{i}.png"))
-        np.testing.assert_array_equal(
-            np.asarray(Image.open(tmp_path / "two" / f"slide_{i}.png")), one
-        )
+        two = np.asarray(Image.open(tmp_path / "two" / f"slide_{i}.png"))
+        np.testing.assert_array_equal(two, one)
+    # A failed check stops both processes with the reason, before any work.
+    again = launch(work, env, *predict, f"--config.predict.output={tmp_path / 'two'}", check=False)
+    for code, _, err in again:
+        assert code != 0 and "overwrite" in err and "Traceback" not in err

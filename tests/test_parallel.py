@@ -22,6 +22,7 @@ def test_replicate_puts_the_same_tree_on_every_device_of_the_mesh():
         for shard in x.addressable_shards:
             np.testing.assert_array_equal(np.asarray(shard.data), tree[name])
         np.testing.assert_array_equal(parallel.local_value(x), tree[name])
+    assert parallel.replicate(placed, mesh) is placed  # already there: no copy
 
 
 def test_process_0_first_returns_or_raises_what_fn_does_on_one_process():
@@ -32,3 +33,12 @@ def test_process_0_first_returns_or_raises_what_fn_does_on_one_process():
     with pytest.raises(ValueError, match="bad data"):
         parallel.process_0_first(fail, "fail")
     parallel.barrier("nothing to wait for")  # one process: returns at once
+
+
+def test_on_every_process_returns_or_raises_what_fn_does_on_one_process():
+    def fail():
+        raise FileExistsError("out/a.png exists")
+
+    assert parallel.on_every_process(lambda: [1, 2], "list") == [1, 2]
+    with pytest.raises(FileExistsError, match="a.png"):
+        parallel.on_every_process(fail, "check")
