@@ -39,10 +39,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     A tree already placed so is returned as it is (no copy)."""
     sharding = NamedSharding(mesh, P())
     leaves = jax.tree.leaves(tree)
-    if all(
-        isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim) for x in leaves
-    ):
-        return tree
+    if all(isinstance(x, jax.Array) for x in leaves):
+        placed = {(x.sharding, x.ndim) for x in leaves}  # few distinct ones: a cheap check
+        if all(s.is_equivalent_to(sharding, ndim) for s, ndim in placed):
+            return tree
     if sharding.is_fully_addressable:  # one process, or this process's devices only
         return jax.device_put(tree, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
