@@ -46,8 +46,7 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     ignore = config.data.ignore_index
     confusion = evaluate.split_confusion(model, variables, split, normalizer, ignore)
     counts = np.append(confusion.ravel(), len(split.images))  # one exchange for both
-    if jax.process_count() > 1:
-        counts = parallel.sum_over_processes(counts)
+    counts = parallel.sum_over_processes(counts)
     confusion, num_images = counts[:-1].reshape(confusion.shape), int(counts[-1])
     return evaluate.result_record(step, name, info.classes, confusion), num_images
 

@@ -90,12 +90,25 @@ def on_every_process(fn, what: str) -> Any:
 
 
 def sum_over_processes(counts: np.ndarray) -> np.ndarray:
-    """Every process's int64 ``counts`` summed, exactly (without jax_enable_x64 jax gathers
-    int32, so the counts travel as two 30-bit halves; exact below 2**61). Same shape as
-    ``counts``."""
-    halves = np.stack([counts >> 30, counts & (2**30 - 1)]).astype(np.int32)
-    total = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
-    return (total[0] << 30) + total[1]
+    """Every process's int64 ``counts`` summed, exactly; with one process, ``counts``. Same
+    shape as ``counts``."""
+    if jax.process_count() == 1:
+        return counts
+    gathered = multihost_utils.process_allgather(to_halves(counts))
+    return from_halves(np.asarray(gathered, np.int64).sum(axis=0))
+
+
+def to_halves(counts: np.ndarray) -> np.ndarray:
+    """(2, ...) int32: the bits above the lowest 30 and the lowest 30 of int64 ``counts`` in
+    [0, 2**61). Without jax_enable_x64 jax gathers int32, so counts travel as halves and the
+    gathered halves are summed in int64 (`from_halves` puts them back together)."""
+    return np.stack([counts >> 30, counts & (2**30 - 1)]).astype(np.int32)
+
+
+def from_halves(halves: np.ndarray) -> np.ndarray:
+    """int64 counts from (summed) `to_halves` halves."""
+    halves = np.asarray(halves, np.int64)
+    return (halves[0] << 30) + halves[1]
 
 
 def barrier(name: str) -> None:

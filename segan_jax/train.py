@@ -565,12 +565,12 @@ class _Loop:
         confusion matrices are summed, so all agree on the best checkpoint."""
         name, split = next(iter(self.eval_splits.items()))
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
+        if jax.process_count() > 1:  # a global array: this process's copy, for its devices
+            variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
         confusion = evaluate.split_confusion(model, variables, split, self.ctx.normalizer, ignore)
-        if jax.process_count() > 1:
-            confusion = parallel.sum_over_processes(confusion)
+        confusion = parallel.sum_over_processes(confusion)
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = record["f1_foreground_mean"]
         checkpoints.save(

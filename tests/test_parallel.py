@@ -7,10 +7,17 @@ import pytest
 from segan_jax import parallel
 
 
-def test_sum_over_processes_keeps_int64_counts_exact():
-    """Confusion counts past int32 (a large evaluation split) survive the cross-process sum."""
-    counts = np.array([[5 * 2**31 + 7, 3], [0, 2**30 - 1]], np.int64)
-    np.testing.assert_array_equal(parallel.sum_over_processes(counts), counts)
+def test_int64_counts_travel_as_int32_halves_and_sum_exactly():
+    """Confusion counts past int32 (a large evaluation split) survive the cross-process sum:
+    the halves of each process's counts, summed, give the summed counts."""
+    a = np.array([[5 * 2**31 + 7, 3], [0, 2**30 - 1]], np.int64)
+    b = np.array([[2**40 + 2**30, 2**30], [1, 2**30 - 1]], np.int64)
+    halves = [parallel.to_halves(x) for x in (a, b)]
+    assert all(h.dtype == np.int32 and h.shape == (2, 2, 2) for h in halves)
+    np.testing.assert_array_equal(parallel.from_halves(halves[0]), a)
+    total = np.sum(np.asarray(halves, np.int64), axis=0)
+    np.testing.assert_array_equal(parallel.from_halves(total), a + b)
+    np.testing.assert_array_equal(parallel.sum_over_processes(a), a)  # one process
 
 
 def test_replicate_puts_the_same_tree_on_every_device_of_the_mesh():
