@@ -56,18 +56,7 @@ def local_value(x: jax.Array) -> np.ndarray:
 def process_0_first(fn, what: str) -> Any:
     """Runs `fn` on process 0 while the others wait; if it fails there, every process stops.
     Returns `fn`'s result on process 0, None on the others."""
-    error, result = None, None
-    if jax.process_index() == 0:
-        try:
-            result = fn()
-        except Exception as err:  # re-raised below, after telling the other processes
-            error = err
-    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
-    if error is not None:
-        raise error
-    if not ok:
-        raise OtherProcessFailed(f"process 0 failed to {what}; its output says why")
-    return result
+    return on_every_process(lambda: fn() if jax.process_index() == 0 else None, what)
 
 
 def on_every_process(fn, what: str) -> Any:
