@@ -98,10 +98,10 @@ def _stack(arrays: list[np.ndarray], size: int, fill) -> np.ndarray:
 
 
 def _outputs(model, variables, images, masks, normalizer, ignore_index: int, devices):
-    """Yields (indices, host outputs of that batch): (n, H, W) labels when `masks` is None, else
-    (n, K, K) confusion matrices, for n = number of devices (the rows past len(indices) are
-    fill). Each batch is prepared and dispatched before the previous one's outputs are
-    fetched, so the host's padding and copying overlap the devices' work."""
+    """Yields (indices, host outputs of those images): (n, H, W) padded labels when `masks` is
+    None, else (n, K, K) confusion matrices, n = len(indices). Each batch is prepared and
+    dispatched before the previous one's outputs are fetched, so the host's padding and copying
+    overlap the devices' work."""
     mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
     variables = parallel.replicate(variables, mesh)  # no copy when already there
     what = "labels" if masks is None else "confusions"
@@ -110,10 +110,10 @@ def _outputs(model, variables, images, masks, normalizer, ignore_index: int, dev
     for idx, args in _batches(model, images, masks, normalizer, ignore_index, mesh):
         result = program(variables, *args)  # asynchronous
         if pending is not None:
-            yield pending[0], np.asarray(pending[1])
+            yield pending[0], np.asarray(pending[1])[: len(pending[0])]
         pending = idx, result
     if pending is not None:
-        yield pending[0], np.asarray(pending[1])
+        yield pending[0], np.asarray(pending[1])[: len(pending[0])]
 
 
 def predict_all(
@@ -166,7 +166,7 @@ def image_confusions(
         model, variables, split.images, split.masks, normalizer, ignore_index, devices
     )
     for idx, confusions in batches:
-        out[idx] = confusions[: len(idx)]
+        out[idx] = confusions
     return out
 
 
@@ -184,9 +184,24 @@ def split_confusion(
     batches = _outputs(
         model, variables, split.images, split.masks, normalizer, ignore_index, devices
     )
-    for idx, confusions in batches:
-        total += confusions[: len(idx)].sum(0, dtype=np.int64)
+    for _, confusions in batches:
+        total += confusions.sum(0, dtype=np.int64)
     return total
+
+
+def confusion_over_processes(
+    model: models.DeepLabV3,
+    variables: Any,
+    shard: datasets.Split,
+    normalizer: input_pipeline.Normalizer,
+    ignore_index: int = 255,
+) -> tuple[np.ndarray, int]:
+    """((K, K) int64 confusion matrix, number of images) of every process's shard of a split,
+    each process evaluating its own `shard` on its devices; exact sums, the same on all."""
+    confusion = split_confusion(model, variables, shard, normalizer, ignore_index)
+    counts = np.append(confusion.ravel(), len(shard.images))  # one exchange for both
+    counts = parallel.sum_over_processes(counts)
+    return counts[:-1].reshape(confusion.shape), int(counts[-1])
 
 
 def per_image_scores(

@@ -4,7 +4,6 @@ import pathlib
 
 import jax
 import ml_collections
-import numpy as np
 
 from segan_jax import checkpoints, datasets, evaluate, parallel, train
 from segan_jax import workdir as workdir_lib
@@ -44,10 +43,9 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     name = train.eval_split_name(config, info.splits)
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
-    confusion = evaluate.split_confusion(model, variables, split, normalizer, ignore)
-    counts = np.append(confusion.ravel(), len(split.images))  # one exchange for both
-    counts = parallel.sum_over_processes(counts)
-    confusion, num_images = counts[:-1].reshape(confusion.shape), int(counts[-1])
+    confusion, num_images = evaluate.confusion_over_processes(
+        model, variables, split, normalizer, ignore
+    )
     return evaluate.result_record(step, name, info.classes, confusion), num_images
 
 

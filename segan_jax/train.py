@@ -569,8 +569,9 @@ class _Loop:
             variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
-        confusion = evaluate.split_confusion(model, variables, split, self.ctx.normalizer, ignore)
-        confusion = parallel.sum_over_processes(confusion)
+        confusion, _ = evaluate.confusion_over_processes(
+            model, variables, split, self.ctx.normalizer, ignore
+        )
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = record["f1_foreground_mean"]
         checkpoints.save(
