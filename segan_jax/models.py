@@ -170,15 +170,24 @@ def _regions_pay(lhs, rhs, strides, padding, dilation, keep, kwargs) -> bool:
     products, live = 1, 1
     for n, (lo, _), taps in zip(lhs.shape[1:3], padding, keep, strict=True):
         products *= n * len(taps)
-        live *= sum(max(b - a, 0) for a, b in (tap_window(n, t * dilation[0] - lo) for t in taps))
+        live *= sum(b - a for _, _, a, b in tap_windows(n, taps, dilation[0], lo))
     return live <= (1 - REGIONS_MIN_SAVING) * products
 
 
-def tap_window(size: int, shift: int) -> tuple[int, int]:
-    """The outputs ``[start, stop)``, along one axis of a stride-1 convolution whose output has
-    the input's ``size``, where a tap reading input ``output + shift`` reads real input
-    (``shift = tap * dilation - padding_before``). Empty (start >= stop) for a dead tap."""
-    return max(0, -shift), min(size, size - shift)
+def tap_windows(
+    size: int, taps: Sequence[int], dilation: int, pad_before: int
+) -> list[tuple[int, int, int, int]]:
+    """Along one axis of a stride-1 convolution whose output has the input's ``size``: for each
+    tap of ``taps`` that reads real input, ``(tap, shift, start, stop)``. Through that tap,
+    output ``o`` reads input ``o + shift`` (``shift = tap * dilation - pad_before``), real input
+    for the outputs ``[start, stop)``; taps that only read padding are left out."""
+    windows = []
+    for tap in taps:
+        shift = tap * dilation - pad_before
+        start, stop = max(0, -shift), min(size, size - shift)
+        if start < stop:
+            windows.append((tap, shift, start, stop))
+    return windows
 
 
 def conv_regions(
@@ -201,14 +210,8 @@ def conv_regions(
     convolution's value (with the other taps zero) up to float rounding.
     """
     (_, h, w, _), out = lhs.shape, None
-    for th in live[0]:
-        s_h = th * dilation - padding[0][0]  # this tap reads input row = output row + s_h
-        a_h, b_h = tap_window(h, s_h)
-        for tw in live[1]:
-            s_w = tw * dilation - padding[1][0]
-            a_w, b_w = tap_window(w, s_w)
-            if a_h >= b_h or a_w >= b_w:
-                continue
+    for th, s_h, a_h, b_h in tap_windows(h, live[0], dilation, padding[0][0]):
+        for tw, s_w, a_w, b_w in tap_windows(w, live[1], dilation, padding[1][0]):
             x = lhs[:, a_h + s_h : b_h + s_h, a_w + s_w : b_w + s_w]
             dims = (((3,), (0,)), ((), ()))
             y = lax.dot_general(x, rhs[th, tw], dims, precision, jnp.float32)

@@ -198,12 +198,16 @@ def test_conv_keep_padding_taps_keeps_the_taps_live_at_live_size():
         kernel_shapes(padding_taps="drop")
 
 
-def test_tap_window_by_hand():
-    """Rate 24 on 32 features (padding 24): the tap 24 below reads data for outputs 0-7, the
-    centre for all, the tap 24 above for 24-31; rate 36's off-centre taps: none."""
-    assert [models.tap_window(32, shift) for shift in (-24, 0, 24)] == [(24, 32), (0, 32), (0, 8)]
-    a, b = models.tap_window(32, 36)
-    assert a >= b
+def test_tap_windows_by_hand():
+    """Rate 24 on 32 features (padding 24): tap 0 (input o - 24) reads data for outputs
+    24-31, the centre for all, tap 2 (input o + 24) for 0-7; rate 36's off-centre taps: none."""
+    assert models.tap_windows(32, range(3), 24, 24) == [
+        (0, -24, 24, 32),
+        (1, 0, 0, 32),
+        (2, 24, 0, 8),
+    ]
+    assert models.tap_windows(32, range(3), 36, 36) == [(1, 0, 0, 32)]
+    assert models.tap_windows(32, [2], 36, 36) == []
 
 
 @pytest.mark.parametrize(
