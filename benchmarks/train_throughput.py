@@ -641,18 +641,48 @@ def _category(name):
     return "other"
 
 
-_HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
+_HLO_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
+_HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_HLO_CALLS = re.compile(r"(?:calls|to_apply)=%([\w.\-]+)")
+_HLO_REF = re.compile(r"%([\w.\-]+)")
 
 
 def _hlo_op_names(text):
-    """{HLO instruction name: jax op_name (name stack)} of an optimised HLO module's text."""
+    """{HLO instruction name: jax op_name (name stack)} of an optimised HLO module's text.
+
+    XLA drops the metadata of many instructions it creates (fusions, weight-gradient
+    convolutions): such an instruction takes the op_name of the computation it calls (its ROOT's,
+    else the first found), else that of its operands, one of the backward pass first (an op fed
+    by the backward pass is backward work). HLO text defines computations before their callers
+    and operands before their users, so one pass in order resolves every name.
+    """
     if not isinstance(text, str):
         return {}
-    out = {}
+    out, computations, computation = {}, {}, None
     for line in text.splitlines():
-        m = _HLO_LINE.match(line)
+        m = _HLO_COMPUTATION.match(line)
         if m:
-            out.setdefault(m.group(1), m.group(2))
+            computation = m.group(1)
+            continue
+        m = _HLO_INSTRUCTION.match(line)
+        if not m:
+            continue
+        root, name, rest = m.groups()
+        own = _HLO_OP_NAME.search(rest)
+        called = _HLO_CALLS.search(rest)
+        if own:
+            op_name = own.group(1)
+            if computation and (root or computation not in computations):
+                computations[computation] = op_name
+        elif called and called.group(1) in computations:
+            op_name = computations[called.group(1)]
+        else:
+            operands = [out[r] for r in _HLO_REF.findall(rest.split("metadata=")[0]) if r in out]
+            backward = [o for o in operands if "transpose(" in o]
+            op_name = (backward or operands or [None])[0]
+        if op_name is not None:
+            out[name] = op_name
     return out
 
 

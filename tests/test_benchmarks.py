@@ -1,0 +1,52 @@
+"""benchmarks/train_throughput.py: the profile's attribution of device ops to model scopes."""
+
+import importlib.util
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "train_throughput", REPO / "benchmarks" / "train_throughput.py"
+)
+train_throughput = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_throughput)
+
+FWD = "jit(train_step)/jvp(DeepLabV3)/backbone/layer3/conv_general_dilated"
+BWD = "jit(train_step)/transpose(jvp(DeepLabV3))/head/aspp/atrous1/BatchNorm_0/reduce_sum"
+HLO = f"""HloModule jit_train_step
+
+%fused_computation.1 (param_0: f32[2,8]) -> f32[8] {{
+  %param_0 = f32[2,8]{{1,0}} parameter(0)
+  ROOT %reduce.1 = f32[8]{{0}} reduce(%param_0), dimensions={{0}}, metadata={{op_name="{BWD}"}}
+}}
+
+%fused_computation.2 (param_0.1: f32[2,8], param_1.1: f32[2,8]) -> f32[8,8] {{
+  %param_0.1 = f32[2,8]{{1,0}} parameter(0)
+  %param_1.1 = f32[2,8]{{1,0}} parameter(1)
+  ROOT %convolution.2 = f32[8,8]{{1,0}} convolution(%param_0.1, %param_1.1), dim_labels=bf_io->bf
+}}
+
+ENTRY %main.3 (Arg_0: f32[2,8], Arg_1: f32[2,8]) -> f32[8,8] {{
+  %Arg_0 = f32[2,8]{{1,0}} parameter(0)
+  %Arg_1 = f32[2,8]{{1,0}} parameter(1)
+  %convolution.1 = f32[2,8]{{1,0}} convolution(%Arg_0, %Arg_1), metadata={{op_name="{FWD}"}}
+  %fusion.1 = f32[8]{{0}} fusion(%convolution.1), kind=kInput, calls=%fused_computation.1
+  %fusion.3 = f32[2,8]{{1,0}} fusion(%convolution.1, %Arg_1), kind=kLoop, calls=%fused_computation.9
+  %add.1 = f32[2,8]{{1,0}} add(%fusion.3, %fusion.1)
+  ROOT %fusion.2 = f32[8,8]{{1,0}} fusion(%Arg_0, %add.1), kind=kCustom, calls=%fused_computation.2
+}}
+"""
+
+
+def test_op_names_of_instructions_xla_left_without_metadata():
+    """Own metadata first; then the called computation's; then the operands', backward first;
+    parameters (no metadata, no named operand) stay unattributed."""
+    names = train_throughput._hlo_op_names(HLO)
+    assert names["convolution.1"] == FWD  # its own
+    assert names["fusion.1"] == BWD  # its computation's ROOT
+    assert names["fusion.3"] == FWD  # unknown computation: its operand's
+    assert names["add.1"] == BWD  # operands fwd (fusion.3) and bwd (fusion.1): bwd
+    assert names["fusion.2"] == BWD  # computation without metadata: operands'
+    assert "Arg_0" not in names and "param_0" not in names
+    assert train_throughput._scope(names["fusion.2"]) == "bwd head/aspp"
+    assert train_throughput._scope(names["convolution.1"]) == "fwd backbone/layer3"
+    assert train_throughput._hlo_op_names(None) == {}
