@@ -709,6 +709,16 @@ def _scope(op_name):
     return "other (input pipeline, losses, optimizer, ...)"
 
 
+def _module(op_name):
+    """Direction + the flax module path of a jax op_name, without the primitive: 'bwd
+    head/aspp/atrous1/ConvBN_0/Conv_0'; the whole name where no model path is found."""
+    if op_name is None:
+        return "unattributed"
+    direction = "bwd" if "transpose(" in op_name else "fwd"
+    m = re.search(r"(?:DeepLabV3|Critics?)\)*/(.*)/[^/]+$", op_name)
+    return f"{direction} {m.group(1)}" if m else f"{direction} {op_name}"
+
+
 def summarise_profile(logdir, steps, op_names=None, top=25):
     """Top device ops by total time from the newest .xplane.pb under `logdir`."""
     from jax.profiler import ProfileData
@@ -731,7 +741,7 @@ def summarise_profile(logdir, steps, op_names=None, top=25):
 
 def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
     """Busy time, time by kernel category and model scope, and top ops of one trace line."""
-    agg, aggn, cats, scopes = (collections.Counter() for _ in range(4))
+    agg, aggn, cats, scopes, modules = (collections.Counter() for _ in range(5))
     total, count, first, last = 0, 0, None, None
     for e in line.events:
         stats = dict(e.stats)
@@ -740,6 +750,7 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
         hlo_op, d = stats.get("hlo_op"), e.duration_ns
         if op_names and hlo_op is not None:
             scopes[_scope(op_names.get(str(hlo_op)))] += d
+            modules[_module(op_names.get(str(hlo_op)))] += d
         total, count = total + d, count + 1
         agg[e.name] += d
         aggn[e.name] += 1
@@ -758,6 +769,7 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
         "events": count,
         "by_category_ms_per_step": per_step(cats),
         "by_scope_ms_per_step": per_step(scopes),
+        "top_modules_ms_per_step": dict(list(per_step(modules).items())[:top]),
         "top": [
             {
                 "name": k[:160],
@@ -782,6 +794,8 @@ def _profile_text(lines_out) -> str:
         if r["by_scope_ms_per_step"]:
             scopes = ", ".join(f"{k} {v}" for k, v in r["by_scope_ms_per_step"].items())
             text.append(f"   by model scope (ms/step): {scopes}")
+            modules = ", ".join(f"{k} {v}" for k, v in r["top_modules_ms_per_step"].items())
+            text.append(f"   top modules (ms/step): {modules}")
         for t in r["top"]:
             text.append(
                 f"   {t['ms_per_step']:9.4f} ms {100 * t['share']:5.1f}% "

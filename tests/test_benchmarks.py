@@ -50,3 +50,10 @@ def test_op_names_of_instructions_xla_left_without_metadata():
     assert train_throughput._scope(names["fusion.2"]) == "bwd head/aspp"
     assert train_throughput._scope(names["convolution.1"]) == "fwd backbone/layer3"
     assert train_throughput._hlo_op_names(None) == {}
+
+
+def test_module_of_an_op_name():
+    assert train_throughput._module(BWD) == "bwd head/aspp/atrous1/BatchNorm_0"
+    assert train_throughput._module(FWD) == "fwd backbone/layer3"
+    assert train_throughput._module("jit(train_step)/add") == "fwd jit(train_step)/add"
+    assert train_throughput._module(None) == "unattributed"
