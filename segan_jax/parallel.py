@@ -35,13 +35,16 @@ def shard_map(fn, mesh: Mesh, in_specs, out_specs):
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a tree, the same on every process, on every device of `mesh` (replicated).
-    A tree already placed so is returned as it is (no copy)."""
+    """Places a tree, the same on every process, on every device of `mesh` (replicated), with
+    the sharding `NamedSharding(mesh, P())`. A tree already placed so is returned as it is (no
+    copy). Merely equivalent shardings are not enough: on a one-device mesh an array on that
+    device (`SingleDeviceSharding`) is, but jit compiles a step again when its state comes
+    back from the step with the `NamedSharding`."""
     sharding = NamedSharding(mesh, P())
     leaves = jax.tree.leaves(tree)
     if all(isinstance(x, jax.Array) for x in leaves):
-        placed = {(x.sharding, x.ndim) for x in leaves}  # few distinct ones: a cheap check
-        if all(s.is_equivalent_to(sharding, ndim) for s, ndim in placed):
+        placed = {x.sharding for x in leaves}  # few distinct ones: a cheap check
+        if all(s == sharding for s in placed):
             return tree
     if sharding.is_fully_addressable:  # one process, or this process's devices only
         return jax.device_put(tree, sharding)

@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from segan_jax import parallel
 
@@ -30,6 +32,18 @@ def test_replicate_puts_the_same_tree_on_every_device_of_the_mesh():
             np.testing.assert_array_equal(np.asarray(shard.data), tree[name])
         np.testing.assert_array_equal(parallel.local_value(x), tree[name])
     assert parallel.replicate(placed, mesh) is placed  # already there: no copy
+
+
+def test_replicate_gives_the_mesh_sharding_so_a_step_compiles_once():
+    """On a one-device mesh an array on that device is equivalent to a replicated one, but jit
+    would compile again when the step returns its state with the mesh's sharding."""
+    mesh, replicated = parallel.make_mesh(jax.local_devices()[:1]), P()
+    state = parallel.replicate(jax.jit(lambda: {"w": jax.numpy.ones(3)})(), mesh)
+    assert state["w"].sharding == NamedSharding(mesh, replicated)
+    step = jax.jit(parallel.shard_map(lambda s: {"w": s["w"] * 2}, mesh, replicated, replicated))
+    for _ in range(3):
+        state = step(state)
+    assert step._cache_size() == 1
 
 
 def test_process_0_first_returns_or_raises_what_fn_does_on_one_process():
