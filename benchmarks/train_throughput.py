@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import datetime
 import glob
+import itertools
 import json
 import math
 import os
@@ -78,6 +79,12 @@ def parse_args(argv=None):
         "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic); 'regions':\n"
         "live, and atrous convolutions split into regions (model.padding_taps). E.g. live,all",
     )
+    a(
+        "--atrous",
+        type=_csv(str),
+        default=["dilated"],
+        help="model.atrous: 'dilated' (lax's dilated convolutions) and/or 'space_to_batch'",
+    )
     a("--depth", type=int, default=50, help="ResNet depth (18/34/50/101)")
     a("--width", type=int, default=64, help="ResNet base width")
     a("--crop", type=int, default=256, help="train crop size")
@@ -116,29 +123,25 @@ def parse_args(argv=None):
 def make_cases(args):
     if set(args.taps) - {"live", "all", "regions"}:
         raise SystemExit(f"--taps: 'live', 'all' and/or 'regions', got {args.taps}")
+    if set(args.atrous) - {"dilated", "space_to_batch"}:
+        raise SystemExit(f"--atrous: 'dilated' and/or 'space_to_batch', got {args.atrous}")
     cases = []
     if args.train:
-        for os_ in args.os:
-            for dtype in args.dtype:
-                for batch in args.batch:
-                    for critic in args.critic:
-                        for taps in args.taps:
-                            cases.append(
-                                dict(kind="train", os=os_, dtype=dtype, batch=batch, critic=critic)
-                                | {"taps": taps}
-                            )
+        grid = itertools.product(
+            args.os, args.dtype, args.batch, args.critic, args.taps, args.atrous
+        )
+        cases += [
+            dict(kind="train", os=o, dtype=d, batch=b, critic=c, taps=t, atrous=a)
+            for o, d, b, c, t, a in grid
+        ]
     if args.pipeline:
-        for batch in args.batch:
-            cases.append(dict(kind="pipeline", batch=batch))
+        cases += [dict(kind="pipeline", batch=b) for b in args.batch]
     if args.infer:
-        for os_ in args.os:
-            for dtype in args.dtype:
-                for batch in args.infer_batch:
-                    for taps in args.taps:
-                        cases.append(
-                            dict(kind="infer", os=os_, dtype=dtype, batch=batch)
-                            | {"size": args.infer_size, "taps": taps}
-                        )
+        grid = itertools.product(args.os, args.dtype, args.infer_batch, args.taps, args.atrous)
+        cases += [
+            dict(kind="infer", os=o, dtype=d, batch=b, size=args.infer_size, taps=t, atrous=a)
+            for o, d, b, t, a in grid
+        ]
     common = dict(depth=args.depth, width=args.width, crop=args.crop)
     return [{**common, **c} for c in cases]
 
@@ -146,6 +149,7 @@ def make_cases(args):
 def case_name(c):
     net = f"R{c['depth']}w{c['width']}"
     taps = "" if c.get("taps", "live") == "live" else f" taps-{c['taps']}"
+    taps += "" if c.get("atrous", "dilated") == "dilated" else f" {c['atrous']}"
     if c["kind"] == "train":
         return (
             f"train {net} OS{c['os']} {c['crop']}px b{c['batch']} {c['dtype']} critic{c['critic']}"
@@ -225,6 +229,7 @@ def make_config(case, batch=None):
     taps = case.get("taps", "live")  # "all": every tap, torchvision's arithmetic
     config.model.padding_taps = {"live": "skip", "all": "keep"}.get(taps, taps)
     config.model.drop_untrained_taps = taps != "all"
+    config.model.atrous = case.get("atrous", "dilated")
     return config
 
 

@@ -48,6 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
     # tap (torchvision's arithmetic). The same function up to float rounding; may change
     # between runs in one workdir.
     c.model.padding_taps = "skip"
+    # How atrous convolutions run: "dilated" (lax's dilated convolutions) or "space_to_batch"
+    # (ordinary convolutions over the map's rate x rate phases, where that adds at most 1/8 more
+    # pixels: the backbone's rates 2 and 4 on 256 crops, not the ASPP's). The same function up
+    # to float rounding; which is faster depends on the device (benchmarks/README.md). May
+    # change between runs in one workdir.
+    c.model.atrous = "dilated"
     c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.model.init_checkpoint = ""  # local orbax checkpoint to start the segmentor from
 

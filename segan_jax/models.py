@@ -44,6 +44,11 @@ DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PADDING_TAPS = ("keep", "skip", "regions")
 DEFAULT_PADDING_TAPS = "skip"
 REGIONS_MIN_SAVING = 0.25
+# How atrous convolutions run (see conv_live_taps): lax's dilated convolution, or ordinary
+# convolutions over the map's dilation**2 phases (conv_space_to_batch).
+ATROUS = ("dilated", "space_to_batch")
+DEFAULT_ATROUS = "dilated"
+SPACE_TO_BATCH_MAX_EXTRA = 0.125
 
 BN_MOMENTUM = 0.9  # Flax convention; equals PyTorch's momentum=0.1.
 BN_EPSILON = 1e-5
@@ -95,6 +100,7 @@ def conv_live_taps(
     *,
     live_size: int | None = None,
     padding_taps: str = DEFAULT_PADDING_TAPS,
+    atrous: str = DEFAULT_ATROUS,
     **kwargs: Any,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` (NHWC input, HWIO kernel, explicit padding) without the
@@ -106,7 +112,9 @@ def conv_live_taps(
     them (every tap without ``live_size``, those live at ``live_size`` with it): torchvision's
     arithmetic, for A/B timing; 'regions' skips them and also runs an atrous convolution whose
     taps read padding in at least ``REGIONS_MIN_SAVING`` of their products region by region
-    (``conv_regions``).
+    (``conv_regions``). ``atrous`` (``ATROUS``): 'space_to_batch' runs an atrous convolution
+    that is left (a kernel wider than one tap) as ordinary ones (``conv_space_to_batch``) where
+    that pays (``_space_to_batch_applies``); 'dilated' as lax's dilated convolution.
 
     The same function as the full convolution, output and every gradient, up to floating-point
     summation order (the dropped taps multiply zeros, so their gradient is 0 either way), in
@@ -116,23 +124,24 @@ def conv_live_taps(
     forward pass on larger inputs uses every tap.
     """
     _check_choice("padding_taps", padding_taps, PADDING_TAPS)
+    _check_choice("atrous", atrous, ATROUS)
     dilation = tuple(rhs_dilation or (1,) * len(window_strides))
     keep = _kept_taps(
         lhs, rhs, window_strides, padding, lhs_dilation, dilation, live_size, padding_taps
     )
-    if keep is None:
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
-        )
-    if padding_taps == "regions" and _regions_pay(
-        lhs, rhs, window_strides, padding, dilation, keep, kwargs
+    if keep is not None and padding_taps == "regions":
+        if _regions_pay(lhs, rhs, window_strides, padding, dilation, keep, kwargs):
+            return conv_regions(lhs, rhs, dilation[0], padding, keep, kwargs.get("precision"))
+    if keep is not None:
+        padding = [
+            (lo - r.start * d, hi - (k - r.stop) * d)
+            for (lo, hi), r, d, k in zip(padding, keep, dilation, rhs.shape[:2], strict=True)
+        ]
+        rhs = rhs[keep[0].start : keep[0].stop, keep[1].start : keep[1].stop]
+    if atrous == "space_to_batch" and _space_to_batch_applies(
+        lhs, rhs, window_strides, padding, lhs_dilation, dilation, kwargs
     ):
-        return conv_regions(lhs, rhs, dilation[0], padding, keep, kwargs.get("precision"))
-    padding = [
-        (lo - r.start * d, hi - (k - r.stop) * d)
-        for (lo, hi), r, d, k in zip(padding, keep, dilation, rhs.shape[:2], strict=True)
-    ]
-    rhs = rhs[keep[0].start : keep[0].stop, keep[1].start : keep[1].stop]
+        return conv_space_to_batch(lhs, rhs, dilation[0], padding, **kwargs)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
     )
@@ -156,10 +165,7 @@ def _regions_pay(lhs, rhs, strides, padding, dilation, keep, kwargs) -> bool:
     """Whether ``conv_regions`` applies (an atrous, stride-1 convolution whose output has the
     input's size; NHWC/HWIO, no groups, no other options) and skips at least
     ``REGIONS_MIN_SAVING`` of the products of the ``keep`` taps."""
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    if set(kwargs) - {"dimension_numbers", "feature_group_count", "precision"}:
-        return False
-    if kwargs.get("dimension_numbers") != nhwc or kwargs.get("feature_group_count", 1) != 1:
+    if not _plain_nhwc(lhs, rhs, kwargs):
         return False
     same = all(
         lo + hi == d * (k - 1)
@@ -172,6 +178,59 @@ def _regions_pay(lhs, rhs, strides, padding, dilation, keep, kwargs) -> bool:
         products *= n * len(taps)
         live *= sum(b - a for _, _, a, b in tap_windows(n, taps, dilation[0], lo))
     return live <= (1 - REGIONS_MIN_SAVING) * products
+
+
+def _plain_nhwc(lhs, rhs, kwargs) -> bool:
+    """NHWC input, HWIO kernel, no groups, no options beyond precision."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if set(kwargs) - {"dimension_numbers", "feature_group_count", "precision"}:
+        return False
+    return kwargs.get("dimension_numbers") == nhwc and kwargs.get("feature_group_count", 1) == 1
+
+
+def _space_to_batch_applies(lhs, rhs, strides, padding, lhs_dilation, dilation, kwargs) -> bool:
+    """Whether ``conv_space_to_batch`` runs this convolution: atrous (one rate, a kernel wider
+    than one tap), stride 1, padding a multiple of the rate, ``_plain_nhwc``, and at most
+    ``SPACE_TO_BATCH_MAX_EXTRA`` more pixels once the map is padded to a multiple of the rate
+    (32x32 features: rates 2 and 4, not 12 or 24)."""
+    d = dilation[0]
+    if d == 1 or set(dilation) != {d} or tuple(strides) != (1, 1) or max(rhs.shape[:2]) == 1:
+        return False
+    if lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+        return False
+    if any(p % d for pair in padding for p in pair) or not _plain_nhwc(lhs, rhs, kwargs):
+        return False
+    h, w = lhs.shape[1:3]
+    return -(-h // d) * -(-w // d) * d * d <= (1 + SPACE_TO_BATCH_MAX_EXTRA) * h * w
+
+
+def conv_space_to_batch(
+    lhs: jax.Array, rhs: jax.Array, dilation: int, padding: Sequence[tuple[int, int]], **kwargs
+) -> jax.Array:
+    """An atrous convolution (stride 1, rate ``dilation``, ``padding`` multiples of it) as an
+    ordinary one: the pixels of each of the map's dilation**2 phases (row % d, column % d) form
+    a sub-image in which the kernel's taps are neighbours; the sub-images run as one batch and
+    are put back (TensorFlow's ``atrous_conv2d``). The same products as lax's dilated
+    convolution, through the kernels made for dense convolutions (on the 2026-11-26 H100
+    profile the dilated ones ran on Ampere-generation kernels).
+
+    lhs (B, H, W, C), rhs (kh, kw, C, F) -> (B, H', W', F), H' as lax's with this padding;
+    ``kwargs``: lax's (NHWC/HWIO ``dimension_numbers``, ``precision``). A map that is not a
+    multiple of ``dilation`` is zero-padded at its end first (it reads zeros there either way)
+    and the output cropped.
+    """
+    d, (b, h, w, c) = dilation, lhs.shape
+    hp, wp = -(-h // d) * d, -(-w // d) * d
+    x = jnp.pad(lhs, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    x = x.reshape(b, hp // d, d, wp // d, d, c).transpose(2, 4, 0, 1, 3, 5)
+    x = x.reshape(d * d * b, hp // d, wp // d, c)
+    pad = [(lo // d, hi // d) for lo, hi in padding]
+    y = lax.conv_general_dilated(x, rhs, (1, 1), pad, **kwargs)
+    (_, ho, wo, f), (out_h, out_w) = y.shape, (h + sum(padding[0]), w + sum(padding[1]))
+    y = y.reshape(d, d, b, ho, wo, f).transpose(2, 3, 0, 4, 1, 5).reshape(b, ho * d, wo * d, f)
+    out_h -= d * (rhs.shape[0] - 1)
+    out_w -= d * (rhs.shape[1] - 1)
+    return y[:, :out_h, :out_w]
 
 
 def tap_windows(
@@ -238,6 +297,7 @@ class ConvBN(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS  # see conv_live_taps
+    atrous: str = DEFAULT_ATROUS  # see conv_live_taps
     live_size: int | None = None  # see conv_live_taps
 
     @nn.compact
@@ -254,7 +314,10 @@ class ConvBN(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             conv_general_dilated=functools.partial(
-                conv_live_taps, live_size=self.live_size, padding_taps=self.padding_taps
+                conv_live_taps,
+                live_size=self.live_size,
+                padding_taps=self.padding_taps,
+                atrous=self.atrous,
             ),
         )(x)
         x = nn.BatchNorm(
@@ -283,6 +346,7 @@ class BasicBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
     expansion = 1
 
     @nn.compact
@@ -308,6 +372,7 @@ class Bottleneck(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
     expansion = 4
 
     @nn.compact
@@ -337,6 +402,7 @@ class ResNet(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -375,6 +441,7 @@ class ASPPConv(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
     live_size: int | None = None
 
     @nn.compact
@@ -443,6 +510,7 @@ class ASPP(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
     train_features: int | None = None
 
     @nn.compact
@@ -473,6 +541,7 @@ class DeepLabHead(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
     train_features: int | None = None  # see ASPP
 
     @nn.compact
@@ -518,6 +587,11 @@ class DeepLabV3(nn.Module):
     also splits atrous convolutions whose taps read padding in part of the image (ASPP rates 12
     and 24 at output stride 8 on 256 crops; on 128 crops also the backbone's rate-4
     convolutions) into regions that each skip it.
+
+    ``atrous`` (``conv_live_taps``): 'dilated' (default) runs atrous convolutions as lax's
+    dilated convolutions; 'space_to_batch' as ordinary ones over the map's phases where that
+    costs at most ``SPACE_TO_BATCH_MAX_EXTRA`` more pixels (the backbone's rates 2 and 4; not the
+    ASPP's on 256 crops): the same function up to float rounding.
     """
 
     num_classes: int
@@ -531,6 +605,7 @@ class DeepLabV3(nn.Module):
     param_dtype: Dtype = jnp.float32
     train_size: int | None = None
     padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -562,10 +637,13 @@ def deeplab_from_config(
 ) -> DeepLabV3:
     """Builds DeepLabV3 from a config with keys depth, width, output_stride, aspp_features,
     dropout_rate, dtype ('float32' | 'bfloat16'), drop_untrained_taps (default True: the
-    model's ``train_size`` is ``crop_size``) and padding_taps (default 'skip')."""
+    model's ``train_size`` is ``crop_size``), padding_taps (default 'skip') and atrous (default
+    'dilated')."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
     padding_taps = model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS)
     _check_choice("model.padding_taps", padding_taps, PADDING_TAPS)
+    atrous = model_cfg.get("atrous", DEFAULT_ATROUS)
+    _check_choice("model.atrous", atrous, ATROUS)
     drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
         num_classes=num_classes,
@@ -578,16 +656,18 @@ def deeplab_from_config(
         bn_axis_name=bn_axis_name,
         train_size=int(crop_size) if drop and crop_size else None,
         padding_taps=str(padding_taps),
+        atrous=str(atrous),
     )
 
 
 def _shared(module: nn.Module) -> dict[str, Any]:
-    """The dtype/param_dtype/bn_axis_name/padding_taps fields a module passes on."""
+    """The dtype/param_dtype/bn_axis_name/padding_taps/atrous fields a module passes on."""
     return dict(
         dtype=module.dtype,
         param_dtype=module.param_dtype,
         bn_axis_name=module.bn_axis_name,
         padding_taps=module.padding_taps,
+        atrous=module.atrous,
     )
 
 

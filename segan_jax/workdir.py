@@ -12,7 +12,7 @@ import ml_collections
 # Keys that may change between runs in one workdir (they do not change what is trained;
 # train.num_steps does: the learning-rate schedules are built from it). drop_untrained_taps
 # only changes the network evaluation and prediction run on inputs larger than the crops;
-# padding_taps only the floating-point rounding.
+# padding_taps and atrous only the floating-point rounding.
 MUTABLE_PREFIXES = (
     "eval.",
     "predict.",
@@ -20,6 +20,7 @@ MUTABLE_PREFIXES = (
     "train.eval_every",
     "model.drop_untrained_taps",
     "model.padding_taps",
+    "model.atrous",
 )
 
 

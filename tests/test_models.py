@@ -128,19 +128,30 @@ def test_forward_and_gradients_batch_1(depth, output_stride, hw):
         assert bool(jnp.any(g != 0)), name
 
 
-def conv_kernels(jaxpr, primitive: str = "conv_general_dilated") -> list[tuple[int, ...]]:
-    """Kernel (right operand) shapes of every convolution, or other ``primitive``, in a jaxpr
-    (nested jaxprs included)."""
-    shapes = []
+def equations(jaxpr, primitive: str):
+    """Every equation of ``primitive`` in a jaxpr, nested jaxprs included."""
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == primitive:
-            shapes.append(tuple(eqn.invars[1].aval.shape))
+            yield eqn
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
                 if hasattr(sub, "eqns"):
-                    shapes += conv_kernels(sub, primitive)
-    return shapes
+                    yield from equations(sub, primitive)
+
+
+def conv_kernels(jaxpr, primitive: str = "conv_general_dilated") -> list[tuple[int, ...]]:
+    """Kernel (right operand) shapes of every convolution, or other ``primitive``, in a jaxpr."""
+    return [tuple(eqn.invars[1].aval.shape) for eqn in equations(jaxpr, primitive)]
+
+
+def atrous_rates(jaxpr) -> list[int]:
+    """The rate of every convolution with a kernel wider than one tap and a rate above 1."""
+    return [
+        max(eqn.params["rhs_dilation"])
+        for eqn in equations(jaxpr, "conv_general_dilated")
+        if max(eqn.params["rhs_dilation"]) > 1 and max(eqn.invars[1].aval.shape[:2]) > 1
+    ]
 
 
 @pytest.mark.parametrize(
@@ -276,6 +287,85 @@ def test_padding_taps_regions_splits_only_where_it_pays():
     assert len(convs["regions"]) == len(convs["skip"]) - 2  # the backbone's stay as they were
     assert dots["regions"].count(atrous[2:]) == dots["skip"].count(atrous[2:]) + 2 * 9
     np.testing.assert_allclose(logits["regions"], logits["skip"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("hw", "kernel", "dilation", "padding"),
+    [
+        ((32, 32), (3, 3), 2, None),  # layer3 at OS8 on a 256 crop
+        ((9, 20), (3, 3), 4, None),  # maps not multiples of the rate
+        ((12, 10), (3, 5), 5, None),  # kh != kw
+        ((7, 6), (2, 2), 3, ((3, 0), (0, 3))),  # even kernel, padding on one side only
+        ((8, 8), (3, 3), 2, ((0, 0), (0, 0))),  # no padding: a 4x4 output
+    ],
+)
+def test_conv_space_to_batch_matches_the_dilated_convolution(hw, kernel, dilation, padding):
+    x = random_image((2, *hw, 3))
+    w = random_image((*kernel, 3, 4), seed=1)
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    pad = padding or [(dilation * (k - 1) // 2,) * 2 for k in kernel]
+
+    def full(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), pad, rhs_dilation=(dilation,) * 2, dimension_numbers=dims
+        )
+
+    def phases(x, w):
+        return models.conv_space_to_batch(x, w, dilation, pad, dimension_numbers=dims)
+
+    assert atrous_rates(jax.make_jaxpr(phases)(x, w).jaxpr) == []
+    np.testing.assert_allclose(phases(x, w), full(x, w), rtol=1e-5, atol=1e-5)
+    grads = [
+        jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, phases)
+    ]
+    for g_full, g_phases in zip(*grads, strict=True):
+        np.testing.assert_allclose(g_phases, g_full, rtol=1e-4, atol=1e-3)
+
+
+def test_space_to_batch_applies_where_the_phases_add_little():
+    """Rates 2 and 4 on 32x32 features, and 12 on 125x125 (a 1000 image at OS8: 132 is 11.5 %
+    more pixels); not rates 12 or 24 on 32x32 (+27 %, +125 %), nor where it cannot apply."""
+
+    def applies(hw, rate, kernel=(3, 3), stride=1, pad=None):
+        lhs = jax.ShapeDtypeStruct((2, *hw, 8), jnp.float32)
+        rhs = jax.ShapeDtypeStruct((*kernel, 8, 8), jnp.float32)
+        dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+        pad = pad or [(rate * (k - 1) // 2,) * 2 for k in kernel]
+        strides, rates = (stride, stride), (rate, rate)
+        kwargs = {"dimension_numbers": dims}
+        return models._space_to_batch_applies(lhs, rhs, strides, pad, None, rates, kwargs)
+
+    assert applies((32, 32), 2) and applies((32, 32), 4) and applies((125, 125), 12)
+    assert not applies((32, 32), 12) and not applies((32, 32), 24)
+    assert not applies((32, 32), 1) and not applies((32, 32), 2, kernel=(1, 1))
+    assert not applies((32, 32), 2, stride=2)
+    assert not applies((32, 32), 2, pad=((1, 1), (1, 1)))  # padding not a multiple of the rate
+
+
+def test_atrous_space_to_batch_leaves_no_dilated_convolution_where_it_pays():
+    """OS8 on a 256 crop (32x32 features): 'space_to_batch' runs the backbone's rate-2 and
+    rate-4 convolutions as ordinary ones, the ASPP's rates 12 and 24 stay dilated (or, with
+    padding_taps='regions', become matrix products: no dilated convolution left); the logits
+    are those of lax's dilated convolutions."""
+    model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
+    x = random_image((1, 256, 256, 3))
+    variables = he_filled(abstract_init(model, x.shape)[0])
+    rates, logits = {}, {}
+    for taps, atrous in (
+        ("skip", "dilated"),
+        ("skip", "space_to_batch"),
+        ("regions", "space_to_batch"),
+    ):
+        m = model.clone(padding_taps=taps, atrous=atrous)
+        jaxpr = jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(variables).jaxpr
+        rates[taps, atrous] = sorted(atrous_rates(jaxpr))
+        logits[taps, atrous] = m.apply(variables, x, train=False)
+    # ResNet-18 at OS8: 6 of the 3x3 convolutions of layers 3 and 4 have rate 2 or 4
+    assert rates["skip", "dilated"] == [2, 2, 2, 2, 4, 4, 12, 24]
+    assert rates["skip", "space_to_batch"] == [12, 24]
+    assert rates["regions", "space_to_batch"] == []
+    for key in logits:
+        np.testing.assert_allclose(logits[key], logits["skip", "dilated"], rtol=1e-4, atol=1e-4)
 
 
 def test_deeplab_skips_dead_atrous_taps_exactly():
@@ -466,6 +556,13 @@ def test_deeplab_from_config():
     with pytest.raises(ValueError, match="padding_taps"):
         models.deeplab_from_config(cfg, 4)
     cfg.padding_taps = "skip"
+    assert model.atrous == "dilated"
+    cfg.atrous = "space_to_batch"
+    assert models.deeplab_from_config(cfg, 4).atrous == "space_to_batch"
+    cfg.atrous = "phases"
+    with pytest.raises(ValueError, match="atrous"):
+        models.deeplab_from_config(cfg, 4)
+    cfg.atrous = "dilated"
     cfg.dtype = "float16"
     with pytest.raises(ValueError):
         models.deeplab_from_config(cfg, num_classes=4)

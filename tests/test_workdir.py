@@ -11,6 +11,7 @@ def test_tap_options_may_change_but_not_the_model():
     current = tiny.get_config()
     current.model.drop_untrained_taps = not current.model.drop_untrained_taps
     current.model.padding_taps = "keep"
+    current.model.atrous = "space_to_batch"
     assert workdir.config_differences(saved, workdir.config_dict(current)) == []
     current.model.depth = 34
     assert [
