@@ -8,14 +8,20 @@
 #     PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
-#   FROM=4 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (4) to (9)
+#   FROM=5 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (5) to (11)
 #
 # On an H100 (2026-11-26) one ResNet-50 train case took 77-94 s of wall time (process start,
 # ~25 s init compile and data placement, ~4 s lowering, 42-53 s XLA compile, seconds of timing),
-# so the default budget covers priorities (1) to (3); FROM=4 runs the rest in a second command.
-# Cases run with segan_jax's convolutions (--taps=live: taps that only read padding skipped);
-# (2) repeats (1) with every tap, the arithmetic of the 2026-11-26 H100 figures and torchvision,
-# (3) with the atrous convolutions split into regions that skip the padding they read.
+# so the default budget covers about priorities (1) to (4); FROM=5 runs the rest in a second
+# command. XLA's per-fusion autotuning cache (AUTOTUNE_DIR) is shared by the cases, which have
+# most convolutions in common, when this XLA knows the flag.
+# Priorities (1)-(5) time the main case (OS8 bf16 batch 16, no critic) with segan_jax's
+# defaults (taps that only read padding skipped, lax's dilated convolutions), with both
+# candidate speed-ups (ASPP rates 12/24 split into regions that skip padding; the backbone's
+# dilated convolutions as ordinary ones over the map's phases), with each alone, and with every
+# tap (torchvision's arithmetic, that of the 2026-11-26 figures). The later cases run with the
+# fastest of (1)-(4) in $OUT/results.json, or with BEST (e.g. BEST="--taps=regions
+# --atrous=space_to_batch") when set, for a second command whose $OUT is new.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
 # and their dependencies carried as wheels in .whl/, see benchmarks/README.md):
@@ -35,6 +41,12 @@ J=$OUT/results.json
 B=("$PY" benchmarks/train_throughput.py "--out=$J" "--deadline=$DEADLINE" "--min_case_s=$MIN_CASE_S"
   --steps=30 --warmup=3 --repeats=2 --case_timeout=200)
 read -r -a X <<<"${EXTRA:-}"
+AUTOTUNE_DIR=${AUTOTUNE_DIR:-/tmp/segan_autotune}
+AT="--xla_gpu_per_fusion_autotune_cache_dir=$AUTOTUNE_DIR"
+mkdir -p "$AUTOTUNE_DIR"
+if XLA_FLAGS="${XLA_FLAGS:-} $AT" "$PY" -c "import jax; jax.devices()" >/dev/null 2>&1; then
+  export XLA_FLAGS="${XLA_FLAGS:-} $AT"
+fi
 T=(--infer=0 --crop=256)
 FROM=${FROM:-1}
 # priority N, then its flags: runs when N >= FROM, with EXTRA's flags last
@@ -45,26 +57,38 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
   "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())"
-  # (1) OS8 bf16 batch 16, no critic, with a short profile (top ops, model scopes)
-  run 1 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 \
-    --profile_dir=/tmp/segan_prof --profile_steps=5 --profile_txt="$OUT/profile_os8_bf16_b16.txt"
-  # (2) the same with every convolution tap (the baseline of the skipped taps, same machine)
-  run 2 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=all
-  # (3) the same with ASPP rates 12/24 split into regions (model.padding_taps=regions)
-  run 3 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=0 --taps=regions
-  # (4) OS8 bf16 batch 16, single SegAN critic
-  run 4 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
-  # (5) OS8 bf16 batch 64, without and with the critic
-  run 5 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
-  # (6) OS16 bf16 batch 16
-  run 6 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
-  # (7) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  run 7 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
-  # (8) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256 crops)
-  run 8 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
-    --crop=256 --infer_steps=20
-  # (9) the input pipeline alone (crops + augmentation), batch 16 and 64
-  run 9 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
+  echo "XLA_FLAGS=${XLA_FLAGS:-}"
+  M=(--os=8 --batch=16 --dtype=bfloat16 --critic=0)
+  P=(--profile_dir=/tmp/segan_prof --profile_steps=5)
+  # (0) seconds: the backbone's atrous convolutions alone, dilated vs phases (bf16, batch 16)
+  [ "$FROM" -le 1 ] && "$PY" benchmarks/atrous_convs.py --dtype=bfloat16 --batch_scale=4 \
+    --calls=20 | tee "$OUT/atrous_convs.txt"
+  # (1) the main case with segan_jax's defaults, with a short profile (kernels, model modules)
+  run 1 "${T[@]}" "${M[@]}" "${P[@]}" --profile_txt="$OUT/profile_os8_bf16_b16.txt"
+  # (2) both candidate speed-ups, profiled too
+  run 2 "${T[@]}" "${M[@]}" --taps=regions --atrous=space_to_batch "${P[@]}" \
+    --profile_txt="$OUT/profile_os8_bf16_b16_regions_space_to_batch.txt"
+  # (3), (4) each alone
+  run 3 "${T[@]}" "${M[@]}" --atrous=space_to_batch
+  run 4 "${T[@]}" "${M[@]}" --taps=regions
+  # (5) every convolution tap: torchvision's arithmetic (the 2026-11-26 figures)
+  run 5 "${T[@]}" "${M[@]}" --taps=all
+  read -r -a BF <<<"${BEST:-$("$PY" benchmarks/train_throughput.py --best_from="$J")}"
+  echo "== later cases with ${BF[*]}"
+  # (6) the main case with the single SegAN critic
+  run 6 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 "${BF[@]}"
+  # (7) OS8 bf16 batch 64, without and with the critic
+  run 7 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 "${BF[@]}"
+  # (8) OS16 bf16 batch 16
+  run 8 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 "${BF[@]}"
+  # (9) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
+  run 9 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 "${BF[@]}"
+  # (10) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256
+  # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132)
+  run 10 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+    --crop=256 --infer_steps=20 --atrous=dilated,space_to_batch
+  # (11) the input pipeline alone (crops + augmentation), batch 16 and 64
+  run 11 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u

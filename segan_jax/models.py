@@ -226,10 +226,10 @@ def conv_space_to_batch(
     x = x.reshape(d * d * b, hp // d, wp // d, c)
     pad = [(lo // d, hi // d) for lo, hi in padding]
     y = lax.conv_general_dilated(x, rhs, (1, 1), pad, **kwargs)
-    (_, ho, wo, f), (out_h, out_w) = y.shape, (h + sum(padding[0]), w + sum(padding[1]))
+    _, ho, wo, f = y.shape
     y = y.reshape(d, d, b, ho, wo, f).transpose(2, 3, 0, 4, 1, 5).reshape(b, ho * d, wo * d, f)
-    out_h -= d * (rhs.shape[0] - 1)
-    out_w -= d * (rhs.shape[1] - 1)
+    out_h = h + sum(padding[0]) - d * (rhs.shape[0] - 1)  # lax's output size
+    out_w = w + sum(padding[1]) - d * (rhs.shape[1] - 1)
     return y[:, :out_h, :out_w]
 
 
