@@ -57,3 +57,16 @@ def test_module_of_an_op_name():
     assert train_throughput._module(FWD) == "fwd backbone/layer3"
     assert train_throughput._module("jit(train_step)/add") == "fwd jit(train_step)/add"
     assert train_throughput._module(None) == "unattributed"
+
+
+def test_best_flags_pick_the_fastest_main_case():
+    main = dict(status="ok", kind="train", os=8, dtype="bfloat16", batch=16, critic=0)
+    results = [
+        {**main, "taps": "live", "atrous": "dilated", "images_per_s": 700.0},
+        {**main, "taps": "regions", "atrous": "space_to_batch", "images_per_s": 900.0},
+        {**main, "taps": "all", "atrous": "dilated", "images_per_s": 950.0},  # not a candidate
+        {**main, "critic": 1, "taps": "live", "atrous": "space_to_batch", "images_per_s": 990.0},
+        {**main, "status": "failed", "taps": "live", "atrous": "space_to_batch"},
+    ]
+    assert train_throughput.best_flags(results) == "--taps=regions --atrous=space_to_batch"
+    assert train_throughput.best_flags(results[2:]) == "--taps=live --atrous=dilated"
