@@ -549,20 +549,18 @@ def test_deeplab_from_config():
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size == 64
     cfg.drop_untrained_taps = False
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size is None
-    assert model.padding_taps == "skip"
-    cfg.padding_taps = "regions"
-    assert models.deeplab_from_config(cfg, 4).padding_taps == "regions"
-    cfg.padding_taps = "drop"
-    with pytest.raises(ValueError, match="padding_taps"):
-        models.deeplab_from_config(cfg, 4)
-    cfg.padding_taps = "skip"
-    assert model.atrous == "dilated"
-    cfg.atrous = "space_to_batch"
-    assert models.deeplab_from_config(cfg, 4).atrous == "space_to_batch"
-    cfg.atrous = "phases"
-    with pytest.raises(ValueError, match="atrous"):
-        models.deeplab_from_config(cfg, 4)
-    cfg.atrous = "dilated"
+    options = {
+        "padding_taps": ("skip", "regions", "drop"),
+        "atrous": ("dilated", "space_to_batch", "phases"),
+    }
+    for key, (default, other, unknown) in options.items():
+        assert getattr(model, key) == default
+        cfg[key] = other
+        assert getattr(models.deeplab_from_config(cfg, 4), key) == other
+        cfg[key] = unknown
+        with pytest.raises(ValueError, match=key):
+            models.deeplab_from_config(cfg, 4)
+        cfg[key] = default
     cfg.dtype = "float16"
     with pytest.raises(ValueError):
         models.deeplab_from_config(cfg, num_classes=4)
