@@ -39,13 +39,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     the sharding `NamedSharding(mesh, P())`. A tree already placed so is returned as it is (no
     copy). Merely equivalent shardings are not enough: on a one-device mesh an array on that
     device (`SingleDeviceSharding`) is, but jit compiles a step again when its state comes
-    back from the step with the `NamedSharding`."""
+    back from the step with the `NamedSharding`; such trees are relabelled by `device_put`
+    (no copy). Global arrays of a multi-process mesh placed equivalently are returned as
+    they are."""
     sharding = NamedSharding(mesh, P())
     leaves = jax.tree.leaves(tree)
     if all(isinstance(x, jax.Array) for x in leaves):
-        placed = {x.sharding for x in leaves}  # few distinct ones: a cheap check
-        if all(s == sharding for s in placed):
+        placed = {(x.sharding, x.ndim) for x in leaves}  # few distinct ones: a cheap check
+        if all(s == sharding for s, _ in placed):
             return tree
+        if not sharding.is_fully_addressable and all(
+            s.is_equivalent_to(sharding, ndim) for s, ndim in placed
+        ):
+            return tree  # global arrays in place: they hold no process-local data to rebuild
     if sharding.is_fully_addressable:  # one process, or this process's devices only
         return jax.device_put(tree, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
