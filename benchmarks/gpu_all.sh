@@ -60,7 +60,8 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   echo "XLA_FLAGS=${XLA_FLAGS:-}"
   M=(--os=8 --batch=16 --dtype=bfloat16 --critic=0)
   P=(--profile_dir=/tmp/segan_prof --profile_steps=5)
-  # (0) seconds: the backbone's atrous convolutions alone, dilated vs phases (bf16, batch 16)
+  # (0) seconds: the backbone's atrous convolutions alone, dilated vs phases (bf16; batch 16 at
+  # ResNet-50's shapes)
   [ "$FROM" -le 1 ] && "$PY" benchmarks/atrous_convs.py --dtype=bfloat16 --batch_scale=4 \
     --calls=20 | tee "$OUT/atrous_convs.txt"
   # (1) the main case with segan_jax's defaults, with a short profile (kernels, model modules)
@@ -74,15 +75,15 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   # (5) every convolution tap: torchvision's arithmetic (the 2026-11-26 figures)
   run 5 "${T[@]}" "${M[@]}" --taps=all
   read -r -a BF <<<"${BEST:-$("$PY" benchmarks/train_throughput.py --best_from="$J")}"
-  echo "== later cases with ${BF[*]}"
+  echo "== later cases with ${BF[*]-defaults}"
   # (6) the main case with the single SegAN critic
-  run 6 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 "${BF[@]}"
+  run 6 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${BF[@]+"${BF[@]}"}
   # (7) OS8 bf16 batch 64, without and with the critic
-  run 7 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 "${BF[@]}"
+  run 7 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${BF[@]+"${BF[@]}"}
   # (8) OS16 bf16 batch 16
-  run 8 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 "${BF[@]}"
+  run 8 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${BF[@]+"${BF[@]}"}
   # (9) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  run 9 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 "${BF[@]}"
+  run 9 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${BF[@]+"${BF[@]}"}
   # (10) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256
   # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132)
   run 10 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \

@@ -211,8 +211,8 @@ def conv_space_to_batch(
     ordinary one: the pixels of each of the map's dilation**2 phases (row % d, column % d) form
     a sub-image in which the kernel's taps are neighbours; the sub-images run as one batch and
     are put back (TensorFlow's ``atrous_conv2d``). The same products as lax's dilated
-    convolution, through the kernels made for dense convolutions (on the 2026-11-26 H100
-    profile the dilated ones ran on Ampere-generation kernels).
+    convolution, through the kernels made for dense convolutions (the 2026-11-26 H100 profile
+    suggests the dilated ones ran on Ampere-generation kernels; see README).
 
     lhs (B, H, W, C), rhs (kh, kw, C, F) -> (B, H', W', F), H' as lax's with this padding;
     ``kwargs``: lax's (NHWC/HWIO ``dimension_numbers``, ``precision``). A map that is not a

@@ -69,4 +69,6 @@ def test_best_flags_pick_the_fastest_main_case():
         {**main, "status": "failed", "taps": "live", "atrous": "space_to_batch"},
     ]
     assert train_throughput.best_flags(results) == "--taps=regions --atrous=space_to_batch"
-    assert train_throughput.best_flags(results[2:]) == "--taps=live --atrous=dilated"
+    assert train_throughput.best_flags(results[2:]) == "--taps=live --atrous=dilated"  # none
+    results[0]["images_per_s"] = 901.0
+    assert train_throughput.best_flags(results) == "--taps=live --atrous=dilated"
