@@ -322,6 +322,40 @@ def test_conv_space_to_batch_matches_the_dilated_convolution(hw, kernel, dilatio
         np.testing.assert_allclose(g_phases, g_full, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("hw", "dilation", "live_size", "dtype"),
+    [
+        ((12, 24), 12, None, jnp.float32),  # rows: only the centre tap lives (a 1x3 kernel)
+        ((40, 24), 4, 16, jnp.float32),  # taps live at 16 pixels (trained on smaller crops)
+        ((32, 32), 2, None, jnp.bfloat16),
+    ],
+)
+def test_space_to_batch_after_the_taps_are_chosen(hw, dilation, live_size, dtype):
+    """Through ``conv_live_taps``: the phases run the kernel left after dropping taps, and
+    give what lax's dilated convolution of that kernel gives."""
+    x = random_image((2, *hw, 3)).astype(dtype)
+    w = random_image((3, 3, 3, 4), seed=1).astype(dtype)
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    pad = models.torch_padding(3, dilation)
+    kw = dict(rhs_dilation=(dilation,) * 2, dimension_numbers=dims, live_size=live_size)
+    out = {
+        a: models.conv_live_taps(x, w, (1, 1), pad, atrous=a, **kw)
+        for a in ("dilated", "space_to_batch")
+    }
+    jaxpr = jax.make_jaxpr(lambda x, w: models.conv_live_taps(x, w, (1, 1), pad, **kw))(x, w)
+    phases = jax.make_jaxpr(
+        lambda x, w: models.conv_live_taps(x, w, (1, 1), pad, atrous="space_to_batch", **kw)
+    )(x, w)
+    assert atrous_rates(jaxpr.jaxpr) == [dilation] and atrous_rates(phases.jaxpr) == []
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(
+        np.asarray(out["space_to_batch"], np.float32),
+        np.asarray(out["dilated"], np.float32),
+        rtol=tol,
+        atol=tol,
+    )
+
+
 def test_space_to_batch_applies_where_the_phases_add_little():
     """Rates 2 and 4 on 32x32 features, and 12 on 125x125 (a 1000 image at OS8: 132 is 11.5 %
     more pixels); not rates 12 or 24 on 32x32 (+27 %, +125 %), nor where it cannot apply."""
