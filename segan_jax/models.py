@@ -201,7 +201,12 @@ def _space_to_batch_applies(lhs, rhs, strides, padding, lhs_dilation, dilation, 
     if any(p % d for pair in padding for p in pair) or not _plain_nhwc(lhs, rhs, kwargs):
         return False
     h, w = lhs.shape[1:3]
-    return -(-h // d) * -(-w // d) * d * d <= (1 + SPACE_TO_BATCH_MAX_EXTRA) * h * w
+    return _whole_phases(h, d) * _whole_phases(w, d) <= (1 + SPACE_TO_BATCH_MAX_EXTRA) * h * w
+
+
+def _whole_phases(size: int, dilation: int) -> int:
+    """`size` rounded up to a multiple of `dilation`: the map size whose phases are whole."""
+    return -(-size // dilation) * dilation
 
 
 def conv_space_to_batch(
@@ -220,7 +225,7 @@ def conv_space_to_batch(
     and the output cropped.
     """
     d, (b, h, w, c) = dilation, lhs.shape
-    hp, wp = -(-h // d) * d, -(-w // d) * d
+    hp, wp = _whole_phases(h, d), _whole_phases(w, d)
     x = jnp.pad(lhs, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     x = x.reshape(b, hp // d, d, wp // d, d, c).transpose(2, 4, 0, 1, 3, 5)
     x = x.reshape(d * d * b, hp // d, wp // d, c)
