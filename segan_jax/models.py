@@ -150,7 +150,7 @@ def conv_live_taps(
 def _kept_taps(lhs, rhs, strides, padding, lhs_dilation, dilation, live_size, padding_taps):
     """Per spatial axis, the taps ``conv_live_taps`` runs; None: every tap, through lax as is."""
     every_tap = padding_taps == "keep" and live_size is None
-    if every_tap or lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+    if every_tap or not _explicit_and_undilated(lhs_dilation, padding):
         return None
     sizes = [
         live_size if padding_taps == "keep" else min(n, live_size or n) for n in lhs.shape[1:3]
@@ -159,6 +159,11 @@ def _kept_taps(lhs, rhs, strides, padding, lhs_dilation, dilation, live_size, pa
         live_taps(n, k, s, d, p)
         for n, k, s, d, p in zip(sizes, rhs.shape[:2], strides, dilation, padding, strict=True)
     ]
+
+
+def _explicit_and_undilated(lhs_dilation, padding) -> bool:
+    """Explicit (lo, hi) padding and no input dilation: what tap choices can reason about."""
+    return lhs_dilation in (None, (1, 1)) and not isinstance(padding, str)
 
 
 def _regions_pay(lhs, rhs, strides, padding, dilation, keep, kwargs) -> bool:
@@ -196,7 +201,7 @@ def _space_to_batch_applies(lhs, rhs, strides, padding, lhs_dilation, dilation, 
     d = dilation[0]
     if d == 1 or set(dilation) != {d} or tuple(strides) != (1, 1) or max(rhs.shape[:2]) == 1:
         return False
-    if lhs_dilation not in (None, (1, 1)) or isinstance(padding, str):
+    if not _explicit_and_undilated(lhs_dilation, padding):
         return False
     if any(p % d for pair in padding for p in pair) or not _plain_nhwc(lhs, rhs, kwargs):
         return False
