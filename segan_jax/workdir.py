@@ -91,11 +91,28 @@ def check(
     path = workdir / "config.json"
     if not path.exists():
         return None
-    saved = json.loads(path.read_text())
+    saved = read_config(path)
     diffs = config_differences(saved, config_dict(config))
     if diffs:
         raise ConfigMismatchError(f"{path}: {mismatch}. Differences:\n  " + "\n  ".join(diffs))
     return _options_note(path, saved, config)
+
+
+def read_config(path: pathlib.Path) -> dict:
+    """A saved config.json, or ConfigMismatchError naming it when it is not one."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigMismatchError(
+            f"{path}: unreadable ({err}); not a config segan_jax saved"
+        ) from err
+    if not isinstance(saved, dict):
+        raise ConfigMismatchError(f"{path}: holds no config (a JSON object was expected)")
+    return saved
+
+
+# What a run writes before its first checkpoint or progress line.
+FIRST_FILES = {"config.json", "class_frequencies.json"}
 
 
 def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -105,12 +122,16 @@ def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
 
 
 def discard(workdir: pathlib.Path) -> None:
-    """Deletes an earlier run, but only a folder that is one (config.json plus metrics or
-    checkpoints); anything else raises and nothing is deleted."""
+    """Deletes an earlier run, but only a folder that is one: config.json plus metrics or
+    checkpoints, or exactly the files a run writes before those (a run that stopped before its
+    first progress line); anything else raises and nothing is deleted."""
     if not workdir.exists():
         return
+    names = {p.name for p in workdir.iterdir()}
     is_run = (workdir / "config.json").is_file() and (
-        (workdir / "metrics.jsonl").is_file() or (workdir / "checkpoints").is_dir()
+        (workdir / "metrics.jsonl").is_file()
+        or (workdir / "checkpoints").is_dir()
+        or names == FIRST_FILES
     )
     if not is_run:
         raise ConfigMismatchError(f"{workdir}: --overwrite deletes only a segan_jax run folder")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from configs import tiny
 from segan_jax import workdir
 
@@ -32,3 +34,26 @@ def test_check_notes_the_keys_an_older_run_lacks(tmp_path):
     assert str(path) in note
     assert "augment.hue=0.0" in note and "model.drop_untrained_taps=True" in note
     assert "model.depth" not in note
+
+
+def test_an_unreadable_saved_config_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": ')
+    with pytest.raises(workdir.ConfigMismatchError, match=r"config\.json: unreadable"):
+        workdir.check(tmp_path, tiny.get_config())
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(workdir.ConfigMismatchError, match="holds no config"):
+        workdir.check(tmp_path, tiny.get_config())
+
+
+def test_discard_takes_a_run_that_stopped_before_its_first_step(tmp_path):
+    stopped = tmp_path / "stopped"
+    workdir.prepare(stopped, tiny.get_config())
+    (stopped / "class_frequencies.json").write_text("{}")
+    workdir.discard(stopped)
+    assert not stopped.exists()
+    notes = tmp_path / "notes"  # a config.json and a user's file: not a run
+    workdir.prepare(notes, tiny.get_config())
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(workdir.ConfigMismatchError, match="only a segan_jax run"):
+        workdir.discard(notes)
+    assert (notes / "todo.txt").exists()
