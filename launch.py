@@ -100,6 +100,7 @@ def main(argv):
     # Errors a user can fix from the message alone (it names the file or key): no traceback.
     user_errors = (
         datasets.DatasetError,
+        train.ConfigError,
         workdir.ConfigMismatchError,
         train.NonFiniteLossError,
         parallel.OtherProcessFailed,

@@ -60,6 +60,25 @@ def _restore_on_one_device(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def _find(path: pathlib.Path) -> tuple[ocp.CheckpointManager, int]:
+    """(manager, step) of the checkpoint `path` names: a workdir, its `checkpoints/` or `best/`
+    folder (the latest step), or one step folder inside them."""
+    handler = ocp.StandardCheckpointHandler()
+    for candidate in (path / "best", path / "checkpoints", path):
+        if candidate.is_dir():
+            manager = ocp.CheckpointManager(candidate, item_handlers=handler)
+            step = manager.latest_step()
+            if step is not None:
+                return manager, step
+    if (path / "default").is_dir():
+        manager = ocp.CheckpointManager(path.parent, item_handlers=handler)
+        if path.name.isdigit() and int(path.name) in manager.all_steps():
+            return manager, int(path.name)
+    raise FileNotFoundError(
+        f"{path}: no orbax checkpoint found (expected a workdir or step folder)"
+    )
+
+
 def restore_raw(path: str | pathlib.Path) -> dict:
     """Restores a checkpoint without a target, as nested dicts of arrays (one device).
 
@@ -67,18 +86,11 @@ def restore_raw(path: str | pathlib.Path) -> dict:
       path: a workdir, its `checkpoints/` or `best/` folder (the latest step is used), or one
         step folder inside them.
     """
-    path = pathlib.Path(path).absolute()
-    handler = ocp.StandardCheckpointHandler()
-    for candidate in (path / "best", path / "checkpoints", path):
-        if candidate.is_dir():
-            manager = ocp.CheckpointManager(candidate, item_handlers=handler)
-            step = manager.latest_step()
-            if step is not None:
-                return _restore_on_one_device(manager, step)
-    if (path / "default").is_dir():
-        manager = ocp.CheckpointManager(path.parent, item_handlers=handler)
-        if path.name.isdigit() and int(path.name) in manager.all_steps():
-            return _restore_on_one_device(manager, int(path.name))
-    raise FileNotFoundError(
-        f"{path}: no orbax checkpoint found (expected a workdir or step folder)"
-    )
+    return _restore_on_one_device(*_find(pathlib.Path(path).absolute()))
+
+
+def raw_shapes(path: str | pathlib.Path) -> dict:
+    """The shapes of `restore_raw(path)`'s arrays, as nested dicts of tuples, read from the
+    checkpoint's metadata (no array is loaded)."""
+    manager, step = _find(pathlib.Path(path).absolute())
+    return jax.tree.map(lambda m: tuple(m.shape), manager.item_metadata(step))

@@ -234,9 +234,16 @@ def result_record(step: int, split: str, classes, confusion: np.ndarray) -> dict
     }
 
 
-def write_record(workdir: pathlib.Path, record: dict) -> pathlib.Path:
-    """Writes `DIR/eval/<split>_<step>.json` atomically and returns its path."""
-    out = pathlib.Path(workdir) / "eval" / f"{record['split']}_{record['step']}.json"
+def record_path(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
+    """`DIR/eval/<split>_<step>.json` (n = 1), or `<split>_<step>-<n>.json`: the n-th record of
+    that split and step."""
+    suffix = "" if n == 1 else f"-{n}"
+    return pathlib.Path(workdir) / "eval" / f"{record['split']}_{record['step']}{suffix}.json"
+
+
+def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
+    """Writes `record_path(workdir, record, n)` atomically and returns its path."""
+    out = record_path(workdir, record, n)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir_lib.write_json(out, record)
     return out

@@ -84,7 +84,8 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict | None:
-    """The evaluation record ``workdir/eval/<split>_<step>.json`` of the highest step.
+    """The evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the highest step (of
+    several for that step, e.g. `--mode=evaluate`'s beside training's, the last written).
 
     Args:
       split: only records of this split; None: any split.
@@ -93,11 +94,11 @@ def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict
       The record (keys of ``evaluate.EVAL_KEYS``), or None when there is none.
     """
     records = []
-    for path in sorted((pathlib.Path(workdir) / "eval").glob("*.json")):
+    for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
         record = json.loads(path.read_text())
         if split is None or record.get("split") == split:
-            records.append(record)
-    return max(records, key=lambda r: r["step"]) if records else None
+            records.append(((record["step"], path.stat().st_mtime_ns), record))
+    return max(records, key=lambda r: r[0])[1] if records else None
 
 
 # ----------------------------------------------------------------------------- curves

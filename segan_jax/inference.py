@@ -1,5 +1,6 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
+import json
 import pathlib
 
 import jax
@@ -18,7 +19,7 @@ def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     if step is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
     info = train.load_info(config)
-    ctx = train.step_context(config, info, num_devices=1, axis_name=None)
+    ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None)
     mesh = parallel.make_mesh(jax.local_devices())
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     manager.close()
@@ -50,15 +51,28 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the latest checkpoint on eval.split; process 0 writes
-    DIR/eval/<split>_<step>.json and prints the per-class table. Returns the record."""
+    """Evaluates the latest checkpoint on eval.split; process 0 prints the per-class table and
+    writes DIR/eval/<split>_<step>.json, or, where a record with other figures is already
+    there (training's evaluation of that step, made with other keys), beside it as
+    <split>_<step>-2.json, -3, ...: no record is replaced. Returns the record."""
     workdir = pathlib.Path(workdir)
     record, num_images = evaluate_trained(config, workdir)
     if jax.process_index() == 0:
-        path = evaluate.write_record(workdir, record)
-        print(f"{record['split']} split, step {record['step']} ({num_images} images) -> {path}")
+        print(f"{record['split']} split, step {record['step']} ({num_images} images)")
         print(evaluate.table_from_record(record), flush=True)
+        print(f"-> {_save_evaluation(workdir, record)}", flush=True)
     return record
+
+
+def _save_evaluation(workdir: pathlib.Path, record: dict) -> str:
+    n = 1
+    while (path := evaluate.record_path(workdir, record, n)).exists():
+        if json.loads(path.read_text()).get("confusion_matrix") == record["confusion_matrix"]:
+            return f"{path} (already there: the same figures)"
+        n += 1
+    path = evaluate.write_record(workdir, record, n)
+    first = evaluate.record_path(workdir, record).name
+    return str(path) if n == 1 else f"{path} (its figures differ from those in {first})"
 
 
 def input_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -102,7 +116,9 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[p
     """(input image files, their label PNGs' paths), after checking the predict.* keys and
     that no existing prediction would be overwritten without predict.overwrite."""
     if not config.predict.input or not config.predict.output:
-        raise ValueError("--mode=predict needs --config.predict.input and --config.predict.output")
+        raise train.ConfigError(
+            "--mode=predict needs --config.predict.input and --config.predict.output"
+        )
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)

@@ -327,25 +327,78 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class ConfigError(ValueError):
+    """A config value the run cannot use, found before anything is written."""
+
+
+POSITIVE_KEYS = (
+    "train.num_steps",
+    "train.batch_size",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep",
+    "critic.steps_per_update",
+)
+
+
 def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_classes: int) -> None:
+    """The checks no module makes when it is built: counts, divisibility, the loss's layer
+    weighting (read only when the step is traced) and the label range."""
     ignore = config.data.ignore_index
     if not num_classes <= ignore <= 255:
         raise ValueError(
             f"data.ignore_index={ignore} must be in {num_classes}..255 (labels are 0..K-1, uint8)"
         )
+    for key in POSITIVE_KEYS:
+        group, name = key.split(".")
+        if not config[group][name] >= 1:
+            raise ValueError(f"{key}={config[group][name]} must be at least 1")
     t = config.train
     if t.batch_size % num_devices:
         raise ValueError(f"train.batch_size={t.batch_size} must divide over {num_devices} devices")
     for name in ("checkpoint_every", "eval_every"):
         if t[name] % t.log_every:
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
+    if config.critic.layer_weighting not in losses.LAYER_WEIGHTINGS:
+        raise ValueError(
+            f"critic.layer_weighting={config.critic.layer_weighting!r} is not one of "
+            f"{losses.LAYER_WEIGHTINGS}"
+        )
+
+
+def validated_context(
+    config: ml_collections.ConfigDict,
+    info,
+    num_devices: int,
+    resuming: bool = False,
+    axis_name: str | None = parallel.AXIS,
+) -> StepContext:
+    """`step_context` once every key the run uses passed its check, the model's shapes included
+    (`jax.eval_shape` of the initial state) and, unless `resuming`, model.init_checkpoint
+    against them, so a bad config stops the run before it writes anything.
+
+    Raises:
+      ConfigError: naming the key (or checkpoint) and the problem.
+      FileNotFoundError: model.init_checkpoint does not exist.
+    """
+    try:
+        _check_config(config, num_devices, len(info.classes))
+        ctx = step_context(config, info, num_devices, axis_name)
+        key = jax.random.key(0)
+        abstract = jax.eval_shape(lambda: create_train_state(ctx, key, info.num_channels))
+    except ValueError as err:
+        raise ConfigError(f"config: {err}") from err
+    if config.model.init_checkpoint and not resuming:
+        _check_init_checkpoint(config.model.init_checkpoint, abstract)
+    return ctx
 
 
 def eval_split_name(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> str:
     """config.eval.split, or "val" when the dataset has one, else "test"."""
     name = config.eval.split or ("val" if "val" in splits else "test")
     if name not in splits:
-        raise ValueError(f"eval.split={name!r} is not one of the dataset's splits {splits}")
+        raise ConfigError(f"eval.split={name!r} is not one of the dataset's splits {splits}")
     return name
 
 
@@ -390,24 +443,59 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
     return state
 
 
+def _fitting(state: TrainState, source: dict) -> tuple[dict, list[str]]:
+    """The tensors of `source` (a checkpoint's nested dicts: arrays, or shape tuples) whose path
+    and shape match one of `state`'s params or batch_stats, as {group: {"a/b": value}}, and
+    the names of the state's tensors that none matches."""
+    fit, skipped = {}, []
+    for name in ("params", "batch_stats"):
+        if name not in source:
+            raise ValueError(f"checkpoint has no '{name}' (not a segan_jax checkpoint?)")
+        src = flax.traverse_util.flatten_dict(source[name], sep="/")
+        flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")
+        fit[name] = {k: src[k] for k, v in flat.items() if k in src and np.shape(src[k]) == v.shape}
+        skipped += [f"{name}/{k}" for k in flat if k not in fit[name]]
+    return fit, skipped
+
+
+def _check_init_checkpoint(path: str, abstract: TrainState) -> None:
+    """Refuses a model.init_checkpoint that is missing, or that fits (by name and shape) under
+    half of the model's parameter values: another network. Reads its metadata alone.
+    Fine-tuning on other classes replaces only the last convolution's few values."""
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"{path}: model.init_checkpoint does not exist")
+    try:
+        fit, skipped = _fitting(abstract, checkpoints.raw_shapes(path))
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    flat = flax.traverse_util.flatten_dict(abstract.params, sep="/")
+    fitting = sum(np.prod(flat[k].shape) for k in fit["params"])
+    total = sum(np.prod(v.shape) for v in flat.values())
+    if fitting < total / 2:
+        raise ConfigError(
+            f"{path}: model.init_checkpoint fits {fitting / total:.0%} of this model's "
+            f"parameter values by name and shape ({len(skipped)} tensors differ, e.g. "
+            f"{skipped[0]}); is it another network (model.depth, width, ...)?"
+        )
+
+
 def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
     """Copies segmentor parameters and BatchNorm statistics of matching shape from `path`."""
-    raw = checkpoints.restore_raw(path)
-    loaded, skipped = {}, []
-    for name in ("params", "batch_stats"):
-        if name not in raw:
-            raise ValueError(f"{path}: checkpoint has no '{name}' (not a segan_jax checkpoint?)")
+    try:
+        fit, skipped = _fitting(state, checkpoints.restore_raw(path))
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    loaded = {}
+    for name, tensors in fit.items():
         flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")
-        src = flax.traverse_util.flatten_dict(raw[name], sep="/")
-        for k, v in flat.items():
-            if k in src and np.shape(src[k]) == v.shape:
-                flat[k] = jnp.asarray(src[k], v.dtype)
-            else:
-                skipped.append(f"{name}/{k}")
+        flat.update({k: jnp.asarray(v, flat[k].dtype) for k, v in tensors.items()})
         loaded[name] = flax.traverse_util.unflatten_dict(flat, sep="/")
     if skipped:
         print(
-            f"init_checkpoint {path}: kept fresh values for {len(skipped)} tensors: {skipped[:5]}"
+            f"init_checkpoint {path}: kept fresh values for {len(skipped)} of "
+            f"{len(skipped) + sum(map(len, fit.values()))} tensors (other shape or name): "
+            + ", ".join(skipped),
+            flush=True,
         )
     return state.replace(**loaded)
 
@@ -440,7 +528,7 @@ def _load_data(config):
 def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
     """The train shard stacked to one shape, the same on every process."""
     if not split.images:
-        raise ValueError(
+        raise ConfigError(
             f"process {jax.process_index()} of {jax.process_count()} got no training images: "
             "the train split has fewer images than processes"
         )
@@ -475,10 +563,12 @@ def train_and_evaluate(
       The last evaluation record, or None when no evaluation ran.
     """
     workdir = pathlib.Path(workdir)
-    # Validates and builds before the workdir is touched.
+    # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     mesh = parallel.make_mesh()
-    _check_config(config, mesh.size, len(info.classes))
+    resuming = (workdir / "checkpoints").is_dir() and not overwrite
+    ctx = validated_context(config, info, mesh.size, resuming)
+    train_arrays = _train_arrays(config, splits.pop("train"))
     if overwrite:
         parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
     note = workdir_lib.check(workdir, config)  # every process: all stop alike on a mismatch
@@ -487,14 +577,13 @@ def train_and_evaluate(
             print(note, flush=True)
         workdir_lib.prepare(workdir, config)
         workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
-    ctx = step_context(config, info, mesh.size)
     managers = (
         checkpoints.latest_manager(workdir, config.train.keep),
         checkpoints.best_manager(workdir),
     )
     try:
         state = initial_state(ctx, config, info.num_channels, mesh, managers)
-        data = place_data(_train_arrays(config, splits.pop("train")), mesh)
+        data = place_data(train_arrays, mesh)
         loop = _Loop(ctx, info, managers, workdir, splits)
         return loop.run(state, data, mesh, max_steps_this_run)
     finally:

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import tifffile
 from PIL import Image
 
 from configs import tiny
-from segan_jax import checkpoints, datasets, evaluate, parallel, train, workdir
+from segan_jax import checkpoints, datasets, evaluate, figures, inference, parallel, train, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,7 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     assert record["classes"] == ["background", "cytoplasm", "nucleus"]
     assert np.asarray(record["confusion_matrix"]).sum() == 3 * 210 * 576
     assert "Label | Type" in out and "nucleus" in out
+    assert "already there: the same figures" in out  # training's record of step 2
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -101,6 +103,12 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
         *common, "--mode=evaluate", "--config.critic.num=1", data_dir=data_dir, check=False
     )
     assert other.returncode != 0 and "critic.num" in other.stderr
+
+    typo = [f"--workdir={tmp_path / 'typo'}", "--config.optimizer.name=adm"]
+    bad = _launch("--config=configs/tiny.py", *typo, data_dir=data_dir, check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "error: config: optimizer.name must be" in bad.stderr
+    assert not (tmp_path / "typo").exists()
 
 
 def test_bad_dataset_fails_before_any_work(tmp_path, data_dir):
@@ -244,14 +252,75 @@ def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, 
             np.testing.assert_array_equal(np.asarray(x), parallel.local_value(y))
 
 
-def test_overwrite_discards_a_run_only_after_checks_and_only_a_run(tmp_path, data_dir):
+BAD_KEYS = [
+    ("data.ignore_index", 1, "ignore_index"),
+    ("optimizer.name", "adm", "optimizer.name"),
+    ("critic.num", 2, "critic.num"),
+    ("critic.layer_weighting", "max", "critic.layer_weighting"),
+    ("critic.steps_per_update", 0, "critic.steps_per_update=0"),
+    ("train.log_every", 0, "train.log_every=0"),
+    ("model.depth", 42, "depth"),
+    ("model.output_stride", 4, "output_stride"),
+    ("loss.class_weights", "inverse", "loss.class_weights"),
+    ("model.init_checkpoint", "/nonexistent/run", "does not exist"),
+]
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory, data_dir) -> pathlib.Path:
+    """A finished 2-step tiny run (its eval/test_2.json written), for tests that only read it."""
+    work = tmp_path_factory.mktemp("run") / "run"
+    train.train_and_evaluate(_tiny(data_dir, num_steps=2), str(work))
+    return work
+
+
+@pytest.mark.parametrize("key,value,message", BAD_KEYS, ids=[k for k, _, _ in BAD_KEYS])
+def test_a_bad_config_stops_before_the_workdir_is_touched(
+    tmp_path, data_dir, two_step_run, key, value, message
+):
+    bad = _tiny(data_dir, num_steps=2)
+    group, name = key.split(".")
+    bad[group][name] = value
+    before = sorted(p.relative_to(two_step_run) for p in two_step_run.rglob("*"))
+    with pytest.raises((train.ConfigError, FileNotFoundError), match=message):
+        train.train_and_evaluate(bad, str(two_step_run), overwrite=True)
+    assert sorted(p.relative_to(two_step_run) for p in two_step_run.rglob("*")) == before
+    with pytest.raises((train.ConfigError, FileNotFoundError), match=message):
+        train.train_and_evaluate(bad, str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_init_checkpoint_of_another_network_is_refused(tmp_path, data_dir, two_step_run):
+    config = _tiny(data_dir, num_steps=2)
+    config.model.init_checkpoint = str(two_step_run)
+    config.model.width = 4  # every convolution's shape differs; the classes' biases do not
+    with pytest.raises(train.ConfigError, match=r"fits \d+% of this model's parameter values"):
+        train.train_and_evaluate(config, str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_evaluate_mode_never_replaces_a_record(two_step_run, data_dir, tmp_path, capsys):
+    config = _tiny(data_dir, num_steps=2)
+    work = tmp_path / "run"
+    shutil.copytree(two_step_run, work)
+    first = work / "eval" / "test_2.json"
+    inference.evaluate_workdir(config, str(work))
+    assert "already there: the same figures" in capsys.readouterr().out
+    assert sorted(p.name for p in (work / "eval").iterdir()) == ["test_2.json"]
+    training = json.loads(first.read_text())
+    training["confusion_matrix"][0][0] -= 1  # as if made with other evaluation keys
+    first.write_text(json.dumps(training))
+    record = inference.evaluate_workdir(config, str(work))
+    assert "differ from those in test_2.json" in capsys.readouterr().out
+    assert json.loads(first.read_text()) == training  # left as it was
+    assert json.loads((work / "eval" / "test_2-2.json").read_text()) == record
+    assert figures.latest_record(work) == record  # the last written of that step
+
+
+def test_overwrite_discards_only_a_run(tmp_path, data_dir):
+    """(That a bad config leaves the earlier run alone: the test above.)"""
     config = _tiny(data_dir, num_steps=2)
     train.train_and_evaluate(config, str(tmp_path / "run"))
-    bad = _tiny(data_dir, num_steps=2)
-    bad.data.ignore_index = 1  # fails the config check: the earlier run must survive
-    with pytest.raises(ValueError, match="ignore_index"):
-        train.train_and_evaluate(bad, str(tmp_path / "run"), overwrite=True)
-    assert (tmp_path / "run" / "checkpoints").is_dir()
     config.loss.class_weights = "inverse_frequency"
     train.train_and_evaluate(config, str(tmp_path / "run"), overwrite=True)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
