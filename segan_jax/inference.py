@@ -32,7 +32,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
     mismatch = "the run was trained with another config; pass the same --config and overrides"
-    note = workdir_lib.check(workdir, config, mismatch)
+    note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES)
     if note and jax.process_index() == 0:
         print(note, flush=True)
 

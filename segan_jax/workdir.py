@@ -22,6 +22,8 @@ MUTABLE_PREFIXES = (
     "model.padding_taps",
     "model.atrous",
 )
+# A resumed training run must keep evaluating on one split: best/ compares its F1 scores.
+TRAIN_MUTABLE_PREFIXES = tuple(p for p in MUTABLE_PREFIXES if p != "eval.")
 
 
 class ConfigMismatchError(ValueError):
@@ -38,8 +40,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys (dotted) whose values differ, ignoring `MUTABLE_PREFIXES`.
+def config_differences(
+    saved: dict, current: dict, mutable: tuple[str, ...] = MUTABLE_PREFIXES
+) -> list[str]:
+    """Keys (dotted) whose values differ, ignoring those that start with one of `mutable`.
 
     Keys the saved config lacks (options added to segan_jax after that run started) are not
     compared: the run trained with their defaults.
@@ -49,7 +53,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [
         f"{k}: {a.get(k)!r} in the workdir, {b.get(k)!r} now"
         for k in keys
-        if a.get(k) != b.get(k) and not k.startswith(MUTABLE_PREFIXES)
+        if a.get(k) != b.get(k) and not k.startswith(mutable)
     ]
 
 
@@ -77,9 +81,14 @@ RERUN_ADVICE = (
 
 
 def check(
-    workdir: pathlib.Path, config: ml_collections.ConfigDict, mismatch: str = RERUN_ADVICE
+    workdir: pathlib.Path,
+    config: ml_collections.ConfigDict,
+    mismatch: str = RERUN_ADVICE,
+    mutable: tuple[str, ...] = TRAIN_MUTABLE_PREFIXES,
 ) -> str | None:
-    """Checks that ``config`` asks for the run the workdir holds, if any (reads only).
+    """Checks that ``config`` asks for the run the workdir holds, if any (reads only): the
+    keys that start with one of ``mutable`` may differ (by default those a resumed training
+    run may change).
 
     Returns:
       A note naming the options the saved config lacks (added to segan_jax since) and the
@@ -92,7 +101,7 @@ def check(
     if not path.exists():
         return None
     saved = read_config(path)
-    diffs = config_differences(saved, config_dict(config))
+    diffs = config_differences(saved, config_dict(config), mutable)
     if diffs:
         raise ConfigMismatchError(f"{path}: {mismatch}. Differences:\n  " + "\n  ".join(diffs))
     return _options_note(path, saved, config)

@@ -36,6 +36,15 @@ def test_check_notes_the_keys_an_older_run_lacks(tmp_path):
     assert "model.depth" not in note
 
 
+def test_training_keeps_its_evaluation_split_but_evaluate_may_change_it(tmp_path):
+    workdir.prepare(tmp_path, tiny.get_config())
+    other_split = tiny.get_config()
+    other_split.eval.split = "val"
+    with pytest.raises(workdir.ConfigMismatchError, match="eval.split"):
+        workdir.check(tmp_path, other_split)
+    assert workdir.check(tmp_path, other_split, mutable=workdir.MUTABLE_PREFIXES) is None
+
+
 def test_an_unreadable_saved_config_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"model": ')
     with pytest.raises(workdir.ConfigMismatchError, match=r"config\.json: unreadable"):
