@@ -155,21 +155,31 @@ def hue_rotation(unit: jax.Array, turns: jax.Array) -> jax.Array:
     return unit @ matrix.T
 
 
-def colour_jitter(key: jax.Array, unit: jax.Array, aug: ml_collections.ConfigDict, is_rgb: bool):
+def colour_jitter(
+    key: jax.Array,
+    unit: jax.Array,
+    aug: ml_collections.ConfigDict,
+    is_rgb: bool,
+    valid: jax.Array | None = None,
+) -> jax.Array:
     """Colour augmentation of one image, each step skipped when its strength is 0: for RGB, H&E
     stain jitter (``aug.hed``, ``hed_jitter``) first; then brightness (additive), contrast
-    (about the image mean) and, for RGB, saturation and hue (``aug.hue``: at most that fraction
-    of a turn, ``hue_rotation``). Only the stain jitter clips to [0, 1]; missing ``hue`` and
-    ``hed`` keys count as 0.
+    (about the mean of the valid pixels) and, for RGB, saturation and hue (``aug.hue``: at most
+    that fraction of a turn, ``hue_rotation``). Only the stain jitter clips to [0, 1]; missing
+    ``hue`` and ``hed`` keys count as 0.
 
     Args:
       unit: (H, W, C) image in scaled units (about [0, 1]).
+      valid: (H, W) bool, the pixels of the image (not the padding of one smaller than the
+        crop); None: all. The valid pixels come out as they would without the padding.
     """
     kb, kc, ks = jax.random.split(key, 3)
     if is_rgb and aug.get("hed", 0.0) > 0:
         unit = hed_jitter(jax.random.fold_in(key, 4), unit, aug.hed)
     unit = unit + jax.random.uniform(kb, (), minval=-aug.brightness, maxval=aug.brightness)
-    mean = jnp.mean(unit, axis=(0, 1), keepdims=True)
+    mean = jnp.mean(
+        unit, axis=(0, 1), keepdims=True, where=None if valid is None else valid[..., None]
+    )
     contrast = jax.random.uniform(kc, (), minval=1 - aug.contrast, maxval=1 + aug.contrast)
     unit = mean + contrast * (unit - mean)
     if is_rgb and aug.saturation > 0:
@@ -195,8 +205,9 @@ def augment_example(
     raw, mask = _crop(data, k_crop, crop)
     raw, mask = _flip_rotate(k_geom, raw, mask, aug)
     unit = raw.astype(jnp.float32) / normalizer.scale
-    unit = colour_jitter(k_colour, unit, aug, normalizer.is_rgb)
-    image = jnp.where((mask != ignore_index)[..., None], normalizer(unit), 0.0)
+    labelled = mask != ignore_index
+    unit = colour_jitter(k_colour, unit, aug, normalizer.is_rgb, labelled)
+    image = jnp.where(labelled[..., None], normalizer(unit), 0.0)
     return image, mask.astype(jnp.int32)
 
 

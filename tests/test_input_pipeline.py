@@ -93,6 +93,19 @@ def test_hue_and_stain_jitter_each_change_an_rgb_image(setting):
     np.testing.assert_allclose(grey, unit, atol=1e-6)  # RGB only
 
 
+def test_colour_jitter_ignores_the_padding_of_a_small_image():
+    unit = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.9, (8, 6, 3)), jnp.float32)
+    padded = jnp.zeros((12, 12, 3)).at[:8, :6].set(unit)
+    valid = jnp.zeros((12, 12), bool).at[:8, :6].set(True)
+    aug = _aug(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1, hed=0.05)
+    key = jax.random.key(5)
+    alone = input_pipeline.colour_jitter(key, unit, aug, True)
+    inside = input_pipeline.colour_jitter(key, padded, aug, True, valid)[:8, :6]
+    np.testing.assert_allclose(inside, alone, rtol=1e-5, atol=1e-6)
+    unmasked = input_pipeline.colour_jitter(key, padded, aug, True)[:8, :6]
+    assert float(jnp.abs(unmasked - alone).max()) > 1e-3  # the padding would move the pivot
+
+
 def test_colour_jitter_without_hue_and_stains_keeps_its_random_stream():
     """hue = hed = 0 draws exactly what brightness, contrast and saturation drew before."""
     unit = jnp.asarray(np.random.default_rng(0).uniform(0.2, 0.9, (8, 8, 3)), jnp.float32)
