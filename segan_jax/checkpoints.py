@@ -86,11 +86,25 @@ def restore_raw(path: str | pathlib.Path) -> dict:
       path: a workdir, its `checkpoints/` or `best/` folder (the latest step is used), or one
         step folder inside them.
     """
-    return _restore_on_one_device(*_find(pathlib.Path(path).absolute()))
+    manager, step = _find(pathlib.Path(path).absolute())
+    with manager:
+        return _restore_on_one_device(manager, step)
 
 
 def raw_shapes(path: str | pathlib.Path) -> dict:
-    """The shapes of `restore_raw(path)`'s arrays, as nested dicts of tuples, read from the
+    """`restore_raw(path)`'s tree with a `jax.ShapeDtypeStruct` for each array, read from the
     checkpoint's metadata (no array is loaded)."""
     manager, step = _find(pathlib.Path(path).absolute())
-    return jax.tree.map(lambda m: tuple(m.shape), manager.item_metadata(step))
+    with manager:
+        metadata = manager.item_metadata(step)
+    tree = getattr(metadata, "tree", metadata)  # orbax's TreeMetadata holds the nested dicts
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+
+
+def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+    """Whether `workdir/checkpoints` holds a finished checkpoint (a run to resume)."""
+    folder = pathlib.Path(workdir).absolute() / "checkpoints"
+    if not folder.is_dir():
+        return False
+    with latest_manager(workdir, 1, create=False) as manager:
+        return manager.latest_step() is not None

@@ -65,14 +65,18 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _save_evaluation(workdir: pathlib.Path, record: dict) -> str:
+    """Writes `record` as the next `-n` record of its split and step, unless the last one
+    holds the same figures; returns what was done."""
     n = 1
-    while (path := evaluate.record_path(workdir, record, n)).exists():
-        if json.loads(path.read_text()).get("confusion_matrix") == record["confusion_matrix"]:
-            return f"{path} (already there: the same figures)"
+    while evaluate.record_path(workdir, record, n + 1).exists():
+        n += 1
+    last = evaluate.record_path(workdir, record, n)
+    if last.exists():
+        if json.loads(last.read_text()).get("confusion_matrix") == record["confusion_matrix"]:
+            return f"{last} (already there: the same figures)"
         n += 1
     path = evaluate.write_record(workdir, record, n)
-    first = evaluate.record_path(workdir, record).name
-    return str(path) if n == 1 else f"{path} (its figures differ from those in {first})"
+    return str(path) if n == 1 else f"{path} (its figures differ from those in {last.name})"
 
 
 def input_files(path: pathlib.Path) -> list[pathlib.Path]:

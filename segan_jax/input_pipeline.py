@@ -177,9 +177,12 @@ def colour_jitter(
     if is_rgb and aug.get("hed", 0.0) > 0:
         unit = hed_jitter(jax.random.fold_in(key, 4), unit, aug.hed)
     unit = unit + jax.random.uniform(kb, (), minval=-aug.brightness, maxval=aug.brightness)
-    mean = jnp.mean(
-        unit, axis=(0, 1), keepdims=True, where=None if valid is None else valid[..., None]
-    )
+    if valid is None:
+        mean = jnp.mean(unit, axis=(0, 1), keepdims=True)
+    else:  # over the valid pixels; a crop of padding alone gets 0, not 0/0
+        weight = valid[..., None].astype(unit.dtype)
+        total = jnp.sum(unit * weight, axis=(0, 1), keepdims=True)
+        mean = total / jnp.maximum(jnp.sum(weight), 1.0)
     contrast = jax.random.uniform(kc, (), minval=1 - aug.contrast, maxval=1 + aug.contrast)
     unit = mean + contrast * (unit - mean)
     if is_rgb and aug.saturation > 0:

@@ -352,8 +352,9 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
         )
     for key in POSITIVE_KEYS:
         group, name = key.split(".")
-        if not config[group][name] >= 1:
-            raise ValueError(f"{key}={config[group][name]} must be at least 1")
+        value = config[group][name]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be a whole number, at least 1")
     t = config.train
     if t.batch_size % num_devices:
         raise ValueError(f"train.batch_size={t.batch_size} must divide over {num_devices} devices")
@@ -444,16 +445,16 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
 
 
 def _fitting(state: TrainState, source: dict) -> tuple[dict, list[str]]:
-    """The tensors of `source` (a checkpoint's nested dicts: arrays, or shape tuples) whose path
-    and shape match one of `state`'s params or batch_stats, as {group: {"a/b": value}}, and
-    the names of the state's tensors that none matches."""
+    """The tensors of `source` (a checkpoint's nested dicts of arrays or ShapeDtypeStructs)
+    whose path and shape match one of `state`'s params or batch_stats, as
+    {group: {"a/b": value}}, and the names of the state's tensors that none matches."""
     fit, skipped = {}, []
     for name in ("params", "batch_stats"):
         if name not in source:
             raise ValueError(f"checkpoint has no '{name}' (not a segan_jax checkpoint?)")
         src = flax.traverse_util.flatten_dict(source[name], sep="/")
         flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")
-        fit[name] = {k: src[k] for k, v in flat.items() if k in src and np.shape(src[k]) == v.shape}
+        fit[name] = {k: src[k] for k, v in flat.items() if k in src and src[k].shape == v.shape}
         skipped += [f"{name}/{k}" for k in flat if k not in fit[name]]
     return fit, skipped
 
@@ -525,13 +526,16 @@ def _load_data(config):
     return info, {"train": load_shard(config, "train"), eval_name: load_shard(config, eval_name)}
 
 
-def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
-    """The train shard stacked to one shape, the same on every process."""
+def _check_shard(split: datasets.Split) -> None:
     if not split.images:
         raise ConfigError(
             f"process {jax.process_index()} of {jax.process_count()} got no training images: "
             "the train split has fewer images than processes"
         )
+
+
+def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
+    """The train shard (not empty) stacked to one shape, the same on every process."""
     shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
     if jax.process_count() > 1:
         shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
@@ -566,8 +570,12 @@ def train_and_evaluate(
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     mesh = parallel.make_mesh()
-    resuming = (workdir / "checkpoints").is_dir() and not overwrite
-    ctx = validated_context(config, info, mesh.size, resuming)
+    resuming = checkpoints.has_checkpoint(workdir) and not overwrite
+    # On every process, so that all stop if one fails (a path only some hosts can read).
+    ctx = parallel.on_every_process(
+        lambda: validated_context(config, info, mesh.size, resuming), "check the config"
+    )
+    parallel.on_every_process(lambda: _check_shard(splits["train"]), "get training images")
     train_arrays = _train_arrays(config, splits.pop("train"))
     if overwrite:
         parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")

@@ -120,7 +120,7 @@ def read_config(path: pathlib.Path) -> dict:
     return saved
 
 
-# What a run writes before its first checkpoint or progress line.
+# What a run writes before it creates its checkpoint folders.
 FIRST_FILES = {"config.json", "class_frequencies.json"}
 
 
@@ -132,8 +132,8 @@ def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
 
 def discard(workdir: pathlib.Path) -> None:
     """Deletes an earlier run, but only a folder that is one: config.json plus metrics or
-    checkpoints, or exactly the files a run writes before those (a run that stopped before its
-    first progress line); anything else raises and nothing is deleted."""
+    checkpoints, or exactly the files a run writes before it creates its checkpoint folders;
+    anything else raises and nothing is deleted."""
     if not workdir.exists():
         return
     names = {p.name for p in workdir.iterdir()}

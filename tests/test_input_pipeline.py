@@ -104,6 +104,8 @@ def test_colour_jitter_ignores_the_padding_of_a_small_image():
     np.testing.assert_allclose(inside, alone, rtol=1e-5, atol=1e-6)
     unmasked = input_pipeline.colour_jitter(key, padded, aug, True)[:8, :6]
     assert float(jnp.abs(unmasked - alone).max()) > 1e-3  # the padding would move the pivot
+    nothing = input_pipeline.colour_jitter(key, padded, aug, True, jnp.zeros((12, 12), bool))
+    assert bool(jnp.isfinite(nothing).all())
 
 
 def test_colour_jitter_without_hue_and_stains_keeps_its_random_stream():

@@ -241,8 +241,10 @@ def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, 
     config.model.init_checkpoint = str(tmp_path / "a")
     info = datasets.load_info(config.data)
     mesh = parallel.make_mesh()
-    ctx = train.step_context(config, info, mesh.size)
+    ctx = train.validated_context(config, info, mesh.size)  # checks the checkpoint fits
     manager = checkpoints.latest_manager(tmp_path / "b", 3)
+    assert checkpoints.has_checkpoint(tmp_path / "a")
+    assert not checkpoints.has_checkpoint(tmp_path / "b")  # its checkpoints/ is still empty
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     assert int(parallel.local_value(state.step)) == 0  # a new run, not a resume
     for name in ("params", "batch_stats"):
@@ -315,6 +317,9 @@ def test_evaluate_mode_never_replaces_a_record(two_step_run, data_dir, tmp_path,
     assert json.loads(first.read_text()) == training  # left as it was
     assert json.loads((work / "eval" / "test_2-2.json").read_text()) == record
     assert figures.latest_record(work) == record  # the last written of that step
+    inference.evaluate_workdir(config, str(work))  # compared with the last, test_2-2.json
+    assert "test_2-2.json (already there" in capsys.readouterr().out
+    assert len(list((work / "eval").iterdir())) == 2
 
 
 def test_overwrite_discards_only_a_run(tmp_path, data_dir):
