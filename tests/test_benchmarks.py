@@ -1,4 +1,5 @@
-"""benchmarks/train_throughput.py: the profile's attribution of device ops to model scopes."""
+"""benchmarks/: the profile's attribution of device ops to model scopes (train_throughput.py),
+the fastest case's flags, and end_to_end.py's timings from launch.py's output."""
 
 import importlib.util
 import pathlib
@@ -9,6 +10,9 @@ _spec = importlib.util.spec_from_file_location(
 )
 train_throughput = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_throughput)
+_spec = importlib.util.spec_from_file_location("end_to_end", REPO / "benchmarks" / "end_to_end.py")
+end_to_end = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(end_to_end)
 
 FWD = "jit(train_step)/jvp(DeepLabV3)/backbone/layer3/conv_general_dilated"
 BWD = "jit(train_step)/transpose(jvp(DeepLabV3))/head/aspp/atrous1/BatchNorm_0/reduce_sum"
@@ -72,3 +76,18 @@ def test_best_flags_pick_the_fastest_main_case():
     assert train_throughput.best_flags(results[2:]) == "--taps=live --atrous=dilated"  # none
     results[0]["images_per_s"] = 901.0
     assert train_throughput.best_flags(results) == "--taps=live --atrous=dilated"
+
+
+def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():
+    """log_every 10; steps take 0.5 s each interval (20 steps/s); the evaluation after step
+    20 adds 3 s to the next interval; the first line comes at 40 s (compile etc.)."""
+    line = "step {}/1000 | loss 1.0 | 2.00 steps/s | ETA 1m"
+    lines = [(5.0, "Restored nothing"), (40.0, line.format(10)), (40.5, line.format(20))]
+    lines += [(41.0, "eval test step 20: F1 fg mean 0.1 | IoU fg mean 0.1")]
+    lines += [(44.0, line.format(30)), (44.5, line.format(40)), (45.0, line.format(50))]
+    train = {"num_steps": 1000, "log_every": 10, "eval_every": 20}
+    result = end_to_end.summarise(lines, train)
+    assert result["first_line_s"] == 40.0 and result["progress_lines"] == 5
+    assert result["steps_per_s"] == 20.0
+    assert result["evaluation_s"] == [3.0]
+    assert result["extrapolated_run_s"] == 40.0 + 990 / 20 + 50 * 3.0
