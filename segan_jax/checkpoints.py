@@ -60,20 +60,26 @@ def _restore_on_one_device(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def _find(path: pathlib.Path) -> tuple[ocp.CheckpointManager, int]:
-    """(manager, step) of the checkpoint `path` names: a workdir, its `checkpoints/` or `best/`
-    folder (the latest step), or one step folder inside them."""
+def _reader(directory: pathlib.Path) -> ocp.CheckpointManager:
+    """A manager that only reads `directory`: it creates and writes nothing, so it waits at no
+    barrier of several processes and may be used by one process alone."""
+    options = ocp.CheckpointManagerOptions(create=False, save_root_metadata=False, read_only=True)
     handler = ocp.StandardCheckpointHandler()
-    for candidate in (path / "best", path / "checkpoints", path):
-        if candidate.is_dir():
-            manager = ocp.CheckpointManager(candidate, item_handlers=handler)
-            step = manager.latest_step()
-            if step is not None:
-                return manager, step
-    if (path / "default").is_dir():
-        manager = ocp.CheckpointManager(path.parent, item_handlers=handler)
-        if path.name.isdigit() and int(path.name) in manager.all_steps():
-            return manager, int(path.name)
+    return ocp.CheckpointManager(directory, item_handlers=handler, options=options)
+
+
+def _find(path: pathlib.Path) -> tuple[ocp.CheckpointManager, int]:
+    """(reading manager, step) of the checkpoint `path` names: a workdir, its `checkpoints/` or
+    `best/` folder (the latest step), or one step folder inside them."""
+    candidates = [(d, None) for d in (path / "best", path / "checkpoints", path) if d.is_dir()]
+    if (path / "default").is_dir() and path.name.isdigit():
+        candidates.append((path.parent, int(path.name)))
+    for directory, wanted in candidates:
+        manager = _reader(directory)
+        step = manager.latest_step() if wanted is None else wanted
+        if step is not None and step in manager.all_steps():
+            return manager, step
+        manager.close()
     raise FileNotFoundError(
         f"{path}: no orbax checkpoint found (expected a workdir or step folder)"
     )
@@ -106,5 +112,5 @@ def has_checkpoint(workdir: str | pathlib.Path) -> bool:
     folder = pathlib.Path(workdir).absolute() / "checkpoints"
     if not folder.is_dir():
         return False
-    with latest_manager(workdir, 1, create=False) as manager:
+    with _reader(folder) as manager:
         return manager.latest_step() is not None

@@ -85,7 +85,8 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict | None:
     """The evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the highest step (of
-    several for that step, e.g. `--mode=evaluate`'s beside training's, the highest n).
+    several for that step, e.g. `--mode=evaluate`'s beside training's, the highest n; of
+    several splits, the last written).
 
     Args:
       split: only records of this split; None: any split.
@@ -98,7 +99,8 @@ def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict
         record = json.loads(path.read_text())
         if split is None or record.get("split") == split:
             n = path.stem.rpartition("-")[2] if "-" in path.stem else "1"
-            records.append(((record["step"], int(n) if n.isdigit() else 1), record))
+            order = (record["step"], int(n) if n.isdigit() else 1, path.stat().st_mtime_ns)
+            records.append((order, record))
     return max(records, key=lambda r: r[0])[1] if records else None
 
 
