@@ -292,6 +292,23 @@ def test_a_bad_config_stops_before_the_workdir_is_touched(
     assert not (tmp_path / "new").exists()
 
 
+def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
+    """raw_shapes and has_checkpoint may run on one process alone (inside on_every_process,
+    for a path only some hosts can read): no orbax barrier. (restore_raw has one: every
+    process restores the init checkpoint, after the checks passed on all.)"""
+    from orbax.checkpoint._src.multihost import multihost
+
+    barriers = []
+    monkeypatch.setattr(multihost, "sync_global_processes", lambda name, **_: barriers.append(name))
+    for path in (two_step_run, two_step_run / "best", two_step_run / "checkpoints" / "2"):
+        assert checkpoints.raw_shapes(path)["params"]
+    assert checkpoints.has_checkpoint(two_step_run)
+    assert barriers == []
+    with checkpoints.latest_manager(two_step_run, 3):  # the training run's managers do wait
+        pass
+    assert barriers
+
+
 def test_an_init_checkpoint_of_another_network_is_refused(tmp_path, data_dir, two_step_run):
     config = _tiny(data_dir, num_steps=2)
     config.model.init_checkpoint = str(two_step_run)
