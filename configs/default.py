@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.flips = True
     c.augment.rot90 = True
     c.augment.brightness = 0.1  # additive, in units of the image's full scale
-    c.augment.contrast = 0.1  # multiplicative, about the crop's mean
+    c.augment.contrast = 0.1  # multiplicative, about the mean of the crop's labelled pixels
     c.augment.saturation = 0.1  # RGB only
     c.augment.hue = 0.0  # RGB only: chroma rotation of at most this fraction of a turn
     # RGB only: H&E stain jitter (Tellez et al. 2018), HED a*s+b with a in 1 +- hed, b in +-hed;

@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.depth = 18
     c.model.width = 16
     c.model.aspp_features = 64
-    c.model.output_stride = 8  # the nuclei are small: OS8 reached F1 0.61 on them, OS16 0.10
+    c.model.output_stride = 8  # small nuclei: F1 0.75 on them at OS8 (README), 0.10 at OS16
     c.optimizer.learning_rate = 2e-3
     c.optimizer.warmup_steps = 30
     c.train.num_steps = 600

@@ -650,14 +650,14 @@ def data_dir(data: ml_collections.ConfigDict) -> pathlib.Path:
 def source_root(data: ml_collections.ConfigDict) -> pathlib.Path | None:
     """Absolute input folder for 'folder' and 'consep' (None for 'demo')."""
     if data.name not in _BUILDERS:
-        raise ValueError(f"unknown data.name {data.name!r}; use one of {sorted(_BUILDERS)}")
+        raise DatasetError([f"unknown data.name {data.name!r}; use one of {sorted(_BUILDERS)}"])
     if data.name == "demo":
         return None
     path = data.get("path", "")
     if data.name == "consep" and not path:
         return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "consep"
     if not path:
-        raise ValueError("data.path must name the dataset folder for data.name='folder'")
+        raise DatasetError(["data.path must name the dataset folder for data.name='folder'"])
     return pathlib.Path(path).expanduser().absolute()
 
 

@@ -376,8 +376,13 @@ def test_failed_build_leaves_nothing_then_fixed_folder_builds(
 
 
 def test_config_errors(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="unknown data.name"):
+    # DatasetError: launch.py prints these in one line, without a traceback
+    with pytest.raises(datasets.DatasetError, match="unknown data.name"):
         datasets.load_info(config(tmp_path, tmp_path, name="imagenet"))
+    with pytest.raises(datasets.DatasetError, match="data.path must name the dataset folder"):
+        datasets.load_info(
+            ml_collections.ConfigDict({"name": "folder", "path": "", "data_dir": ""})
+        )
     with pytest.raises(datasets.DatasetError, match="dataset folder not found"):
         datasets.load_info(config(tmp_path / "nowhere", tmp_path / "tfds"))
     monkeypatch.setenv("SEGAN_JAX_DATA_DIR", str(tmp_path / "env"))
