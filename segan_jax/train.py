@@ -444,14 +444,14 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
     return state
 
 
-def _fitting(state: TrainState, source: dict) -> tuple[dict, list[str]]:
-    """The tensors of `source` (a checkpoint's nested dicts of arrays or ShapeDtypeStructs)
-    whose path and shape match one of `state`'s params or batch_stats, as
+def _fitting(state: TrainState, source: dict, path: str) -> tuple[dict, list[str]]:
+    """The tensors of `source` (the checkpoint at `path` as nested dicts of arrays or
+    ShapeDtypeStructs) whose path and shape match one of `state`'s params or batch_stats, as
     {group: {"a/b": value}}, and the names of the state's tensors that none matches."""
     fit, skipped = {}, []
     for name in ("params", "batch_stats"):
         if name not in source:
-            raise ValueError(f"checkpoint has no '{name}' (not a segan_jax checkpoint?)")
+            raise ConfigError(f"{path}: checkpoint has no '{name}' (not a segan_jax checkpoint?)")
         src = flax.traverse_util.flatten_dict(source[name], sep="/")
         flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")
         fit[name] = {k: src[k] for k, v in flat.items() if k in src and src[k].shape == v.shape}
@@ -465,10 +465,7 @@ def _check_init_checkpoint(path: str, abstract: TrainState) -> None:
     Fine-tuning on other classes replaces only the last convolution's few values."""
     if not pathlib.Path(path).exists():
         raise FileNotFoundError(f"{path}: model.init_checkpoint does not exist")
-    try:
-        fit, skipped = _fitting(abstract, checkpoints.raw_shapes(path))
-    except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    fit, skipped = _fitting(abstract, checkpoints.raw_shapes(path), path)
     flat = flax.traverse_util.flatten_dict(abstract.params, sep="/")
     fitting = sum(np.prod(flat[k].shape) for k in fit["params"])
     total = sum(np.prod(v.shape) for v in flat.values())
@@ -482,10 +479,7 @@ def _check_init_checkpoint(path: str, abstract: TrainState) -> None:
 
 def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
     """Copies segmentor parameters and BatchNorm statistics of matching shape from `path`."""
-    try:
-        fit, skipped = _fitting(state, checkpoints.restore_raw(path))
-    except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    fit, skipped = _fitting(state, checkpoints.restore_raw(path), path)
     loaded = {}
     for name, tensors in fit.items():
         flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")
