@@ -241,6 +241,12 @@ def record_path(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path
     return pathlib.Path(workdir) / "eval" / f"{record['split']}_{record['step']}{suffix}.json"
 
 
+def record_number(path: pathlib.Path) -> int:
+    """The n of a `record_path` (1 for `<split>_<step>.json`)."""
+    _, dash, n = path.stem.rpartition("-")
+    return int(n) if dash and n.isdigit() else 1
+
+
 def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
     """Writes `record_path(workdir, record, n)` atomically and returns its path."""
     out = record_path(workdir, record, n)

@@ -98,8 +98,7 @@ def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict
     for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
         record = json.loads(path.read_text())
         if split is None or record.get("split") == split:
-            n = path.stem.rpartition("-")[2] if "-" in path.stem else "1"
-            order = (record["step"], int(n) if n.isdigit() else 1, path.stat().st_mtime_ns)
+            order = (record["step"], evaluate.record_number(path), path.stat().st_mtime_ns)
             records.append((order, record))
     return max(records, key=lambda r: r[0])[1] if records else None
 
