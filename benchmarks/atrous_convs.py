@@ -8,13 +8,14 @@
 import argparse
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from train_throughput import _timed_loop  # noqa: E402  (benchmarks/ is the script's folder)
+
 from segan_jax import models  # noqa: E402
 
 # (batch, map size, channels, rate): ResNet-18 width 16 at 128 crops (layers 3, 4) and
@@ -26,14 +27,8 @@ def _ms(fn, x, w, repeats: int, calls: int) -> float:
     loss = lambda x, w: jnp.sum(fn(x, w).astype(jnp.float32) ** 2)  # noqa: E731
     grad = jax.jit(jax.value_and_grad(loss, (0, 1)))  # input and kernel gradients
     jax.block_until_ready(grad(x, w))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            out = grad(x, w)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best * 1e3
+    step = lambda state: (state, grad(x, w))  # noqa: E731
+    return min(_timed_loop(step, None, calls)[2] for _ in range(repeats)) / calls * 1e3
 
 
 def main() -> None:

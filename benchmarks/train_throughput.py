@@ -697,11 +697,16 @@ def _hlo_op_names(text):
     return out
 
 
+def _direction(op_name: str) -> str:
+    """'bwd' for an op of a transposed (backward) computation, else 'fwd'."""
+    return "bwd" if "transpose(" in op_name else "fwd"
+
+
 def _scope(op_name):
     """A coarse model scope of a jax op_name: direction + critic/backbone stage/head/other."""
     if op_name is None:
         return "unattributed (hlo_op has no op_name in the compiled module's text)"
-    direction = "bwd" if "transpose(" in op_name else "fwd"
+    direction = _direction(op_name)
     low = op_name.lower()
     if "critic" in low:
         return f"{direction} critic"
@@ -725,7 +730,7 @@ def _module(op_name):
     head/aspp/atrous1/ConvBN_0/Conv_0'; the whole name where no model path is found."""
     if op_name is None:
         return "unattributed"
-    direction = "bwd" if "transpose(" in op_name else "fwd"
+    direction = _direction(op_name)
     m = re.search(r"(?:DeepLabV3|Critics?)\)*/(.*)/[^/]+$", op_name)
     return f"{direction} {m.group(1)}" if m else f"{direction} {op_name}"
 
@@ -760,8 +765,9 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
             continue
         hlo_op, d = stats.get("hlo_op"), e.duration_ns
         if op_names and hlo_op is not None:
-            scopes[_scope(op_names.get(str(hlo_op)))] += d
-            modules[_module(op_names.get(str(hlo_op)))] += d
+            op_name = op_names.get(str(hlo_op))
+            scopes[_scope(op_name)] += d
+            modules[_module(op_name)] += d
         total, count = total + d, count + 1
         agg[e.name] += d
         aggn[e.name] += 1
@@ -771,8 +777,8 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
     if not count:
         return None
 
-    def per_step(counter):
-        return {k: round(v / 1e6 / steps, 3) for k, v in counter.most_common()}
+    def per_step(counter, n=None):
+        return {k: round(v / 1e6 / steps, 3) for k, v in counter.most_common(n)}
 
     return {
         "busy_ms_per_step": round(total / 1e6 / steps, 3),
@@ -780,7 +786,7 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
         "events": count,
         "by_category_ms_per_step": per_step(cats),
         "by_scope_ms_per_step": per_step(scopes),
-        "top_modules_ms_per_step": dict(list(per_step(modules).items())[:top]),
+        "top_modules_ms_per_step": per_step(modules, top),
         "top": [
             {
                 "name": k[:160],
