@@ -221,6 +221,31 @@ def test_tap_windows_by_hand():
     assert models.tap_windows(32, [2], 36, 36) == []
 
 
+def _conv_case(hw, kernel, dilation, padding):
+    """(x (2, *hw, 3), w (*kernel, 3, 4), padding (default: 'same' for odd kernels), lax's
+    NHWC/HWIO dimension numbers) of a convolution test."""
+    x = random_image((2, *hw, 3))
+    w = random_image((*kernel, 3, 4), seed=1)
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    pad = padding or [(dilation * (k - 1) // 2,) * 2 for k in kernel]
+    return x, w, pad, dims
+
+
+def _assert_matches_dilated(f, x, w, pad, dilation, dims):
+    """``f(x, w)`` gives lax's rate-``dilation`` convolution's output and input and kernel
+    gradients (of the sum of squares)."""
+
+    def full(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), pad, rhs_dilation=(dilation,) * 2, dimension_numbers=dims
+        )
+
+    np.testing.assert_allclose(f(x, w), full(x, w), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda x, w, g=g: jnp.sum(g(x, w) ** 2), (0, 1))(x, w) for g in (full, f)]
+    for g_full, g_f in zip(*grads, strict=True):  # sums of |values| up to ~3e3
+        np.testing.assert_allclose(g_f, g_full, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("hw", "kernel", "dilation", "padding", "regions"),
     [
@@ -237,23 +262,14 @@ def test_tap_windows_by_hand():
 def test_conv_regions_matches_full_convolution(hw, kernel, dilation, padding, regions):
     """``padding_taps='regions'`` runs one matrix product per tap where it pays and applies,
     one convolution elsewhere; either way the same output and gradients as lax's."""
-    x = random_image((2, *hw, 3))
-    w = random_image((*kernel, 3, 4), seed=1)
-    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    pad = padding or [(dilation * (k - 1) // 2,) * 2 for k in kernel]
+    x, w, pad, dims = _conv_case(hw, kernel, dilation, padding)
     kw = dict(rhs_dilation=(dilation,) * 2, dimension_numbers=dims)
-
-    def full(x, w):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), pad, **kw)
 
     def split(x, w):
         return models.conv_live_taps(x, w, (1, 1), pad, padding_taps="regions", **kw)
 
     assert bool(conv_kernels(jax.make_jaxpr(split)(x, w).jaxpr, "dot_general")) == regions
-    np.testing.assert_allclose(split(x, w), full(x, w), rtol=1e-5, atol=1e-5)
-    grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, split)]
-    for g_full, g_split in zip(*grads, strict=True):  # sums of |values| up to ~3e3
-        np.testing.assert_allclose(g_split, g_full, rtol=1e-4, atol=1e-3)
+    _assert_matches_dilated(split, x, w, pad, dilation, dims)
 
 
 def test_conv_regions_with_a_sub_range_of_taps():
@@ -269,19 +285,30 @@ def test_conv_regions_with_a_sub_range_of_taps():
     np.testing.assert_allclose(split, full, rtol=1e-5, atol=1e-5)
 
 
-def test_padding_taps_regions_splits_only_where_it_pays():
-    """OS8 on a 256 crop (32x32 features): ASPP rates 12 and 24 run region by region with
-    fewer multiply-adds; the dilated backbone convolutions (rates 2 and 4 on 32x32 maps, a
-    thin border of padding) stay single convolutions; logits equal those of 'skip'."""
+@pytest.fixture(scope="module")
+def os8_variants() -> dict:
+    """A tiny ResNet-18 DeepLabV3 at OS8 on a 256 crop (32x32 features), traced and run once
+    per (padding_taps, atrous) the tests below compare: {(taps, atrous): (jaxpr, logits)}."""
     model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
     x = random_image((1, 256, 256, 3))
     variables = he_filled(abstract_init(model, x.shape)[0])
+    out = {}
+    for taps in ("skip", "regions"):
+        for atrous in ("dilated", "space_to_batch"):
+            m = model.clone(padding_taps=taps, atrous=atrous)
+            jaxpr = jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(variables).jaxpr
+            out[taps, atrous] = jaxpr, m.apply(variables, x, train=False)
+    return out
+
+
+def test_padding_taps_regions_splits_only_where_it_pays(os8_variants):
+    """OS8 on a 256 crop (32x32 features): ASPP rates 12 and 24 run region by region with
+    fewer multiply-adds; the dilated backbone convolutions (rates 2 and 4 on 32x32 maps, a
+    thin border of padding) stay single convolutions; logits equal those of 'skip'."""
     logits, convs, dots = {}, {}, {}
     for taps in ("skip", "regions"):
-        m = model.clone(padding_taps=taps)
-        jaxpr = jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(variables).jaxpr
+        jaxpr, logits[taps] = os8_variants[taps, "dilated"]
         convs[taps], dots[taps] = conv_kernels(jaxpr), conv_kernels(jaxpr, "dot_general")
-        logits[taps] = m.apply(variables, x, train=False)
     atrous = (3, 3, 64, TINY["aspp_features"])  # rates 12 and 24 (36: its centre tap, 1x1)
     assert convs["skip"].count(atrous) == 2 and atrous not in convs["regions"]
     assert len(convs["regions"]) == len(convs["skip"]) - 2  # the backbone's stay as they were
@@ -300,26 +327,13 @@ def test_padding_taps_regions_splits_only_where_it_pays():
     ],
 )
 def test_conv_space_to_batch_matches_the_dilated_convolution(hw, kernel, dilation, padding):
-    x = random_image((2, *hw, 3))
-    w = random_image((*kernel, 3, 4), seed=1)
-    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    pad = padding or [(dilation * (k - 1) // 2,) * 2 for k in kernel]
-
-    def full(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, (1, 1), pad, rhs_dilation=(dilation,) * 2, dimension_numbers=dims
-        )
+    x, w, pad, dims = _conv_case(hw, kernel, dilation, padding)
 
     def phases(x, w):
         return models.conv_space_to_batch(x, w, dilation, pad, dimension_numbers=dims)
 
     assert atrous_rates(jax.make_jaxpr(phases)(x, w).jaxpr) == []
-    np.testing.assert_allclose(phases(x, w), full(x, w), rtol=1e-5, atol=1e-5)
-    grads = [
-        jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1))(x, w) for f in (full, phases)
-    ]
-    for g_full, g_phases in zip(*grads, strict=True):
-        np.testing.assert_allclose(g_phases, g_full, rtol=1e-4, atol=1e-3)
+    _assert_matches_dilated(phases, x, w, pad, dilation, dims)
 
 
 @pytest.mark.parametrize(
@@ -338,15 +352,12 @@ def test_space_to_batch_after_the_taps_are_chosen(hw, dilation, live_size, dtype
     dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
     pad = models.torch_padding(3, dilation)
     kw = dict(rhs_dilation=(dilation,) * 2, dimension_numbers=dims, live_size=live_size)
-    out = {
-        a: models.conv_live_taps(x, w, (1, 1), pad, atrous=a, **kw)
-        for a in ("dilated", "space_to_batch")
-    }
-    jaxpr = jax.make_jaxpr(lambda x, w: models.conv_live_taps(x, w, (1, 1), pad, **kw))(x, w)
-    phases = jax.make_jaxpr(
-        lambda x, w: models.conv_live_taps(x, w, (1, 1), pad, atrous="space_to_batch", **kw)
-    )(x, w)
-    assert atrous_rates(jaxpr.jaxpr) == [dilation] and atrous_rates(phases.jaxpr) == []
+    out, rates = {}, {}
+    for a in ("dilated", "space_to_batch"):
+        f = functools.partial(models.conv_live_taps, window_strides=(1, 1), padding=pad, atrous=a)
+        out[a] = f(x, w, **kw)
+        rates[a] = atrous_rates(jax.make_jaxpr(functools.partial(f, **kw))(x, w).jaxpr)
+    assert rates["dilated"] == [dilation] and rates["space_to_batch"] == []
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     np.testing.assert_allclose(
         np.asarray(out["space_to_batch"], np.float32),
@@ -376,24 +387,15 @@ def test_space_to_batch_applies_where_the_phases_add_little():
     assert not applies((32, 32), 2, pad=((1, 1), (1, 1)))  # padding not a multiple of the rate
 
 
-def test_atrous_space_to_batch_leaves_no_dilated_convolution_where_it_pays():
+def test_atrous_space_to_batch_leaves_no_dilated_convolution_where_it_pays(os8_variants):
     """OS8 on a 256 crop (32x32 features): 'space_to_batch' runs the backbone's rate-2 and
     rate-4 convolutions as ordinary ones, the ASPP's rates 12 and 24 stay dilated (or, with
     padding_taps='regions', become matrix products: no dilated convolution left); the logits
     are those of lax's dilated convolutions."""
-    model = tiny_deeplab(depth=18, output_stride=8, dropout_rate=0.0)
-    x = random_image((1, 256, 256, 3))
-    variables = he_filled(abstract_init(model, x.shape)[0])
     rates, logits = {}, {}
-    for taps, atrous in (
-        ("skip", "dilated"),
-        ("skip", "space_to_batch"),
-        ("regions", "space_to_batch"),
-    ):
-        m = model.clone(padding_taps=taps, atrous=atrous)
-        jaxpr = jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(variables).jaxpr
-        rates[taps, atrous] = sorted(atrous_rates(jaxpr))
-        logits[taps, atrous] = m.apply(variables, x, train=False)
+    for key in (("skip", "dilated"), ("skip", "space_to_batch"), ("regions", "space_to_batch")):
+        jaxpr, logits[key] = os8_variants[key]
+        rates[key] = sorted(atrous_rates(jaxpr))
     # ResNet-18 at OS8: 6 of the 3x3 convolutions of layers 3 and 4 have rate 2 or 4
     assert rates["skip", "dilated"] == [2, 2, 2, 2, 4, 4, 12, 24]
     assert rates["skip", "space_to_batch"] == [12, 24]
