@@ -46,8 +46,14 @@ read -r -a X <<<"${EXTRA:-}"
 AUTOTUNE_DIR=${AUTOTUNE_DIR:-/tmp/segan_autotune}
 AT="--xla_gpu_per_fusion_autotune_cache_dir=$AUTOTUNE_DIR"
 mkdir -p "$AUTOTUNE_DIR"
-if XLA_FLAGS="${XLA_FLAGS:-} $AT" "$PY" -c "import jax; jax.devices()" >/dev/null 2>&1; then
+# The versions, printed below, also check that XLA knows the flag (an unknown one aborts it):
+# one jax start-up for both.
+V=(-c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, jax.devices())")
+if VERSIONS=$(XLA_FLAGS="${XLA_FLAGS:-} $AT" "$PY" "${V[@]}" 2>/dev/null); then
   export XLA_FLAGS="${XLA_FLAGS:-} $AT"
+else
+  VERSIONS=$("$PY" "${V[@]}" 2>&1)
 fi
 T=(--infer=0 --crop=256)
 FROM=${FROM:-1}
@@ -57,8 +63,7 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-  "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
-'optax', optax.__version__, jax.devices())"
+  echo "$VERSIONS"
   echo "XLA_FLAGS=${XLA_FLAGS:-}"
   M=(--os=8 --batch=16 --dtype=bfloat16 --critic=0)
   P=(--profile_dir=/tmp/segan_prof --profile_steps=5)
@@ -78,14 +83,15 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   run 5 "${T[@]}" "${M[@]}" --taps=all
   read -r -a BF <<<"${BEST:-$("$PY" benchmarks/train_throughput.py --best_from="$J")}"
   echo "== later cases with ${BF[*]-defaults}"
+  L=("${T[@]}" ${BF[@]+"${BF[@]}"})  # no case flag below sets --taps or --atrous
   # (6) the main case with the single SegAN critic
-  run 6 "${T[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1 ${BF[@]+"${BF[@]}"}
+  run 6 "${L[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
   # (7) OS8 bf16 batch 64, without and with the critic
-  run 7 "${T[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1 ${BF[@]+"${BF[@]}"}
+  run 7 "${L[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
   # (8) OS16 bf16 batch 16
-  run 8 "${T[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0 ${BF[@]+"${BF[@]}"}
+  run 8 "${L[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
   # (9) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  run 9 "${T[@]}" --os=8 --batch=16 --dtype=float32 --critic=0 ${BF[@]+"${BF[@]}"}
+  run 9 "${L[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
   # (10) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256
   # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132)
   run 10 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
