@@ -20,12 +20,17 @@ def _best_metric(metrics: dict[str, float]) -> float:
     return value if math.isfinite(value) else -1.0
 
 
+def latest_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+    """`workdir/checkpoints` (absolute): the last `train.keep` checkpoints of a run."""
+    return pathlib.Path(workdir).absolute() / "checkpoints"
+
+
 def latest_manager(
     workdir: str | pathlib.Path, keep: int, create: bool = True
 ) -> ocp.CheckpointManager:
     """Manager of the last `keep` checkpoints in `workdir/checkpoints`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
-    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options)
+    return ocp.CheckpointManager(latest_dir(workdir), options=options)
 
 
 def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
@@ -109,7 +114,7 @@ def raw_shapes(path: str | pathlib.Path) -> dict:
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
     """Whether `workdir/checkpoints` holds a finished checkpoint (a run to resume)."""
-    folder = pathlib.Path(workdir).absolute() / "checkpoints"
+    folder = latest_dir(workdir)
     if not folder.is_dir():
         return False
     with _reader(folder) as manager:

@@ -41,7 +41,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(
-    saved: dict, current: dict, mutable: tuple[str, ...] = MUTABLE_PREFIXES
+    saved: dict, current: dict, mutable: tuple[str, ...] = TRAIN_MUTABLE_PREFIXES
 ) -> list[str]:
     """Keys (dotted) whose values differ, ignoring those that start with one of `mutable`.
 
