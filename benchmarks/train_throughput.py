@@ -440,9 +440,8 @@ def _train_setup(case, args):
     init_config = config.copy_and_resolve_references()
     init_config.data.crop_size = min(case["crop"], 64)
     init_ctx = dataclasses.replace(ctx, config=init_config)
-    state = jax.jit(lambda k: train.create_train_state(init_ctx, k, info.num_channels))(
-        jax.random.key(0)
-    )
+    init = jax.jit(lambda k: train.create_train_state(init_ctx, k, info.num_channels))
+    state = train.compiled_once(init, jax.random.key(0))(jax.random.key(0))
     state = parallel.replicate(state, mesh)
     data = train.place_data(host_data, mesh)
     key = parallel.replicate(jax.random.key(1), mesh)
