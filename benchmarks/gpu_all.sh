@@ -21,9 +21,10 @@
 # defaults (taps that only read padding skipped, lax's dilated convolutions), with both
 # candidate speed-ups (ASPP rates 12/24 split into regions that skip padding; the backbone's
 # dilated convolutions as ordinary ones over the map's phases), with each alone, and with every
-# tap (torchvision's arithmetic, that of the 2026-11-26 figures). The later cases run with the
-# fastest of (1)-(4) in $OUT/results.json, or with BEST (e.g. BEST="--taps=regions
-# --atrous=space_to_batch") when set, for a second command whose $OUT is new.
+# tap (torchvision's arithmetic, that of the 2026-11-26 figures), and (5) first with flax's
+# BatchNorm replaced by models.BatchNorm (a hand-written backward). The later cases run with the
+# fastest of (1)-(5) in $OUT/results.json, or with BEST (e.g. BEST="--taps=regions
+# --atrous=space_to_batch --batch_norm=flax") when set, for a second command whose $OUT is new.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
 # and their dependencies carried as wheels in .whl/, see benchmarks/README.md):
@@ -79,11 +80,13 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   # (3), (4) each alone
   run 3 "${T[@]}" "${M[@]}" --atrous=space_to_batch
   run 4 "${T[@]}" "${M[@]}" --taps=regions
-  # (5) every convolution tap: torchvision's arithmetic (the 2026-11-26 figures)
+  # (5) the hand-written BatchNorm backward alone (model.batch_norm=fused), then every
+  # convolution tap: torchvision's arithmetic (the 2026-11-26 figures)
+  run 5 "${T[@]}" "${M[@]}" --batch_norm=fused
   run 5 "${T[@]}" "${M[@]}" --taps=all
   read -r -a BF <<<"${BEST:-$("$PY" benchmarks/train_throughput.py --best_from="$J")}"
   echo "== later cases with ${BF[*]-defaults}"
-  L=("${T[@]}" ${BF[@]+"${BF[@]}"})  # no case flag below sets --taps or --atrous
+  L=("${T[@]}" ${BF[@]+"${BF[@]}"})  # no case flag below sets --taps, --atrous, --batch_norm
   # (6) the main case with the single SegAN critic
   run 6 "${L[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
   # (7) OS8 bf16 batch 64, without and with the critic

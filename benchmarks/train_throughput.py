@@ -85,6 +85,13 @@ def parse_args(argv=None):
         default=["dilated"],
         help="model.atrous: 'dilated' (lax's dilated convolutions) and/or 'space_to_batch'",
     )
+    a(
+        "--batch_norm",
+        type=_csv(str),
+        default=["flax"],
+        help="model.batch_norm: 'flax' (autodiff of nn.BatchNorm) and/or 'fused'\n"
+        "(models.BatchNorm: a hand-written backward)",
+    )
     a("--depth", type=int, default=50, help="ResNet depth (18/34/50/101)")
     a("--width", type=int, default=64, help="ResNet base width")
     a("--crop", type=int, default=256, help="train crop size")
@@ -116,8 +123,8 @@ def parse_args(argv=None):
     a(
         "--best_from",
         default="",
-        help="print the --taps/--atrous flags of the fastest OS8 bf16 b16 train case without\n"
-        "critic in these JSON files (default ones if none) and exit",
+        help="print the --taps/--atrous/--batch_norm flags of the fastest OS8 bf16 b16 train\n"
+        "case without critic in these JSON files (default ones if none) and exit",
     )
     a("--child", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -131,14 +138,16 @@ def make_cases(args):
         raise SystemExit(f"--taps: 'live', 'all' and/or 'regions', got {args.taps}")
     if set(args.atrous) - {"dilated", "space_to_batch"}:
         raise SystemExit(f"--atrous: 'dilated' and/or 'space_to_batch', got {args.atrous}")
+    if set(args.batch_norm) - {"flax", "fused"}:
+        raise SystemExit(f"--batch_norm: 'flax' and/or 'fused', got {args.batch_norm}")
     cases = []
     if args.train:
         grid = itertools.product(
-            args.os, args.dtype, args.batch, args.critic, args.taps, args.atrous
+            args.os, args.dtype, args.batch, args.critic, args.taps, args.atrous, args.batch_norm
         )
         cases += [
-            dict(kind="train", os=o, dtype=d, batch=b, critic=c, taps=t, atrous=a)
-            for o, d, b, c, t, a in grid
+            dict(kind="train", os=o, dtype=d, batch=b, critic=c, taps=t, atrous=a, batch_norm=n)
+            for o, d, b, c, t, a, n in grid
         ]
     if args.pipeline:
         cases += [dict(kind="pipeline", batch=b) for b in args.batch]
@@ -156,6 +165,7 @@ def case_name(c):
     net = f"R{c['depth']}w{c['width']}"
     taps = "" if c.get("taps", "live") == "live" else f" taps-{c['taps']}"
     taps += "" if c.get("atrous", "dilated") == "dilated" else f" {c['atrous']}"
+    taps += "" if c.get("batch_norm", "flax") == "flax" else f" bn-{c['batch_norm']}"
     if c["kind"] == "train":
         return (
             f"train {net} OS{c['os']} {c['crop']}px b{c['batch']} {c['dtype']} critic{c['critic']}"
@@ -236,6 +246,7 @@ def make_config(case, batch=None):
     config.model.padding_taps = {"live": "skip", "all": "keep"}.get(taps, taps)
     config.model.drop_untrained_taps = taps != "all"
     config.model.atrous = case.get("atrous", "dilated")
+    config.model.batch_norm = case.get("batch_norm", "flax")
     return config
 
 
@@ -1110,9 +1121,9 @@ def _load_results(paths: str) -> list:
 
 
 def best_flags(results: list) -> str:
-    """``--taps=T --atrous=A`` of the fastest measured DeepLabV3 OS8 bf16 batch-16 train case
-    without critic (the issue's main case), to run the remaining cases with; the defaults when
-    none was measured."""
+    """``--taps=T --atrous=A --batch_norm=N`` of the fastest measured DeepLabV3 OS8 bf16
+    batch-16 train case without critic (the issue's main case), to run the remaining cases
+    with; the defaults when none was measured."""
     main = [
         r
         for r in results
@@ -1122,7 +1133,8 @@ def best_flags(results: list) -> str:
         and r.get("taps", "live") != "all"  # the baseline of torchvision's arithmetic
     ]
     best = max(main, key=lambda r: r.get("images_per_s") or 0, default={})
-    return f"--taps={best.get('taps', 'live')} --atrous={best.get('atrous', 'dilated')}"
+    flags = (("taps", "live"), ("atrous", "dilated"), ("batch_norm", "flax"))
+    return " ".join(f"--{k}={best.get(k, default)}" for k, default in flags)
 
 
 def parent_main(args):

@@ -54,6 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
     # to float rounding; which is faster depends on the device (benchmarks/README.md). May
     # change between runs in one workdir.
     c.model.atrous = "dilated"
+    # BatchNorm's backward: "flax" (autodiff of flax's nn.BatchNorm: five reductions over the
+    # activations) or "fused" (models.BatchNorm: the same variables and forward, a hand-written
+    # backward with two). The same function up to float rounding; which is faster on a GPU is
+    # not measured yet (benchmarks/gpu_all.sh). May change between runs in one workdir.
+    c.model.batch_norm = "flax"
     c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.model.init_checkpoint = ""  # local orbax checkpoint to start the segmentor from
 

@@ -12,7 +12,7 @@ import ml_collections
 # Keys that may change between runs in one workdir (they do not change what is trained;
 # train.num_steps does: the learning-rate schedules are built from it). drop_untrained_taps
 # only changes the network evaluation and prediction run on inputs larger than the crops;
-# padding_taps and atrous only the floating-point rounding.
+# padding_taps, atrous and batch_norm only the floating-point rounding.
 MUTABLE_PREFIXES = (
     "eval.",
     "predict.",
@@ -21,6 +21,7 @@ MUTABLE_PREFIXES = (
     "model.drop_untrained_taps",
     "model.padding_taps",
     "model.atrous",
+    "model.batch_norm",
 )
 # A resumed training run must keep evaluating on one split: best/ compares its F1 scores.
 TRAIN_MUTABLE_PREFIXES = tuple(p for p in MUTABLE_PREFIXES if p != "eval.")

@@ -73,10 +73,14 @@ def test_best_flags_pick_the_fastest_main_case():
         {**main, "critic": 1, "taps": "live", "atrous": "space_to_batch", "images_per_s": 990.0},
         {**main, "status": "failed", "taps": "live", "atrous": "space_to_batch"},
     ]
-    assert train_throughput.best_flags(results) == "--taps=regions --atrous=space_to_batch"
-    assert train_throughput.best_flags(results[2:]) == "--taps=live --atrous=dilated"  # none
+    defaults = "--taps=live --atrous=dilated --batch_norm=flax"
+    best = "--taps=regions --atrous=space_to_batch --batch_norm=flax"  # files before batch_norm
+    assert train_throughput.best_flags(results) == best
+    assert train_throughput.best_flags(results[2:]) == defaults  # none
     results[0]["images_per_s"] = 901.0
-    assert train_throughput.best_flags(results) == "--taps=live --atrous=dilated"
+    assert train_throughput.best_flags(results) == defaults
+    results.append({**main, "taps": "live", "batch_norm": "fused", "images_per_s": 902.0})
+    assert train_throughput.best_flags(results) == "--taps=live --atrous=dilated --batch_norm=fused"
 
 
 def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():

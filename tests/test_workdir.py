@@ -14,6 +14,7 @@ def test_tap_options_may_change_but_not_the_model():
     current.model.drop_untrained_taps = not current.model.drop_untrained_taps
     current.model.padding_taps = "keep"
     current.model.atrous = "space_to_batch"
+    current.model.batch_norm = "fused"
     assert workdir.config_differences(saved, workdir.config_dict(current)) == []
     current.model.depth = 34
     assert [
