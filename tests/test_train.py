@@ -68,9 +68,10 @@ def _trees_equal(a, b) -> bool:
     )
 
 
-@pytest.mark.parametrize("num_critics", [0, 1])
-def test_two_devices_equal_one_device(num_critics):
-    """Same global batch, same update, whether on one device or split over two.
+@pytest.mark.parametrize(("num_critics", "batch_norm"), [(0, "flax"), (1, "flax"), (0, "fused")])
+def test_two_devices_equal_one_device(num_critics, batch_norm):
+    """Same global batch, same update, whether on one device or split over two (also with
+    `models.BatchNorm`, whose backward sums its own cotangents over the devices).
 
     The segmentor uses SGD here: Adam's first step moves every weight by about +-lr whatever the
     size of its gradient, so float-rounding noise in near-zero gradients (sums taken in another
@@ -81,6 +82,7 @@ def test_two_devices_equal_one_device(num_critics):
     """
     assert jax.device_count() == 2, "conftest.py sets 2 simulated CPU devices"
     config = _config(num=num_critics)
+    config.model.batch_norm = batch_norm
     lr = 0.05
     config.optimizer.name, config.optimizer.learning_rate = "sgd", lr
     config.optimizer.weight_decay = 0.0
