@@ -23,7 +23,8 @@
 # dilated convolutions as ordinary ones over the map's phases), with each alone, and with every
 # tap (torchvision's arithmetic, that of the 2026-11-26 figures), and (5) first with flax's
 # BatchNorm replaced by models.BatchNorm (a hand-written backward). The later cases run with the
-# fastest of (1)-(5) in $OUT/results.json, or with BEST (e.g. BEST="--taps=regions
+# convolution flags of the fastest of (1)-(4) in $OUT/results.json and the hand-written
+# BatchNorm if (5) beat (1) (`--best_from`), or with BEST (e.g. BEST="--taps=regions
 # --atrous=space_to_batch --batch_norm=flax") when set, for a second command whose $OUT is new.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets

@@ -309,26 +309,27 @@ def _normalise(x, mean, var, scale, bias, epsilon: float, dtype: Dtype) -> jax.A
     return jnp.asarray((x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias, dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x, scale, bias, epsilon: float, axis_name: str | None):
-    """Training-mode BatchNorm of ``x (B, H, W, C)`` with ``(C,)`` float32 scale and bias.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(x, scale, bias, epsilon: float, axis_name: str | None, dtype: Dtype):
+    """Training-mode BatchNorm of ``x (B, H, W, C)`` with ``(C,)`` scale and bias.
 
-    Returns ``(y, (mean, var))``: y in x's dtype, the batch's float32 statistics. The backward
-    is written out (`_batch_norm_bwd`); the statistics get no gradient.
+    Returns ``(y, (mean, var))``: y ``(B, H, W, C)`` in ``dtype``, the batch's ``(C,)`` float32
+    statistics, for the running averages only: no gradient flows back through them (their
+    cotangents are ignored). The backward is written out (`_batch_norm_bwd`).
     """
     mean, var = _batch_stats(x, axis_name)
-    return _normalise(x, mean, var, scale, bias, epsilon, x.dtype), (mean, var)
+    return _normalise(x, mean, var, scale, bias, epsilon, dtype), (mean, var)
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon, axis_name):
-    out = batch_norm_train(x, scale, bias, epsilon, axis_name)
-    return out, (x, *out[1], scale)
+def _batch_norm_fwd(x, scale, bias, epsilon, axis_name, dtype):
+    out = batch_norm_train(x, scale, bias, epsilon, axis_name, dtype)
+    return out, (x, *out[1], scale, bias)
 
 
-def _batch_norm_bwd(epsilon, axis_name, residuals, cotangents):
+def _batch_norm_bwd(epsilon, axis_name, dtype, residuals, cotangents):
     """The textbook backward: one pass of two reductions over ``dy`` and ``x`` (sum dy and
     sum dy * x_hat, summed over devices), then ``dx``; autodiff of the forward makes five."""
-    x, mean, var, scale = residuals
+    x, mean, var, scale, bias = residuals
     dy = cotangents[0].astype(jnp.float32)
     rstd = lax.rsqrt(var + epsilon)
     x_hat = (x - mean) * rstd
@@ -338,12 +339,13 @@ def _batch_norm_bwd(epsilon, axis_name, residuals, cotangents):
         total_dy, total_dy_x_hat = lax.psum(jnp.stack([sum_dy, sum_dy_x_hat]), axis_name)
         n *= lax.psum(1, axis_name)
     dx = (scale * rstd) * (dy - total_dy / n - x_hat * (total_dy_x_hat / n))
-    return dx.astype(x.dtype), sum_dy_x_hat, sum_dy
+    return dx.astype(x.dtype), sum_dy_x_hat.astype(scale.dtype), sum_dy.astype(bias.dtype)
 
 
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
+# Named as flax's class, so that its instances get flax's names ("BatchNorm_0").
 class BatchNorm(nn.Module):
     """BatchNorm over (B, H, W) of ``(B, H, W, C)`` with a hand-written backward.
 
@@ -371,11 +373,11 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             return _normalise(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon, self.dtype)
         axis_name = None if self.is_initializing() else self.axis_name
-        y, (mean, var) = batch_norm_train(x, scale, bias, self.epsilon, axis_name)
+        y, (mean, var) = batch_norm_train(x, scale, bias, self.epsilon, axis_name, self.dtype)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y.astype(self.dtype)
+        return y
 
 
 class ConvBN(nn.Module):

@@ -15,6 +15,7 @@ separate parameters and optax states. Within one step:
 
 import dataclasses
 import functools
+import os
 import pathlib
 from typing import Any
 
@@ -422,16 +423,18 @@ def step_context(
 
 
 # XLA compiles at LLVM -O3 by default. The initial state runs once, and -O3 spends most of its
-# compile on the ~60 unrolled random-number kernels of ResNet-50's initialisers: at -O1 a fresh
-# ResNet-50 + critic state compiles in 7.8 s instead of 19.5 s on 2 CPU cores, the demo's in
-# 3.7 s instead of 7.5 s, with the same values bit for bit (tests/test_train.py).
+# compile on the ~60 unrolled random-number kernels of ResNet-50's initialisers: at -O1, on 2
+# CPU cores, a fresh ResNet-50 + critic state compiles in 7.8 s instead of 19.5 s and the
+# demo's in 4.2 s instead of 9.5 s (a fresh launch.py run), with the same values bit for bit
+# (tests/test_train.py; not measured on a GPU). A level set in XLA_FLAGS is left to rule.
 ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def compiled_once(fn, *args):
-    """`fn` (a jitted function) compiled for `args` with `ONCE_COMPILER_OPTIONS`: for programs
-    that run once, where compile time is all that counts."""
-    return fn.lower(*args).compile(compiler_options=ONCE_COMPILER_OPTIONS)
+    """`fn` (a jitted function) compiled for `args` with `ONCE_COMPILER_OPTIONS`, unless
+    XLA_FLAGS sets the level: for programs that run once, where compile time is all that counts."""
+    ours = "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
+    return fn.lower(*args).compile(compiler_options=ONCE_COMPILER_OPTIONS if ours else None)
 
 
 def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, managers) -> TrainState:

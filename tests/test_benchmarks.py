@@ -81,6 +81,15 @@ def test_best_flags_pick_the_fastest_main_case():
     assert train_throughput.best_flags(results) == defaults
     results.append({**main, "taps": "live", "batch_norm": "fused", "images_per_s": 902.0})
     assert train_throughput.best_flags(results) == "--taps=live --atrous=dilated --batch_norm=fused"
+    # the fused BatchNorm beat flax's with the default convolutions, regions+phases beat those:
+    # both are kept
+    results[0]["images_per_s"], results[-1]["images_per_s"] = 700.0, 750.0
+    assert train_throughput.best_flags(results) == best.replace("=flax", "=fused")
+    results[-1]["images_per_s"] = 650.0  # slower than flax's with the same flags
+    assert train_throughput.best_flags(results) == best
+    results[-1]["taps"] = "regions"  # no flax case with those flags: not evidence
+    results[-1]["images_per_s"] = 2000.0
+    assert train_throughput.best_flags(results) == best
 
 
 def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():

@@ -210,9 +210,10 @@ def test_unknown_critic_constraint_is_refused():
         train.step_context(_config(num=1, constraint="spectral"), _info(), 1)
 
 
-def test_the_initial_state_compiled_once_equals_xlas_default_compile():
+def test_the_initial_state_compiled_once_equals_xlas_default_compile(monkeypatch):
     """`train.compiled_once` (-O1) changes compile time only: the same values, bit for bit, as
     XLA's default -O3."""
+    monkeypatch.setenv("XLA_FLAGS", "")  # the tests' -O0 (conftest.py) would rule otherwise
     ctx = train.step_context(_config(num=0), _info(), 1)
     init = jax.jit(lambda: train.create_train_state(ctx, jax.random.key(3), C))
     default = init.lower().compile(compiler_options={"xla_backend_optimization_level": 3})()
