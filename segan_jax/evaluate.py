@@ -180,13 +180,7 @@ def split_confusion(
 ) -> np.ndarray:
     """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`, one
     image per device at a time (`devices`: default this process's)."""
-    total = np.zeros((model.num_classes,) * 2, np.int64)
-    batches = _outputs(
-        model, variables, split.images, split.masks, normalizer, ignore_index, devices
-    )
-    for _, confusions in batches:
-        total += confusions.sum(0, dtype=np.int64)
-    return total
+    return image_confusions(model, variables, split, normalizer, ignore_index, devices).sum(0)
 
 
 def confusion_over_processes(
