@@ -699,6 +699,10 @@ class DeepLabV3(nn.Module):
     dilated convolutions; 'space_to_batch' as ordinary ones over the map's phases where that
     costs at most ``SPACE_TO_BATCH_MAX_EXTRA`` more pixels (the backbone's rates 2 and 4; not the
     ASPP's on 256 crops): the same function up to float rounding.
+
+    ``batch_norm`` (``BATCH_NORMS``): 'flax' (default) uses flax's ``nn.BatchNorm``; 'fused'
+    uses `BatchNorm` (the same variables and forward, a hand-written backward): the same
+    function up to float rounding.
     """
 
     num_classes: int
