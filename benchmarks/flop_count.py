@@ -31,7 +31,7 @@ def forward_gflop(output_stride: int, size: int, crop: int | None, taps: str = "
         depth=50,
         output_stride=output_stride,
         train_size=crop,
-        padding_taps="keep" if crop is None else taps,
+        impl=models.Implementation(padding_taps="keep" if crop is None else taps),
     )
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(

@@ -13,6 +13,7 @@ model outputs (logits, critic features) are returned in float32.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -57,6 +58,31 @@ BATCH_NORMS = ("flax", "fused")
 DEFAULT_BATCH_NORM = "flax"
 # Kaiming normal, fan_out, ReLU gain: torchvision's ResNet/DeepLab convolution init.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _check_choice(name: str, value: Any, choices: Collection) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} not supported; choose one of {sorted(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """How the layers compute, not what: every choice gives the same function up to float
+    rounding, and which is fastest depends on the device (``benchmarks/gpu_all.sh``).
+
+    padding_taps (``PADDING_TAPS``) and atrous (``ATROUS``): see `conv_live_taps`;
+    batch_norm (``BATCH_NORMS``): flax's ``nn.BatchNorm`` or `BatchNorm` (a hand-written
+    backward). The config keys of the same names under ``model``.
+    """
+
+    padding_taps: str = DEFAULT_PADDING_TAPS
+    atrous: str = DEFAULT_ATROUS
+    batch_norm: str = DEFAULT_BATCH_NORM
+
+    def __post_init__(self):
+        _check_choice("model.padding_taps", self.padding_taps, PADDING_TAPS)
+        _check_choice("model.atrous", self.atrous, ATROUS)
+        _check_choice("model.batch_norm", self.batch_norm, BATCH_NORMS)
 
 
 def num_groups_for(channels: int, max_groups: int = 32) -> int:
@@ -395,9 +421,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS  # see conv_live_taps
-    atrous: str = DEFAULT_ATROUS  # see conv_live_taps
-    batch_norm: str = DEFAULT_BATCH_NORM  # BATCH_NORMS
+    impl: Implementation = Implementation()
     live_size: int | None = None  # see conv_live_taps
 
     @nn.compact
@@ -416,11 +440,11 @@ class ConvBN(nn.Module):
             conv_general_dilated=functools.partial(
                 conv_live_taps,
                 live_size=self.live_size,
-                padding_taps=self.padding_taps,
-                atrous=self.atrous,
+                padding_taps=self.impl.padding_taps,
+                atrous=self.impl.atrous,
             ),
         )(x)
-        norm = BatchNorm if self.batch_norm == "fused" else nn.BatchNorm
+        norm = BatchNorm if self.impl.batch_norm == "fused" else nn.BatchNorm
         x = norm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
@@ -446,9 +470,7 @@ class BasicBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
     expansion = 1
 
     @nn.compact
@@ -473,9 +495,7 @@ class Bottleneck(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
     expansion = 4
 
     @nn.compact
@@ -504,9 +524,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -544,9 +562,7 @@ class ASPPConv(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
     live_size: int | None = None
 
     @nn.compact
@@ -614,9 +630,7 @@ class ASPP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
     train_features: int | None = None
 
     @nn.compact
@@ -646,9 +660,7 @@ class DeepLabHead(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
     train_features: int | None = None  # see ASPP
 
     @nn.compact
@@ -688,19 +700,19 @@ class DeepLabV3(nn.Module):
     input, so whole-image inference runs the network that was trained. ``None`` keeps them on
     larger inputs with their initial weights (torchvision's behaviour).
 
-    ``padding_taps`` (``conv_live_taps``): 'skip' (default), every convolution skips the kernel
+    ``impl.padding_taps`` (``conv_live_taps``): 'skip' (default), every convolution skips the kernel
     taps that read only zero padding on its input: the same function up to float rounding, in
     fewer FLOPs; 'keep' runs them (torchvision's arithmetic), e.g. to time both; 'regions'
     also splits atrous convolutions whose taps read padding in part of the image (ASPP rates 12
     and 24 at output stride 8 on 256 crops; on 128 crops also the backbone's rate-4
     convolutions) into regions that each skip it.
 
-    ``atrous`` (``conv_live_taps``): 'dilated' (default) runs atrous convolutions as lax's
+    ``impl.atrous`` (``conv_live_taps``): 'dilated' (default) runs atrous convolutions as lax's
     dilated convolutions; 'space_to_batch' as ordinary ones over the map's phases where that
     costs at most ``SPACE_TO_BATCH_MAX_EXTRA`` more pixels (the backbone's rates 2 and 4; not the
     ASPP's on 256 crops): the same function up to float rounding.
 
-    ``batch_norm`` (``BATCH_NORMS``): 'flax' (default) uses flax's ``nn.BatchNorm``; 'fused'
+    ``impl.batch_norm`` (``BATCH_NORMS``): 'flax' (default) uses flax's ``nn.BatchNorm``; 'fused'
     uses `BatchNorm` (the same variables and forward, a hand-written backward): the same
     function up to float rounding.
     """
@@ -715,9 +727,7 @@ class DeepLabV3(nn.Module):
     bn_axis_name: str | None = None
     param_dtype: Dtype = jnp.float32
     train_size: int | None = None
-    padding_taps: str = DEFAULT_PADDING_TAPS
-    atrous: str = DEFAULT_ATROUS
-    batch_norm: str = DEFAULT_BATCH_NORM
+    impl: Implementation = Implementation()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -752,12 +762,9 @@ def deeplab_from_config(
     model's ``train_size`` is ``crop_size``), padding_taps (default 'skip'), atrous (default
     'dilated') and batch_norm (default 'flax')."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
-    padding_taps = model_cfg.get("padding_taps", DEFAULT_PADDING_TAPS)
-    _check_choice("model.padding_taps", padding_taps, PADDING_TAPS)
-    atrous = model_cfg.get("atrous", DEFAULT_ATROUS)
-    _check_choice("model.atrous", atrous, ATROUS)
-    batch_norm = model_cfg.get("batch_norm", DEFAULT_BATCH_NORM)
-    _check_choice("model.batch_norm", batch_norm, BATCH_NORMS)
+    impl = {
+        f.name: str(model_cfg.get(f.name, f.default)) for f in dataclasses.fields(Implementation)
+    }
     drop = model_cfg.get("drop_untrained_taps", True)
     return DeepLabV3(
         num_classes=num_classes,
@@ -769,28 +776,18 @@ def deeplab_from_config(
         dtype=DTYPES[model_cfg.dtype],
         bn_axis_name=bn_axis_name,
         train_size=int(crop_size) if drop and crop_size else None,
-        padding_taps=str(padding_taps),
-        atrous=str(atrous),
-        batch_norm=str(batch_norm),
+        impl=Implementation(**impl),
     )
 
 
 def _shared(module: nn.Module) -> dict[str, Any]:
-    """The dtype/param_dtype/bn_axis_name/padding_taps/atrous/batch_norm fields a module passes
-    on."""
+    """The dtype/param_dtype/bn_axis_name/impl fields a module passes on."""
     return dict(
         dtype=module.dtype,
         param_dtype=module.param_dtype,
         bn_axis_name=module.bn_axis_name,
-        padding_taps=module.padding_taps,
-        atrous=module.atrous,
-        batch_norm=module.batch_norm,
+        impl=module.impl,
     )
-
-
-def _check_choice(name: str, value: Any, choices: Collection) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} not supported; choose one of {sorted(choices)}")
 
 
 class Critic(nn.Module):

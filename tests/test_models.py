@@ -296,7 +296,7 @@ def os8_variants() -> dict:
     out = {}
     for taps in ("skip", "regions"):
         for atrous in ("dilated", "space_to_batch"):
-            m = model.clone(padding_taps=taps, atrous=atrous)
+            m = model.clone(impl=models.Implementation(padding_taps=taps, atrous=atrous))
             jaxpr = jax.make_jaxpr(lambda v, m=m: m.apply(v, x, train=False))(variables).jaxpr
             out[taps, atrous] = jaxpr, m.apply(variables, x, train=False)
     return out
@@ -425,7 +425,7 @@ def test_deeplab_skips_dead_atrous_taps_exactly():
         return conv_kernels(jax.make_jaxpr(lambda v: train_apply(model, v, x))(variables).jaxpr)
 
     pruned, pruned_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
-    model = model.clone(padding_taps="keep")
+    model = model.clone(impl=models.Implementation(padding_taps="keep"))
     full, full_kernels = jax.grad(loss)(variables["params"]), forward_kernels()
     assert (full_kernels.count(atrous), pruned_kernels.count(atrous)) == (3, 0)
     assert pruned_kernels.count((1, 1, *atrous[2:])) == full_kernels.count((1, 1, *atrous[2:])) + 3
@@ -564,7 +564,7 @@ def test_deeplab_with_the_fused_batch_norm_trains_like_flax(small):
     """model.batch_norm='fused' in a whole DeepLabV3: the same variables, logits and running
     statistics (bit for bit), and parameter gradients to float rounding."""
     model, variables, _, _ = small
-    fused = tiny_deeplab(**SMALL, batch_norm="fused")
+    fused = tiny_deeplab(**SMALL, impl=models.Implementation(batch_norm="fused"))
     x, weights = random_image(SMALL_SHAPE), random_image((*SMALL_SHAPE[:3], NUM_CLASSES), seed=1)
 
     def loss(params, model):
@@ -667,9 +667,9 @@ def test_deeplab_from_config():
         "batch_norm": ("flax", "fused", "sync"),
     }
     for key, (default, other, unknown) in options.items():
-        assert getattr(model, key) == default
+        assert getattr(model.impl, key) == default
         cfg[key] = other
-        assert getattr(models.deeplab_from_config(cfg, 4), key) == other
+        assert getattr(models.deeplab_from_config(cfg, 4).impl, key) == other
         cfg[key] = unknown
         with pytest.raises(ValueError, match=key):
             models.deeplab_from_config(cfg, 4)
