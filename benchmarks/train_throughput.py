@@ -60,6 +60,22 @@ COMPILE_EVENTS = (
 BACKEND_COMPILE = COMPILE_EVENTS[2]
 
 
+# The case keys that choose how the model computes (models.Implementation), their choices
+# (the first one segan_jax's default, also taken for results files older than the key) and
+# their label in case names.
+IMPL_CHOICES = {
+    "taps": ("live", "all", "regions"),
+    "atrous": ("dilated", "space_to_batch"),
+    "batch_norm": ("flax", "fused"),
+}
+IMPL_LABELS = {"taps": " taps-", "atrous": " ", "batch_norm": " bn-"}
+
+
+def _impl(case: dict, key: str) -> str:
+    """The case's (or result's) choice for an IMPL_CHOICES key."""
+    return case.get(key, IMPL_CHOICES[key][0])
+
+
 def _csv(kind):
     return lambda s: [kind(v) for v in s.split(",") if v.strip()]
 
@@ -74,7 +90,7 @@ def parse_args(argv=None):
     a(
         "--taps",
         type=_csv(str),
-        default=["live"],
+        default=[IMPL_CHOICES["taps"][0]],
         help="'live': skip convolution taps that read only padding and ASPP taps untrained at\n"
         "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic); 'regions':\n"
         "live, and atrous convolutions split into regions (model.padding_taps). E.g. live,all",
@@ -82,13 +98,13 @@ def parse_args(argv=None):
     a(
         "--atrous",
         type=_csv(str),
-        default=["dilated"],
+        default=[IMPL_CHOICES["atrous"][0]],
         help="model.atrous: 'dilated' (lax's dilated convolutions) and/or 'space_to_batch'",
     )
     a(
         "--batch_norm",
         type=_csv(str),
-        default=["flax"],
+        default=[IMPL_CHOICES["batch_norm"][0]],
         help="model.batch_norm: 'flax' (autodiff of nn.BatchNorm) and/or 'fused'\n"
         "(models.BatchNorm: a hand-written backward)",
     )
@@ -134,12 +150,11 @@ def parse_args(argv=None):
 
 
 def make_cases(args):
-    if set(args.taps) - {"live", "all", "regions"}:
-        raise SystemExit(f"--taps: 'live', 'all' and/or 'regions', got {args.taps}")
-    if set(args.atrous) - {"dilated", "space_to_batch"}:
-        raise SystemExit(f"--atrous: 'dilated' and/or 'space_to_batch', got {args.atrous}")
-    if set(args.batch_norm) - {"flax", "fused"}:
-        raise SystemExit(f"--batch_norm: 'flax' and/or 'fused', got {args.batch_norm}")
+    for key, choices in IMPL_CHOICES.items():
+        if set(getattr(args, key)) - set(choices):
+            named = [repr(c) for c in choices]
+            allowed = f"{', '.join(named[:-1])} and/or {named[-1]}"
+            raise SystemExit(f"--{key}: {allowed}, got {getattr(args, key)}")
     cases = []
     if args.train:
         grid = itertools.product(
@@ -163,9 +178,9 @@ def make_cases(args):
 
 def case_name(c):
     net = f"R{c['depth']}w{c['width']}"
-    taps = "" if c.get("taps", "live") == "live" else f" taps-{c['taps']}"
-    taps += "" if c.get("atrous", "dilated") == "dilated" else f" {c['atrous']}"
-    taps += "" if c.get("batch_norm", "flax") == "flax" else f" bn-{c['batch_norm']}"
+    taps = "".join(
+        f"{IMPL_LABELS[k]}{_impl(c, k)}" for k in IMPL_CHOICES if _impl(c, k) != IMPL_CHOICES[k][0]
+    )
     if c["kind"] == "train":
         return (
             f"train {net} OS{c['os']} {c['crop']}px b{c['batch']} {c['dtype']} critic{c['critic']}"
@@ -242,11 +257,11 @@ def make_config(case, batch=None):
     config.data.crop_size = case.get("crop", 256)
     config.train.batch_size = batch or case["batch"]
     config.critic.num = case.get("critic", 0)
-    taps = case.get("taps", "live")  # "all": every tap, torchvision's arithmetic
+    taps = _impl(case, "taps")  # "all": every tap, torchvision's arithmetic
     config.model.padding_taps = {"live": "skip", "all": "keep"}.get(taps, taps)
     config.model.drop_untrained_taps = taps != "all"
-    config.model.atrous = case.get("atrous", "dilated")
-    config.model.batch_norm = case.get("batch_norm", "flax")
+    config.model.atrous = _impl(case, "atrous")
+    config.model.batch_norm = _impl(case, "batch_norm")
     return config
 
 
@@ -1133,16 +1148,16 @@ def best_flags(results: list) -> str:
         if r.get("status") == "ok"
         and r.get("kind") == "train"
         and (r.get("os"), r.get("dtype"), r.get("batch"), r.get("critic")) == (8, "bfloat16", 16, 0)
-        and r.get("taps", "live") != "all"  # the baseline of torchvision's arithmetic
+        and _impl(r, "taps") != "all"  # the baseline of torchvision's arithmetic
     ]
 
     def conv(r):
-        return r.get("taps", "live"), r.get("atrous", "dilated")
+        return _impl(r, "taps"), _impl(r, "atrous")
 
     def speed(r):
         return r.get("images_per_s") or 0
 
-    flax = [r for r in main if r.get("batch_norm", "flax") == "flax"]
+    flax = [r for r in main if _impl(r, "batch_norm") == "flax"]
     taps, atrous = conv(max(flax, key=speed, default={}))
     flax_speed = collections.defaultdict(float)
     for r in flax:
@@ -1150,7 +1165,7 @@ def best_flags(results: list) -> str:
     fused = any(
         conv(r) in flax_speed and speed(r) > flax_speed[conv(r)]
         for r in main
-        if r.get("batch_norm") == "fused"
+        if _impl(r, "batch_norm") == "fused"
     )
     return f"--taps={taps} --atrous={atrous} --batch_norm={'fused' if fused else 'flax'}"
 
