@@ -17,7 +17,7 @@ def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
+        raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
     info = train.load_info(config)
     ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None)
     mesh = parallel.make_mesh(jax.local_devices())

@@ -89,6 +89,12 @@ def segan_layer_scales(num_layers: int) -> tuple[float, ...]:
     return (1.0, 1.0) + (2.0,) * (num_layers - 3) + (4.0,)
 
 
+def check_layer_weighting(weighting: str) -> None:
+    """Raises ValueError naming critic.layer_weighting unless it is one of LAYER_WEIGHTINGS."""
+    if weighting not in LAYER_WEIGHTINGS:
+        raise ValueError(f"critic.layer_weighting={weighting!r} is not one of {LAYER_WEIGHTINGS}")
+
+
 def multiscale_l1(
     features_a: Sequence[jax.Array], features_b: Sequence[jax.Array], weighting: str = "mean"
 ) -> jax.Array:
@@ -106,8 +112,7 @@ def multiscale_l1(
     Returns:
       A scalar.
     """
-    if weighting not in LAYER_WEIGHTINGS:
-        raise ValueError(f"critic.layer_weighting must be one of {LAYER_WEIGHTINGS}: {weighting!r}")
+    check_layer_weighting(weighting)
     diffs = [
         jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))
         for a, b in zip(features_a, features_b, strict=True)

@@ -362,11 +362,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
     for name in ("checkpoint_every", "eval_every"):
         if t[name] % t.log_every:
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
-    if config.critic.layer_weighting not in losses.LAYER_WEIGHTINGS:
-        raise ValueError(
-            f"critic.layer_weighting={config.critic.layer_weighting!r} is not one of "
-            f"{losses.LAYER_WEIGHTINGS}"
-        )
+    losses.check_layer_weighting(config.critic.layer_weighting)
 
 
 def validated_context(
@@ -580,7 +576,7 @@ def train_and_evaluate(
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     mesh = parallel.make_mesh()
-    resuming = checkpoints.has_checkpoint(workdir) and not overwrite
+    resuming = not overwrite and checkpoints.has_checkpoint(workdir)
     # On every process, so that all stop if one fails (a path only some hosts can read).
     ctx = parallel.on_every_process(
         lambda: validated_context(config, info, mesh.size, resuming), "check the config"
