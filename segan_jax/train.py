@@ -420,9 +420,10 @@ def step_context(
 
 # XLA compiles at LLVM -O3 by default. The initial state runs once, and -O3 spends most of its
 # compile on the ~60 unrolled random-number kernels of ResNet-50's initialisers: at -O1, on 2
-# CPU cores, a fresh ResNet-50 + critic state compiles in 7.8 s instead of 19.5 s and the
-# demo's in 4.2 s instead of 9.5 s (a fresh launch.py run), with the same values bit for bit
-# (tests/test_train.py; not measured on a GPU). A level set in XLA_FLAGS is left to rule.
+# CPU cores, a fresh ResNet-50 + critic state compiles in 7.0-7.4 s instead of 15.4-18.2 s and
+# the demo's in 3.7 s instead of 7.6-8.3 s (benchmarks/init_compile.py), with the same values
+# bit for bit (tests/test_train.py; not measured on a GPU). A level set in XLA_FLAGS is left
+# to rule.
 ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
