@@ -78,8 +78,12 @@ def _tuples(value):
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The run's resolved config from ``workdir/config.json`` (JSON lists back to tuples)."""
-    raw = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+    """The run's resolved config from ``workdir/config.json`` (JSON lists back to tuples).
+
+    Raises:
+      workdir.ConfigMismatchError: naming the file, when it is unreadable or not a config.
+    """
+    raw = workdir_lib.read_config(pathlib.Path(workdir) / "config.json")
     return ml_collections.ConfigDict(_tuples(raw))
 
 

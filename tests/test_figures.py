@@ -74,6 +74,12 @@ def test_load_config_restores_tuples(tmp_path):
     assert loaded.data.name == config.data.name and loaded.train.num_steps == 4
 
 
+def test_load_config_names_a_file_that_is_not_a_config(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(workdir_lib.ConfigMismatchError, match="config.json: holds no config"):
+        figures.load_config(tmp_path)
+
+
 def test_latest_record_takes_the_highest_step_of_the_split(tmp_path):
     assert figures.latest_record(tmp_path) is None
     for step, split in ((10, "test"), (200, "test"), (30, "val"), (40, "val")):
