@@ -99,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.keep = 3  # last checkpoints kept (plus the best one)
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.split = ""  # "" = "val" when the dataset has one, else "test"
+    c.eval.split = ""  # "" = "val" when the dataset has one, else "test" (saved resolved)
 
     c.predict = ml_collections.ConfigDict()
     c.predict.input = ""  # an image file or a folder of images

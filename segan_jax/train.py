@@ -13,6 +13,7 @@ separate parameters and optax states. Within one step:
    parameters held fixed, through the same forward pass.
 """
 
+import copy
 import dataclasses
 import functools
 import os
@@ -394,10 +395,24 @@ def validated_context(
 
 def eval_split_name(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> str:
     """config.eval.split, or "val" when the dataset has one, else "test"."""
-    name = config.eval.split or ("val" if "val" in splits else "test")
+    name = config.eval.split or _default_eval_split(splits)
     if name not in splits:
         raise ConfigError(f"eval.split={name!r} is not one of the dataset's splits {splits}")
     return name
+
+
+def _default_eval_split(splits: tuple[str, ...]) -> str:
+    return "val" if "val" in splits else "test"
+
+
+def _with_eval_split(
+    config: ml_collections.ConfigDict, splits: tuple[str, ...]
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose eval.split names the split evaluated ("" resolved), so the
+    saved config says which, and a rerun that names that split asks for the same run."""
+    config = copy.deepcopy(config)
+    config.eval.split = eval_split_name(config, splits)
+    return config
 
 
 def step_context(
@@ -576,6 +591,7 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
+    config = _with_eval_split(config, info.splits)
     mesh = parallel.make_mesh()
     resuming = not overwrite and checkpoints.has_checkpoint(workdir)
     # On every process, so that all stop if one fails (a path only some hosts can read).
@@ -586,7 +602,10 @@ def train_and_evaluate(
     train_arrays = _train_arrays(config, splits.pop("train"))
     if overwrite:
         parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
-    note = workdir_lib.check(workdir, config)  # every process: all stop alike on a mismatch
+    # Every process, so all stop alike on a mismatch; runs saved before eval.split was
+    # resolved hold "" for the default split.
+    resolved = {"eval.split": _default_eval_split(info.splits)}
+    note = workdir_lib.check(workdir, config, resolved=resolved)
     if jax.process_index() == 0:
         if note:
             print(note, flush=True)

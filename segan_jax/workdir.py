@@ -6,6 +6,8 @@ import pathlib
 import shutil
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -86,10 +88,16 @@ def check(
     config: ml_collections.ConfigDict,
     mismatch: str = RERUN_ADVICE,
     mutable: tuple[str, ...] = TRAIN_MUTABLE_PREFIXES,
+    resolved: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Checks that ``config`` asks for the run the workdir holds, if any (reads only): the
     keys that start with one of ``mutable`` may differ (by default those a resumed training
     run may change).
+
+    Args:
+      resolved: dotted keys that ``config`` holds resolved and an older saved config may hold
+        as "" (left to be resolved, e.g. ``{"eval.split": "val"}``), with the values "" stood
+        for then; compared as those values.
 
     Returns:
       A note naming the options the saved config lacks (added to segan_jax since) and the
@@ -102,7 +110,9 @@ def check(
     if not path.exists():
         return None
     saved = read_config(path)
-    diffs = config_differences(saved, config_dict(config), mutable)
+    flat = _flatten(saved)
+    flat.update({k: v for k, v in (resolved or {}).items() if flat.get(k) == ""})
+    diffs = config_differences(flat, config_dict(config), mutable)
     if diffs:
         raise ConfigMismatchError(f"{path}: {mismatch}. Differences:\n  " + "\n  ".join(diffs))
     return _options_note(path, saved, config)

@@ -46,6 +46,18 @@ def test_training_keeps_its_evaluation_split_but_evaluate_may_change_it(tmp_path
     assert workdir.check(tmp_path, other_split, mutable=workdir.MUTABLE_PREFIXES) is None
 
 
+def test_a_split_saved_unresolved_compares_as_the_one_it_stood_for(tmp_path):
+    """Runs saved before eval.split was resolved hold "" for the dataset's default split."""
+    saved = tiny.get_config()
+    saved.eval.split = ""
+    workdir.prepare(tmp_path, saved)
+    current = tiny.get_config()
+    current.eval.split = "test"
+    assert workdir.check(tmp_path, current, resolved={"eval.split": "test"}) is None
+    with pytest.raises(workdir.ConfigMismatchError, match="eval.split: 'val' in the workdir"):
+        workdir.check(tmp_path, current, resolved={"eval.split": "val"})
+
+
 def test_an_unreadable_saved_config_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"model": ')
     with pytest.raises(workdir.ConfigMismatchError, match=r"config\.json: unreadable"):

@@ -172,6 +172,11 @@ def test_a_different_config_in_the_same_workdir_is_refused(tmp_path, data_dir):
     config = _tiny(data_dir, num_steps=2)
     train.train_and_evaluate(config, str(tmp_path / "run"))
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    # The saved config names the split evaluated (the demo data has no "val"), and a rerun that
+    # names it asks for the same run.
+    assert figures.load_config(tmp_path / "run").eval.split == "test"
+    config.eval.split = "test"
+    train.train_and_evaluate(config, str(tmp_path / "run"))
     config.loss.class_weights = "inverse_frequency"
     with pytest.raises(workdir.ConfigMismatchError, match="loss.class_weights"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
