@@ -601,7 +601,12 @@ def train_and_evaluate(
     parallel.on_every_process(lambda: _check_shard(splits["train"]), "get training images")
     train_arrays = _train_arrays(config, splits.pop("train"))
     if overwrite:
-        parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the earlier run")
+        _check_outside(config.model.init_checkpoint, workdir)
+        kept = parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the run")
+        if kept:
+            _print(f"{workdir}: discarded the earlier run; kept what it did not write: {kept}")
+    else:
+        workdir_lib.check_new(workdir)
     # Every process, so all stop alike on a mismatch; runs saved before eval.split was
     # resolved hold "" for the default split.
     resolved = {"eval.split": _default_eval_split(info.splits)}
@@ -624,6 +629,16 @@ def train_and_evaluate(
         for m in managers:
             m.wait_until_finished()
             m.close()
+
+
+def _check_outside(init_checkpoint: str, workdir: pathlib.Path) -> None:
+    """Refuses a model.init_checkpoint inside the workdir that --overwrite is to discard."""
+    path = pathlib.Path(init_checkpoint).resolve()
+    if init_checkpoint and workdir.resolve() in (path, *path.parents):
+        raise ConfigError(
+            f"{init_checkpoint}: model.init_checkpoint lies in {workdir}, which --overwrite "
+            "discards; copy it elsewhere first, or train in a new --workdir"
+        )
 
 
 def _frequencies(info) -> dict:

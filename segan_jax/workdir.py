@@ -133,6 +133,36 @@ def read_config(path: pathlib.Path) -> dict:
 
 # What a run writes before it creates its checkpoint folders.
 FIRST_FILES = {"config.json", "class_frequencies.json"}
+# Everything a training run writes in its workdir (also as NAME.tmp while being written);
+# --overwrite deletes these alone, in this order (config.json last, so an interrupted discard
+# leaves a folder that is still a run).
+RUN_ENTRIES = (
+    "checkpoints",
+    "best",
+    "eval",
+    "metrics.jsonl",
+    "class_frequencies.json",
+    "config.json",
+)
+# Where discard moves them before deleting them.
+TRASH = ".discarded"
+
+
+def _ours(name: str) -> bool:
+    return name.removesuffix(".tmp") in RUN_ENTRIES or name == TRASH
+
+
+def check_new(workdir: pathlib.Path) -> None:
+    """Refuses to start a run in a folder holding files a run does not write (a data folder,
+    another tool's results): --overwrite could not tell them apart from the run's later."""
+    others = (
+        sorted(p.name for p in workdir.iterdir() if not _ours(p.name)) if workdir.is_dir() else []
+    )
+    if others and not (workdir / "config.json").exists():
+        raise ConfigMismatchError(
+            f"{workdir}: holds {len(others)} files or folders that are not a segan_jax run "
+            f"(e.g. {others[0]!r}) and no config.json; use a new or empty --workdir"
+        )
 
 
 def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -141,21 +171,30 @@ def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     write_json(workdir / "config.json", config_dict(config))
 
 
-def discard(workdir: pathlib.Path) -> None:
-    """Deletes an earlier run, but only a folder that is one: config.json plus metrics or
-    checkpoints, or exactly the files a run writes before it creates its checkpoint folders;
-    anything else raises and nothing is deleted."""
+def discard(workdir: pathlib.Path) -> list[str]:
+    """Deletes an earlier run's files (`RUN_ENTRIES`), but only from a folder that is a run:
+    config.json plus metrics or checkpoints, or the files a run writes before its checkpoint
+    folders (anything else raises and nothing is deleted). Other files and folders in it
+    (e.g. predictions written there) are kept.
+
+    Returns:
+      The names of the entries kept, sorted.
+    """
     if not workdir.exists():
-        return
-    names = {p.name for p in workdir.iterdir()}
+        return []
+    trash = workdir / TRASH
+    names = {p.name for p in workdir.iterdir()} - {TRASH}
     is_run = (workdir / "config.json").is_file() and (
-        (workdir / "metrics.jsonl").is_file()
-        or (workdir / "checkpoints").is_dir()
-        or names == FIRST_FILES
+        "metrics.jsonl" in names or (workdir / "checkpoints").is_dir() or names == FIRST_FILES
     )
-    if not is_run:
+    if not is_run and not trash.is_dir():  # with it: a discard was interrupted
         raise ConfigMismatchError(f"{workdir}: --overwrite deletes only a segan_jax run folder")
-    shutil.rmtree(workdir)
+    shutil.rmtree(trash, ignore_errors=True)
+    trash.mkdir()
+    for name in (n for entry in RUN_ENTRIES for n in (entry, entry + ".tmp") if n in names):
+        (workdir / name).rename(trash / name)
+    shutil.rmtree(trash)
+    return sorted(n for n in names if not _ours(n))
 
 
 def write_json(path: pathlib.Path, obj) -> None:

@@ -72,10 +72,50 @@ def test_discard_takes_a_run_that_stopped_before_its_first_step(tmp_path):
     workdir.prepare(stopped, tiny.get_config())
     (stopped / "class_frequencies.json").write_text("{}")
     workdir.discard(stopped)
-    assert not stopped.exists()
+    assert list(stopped.iterdir()) == []
     notes = tmp_path / "notes"  # a config.json and a user's file: not a run
     workdir.prepare(notes, tiny.get_config())
     (notes / "todo.txt").write_text("keep me")
     with pytest.raises(workdir.ConfigMismatchError, match="only a segan_jax run"):
         workdir.discard(notes)
     assert (notes / "todo.txt").exists()
+
+
+def test_discard_deletes_only_what_a_run_writes(tmp_path):
+    run = tmp_path / "run"
+    workdir.prepare(run, tiny.get_config())
+    for name in ("checkpoints/2/default", "best/2", "eval", "predictions", "sub/run"):
+        (run / name).mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "metrics.jsonl.tmp").write_text("")
+    (run / "predictions" / "a.png").write_text("label")
+    (run / "notes.txt").write_text("keep me")
+    assert workdir.discard(run) == ["notes.txt", "predictions", "sub"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "predictions", "sub"]
+    assert (run / "predictions" / "a.png").read_text() == "label"
+
+
+def test_an_interrupted_discard_leaves_a_run_or_finishes(tmp_path):
+    """Entries go to .discarded one rename at a time, config.json last: stopped after any of
+    them, the folder is still a run (or holds .discarded), and --overwrite finishes."""
+    run = tmp_path / "run"
+    workdir.prepare(run, tiny.get_config())
+    (run / "checkpoints" / "2").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / workdir.TRASH).mkdir()
+    (run / "checkpoints").rename(run / workdir.TRASH / "checkpoints")
+    (run / "metrics.jsonl").rename(run / workdir.TRASH / "metrics.jsonl")
+    workdir.check_new(run)  # config.json still there: a run
+    (run / "config.json").rename(run / workdir.TRASH / "config.json")
+    workdir.check_new(run)  # nothing but the trash: free for a new run
+    assert workdir.discard(run) == [] and list(run.iterdir()) == []
+
+
+def test_a_new_run_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(workdir.ConfigMismatchError, match="'images'.*new or empty --workdir"):
+        workdir.check_new(tmp_path)
+    workdir.check_new(tmp_path / "missing")
+    (tmp_path / "images").rmdir()
+    (tmp_path / "config.json.tmp").write_text("")  # a run stopped while saving its config
+    workdir.check_new(tmp_path)

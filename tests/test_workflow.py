@@ -352,6 +352,12 @@ def test_overwrite_discards_only_a_run(tmp_path, data_dir):
     train.train_and_evaluate(config, str(tmp_path / "run"), overwrite=True)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["loss"]["class_weights"] == "inverse_frequency"
+    # An init checkpoint inside the run --overwrite would discard is refused before it is.
+    config.model.init_checkpoint = str(tmp_path / "run" / "best")
+    with pytest.raises(train.ConfigError, match="lies in .*--overwrite"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), overwrite=True)
+    assert (tmp_path / "run" / "best").is_dir()
+    config.model.init_checkpoint = ""
     not_a_run = tmp_path / "notes"
     not_a_run.mkdir()
     (not_a_run / "config.json").write_text("{}")
