@@ -674,6 +674,10 @@ class _Loop:
         key = parallel.replicate(jax.random.key(seed + 1), mesh)
         step_fn = compile_train_step(self.ctx, mesh)
         progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
+        if jax.process_index() == 0:
+            workdir_lib.drop_after(self.workdir / "metrics.jsonl", start)
+        if self.evaluation_missed(start):
+            record = self.evaluate(state, start)
         for step in range(start, end):
             state, step_metrics = step_fn(state, data, key)
             acc = step_metrics if acc is None else jax.tree.map(jnp.add, acc, step_metrics)
@@ -698,6 +702,14 @@ class _Loop:
             record = {"kind": "train", "step": done, "steps_per_s": rate, **means}
             workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
 
+    def evaluation_missed(self, step: int) -> bool:
+        """Whether an earlier run stopped between its checkpoint of ``step`` and that step's
+        evaluation, both due (the record is written last; the file system is shared)."""
+        cfg = self.ctx.config.train
+        due = step > 0 and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+        record = {"split": next(iter(self.eval_splits)), "step": step}
+        return due and not evaluate.record_path(self.workdir, record).exists()
+
     def evaluate(self, state: TrainState, step: int) -> dict:
         """Whole-image evaluation: each process its shard of the split, on its devices; the
         confusion matrices are summed, so all agree on the best checkpoint."""
@@ -711,10 +723,9 @@ class _Loop:
             model, variables, split, self.ctx.normalizer, ignore
         )
         record = evaluate.result_record(step, name, self.info.classes, confusion)
-        f1 = record["f1_foreground_mean"]
-        checkpoints.save(
-            self.managers[1], step, state, {"f1_foreground_mean": workdir_lib.null_to_nan(f1)}
-        )
+        f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
+        if step not in self.managers[1].all_steps():  # saved before a stop (evaluation_missed)
+            checkpoints.save(self.managers[1], step, state, f1)
         if jax.process_index() == 0:
             self.write(record)
         return record

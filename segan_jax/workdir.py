@@ -211,6 +211,21 @@ def append_jsonl(path: pathlib.Path, record: dict) -> None:
         f.write(json.dumps(clean) + "\n")
 
 
+def drop_after(path: pathlib.Path, step: int) -> None:
+    """Drops the lines of ``path`` (metrics.jsonl) logged after ``step``, the checkpoint a
+    run resumes from, which logs those steps again; also a line torn by a kill while it was
+    appended. Rewrites the file atomically, and only when a line goes."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    whole = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # last one torn?
+    keep = [line for line in whole if not line.strip() or json.loads(line)["step"] <= step]
+    if len(keep) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
+
+
 def nan_to_null(v):
     """NaN and inf (also inside lists) to None, which JSON writes as null."""
     if isinstance(v, float) and not math.isfinite(v):

@@ -119,3 +119,16 @@ def test_a_new_run_refuses_a_folder_of_other_files(tmp_path):
     (tmp_path / "images").rmdir()
     (tmp_path / "config.json.tmp").write_text("")  # a run stopped while saving its config
     workdir.check_new(tmp_path)
+
+
+def test_drop_after_keeps_the_lines_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    workdir.drop_after(path, 3)  # no file: nothing to do
+    lines = [json.dumps({"kind": k, "step": s}) + "\n" for k, s in (("train", 2), ("eval", 2))]
+    path.write_text("".join(lines))
+    before = path.stat().st_mtime_ns
+    workdir.drop_after(path, 2)
+    assert path.read_text() == "".join(lines) and path.stat().st_mtime_ns == before
+    path.write_text("".join(lines) + '{"kind": "train", "step": 3}\n{"kind": "tr')
+    workdir.drop_after(path, 2)
+    assert path.read_text() == "".join(lines)

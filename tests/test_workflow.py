@@ -139,20 +139,41 @@ def _final_state(work: pathlib.Path) -> dict:
     return checkpoints.restore_raw(work / "checkpoints")
 
 
+def _metric_rows(work: pathlib.Path) -> str:
+    """metrics.jsonl's rows without the timings, as JSON (where NaN equals NaN)."""
+    train_rows, eval_rows = figures.read_metrics(work)
+    rows = [{k: v for k, v in r.items() if k != "steps_per_s"} for r in train_rows + eval_rows]
+    return json.dumps(rows)
+
+
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
     """With a fixed seed on CPU, stopping after 2 of 4 steps and rerunning gives the same
-    parameters and both optimiser states, bit for bit (adversarial run, single critic)."""
-    config = _tiny(data_dir, num_steps=4, checkpoint_every=2, eval_every=4)
+    parameters and both optimiser states, bit for bit (adversarial run, single critic), and
+    the same metrics: lines logged after the checkpoint go, an evaluation the stop cut off runs
+    on resuming."""
+    config = _tiny(data_dir, num_steps=4, checkpoint_every=2, eval_every=2, log_every=1)
     config.critic.num = 1
     train.train_and_evaluate(config, str(tmp_path / "straight"))
-    train.train_and_evaluate(config, str(tmp_path / "resumed"), max_steps_this_run=2)
-    assert checkpoints.latest_manager(tmp_path / "resumed", 3).latest_step() == 2
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
+    resumed = tmp_path / "resumed"
+    train.train_and_evaluate(config, str(resumed), max_steps_this_run=2)
+    assert checkpoints.latest_manager(resumed, 3).latest_step() == 2
+    # As if killed while evaluating step 2 after logging step 3 (checkpoint of step 2 only),
+    # the last line torn.
+    (resumed / "eval" / "test_2.json").unlink()
+    lines = (resumed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 2]
+    step_3 = lines[1].replace('"step": 2', '"step": 3')
+    (resumed / "metrics.jsonl").write_text("".join(lines[:2]) + step_3 + '{"kind": "tr')
+    train.train_and_evaluate(config, str(resumed))
+    a, b = _final_state(tmp_path / "straight"), _final_state(resumed)
     for name in ("params", "batch_stats", "opt_state", "critic_params", "critic_opt_state"):
         for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name]), strict=True):
             np.testing.assert_array_equal(x, y, err_msg=name)
     assert int(a["step"]) == int(b["step"]) == 4
+    assert (resumed / "eval" / "test_2.json").read_text() == (
+        tmp_path / "straight" / "eval" / "test_2.json"
+    ).read_text()
+    assert _metric_rows(resumed) == _metric_rows(tmp_path / "straight")
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
