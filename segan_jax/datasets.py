@@ -364,8 +364,8 @@ def _pair_problems(
 ) -> list[str]:
     """Decodes one image and/or mask; checks sizes and label values."""
     problems: list[str] = []
-    image = _try_read(read_image, image_paths[:1], "image", problems)
-    mask = _try_read(read_mask, mask_paths[:1], "mask", problems)
+    image = try_read(read_image, image_paths[:1], "image", problems)
+    mask = try_read(read_mask, mask_paths[:1], "mask", problems)
     if image is not None:
         decoded.append((image_paths[0], image.shape[2], image.dtype.itemsize * 8))
     if image is not None and mask is not None and image.shape[:2] != mask.shape:
@@ -378,7 +378,7 @@ def _pair_problems(
     return problems
 
 
-def _try_read(
+def try_read(
     reader: Callable[[pathlib.Path], np.ndarray],
     paths: list[pathlib.Path],
     kind: str,

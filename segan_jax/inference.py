@@ -5,6 +5,7 @@ import pathlib
 
 import jax
 import ml_collections
+import numpy as np
 
 from segan_jax import checkpoints, datasets, evaluate, parallel, train
 from segan_jax import workdir as workdir_lib
@@ -102,7 +103,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     mine = slice(jax.process_index(), None, jax.process_count())
     files, mine_targets = files[mine], targets[mine]
     # Reads (and checks) all of this process's images before writing anything.
-    images = parallel.on_every_process(lambda: [datasets.read_image(f) for f in files], "read")
+    images = parallel.on_every_process(lambda: read_images(files), "read its images")
     model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
     parallel.on_every_process(lambda: _check_images(files, images, info), "check its images")
     out = pathlib.Path(config.predict.output)
@@ -114,6 +115,16 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     if jax.process_index() == 0:
         print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
     return targets
+
+
+def read_images(files: list[pathlib.Path]) -> list[np.ndarray]:
+    """Each file decoded, (H, W, C); DatasetError naming every file that is not a readable
+    image of a supported pixel type."""
+    problems: list[str] = []
+    images = [datasets.try_read(datasets.read_image, [f], "image", problems) for f in files]
+    if problems:
+        raise datasets.DatasetError(problems)
+    return images
 
 
 def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[pathlib.Path]]:

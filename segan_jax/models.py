@@ -582,8 +582,10 @@ class ASPPPooling(nn.Module):
     variance is 0, the branch collapses to the BN bias, its conv gets zero gradient and the
     running statistics it accumulates do not match what it saw in training (torchvision raises
     for batch 1 here). GroupNorm normalises each sample over channel groups, so it is identical
-    in train and eval, independent of the batch size and of the device layout, and keeps the
-    branch informative with batch 1. The cost is a deviation from the paper/torchvision and
+    in train and eval and independent of the batch size and of the device layout. (With a
+    global batch of 1 the projection's BatchNorm, after the concatenation, still subtracts the
+    branch's per-image constant, so the branch gets no gradient: training refuses
+    train.batch_size=1.) The cost is a deviation from the paper/torchvision and
     normalisation over the channels of a group (8 per group for 256 features) rather than over
     the batch. ``train`` is accepted for a uniform interface.
     ``(B, h, w, C) -> (B, h, w, features)``, spatially constant.

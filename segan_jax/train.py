@@ -334,6 +334,9 @@ class ConfigError(ValueError):
 
 
 POSITIVE_KEYS = (
+    "data.crop_size",
+    "model.width",
+    "model.aspp_features",
     "train.num_steps",
     "train.batch_size",
     "train.log_every",
@@ -358,12 +361,31 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be a whole number, at least 1")
     t = config.train
+    if t.batch_size < 2:
+        raise ValueError(
+            "train.batch_size=1: BatchNorm over one image subtracts the ASPP's image-pooling "
+            "branch (a constant per image), so that branch would never train; use at least 2"
+        )
     if t.batch_size % num_devices:
         raise ValueError(f"train.batch_size={t.batch_size} must divide over {num_devices} devices")
     for name in ("checkpoint_every", "eval_every"):
         if t[name] % t.log_every:
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
     losses.check_layer_weighting(config.critic.layer_weighting)
+    if config.critic.num:
+        _check_critic_features(tuple(config.critic.features), config.data.crop_size)
+
+
+def _check_critic_features(features: tuple, crop_size: int) -> None:
+    """Each 4x4 stride-2 block halves the crop (rounding down): a map of size 0 at the end
+    would make l_mae the mean of nothing (NaN)."""
+    if not features or not all(isinstance(f, int) and f >= 1 for f in features):
+        raise ValueError(f"critic.features={features!r} must be whole numbers >= 1, at least one")
+    if crop_size < 2 ** len(features):
+        raise ValueError(
+            f"data.crop_size={crop_size} is too small for the critic's {len(features)} "
+            f"stride-2 blocks (critic.features): at least {2 ** len(features)}, or fewer blocks"
+        )
 
 
 def validated_context(
@@ -589,6 +611,8 @@ def train_and_evaluate(
       The last evaluation record, or None when no evaluation ran.
     """
     workdir = pathlib.Path(workdir)
+    if max_steps_this_run is not None and max_steps_this_run < 1:
+        raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be at least 1")
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)
@@ -696,7 +720,7 @@ class _Loop:
         """Fetches the summed metrics (the only host sync), checks them, prints and records."""
         means = {k: float(parallel.local_value(v)) / (done - since) for k, v in acc.items()}
         if not all(np.isfinite(v) for v in means.values()):
-            raise NonFiniteLossError(_nan_message(since, done, self.managers[0], self.workdir))
+            raise NonFiniteLossError(_nan_message(since, done, self.managers[0]))
         if jax.process_index() == 0:
             rate = progress.print(done, means)
             record = {"kind": "train", "step": done, "steps_per_s": rate, **means}
@@ -743,16 +767,18 @@ class _Loop:
         )
 
 
-def _nan_message(since: int, done: int, manager, workdir) -> str:
+def _nan_message(since: int, done: int, manager) -> str:
     last = manager.latest_step()
-    kept = (
-        f"the last good checkpoint (step {last}) is kept in {workdir}"
-        if last
-        else "no checkpoint was saved"
-    )
+    stop = f"loss became NaN or inf between steps {since + 1} and {done}; stopping."
+    if not last:
+        return f"{stop} No checkpoint was saved. Try a lower optimizer.learning_rate or " + (
+            "model.dtype='float32' (in a new --workdir, or with --overwrite)."
+        )
     return (
-        f"loss became NaN or inf between steps {since + 1} and {done}; stopping. {kept}. "
-        "Try a lower optimizer.learning_rate or model.dtype='float32'."
+        f"{stop} The last good checkpoint (step {last}) is kept in {manager.directory}. To start "
+        "from its weights with a lower optimizer.learning_rate or model.dtype='float32' (keys a "
+        "rerun here may not change), train in a new --workdir with "
+        f"--config.model.init_checkpoint={manager.directory} and those overrides."
     )
 
 

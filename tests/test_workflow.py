@@ -111,6 +111,22 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     assert not (tmp_path / "typo").exists()
 
 
+def test_prediction_names_every_unreadable_input(tmp_path):
+    good = tmp_path / "a.png"
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(good)
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    (tmp_path / "c.tif").write_bytes(b"II*\x00")
+    with pytest.raises(datasets.DatasetError) as err:
+        inference.read_images([good, tmp_path / "b.png", tmp_path / "c.tif"])
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        str(tmp_path / "b.png"),
+        str(tmp_path / "c.tif"),
+    ]
+    assert inference.read_images([good])[0].shape == (5, 6, 3)
+    with pytest.raises(train.ConfigError, match="max_steps_this_run=0 must be at least 1"):
+        train.train_and_evaluate(tiny.get_config(), str(tmp_path / "run"), max_steps_this_run=0)
+
+
 def test_bad_dataset_fails_before_any_work(tmp_path, data_dir):
     root = tmp_path / "bad"
     for split in ("train", "test"):
@@ -180,11 +196,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
     config = _tiny(data_dir, num_steps=6, log_every=1, checkpoint_every=1, eval_every=6)
     config.optimizer.name, config.optimizer.schedule = "sgd", "constant"
     config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e36, 3  # lr 0 at step 1
-    with pytest.raises(train.NonFiniteLossError, match="NaN or inf"):
+    with pytest.raises(train.NonFiniteLossError, match="NaN or inf") as err:
         train.train_and_evaluate(config, str(tmp_path / "run"))
     manager = checkpoints.latest_manager(tmp_path / "run", 3)
     last = manager.latest_step()
     assert last is not None and last < 6
+    # The message's way on: a new workdir starting from that checkpoint's weights.
+    init = str(err.value).split("--config.model.init_checkpoint=")[1].split()[0]
+    assert int(checkpoints.restore_raw(init)["step"]) == last
     state = _final_state(tmp_path / "run")
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
@@ -291,6 +310,12 @@ BAD_KEYS = [
     ("model.output_stride", 4, "output_stride"),
     ("loss.class_weights", "inverse", "loss.class_weights"),
     ("model.init_checkpoint", "/nonexistent/run", "does not exist"),
+    ("data.crop_size", 0, "data.crop_size=0"),
+    ("model.width", 0, "model.width=0"),
+    ("model.aspp_features", -8, "model.aspp_features=-8"),
+    ("train.batch_size", 1, "train.batch_size=1: BatchNorm"),
+    ("critic.features", (), "critic.features=()"),
+    ("critic.features", (8,) * 7, "data.crop_size=64 is too small .* at least 128"),
 ]
 
 
@@ -307,6 +332,7 @@ def test_a_bad_config_stops_before_the_workdir_is_touched(
     tmp_path, data_dir, two_step_run, key, value, message
 ):
     bad = _tiny(data_dir, num_steps=2)
+    bad.critic.num = 1  # so that the critic's keys are checked too
     group, name = key.split(".")
     bad[group][name] = value
     before = sorted(p.relative_to(two_step_run) for p in two_step_run.rglob("*"))
