@@ -718,7 +718,22 @@ def _prepared(data: ml_collections.ConfigDict) -> tuple[pathlib.Path, dict]:
     return version_dir, metadata
 
 
-def _info_from_metadata(metadata: dict) -> DatasetInfo:
+def info_metadata(info: DatasetInfo) -> dict[str, object]:
+    """``info`` as the JSON-ready metadata it is read from (``info_from_metadata``'s inverse)."""
+    return {
+        "classes": list(info.classes),
+        "splits": list(info.splits),
+        "image_dtype": info.image_dtype,
+        "num_channels": info.num_channels,
+        "train_pixel_counts": np.asarray(info.train_pixel_counts).tolist(),
+        "scale": info.scale,
+        "channel_mean": np.asarray(info.channel_mean).tolist(),
+        "channel_std": np.asarray(info.channel_std).tolist(),
+    }
+
+
+def info_from_metadata(metadata: dict) -> DatasetInfo:
+    """The ``DatasetInfo`` of metadata a build wrote (or ``info_metadata``'s)."""
     num_channels = int(metadata["num_channels"])
     return DatasetInfo(
         classes=tuple(metadata["classes"]),
@@ -735,7 +750,7 @@ def _info_from_metadata(metadata: dict) -> DatasetInfo:
 
 def load_info(data: ml_collections.ConfigDict) -> DatasetInfo:
     """Dataset facts of ``data`` (building the dataset on first use)."""
-    return _info_from_metadata(_prepared(data)[1])
+    return info_from_metadata(_prepared(data)[1])
 
 
 def load_split(

@@ -19,7 +19,7 @@ def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
-    info = train.load_info(config)
+    info = train.saved_info(workdir) or train.load_info(config)
     ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None)
     mesh = parallel.make_mesh(jax.local_devices())
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))

@@ -16,6 +16,7 @@ separate parameters and optax states. Within one step:
 import copy
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 from typing import Any
@@ -635,11 +636,13 @@ def train_and_evaluate(
     # resolved hold "" for the default split.
     resolved = {"eval.split": _default_eval_split(info.splits)}
     note = workdir_lib.check(workdir, config, resolved=resolved)
+    _check_same_data(workdir, info, config.data)
     if jax.process_index() == 0:
         if note:
             print(note, flush=True)
         workdir_lib.prepare(workdir, config)
         workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
+        workdir_lib.write_json(workdir / DATASET_INFO, datasets.info_metadata(info))
     managers = (
         checkpoints.latest_manager(workdir, config.train.keep),
         checkpoints.best_manager(workdir),
@@ -662,6 +665,40 @@ def _check_outside(init_checkpoint: str, workdir: pathlib.Path) -> None:
         raise ConfigError(
             f"{init_checkpoint}: model.init_checkpoint lies in {workdir}, which --overwrite "
             "discards; copy it elsewhere first, or train in a new --workdir"
+        )
+
+
+# The dataset facts a run trained with (classes, input statistics, ...), so that evaluation
+# and prediction normalise their inputs as training did, and prediction needs no dataset.
+DATASET_INFO = "dataset_info.json"
+
+
+def saved_info(workdir: pathlib.Path) -> datasets.DatasetInfo | None:
+    """The dataset facts of the run in ``workdir``; None for a run that predates the file."""
+    path = workdir / DATASET_INFO
+    if not path.exists():
+        return None
+    try:
+        return datasets.info_from_metadata(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise workdir_lib.ConfigMismatchError(f"{path}: unreadable ({err!r})") from err
+
+
+def _check_same_data(workdir: pathlib.Path, info: datasets.DatasetInfo, data) -> None:
+    """Refuses to resume a run on data whose facts changed since it started (an image or mask
+    edited, added or removed: the input statistics and class weights would change mid-run)."""
+    saved = saved_info(workdir)
+    if saved is None:
+        return
+    old, new = datasets.info_metadata(saved), datasets.info_metadata(info)
+    changed = [key for key in new if new[key] != old[key]]
+    if changed:
+        raise workdir_lib.ConfigMismatchError(
+            f"{workdir / DATASET_INFO}: the run trained on other data than data.name="
+            f"{data.name!r} data.path={data.get('path', '')!r} holds now "
+            f"({', '.join(changed)} differ); "
+            f"train in a new --workdir (--config.model.init_checkpoint={workdir} starts from "
+            "this run's weights)"
         )
 
 

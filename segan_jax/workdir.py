@@ -131,8 +131,6 @@ def read_config(path: pathlib.Path) -> dict:
     return saved
 
 
-# What a run writes before it creates its checkpoint folders.
-FIRST_FILES = {"config.json", "class_frequencies.json"}
 # Everything a training run writes in its workdir (also as NAME.tmp while being written);
 # --overwrite deletes these alone, in this order (config.json last, so an interrupted discard
 # leaves a folder that is still a run).
@@ -142,6 +140,7 @@ RUN_ENTRIES = (
     "eval",
     "metrics.jsonl",
     "class_frequencies.json",
+    "dataset_info.json",
     "config.json",
 )
 # Where discard moves them before deleting them.
@@ -184,8 +183,11 @@ def discard(workdir: pathlib.Path) -> list[str]:
         return []
     trash = workdir / TRASH
     names = {p.name for p in workdir.iterdir()} - {TRASH}
+    # config.json and metrics or checkpoints, or no files but a run's (stopped before its
+    # first step): config.json alone may be anyone's.
+    first_files = len(names) > 1 and all(map(_ours, names))
     is_run = (workdir / "config.json").is_file() and (
-        "metrics.jsonl" in names or (workdir / "checkpoints").is_dir() or names == FIRST_FILES
+        "metrics.jsonl" in names or (workdir / "checkpoints").is_dir() or first_files
     )
     if not is_run and not trash.is_dir():  # with it: a discard was interrupted
         raise ConfigMismatchError(f"{workdir}: --overwrite deletes only a segan_jax run folder")

@@ -107,6 +107,11 @@ def test_info_counts_scale_mean_std(tmp_path: pathlib.Path, folder: tuple[pathli
     np.testing.assert_allclose(info.channel_mean, pixels.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(info.channel_std, pixels.std(axis=0), rtol=1e-5)
     assert info.channel_mean.dtype == np.float32 and info.channel_std.dtype == np.float32
+    # As a run saves it (dataset_info.json) and reads it back.
+    again = datasets.info_from_metadata(json.loads(json.dumps(datasets.info_metadata(info))))
+    assert datasets.info_metadata(again) == datasets.info_metadata(info)
+    np.testing.assert_array_equal(again.channel_std, info.channel_std)
+    assert again.channel_std.dtype == np.float32 and again.train_pixel_counts.dtype == np.int64
 
 
 def test_grey_uint16_tiff_round_trip_and_scale(tmp_path: pathlib.Path) -> None:

@@ -244,6 +244,17 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
     assert record["split"] == "test"
     assert np.asarray(record["confusion_matrix"]).sum() == 45 * 61 + 52 * 56
 
+    # The run keeps the dataset's facts: a rerun on edited training images is refused...
+    first = root / "train" / "images" / "0.png"
+    Image.fromarray(np.asarray(Image.open(first)) // 2).save(first)
+    with pytest.raises(workdir.ConfigMismatchError, match="dataset_info.json: .*channel_mean"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    # ... and prediction needs no dataset (moved away here) and normalises as training did.
+    root.rename(tmp_path / "moved")
+    config.predict.input = str(tmp_path / "moved" / "test" / "images")
+    config.predict.output = str(tmp_path / "predicted")
+    assert len(inference.predict_workdir(config, str(tmp_path / "run"))) == 2
+
 
 def test_train_step_compiles_once(data_dir):
     config = _tiny(data_dir)
