@@ -7,6 +7,7 @@ Restoring goes into an abstract state (shapes, dtypes, shardings from `jax.eval_
 optax states keep their structure.
 """
 
+import logging
 import math
 import pathlib
 from typing import Any
@@ -68,9 +69,17 @@ def _restore_on_one_device(manager: ocp.CheckpointManager, step: int) -> dict:
 def _reader(directory: pathlib.Path) -> ocp.CheckpointManager:
     """A manager that only reads `directory`: it creates and writes nothing, so it waits at no
     barrier of several processes and may be used by one process alone."""
-    options = ocp.CheckpointManagerOptions(create=False, save_root_metadata=False, read_only=True)
-    handler = ocp.StandardCheckpointHandler()
-    return ocp.CheckpointManager(directory, item_handlers=handler, options=options)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
+    try:
+        options = ocp.CheckpointManagerOptions(
+            create=False, save_root_metadata=False, read_only=True
+        )
+        handler = ocp.StandardCheckpointHandler()
+        return ocp.CheckpointManager(directory, item_handlers=handler, options=options)
+    finally:
+        absl.setLevel(level)
 
 
 def _find(path: pathlib.Path) -> tuple[ocp.CheckpointManager, int]:

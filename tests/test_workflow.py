@@ -1,6 +1,7 @@
 """End to end: launch.py modes, resume, NaN handling, workdir safety, a real run that learns."""
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -353,6 +354,13 @@ def test_a_bad_config_stops_before_the_workdir_is_touched(
     with pytest.raises((train.ConfigError, FileNotFoundError), match=message):
         train.train_and_evaluate(bad, str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
+
+
+def test_looking_for_checkpoints_logs_no_warning(two_step_run, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert checkpoints.has_checkpoint(two_step_run)
+        checkpoints.raw_shapes(two_step_run)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
