@@ -104,8 +104,8 @@ def main(argv):
         workdir.ConfigMismatchError,
         train.NonFiniteLossError,
         parallel.OtherProcessFailed,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,  # FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+        # a full disk: each names the file
     )
     try:
         _run()
