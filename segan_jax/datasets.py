@@ -60,6 +60,9 @@ DEMO_FILE = "samples/scratch-assay-labeled-10T-2Ch.tiff"
 DEMO_CLASSES = ("background", "cytoplasm", "nucleus")
 DEMO_TRAIN_FRAMES = 7
 STD_FLOOR = 1e-6
+# Changes whenever reading a file gives other arrays (2: an opaque alpha channel dropped), so
+# folder datasets built under the old rules are rebuilt (it is part of their fingerprint).
+READ_RULES = 2
 MAX_CLASSES = 255  # label 255 is the ignore label of the input pipeline
 _CLASSES_EXAMPLE = '{"0": "background", "1": "nucleus"}'
 _META_KEYS = (
@@ -180,14 +183,24 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray:
 
 
 def _read_pil_image(path: pathlib.Path) -> np.ndarray:
-    """Decodes a PNG/JPEG with Pillow to (H, W) or (H, W, C)."""
+    """Decodes a PNG/JPEG with Pillow to (H, W) or (H, W, C); an alpha channel that is opaque
+    everywhere (slide-scanner and OpenSlide tiles are RGBA) is dropped."""
     _reject_16bit_colour_png(path)
     with Image.open(path) as image:
         image.load()
         mode = _PIL_CONVERT.get(image.mode)
         if image.mode == "P" and "transparency" in image.info:
             mode = "RGBA"
-        return np.asarray(image.convert(mode) if mode else image)
+        image = image.convert(mode) if mode else image
+        array, bands = np.asarray(image), image.getbands()
+    if bands[-1] == "A":
+        alpha = array[..., -1]
+        if alpha.min() < np.iinfo(alpha.dtype).max:
+            raise FormatError(
+                "image has transparent pixels (an alpha channel); save it without transparency"
+            )
+        array = array[..., :-1]
+    return array
 
 
 def _reject_16bit_colour_png(path: pathlib.Path) -> None:
@@ -242,6 +255,20 @@ def _files(folder: pathlib.Path, suffixes: Sequence[str]) -> list[pathlib.Path]:
     return sorted(found)
 
 
+def _bad(path: pathlib.Path) -> bool:
+    """A name the file system holds as bytes that are not UTF-8 (which TFDS cannot store)."""
+    try:
+        path.name.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shown(path: pathlib.Path) -> str:
+    """``path`` printable, its undecodable bytes as \\xNN."""
+    return os.fsencode(path).decode(errors="backslashreplace")
+
+
 def _by_stem(paths: Sequence[pathlib.Path]) -> dict[str, list[pathlib.Path]]:
     grouped: dict[str, list[pathlib.Path]] = collections.defaultdict(list)
     for path in paths:
@@ -262,8 +289,9 @@ def _split_pairs(split_dir: pathlib.Path) -> list[tuple[str, pathlib.Path, pathl
 
 
 def fingerprint(root: pathlib.Path) -> str:
-    """sha1 hex of ``root``'s absolute path and every dataset file's name, size and mtime."""
-    digest = hashlib.sha1(str(root).encode())
+    """sha1 hex of ``root``'s absolute path, every dataset file's name, size and mtime, and
+    `READ_RULES` (names as bytes: any the file system holds)."""
+    digest = hashlib.sha1(os.fsencode(root) + f"|{READ_RULES}\n".encode())
     candidates = [root / "classes.json"]
     for split in SPLITS:
         for sub in ("images", "masks"):
@@ -272,7 +300,8 @@ def fingerprint(root: pathlib.Path) -> str:
     for path in candidates:
         if path.is_file():
             stat = path.stat()
-            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            name = os.fsencode(path.relative_to(root))
+            digest.update(name + f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -345,6 +374,7 @@ def _listing_problems(
     problems = [] if images else [f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})"]
     for paths in list(images.values()) + list(masks.values()):
         problems += [f"{p}: same name as {paths[0].name}; rename one" for p in paths[1:]]
+        problems += [f"{_shown(p)}: file name is not UTF-8; rename it" for p in paths if _bad(p)]
     others = [p for p in masks_dir.iterdir() if _is_visible_file(p) and p.suffix.lower() != ".png"]
     problems += [f"{p}: masks must be single-channel .png files" for p in others]
     for stem in sorted(images.keys() - masks.keys()):
@@ -652,6 +682,13 @@ def source_root(data: ml_collections.ConfigDict) -> pathlib.Path | None:
     if data.name not in _BUILDERS:
         raise DatasetError([f"unknown data.name {data.name!r}; use one of {sorted(_BUILDERS)}"])
     if data.name == "demo":
+        if data.get("path", ""):
+            raise DatasetError(
+                [
+                    f"{data.path}: data.path is set but data.name='demo' reads the built-in demo; "
+                    "add --config.data.name=folder to train on this folder"
+                ]
+            )
         return None
     path = data.get("path", "")
     if data.name == "consep" and not path:

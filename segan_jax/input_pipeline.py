@@ -36,6 +36,11 @@ class TrainData:
     sizes: jax.Array
 
 
+# A channel whose std over the training pixels (in units of the scale, ~[0, 1]) is below this
+# is taken as constant (for 8-bit data: under a quarter of a grey level).
+CONSTANT_STD = 1e-3
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
     """Maps raw pixel values to standardised float inputs: ((x / scale) - mean) / std."""
@@ -47,12 +52,12 @@ class Normalizer:
 
     @classmethod
     def from_info(cls, info: datasets.DatasetInfo) -> "Normalizer":
-        return cls(
-            float(info.scale),
-            tuple(map(float, info.channel_mean)),
-            tuple(map(float, info.channel_std)),
-            bool(info.is_rgb),
-        )
+        """The dataset's statistics; a channel all but constant over the training images
+        (std under `CONSTANT_STD` of the scale: a blank channel) is only centred, not divided
+        by its near-zero std, which would blow colour jitter and any new value up to ~1e5."""
+        std = [1.0 if s < CONSTANT_STD else float(s) for s in info.channel_std]
+        mean = tuple(map(float, info.channel_mean))
+        return cls(float(info.scale), mean, tuple(std), bool(info.is_rgb))
 
     def __call__(self, unit: jax.Array) -> jax.Array:
         """(..., C) values in scaled units -> standardised float32."""

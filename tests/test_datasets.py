@@ -137,6 +137,42 @@ def test_jpeg_loads_as_decoded(tmp_path: pathlib.Path) -> None:
         np.testing.assert_array_equal(mask, written["test"][name][1])
 
 
+def test_an_opaque_alpha_channel_is_dropped_and_transparency_refused(tmp_path: pathlib.Path):
+    rgba = np.random.default_rng(0).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "tile.png")  # as OpenSlide tiles come
+    np.testing.assert_array_equal(datasets.read_image(tmp_path / "tile.png"), rgba[..., :3])
+    grey_alpha = np.stack([rgba[..., 0], rgba[..., 3]], axis=-1)
+    Image.fromarray(grey_alpha, "LA").save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(datasets.read_image(tmp_path / "grey.png"), rgba[..., :1])
+    rgba[2, 3, 3] = 254
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    with pytest.raises(datasets.FormatError, match="transparent pixels"):
+        datasets.read_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("compression", ["lzw", "jpeg", "zlib"])
+def test_compressed_tiffs_are_read(tmp_path: pathlib.Path, compression: str) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", image, compression=compression, photometric="rgb")
+    read = datasets.read_image(tmp_path / "x.tif")
+    assert read.shape == image.shape and read.dtype == np.uint8
+    if compression != "jpeg":  # lossy
+        np.testing.assert_array_equal(read, image)
+
+
+def test_a_file_name_that_is_not_utf8_is_fingerprinted(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "data"
+    make_folder(root)
+    before = datasets.fingerprint(root)
+    odd = os.fsdecode(b"caf\xe9.png")  # as unpacked from an old Windows zip
+    first = sorted((root / "train" / "images").iterdir())[0]
+    first.rename(first.with_name(odd))
+    assert datasets.fingerprint(root) != before
+    with pytest.raises(datasets.DatasetError, match=r"caf\\xe9.png: file name is not UTF-8"):
+        datasets.validate_folder(root)
+
+
 def test_val_split_is_optional(tmp_path: pathlib.Path) -> None:
     written = make_folder(tmp_path / "data", counts={"train": 2, "val": 1, "test": 1})
     cfg = config(tmp_path / "data", tmp_path / "tfds")
@@ -390,6 +426,9 @@ def test_config_errors(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) 
         )
     with pytest.raises(datasets.DatasetError, match="dataset folder not found"):
         datasets.load_info(config(tmp_path / "nowhere", tmp_path / "tfds"))
+    demo_with_path = ml_collections.ConfigDict({"name": "demo", "path": "/my/tiles"})
+    with pytest.raises(datasets.DatasetError, match="/my/tiles: .*data.name=folder"):
+        datasets.load_info(demo_with_path)
     monkeypatch.setenv("SEGAN_JAX_DATA_DIR", str(tmp_path / "env"))
     cfg = ml_collections.ConfigDict({"name": "demo", "path": "", "data_dir": ""})
     assert datasets.data_dir(cfg) == tmp_path / "env"

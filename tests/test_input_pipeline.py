@@ -185,3 +185,22 @@ def test_pad_for_eval_reaches_a_multiple_and_marks_padding(shape):
     assert padded.shape[0] % 16 == 0 and padded.shape[1] % 16 == 0
     np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
     assert (padded_mask == IGNORE).sum() == padded_mask.size - image.shape[0] * image.shape[1]
+
+
+def test_a_constant_channel_is_centred_not_blown_up():
+    """A blank channel (std ~0 over the training pixels) keeps a divisor of 1: colour jitter
+    of 0.1 on it must not become 0.1 / 1e-6."""
+    info = datasets.DatasetInfo(
+        classes=("a", "b"),
+        num_channels=3,
+        splits=("train", "test"),
+        train_pixel_counts=np.array([5, 5]),
+        scale=255.0,
+        channel_mean=np.array([0.5, 0.4, 0.0], np.float32),
+        channel_std=np.array([0.2, 0.002, 1e-6], np.float32),
+        is_rgb=True,
+    )
+    normalizer = input_pipeline.Normalizer.from_info(info)
+    assert normalizer.std == (pytest.approx(0.2), pytest.approx(0.002), 1.0)
+    out = normalizer(jnp.array([0.7, 0.4, 0.1]))
+    np.testing.assert_allclose(out, [1.0, 0.0, 0.1], atol=1e-5)

@@ -110,6 +110,11 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "error: config: optimizer.name must be" in bad.stderr
     assert not (tmp_path / "typo").exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cache = [f"--workdir={tmp_path / 'cache'}", f"--config.data.data_dir={a_file}"]
+    bad = _launch("--config=configs/tiny.py", *cache, data_dir=data_dir, check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and str(a_file) in bad.stderr
 
 
 def test_prediction_names_every_unreadable_input(tmp_path):
