@@ -60,9 +60,10 @@ DEMO_FILE = "samples/scratch-assay-labeled-10T-2Ch.tiff"
 DEMO_CLASSES = ("background", "cytoplasm", "nucleus")
 DEMO_TRAIN_FRAMES = 7
 STD_FLOOR = 1e-6
-# Changes whenever reading a file gives other arrays (2: an opaque alpha channel dropped), so
-# folder datasets built under the old rules are rebuilt (it is part of their fingerprint).
-READ_RULES = 2
+# Changes whenever reading a file gives other arrays (2: an opaque alpha channel dropped; 3: an
+# unnamed (H, W, C) TIFF stack kept channels-last), so folder datasets built under the old rules
+# are rebuilt (it is part of their fingerprint).
+READ_RULES = 3
 MAX_CLASSES = 255  # label 255 is the ignore label of the input pipeline
 _CLASSES_EXAMPLE = '{"0": "background", "1": "nucleus"}'
 _META_KEYS = (
@@ -171,11 +172,16 @@ def read_mask(path: pathlib.Path) -> np.ndarray:
 
 
 def _read_tiff(path: pathlib.Path) -> np.ndarray:
-    """Reads the first TIFF series as (H, W) or (H, W, C); channels-first input is moved."""
+    """Reads the first TIFF series as (H, W) or (H, W, C); channels-first input is moved.
+
+    A 3-D series without samples axes is channels-first when its metadata says so (CYX, ZYX,
+    ...); an unnamed one (QYX, as ``tifffile.imwrite`` stores (H, W, 2)) when its first
+    dimension is no larger than its last."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         array, axes = series.asarray(), series.axes
-    if array.ndim == 3 and not axes.endswith("S"):
+    channels_first = axes[0] != "Q" or array.shape[0] <= array.shape[-1]
+    if array.ndim == 3 and not axes.endswith("S") and channels_first:
         array = np.moveaxis(array, 0, -1)
     if array.ndim not in (2, 3):
         raise FormatError(f"unsupported TIFF layout: axes {axes}, shape {array.shape}")
@@ -734,7 +740,10 @@ def _build(data: ml_collections.ConfigDict) -> None:
         demo_path()
     else:
         validate_folder(root)
-    shutil.rmtree(dataset_dir(data), ignore_errors=True)  # a version dir without our metadata
+    version_dir = dataset_dir(data)
+    shutil.rmtree(version_dir, ignore_errors=True)  # a version dir without our metadata
+    for stale in version_dir.parent.glob(f"incomplete.*_{version_dir.name}"):  # killed builds
+        shutil.rmtree(stale, ignore_errors=True)
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root) if root else None)
     try:
         _make_builder(data).download_and_prepare(download_config=config)

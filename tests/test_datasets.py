@@ -128,6 +128,15 @@ def test_grey_uint16_tiff_round_trip_and_scale(tmp_path: pathlib.Path) -> None:
     np.testing.assert_allclose(info.channel_std, [raw.std() / raw.max()], rtol=1e-5)
 
 
+def test_tiff_channels_are_found_last_or_first(tmp_path: pathlib.Path) -> None:
+    image = np.arange(40 * 48 * 2, dtype=np.uint16).reshape(40, 48, 2)
+    tifffile.imwrite(tmp_path / "last.tif", image)  # stored as QYX, (40, 48, 2)
+    tifffile.imwrite(tmp_path / "first.tif", np.moveaxis(image, -1, 0))  # QYX, (2, 40, 48)
+    tifffile.imwrite(tmp_path / "named.tif", np.moveaxis(image, -1, 0), metadata={"axes": "CYX"})
+    for name in ("last", "first", "named"):
+        np.testing.assert_array_equal(datasets.read_image(tmp_path / f"{name}.tif"), image)
+
+
 def test_jpeg_loads_as_decoded(tmp_path: pathlib.Path) -> None:
     written = make_folder(tmp_path / "data", kind="jpeg")
     loaded = datasets.load_split(config(tmp_path / "data", tmp_path / "tfds"), "test")
@@ -235,7 +244,12 @@ def test_crash_mid_build_leaves_no_valid_dataset(
         datasets.load_info(cfg)
     assert not built_dirs(tmp_path / "tfds")
     monkeypatch.undo()
+    # A build killed outright leaves TFDS's incomplete.* folder; the next build removes it.
+    version_dir = datasets.dataset_dir(cfg)
+    killed = version_dir.parent / f"incomplete.ABC123_{version_dir.name}"
+    (killed / "train").mkdir(parents=True)
     assert datasets.load_split(cfg, "test").names == ["test_0", "test_1"]
+    assert not killed.exists()
 
 
 def test_process_shards_are_disjoint_and_complete(tmp_path: pathlib.Path) -> None:
