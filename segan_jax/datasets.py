@@ -44,6 +44,7 @@ import os
 import pathlib
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
@@ -64,6 +65,8 @@ STD_FLOOR = 1e-6
 # unnamed (H, W, C) TIFF stack kept channels-last), so folder datasets built under the old rules
 # are rebuilt (it is part of their fingerprint).
 READ_RULES = 3
+# A TFDS incomplete.* build folder untouched this long is a killed build's, not a running one's.
+STALE_BUILD_S = 6 * 3600
 MAX_CLASSES = 255  # label 255 is the ignore label of the input pipeline
 _CLASSES_EXAMPLE = '{"0": "background", "1": "nucleus"}'
 _META_KEYS = (
@@ -180,6 +183,9 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         array, axes = series.asarray(), series.axes
+        extra = getattr(tif.pages[0], "extrasamples", ())
+    if axes.endswith("S") and extra and extra[-1] in (1, 2):  # associated or unassociated alpha
+        array = _without_alpha(array)
     channels_first = axes[0] != "Q" or array.shape[0] <= array.shape[-1]
     if array.ndim == 3 and not axes.endswith("S") and channels_first:
         array = np.moveaxis(array, 0, -1)
@@ -189,8 +195,8 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray:
 
 
 def _read_pil_image(path: pathlib.Path) -> np.ndarray:
-    """Decodes a PNG/JPEG with Pillow to (H, W) or (H, W, C); an alpha channel that is opaque
-    everywhere (slide-scanner and OpenSlide tiles are RGBA) is dropped."""
+    """Decodes a PNG/JPEG with Pillow to (H, W) or (H, W, C), without an opaque alpha channel
+    (slide-scanner and OpenSlide tiles are RGBA)."""
     _reject_16bit_colour_png(path)
     with Image.open(path) as image:
         image.load()
@@ -199,14 +205,16 @@ def _read_pil_image(path: pathlib.Path) -> np.ndarray:
             mode = "RGBA"
         image = image.convert(mode) if mode else image
         array, bands = np.asarray(image), image.getbands()
-    if bands[-1] == "A":
-        alpha = array[..., -1]
-        if alpha.min() < np.iinfo(alpha.dtype).max:
-            raise FormatError(
-                "image has transparent pixels (an alpha channel); save it without transparency"
-            )
-        array = array[..., :-1]
-    return array
+    return _without_alpha(array) if bands[-1] == "A" else array
+
+
+def _without_alpha(array: np.ndarray) -> np.ndarray:
+    """(..., C) less its last channel, an alpha channel opaque everywhere; FormatError if it
+    makes any pixel transparent."""
+    alpha = array[..., -1]
+    if alpha.min() < np.iinfo(alpha.dtype).max:
+        raise FormatError("image has transparent pixels (an alpha channel); save it without")
+    return array[..., :-1]
 
 
 def _reject_16bit_colour_png(path: pathlib.Path) -> None:
@@ -742,8 +750,9 @@ def _build(data: ml_collections.ConfigDict) -> None:
         validate_folder(root)
     version_dir = dataset_dir(data)
     shutil.rmtree(version_dir, ignore_errors=True)  # a version dir without our metadata
-    for stale in version_dir.parent.glob(f"incomplete.*_{version_dir.name}"):  # killed builds
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in version_dir.parent.glob(f"incomplete.*_{version_dir.name}"):
+        if time.time() - stale.stat().st_mtime > STALE_BUILD_S:  # killed, not running
+            shutil.rmtree(stale, ignore_errors=True)
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root) if root else None)
     try:
         _make_builder(data).download_and_prepare(download_config=config)

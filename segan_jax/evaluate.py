@@ -7,6 +7,7 @@ metrics come from it.
 """
 
 import functools
+import json
 import pathlib
 from typing import Any
 
@@ -247,6 +248,21 @@ def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir_lib.write_json(out, record)
     return out
+
+
+def save_record(workdir: pathlib.Path, record: dict) -> str:
+    """Writes `record` as the next `-n` record of its split and step, unless the last one
+    holds the same figures; returns what was done."""
+    n = 1
+    while record_path(workdir, record, n + 1).exists():
+        n += 1
+    last = record_path(workdir, record, n)
+    if last.exists():
+        if json.loads(last.read_text()).get("confusion_matrix") == record["confusion_matrix"]:
+            return f"{last} (already there: the same figures)"
+        n += 1
+    path = write_record(workdir, record, n)
+    return str(path) if n == 1 else f"{path} (its figures differ from those in {last.name})"
 
 
 def table_from_record(record: dict) -> str:

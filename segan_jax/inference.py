@@ -1,6 +1,5 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
-import json
 import pathlib
 
 import jax
@@ -20,7 +19,7 @@ def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
     info = train.saved_info(workdir) or train.load_info(config)
-    ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None)
+    ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
     mesh = parallel.make_mesh(jax.local_devices())
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     manager.close()
@@ -61,23 +60,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(f"{record['split']} split, step {record['step']} ({num_images} images)")
         print(evaluate.table_from_record(record), flush=True)
-        print(f"-> {_save_evaluation(workdir, record)}", flush=True)
+        print(f"-> {evaluate.save_record(workdir, record)}", flush=True)
     return record
-
-
-def _save_evaluation(workdir: pathlib.Path, record: dict) -> str:
-    """Writes `record` as the next `-n` record of its split and step, unless the last one
-    holds the same figures; returns what was done."""
-    n = 1
-    while evaluate.record_path(workdir, record, n + 1).exists():
-        n += 1
-    last = evaluate.record_path(workdir, record, n)
-    if last.exists():
-        if json.loads(last.read_text()).get("confusion_matrix") == record["confusion_matrix"]:
-            return f"{last} (already there: the same figures)"
-        n += 1
-    path = evaluate.write_record(workdir, record, n)
-    return str(path) if n == 1 else f"{path} (its figures differ from those in {last.name})"
 
 
 def input_files(path: pathlib.Path) -> list[pathlib.Path]:

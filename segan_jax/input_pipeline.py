@@ -36,9 +36,9 @@ class TrainData:
     sizes: jax.Array
 
 
-# A channel whose std over the training pixels (in units of the scale, ~[0, 1]) is below this
-# is taken as constant (for 8-bit data: under a quarter of a grey level).
-CONSTANT_STD = 1e-3
+# A channel whose std over the training pixels is below this many grey levels (raw pixel
+# values) is taken as constant: a blank channel.
+CONSTANT_STD_LEVELS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +52,13 @@ class Normalizer:
 
     @classmethod
     def from_info(cls, info: datasets.DatasetInfo) -> "Normalizer":
-        """The dataset's statistics; a channel all but constant over the training images
-        (std under `CONSTANT_STD` of the scale: a blank channel) is only centred, not divided
-        by its near-zero std, which would blow colour jitter and any new value up to ~1e5."""
-        std = [1.0 if s < CONSTANT_STD else float(s) for s in info.channel_std]
+        """The dataset's statistics; a channel constant over the training images (std under
+        `CONSTANT_STD_LEVELS` grey levels: a blank one) is only centred, not divided by its
+        near-zero std, which would blow colour jitter and any new value up to ~1e5."""
+        stds = np.asarray(info.channel_std, np.float64)
+        std = np.where(stds * info.scale < CONSTANT_STD_LEVELS, 1.0, stds)
         mean = tuple(map(float, info.channel_mean))
-        return cls(float(info.scale), mean, tuple(std), bool(info.is_rgb))
+        return cls(float(info.scale), mean, tuple(map(float, std)), bool(info.is_rgb))
 
     def __call__(self, unit: jax.Array) -> jax.Array:
         """(..., C) values in scaled units -> standardised float32."""

@@ -362,17 +362,21 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be a whole number, at least 1")
     t = config.train
-    if t.batch_size < 2:
-        raise ValueError(
-            "train.batch_size=1: BatchNorm over one image subtracts the ASPP's image-pooling "
-            "branch (a constant per image), so that branch would never train; use at least 2"
-        )
     if t.batch_size % num_devices:
         raise ValueError(f"train.batch_size={t.batch_size} must divide over {num_devices} devices")
     for name in ("checkpoint_every", "eval_every"):
         if t[name] % t.log_every:
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
     losses.check_layer_weighting(config.critic.layer_weighting)
+
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+    """Keys that would make training itself fail or go wrong, not a trained run's use."""
+    if config.train.batch_size < 2:
+        raise ValueError(
+            "train.batch_size=1: BatchNorm over one image subtracts the ASPP's image-pooling "
+            "branch (a constant per image), so that branch would never train; use at least 2"
+        )
     if config.critic.num:
         _check_critic_features(tuple(config.critic.features), config.data.crop_size)
 
@@ -395,16 +399,20 @@ def validated_context(
     num_devices: int,
     resuming: bool = False,
     axis_name: str | None = parallel.AXIS,
+    training: bool = True,
 ) -> StepContext:
     """`step_context` once every key the run uses passed its check, the model's shapes included
     (`jax.eval_shape` of the initial state) and, unless `resuming`, model.init_checkpoint
-    against them, so a bad config stops the run before it writes anything.
+    against them, so a bad config stops the run before it writes anything. `training`: also
+    the keys only training uses (a trained run is evaluated and predicted from as it was).
 
     Raises:
       ConfigError: naming the key (or checkpoint) and the problem.
       FileNotFoundError: model.init_checkpoint does not exist.
     """
     try:
+        if training:
+            _check_training(config)
         _check_config(config, num_devices, len(info.classes))
         ctx = step_context(config, info, num_devices, axis_name)
         key = jax.random.key(0)
@@ -643,6 +651,7 @@ def train_and_evaluate(
         workdir_lib.prepare(workdir, config)
         workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
         workdir_lib.write_json(workdir / DATASET_INFO, datasets.info_metadata(info))
+        workdir_lib.empty_trash(workdir)  # what --overwrite discarded
     managers = (
         checkpoints.latest_manager(workdir, config.train.keep),
         checkpoints.best_manager(workdir),
@@ -749,7 +758,7 @@ class _Loop:
             acc, since = None, done
             if done % cfg.checkpoint_every == 0 or done == end:
                 checkpoints.save(self.managers[0], done, state)
-            if done % cfg.eval_every == 0 or done == cfg.num_steps:
+            if self.evaluation_due(done):
                 record = self.evaluate(state, done)
         return record
 
@@ -763,13 +772,21 @@ class _Loop:
             record = {"kind": "train", "step": done, "steps_per_s": rate, **means}
             workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
 
-    def evaluation_missed(self, step: int) -> bool:
-        """Whether an earlier run stopped between its checkpoint of ``step`` and that step's
-        evaluation, both due (the record is written last; the file system is shared)."""
+    def evaluation_due(self, step: int) -> bool:
         cfg = self.ctx.config.train
-        due = step > 0 and (step % cfg.eval_every == 0 or step == cfg.num_steps)
-        record = {"split": next(iter(self.eval_splits)), "step": step}
-        return due and not evaluate.record_path(self.workdir, record).exists()
+        return step > 0 and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+
+    def evaluation_missed(self, step: int) -> bool:
+        """Whether an earlier run stopped between its checkpoint of ``step`` and the end of
+        that step's evaluation, both due: metrics.jsonl, written last, has no evaluation line
+        of ``step``. Process 0 decides for all (they must run the same collectives)."""
+        if not self.evaluation_due(step):
+            return False
+        path = self.workdir / "metrics.jsonl"
+        missed = jax.process_index() == 0 and not workdir_lib.logged(path, "eval", step)
+        if jax.process_count() > 1:
+            missed = bool(multihost_utils.broadcast_one_to_all(np.int32(missed)))
+        return missed
 
     def evaluate(self, state: TrainState, step: int) -> dict:
         """Whole-image evaluation: each process its shard of the split, on its devices; the
@@ -792,7 +809,7 @@ class _Loop:
         return record
 
     def write(self, record: dict) -> None:
-        evaluate.write_record(self.workdir, record)
+        evaluate.save_record(self.workdir, record)  # beside --mode=evaluate's of the step
         keys = ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
         line = {"kind": "eval", **{k: record[k] for k in keys}}
         workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", line)

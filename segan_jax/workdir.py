@@ -152,11 +152,16 @@ def _ours(name: str) -> bool:
 
 
 def check_new(workdir: pathlib.Path) -> None:
-    """Refuses to start a run in a folder holding files a run does not write (a data folder,
-    another tool's results): --overwrite could not tell them apart from the run's later."""
-    others = (
-        sorted(p.name for p in workdir.iterdir() if not _ours(p.name)) if workdir.is_dir() else []
-    )
+    """Refuses to start or resume a run where an --overwrite stopped half-way, or to start one
+    in a folder holding files a run does not write (a data folder, another tool's results):
+    --overwrite could not tell them apart from the run's later. Hidden files do not count."""
+    if (workdir / TRASH).exists():
+        raise ConfigMismatchError(
+            f"{workdir}: an --overwrite stopped before it finished (it left {TRASH}); rerun "
+            "with --overwrite"
+        )
+    names = [p.name for p in workdir.iterdir()] if workdir.is_dir() else []
+    others = sorted(n for n in names if not _ours(n) and not n.startswith("."))
     if others and not (workdir / "config.json").exists():
         raise ConfigMismatchError(
             f"{workdir}: holds {len(others)} files or folders that are not a segan_jax run "
@@ -171,7 +176,8 @@ def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
 
 
 def discard(workdir: pathlib.Path) -> list[str]:
-    """Deletes an earlier run's files (`RUN_ENTRIES`), but only from a folder that is a run:
+    """Sets an earlier run's files (`RUN_ENTRIES`) aside in `TRASH`, for `empty_trash` to delete
+    once the new run's config is written, but only from a folder that is a run:
     config.json plus metrics or checkpoints, or the files a run writes before its checkpoint
     folders (anything else raises and nothing is deleted). Other files and folders in it
     (e.g. predictions written there) are kept.
@@ -195,8 +201,13 @@ def discard(workdir: pathlib.Path) -> list[str]:
     trash.mkdir()
     for name in (n for entry in RUN_ENTRIES for n in (entry, entry + ".tmp") if n in names):
         (workdir / name).rename(trash / name)
-    shutil.rmtree(trash)
     return sorted(n for n in names if not _ours(n))
+
+
+def empty_trash(workdir: pathlib.Path) -> None:
+    """Deletes what `discard` set aside, once the new run's config.json is written: until
+    then a stop leaves the folder marked as a discard to finish (`check_new`)."""
+    shutil.rmtree(workdir / TRASH, ignore_errors=True)
 
 
 def write_json(path: pathlib.Path, obj) -> None:
@@ -226,6 +237,15 @@ def drop_after(path: pathlib.Path, step: int) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(keep))
         tmp.replace(path)
+
+
+def logged(path: pathlib.Path, kind: str, step: int) -> bool:
+    """Whether ``path`` (metrics.jsonl) holds a whole line of ``kind`` ("train", "eval") and
+    ``step``."""
+    if not path.exists():
+        return False
+    lines = [line for line in path.read_text().split("\n")[:-1] if line.strip()]  # no torn one
+    return any((r.get("kind"), r.get("step")) == (kind, step) for r in map(json.loads, lines))
 
 
 def nan_to_null(v):

@@ -154,10 +154,15 @@ def test_an_opaque_alpha_channel_is_dropped_and_transparency_refused(tmp_path: p
     grey_alpha = np.stack([rgba[..., 0], rgba[..., 3]], axis=-1)
     Image.fromarray(grey_alpha, "LA").save(tmp_path / "grey.png")
     np.testing.assert_array_equal(datasets.read_image(tmp_path / "grey.png"), rgba[..., :1])
+    tiff = {"photometric": "rgb", "extrasamples": ["unassalpha"]}
+    tifffile.imwrite(tmp_path / "tile.tif", rgba, **tiff)
+    np.testing.assert_array_equal(datasets.read_image(tmp_path / "tile.tif"), rgba[..., :3])
     rgba[2, 3, 3] = 254
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
-    with pytest.raises(datasets.FormatError, match="transparent pixels"):
-        datasets.read_image(tmp_path / "cut.png")
+    tifffile.imwrite(tmp_path / "cut.tif", rgba, **tiff)
+    for name in ("cut.png", "cut.tif"):
+        with pytest.raises(datasets.FormatError, match="transparent pixels"):
+            datasets.read_image(tmp_path / name)
 
 
 @pytest.mark.parametrize("compression", ["lzw", "jpeg", "zlib"])
@@ -244,12 +249,16 @@ def test_crash_mid_build_leaves_no_valid_dataset(
         datasets.load_info(cfg)
     assert not built_dirs(tmp_path / "tfds")
     monkeypatch.undo()
-    # A build killed outright leaves TFDS's incomplete.* folder; the next build removes it.
+    # A build killed outright leaves TFDS's incomplete.* folder: the next build removes it once
+    # it is stale, not while it may be another process's build in progress.
     version_dir = datasets.dataset_dir(cfg)
-    killed = version_dir.parent / f"incomplete.ABC123_{version_dir.name}"
+    killed, running = (version_dir.parent / f"incomplete.{t}_{version_dir.name}" for t in "AB")
     (killed / "train").mkdir(parents=True)
+    (running / "train").mkdir(parents=True)
+    old = killed.stat().st_mtime - datasets.STALE_BUILD_S - 60
+    os.utime(killed, (old, old))
     assert datasets.load_split(cfg, "test").names == ["test_0", "test_1"]
-    assert not killed.exists()
+    assert not killed.exists() and running.exists()
 
 
 def test_process_shards_are_disjoint_and_complete(tmp_path: pathlib.Path) -> None:

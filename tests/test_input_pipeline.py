@@ -1,5 +1,7 @@
 """Input pipeline: augmentation keeps image and mask aligned; padding; evaluation padding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -204,3 +206,10 @@ def test_a_constant_channel_is_centred_not_blown_up():
     assert normalizer.std == (pytest.approx(0.2), pytest.approx(0.002), 1.0)
     out = normalizer(jnp.array([0.7, 0.4, 0.1]))
     np.testing.assert_allclose(out, [1.0, 0.0, 0.1], atol=1e-5)
+    # 16-bit data: the scale is the brightest pixel, so a dim channel varying by 50 grey levels
+    # has a small std in scaled units and is still standardised; one of 0.13 levels is not.
+    sixteen = dataclasses.replace(
+        info, scale=65535.0, channel_std=np.array([7.6e-4, 2e-6, 0.1], np.float32)
+    )
+    std = input_pipeline.Normalizer.from_info(sixteen).std
+    assert std == (pytest.approx(7.6e-4), 1.0, pytest.approx(0.1))

@@ -72,6 +72,7 @@ def test_discard_takes_a_run_that_stopped_before_its_first_step(tmp_path):
     workdir.prepare(stopped, tiny.get_config())
     (stopped / "class_frequencies.json").write_text("{}")
     workdir.discard(stopped)
+    workdir.empty_trash(stopped)
     assert list(stopped.iterdir()) == []
     notes = tmp_path / "notes"  # a config.json and a user's file: not a run
     workdir.prepare(notes, tiny.get_config())
@@ -91,24 +92,33 @@ def test_discard_deletes_only_what_a_run_writes(tmp_path):
     (run / "predictions" / "a.png").write_text("label")
     (run / "notes.txt").write_text("keep me")
     assert workdir.discard(run) == ["notes.txt", "predictions", "sub"]
+    workdir.empty_trash(run)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "predictions", "sub"]
     assert (run / "predictions" / "a.png").read_text() == "label"
 
 
-def test_an_interrupted_discard_leaves_a_run_or_finishes(tmp_path):
-    """Entries go to .discarded one rename at a time, config.json last: stopped after any of
-    them, the folder is still a run (or holds .discarded), and --overwrite finishes."""
+def test_an_interrupted_discard_is_refused_until_overwrite_finishes_it(tmp_path):
+    """discard sets the entries aside one rename at a time, config.json last, and the trash is
+    emptied only once the new run's config is written: stopped anywhere, a plain rerun is
+    refused (it would resume a half-discarded run) and --overwrite finishes."""
     run = tmp_path / "run"
     workdir.prepare(run, tiny.get_config())
     (run / "checkpoints" / "2").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("{}\n")
+    (run / "labels").mkdir()  # a user's, e.g. predict.output
     (run / workdir.TRASH).mkdir()
-    (run / "checkpoints").rename(run / workdir.TRASH / "checkpoints")
-    (run / "metrics.jsonl").rename(run / workdir.TRASH / "metrics.jsonl")
-    workdir.check_new(run)  # config.json still there: a run
-    (run / "config.json").rename(run / workdir.TRASH / "config.json")
-    workdir.check_new(run)  # nothing but the trash: free for a new run
-    assert workdir.discard(run) == [] and list(run.iterdir()) == []
+    (run / "checkpoints").rename(run / workdir.TRASH / "checkpoints")  # stopped here
+    with pytest.raises(workdir.ConfigMismatchError, match="stopped before it finished"):
+        workdir.check_new(run)
+    assert workdir.discard(run) == ["labels"]  # rerun with --overwrite
+    assert sorted(p.name for p in run.iterdir()) == [workdir.TRASH, "labels"]
+    with pytest.raises(workdir.ConfigMismatchError, match="rerun with --overwrite"):
+        workdir.check_new(run)  # stopped before the new config.json
+    assert workdir.discard(run) == ["labels"]
+    workdir.prepare(run, tiny.get_config())
+    workdir.empty_trash(run)
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "labels"]
+    workdir.check_new(run)
 
 
 def test_a_new_run_refuses_a_folder_of_other_files(tmp_path):
@@ -117,6 +127,8 @@ def test_a_new_run_refuses_a_folder_of_other_files(tmp_path):
         workdir.check_new(tmp_path)
     workdir.check_new(tmp_path / "missing")
     (tmp_path / "images").rmdir()
+    (tmp_path / ".DS_Store").write_text("")  # hidden files do not count
+    workdir.check_new(tmp_path)
     (tmp_path / "config.json.tmp").write_text("")  # a run stopped while saving its config
     workdir.check_new(tmp_path)
 
@@ -129,6 +141,9 @@ def test_drop_after_keeps_the_lines_up_to_the_checkpoint(tmp_path):
     before = path.stat().st_mtime_ns
     workdir.drop_after(path, 2)
     assert path.read_text() == "".join(lines) and path.stat().st_mtime_ns == before
-    path.write_text("".join(lines) + '{"kind": "train", "step": 3}\n{"kind": "tr')
+    path.write_text("".join(lines) + '{"kind": "train", "step": 3}\n{"kind": "eval", "step": 3')
+    assert workdir.logged(path, "eval", 2) and workdir.logged(path, "train", 3)
+    assert not workdir.logged(path, "eval", 3)  # torn
     workdir.drop_after(path, 2)
     assert path.read_text() == "".join(lines)
+    assert not workdir.logged(tmp_path / "none.jsonl", "eval", 2)

@@ -368,6 +368,15 @@ def test_looking_for_checkpoints_logs_no_warning(two_step_run, caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_training_only_checks_spare_a_trained_runs_use(data_dir):
+    config = _tiny(data_dir)
+    config.train.batch_size = 1  # allowed before those checks came
+    info = datasets.load_info(config.data)
+    with pytest.raises(train.ConfigError, match="train.batch_size=1"):
+        train.validated_context(config, info, 1, resuming=True, axis_name=None)
+    train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
+
+
 def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
     """raw_shapes and has_checkpoint may run on one process alone (inside on_every_process,
     for a path only some hosts can read): no orbax barrier. (restore_raw has one: every
@@ -423,6 +432,7 @@ def test_overwrite_discards_only_a_run(tmp_path, data_dir):
     train.train_and_evaluate(config, str(tmp_path / "run"), overwrite=True)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["loss"]["class_weights"] == "inverse_frequency"
+    assert not (tmp_path / "run" / workdir.TRASH).exists()
     # An init checkpoint inside the run --overwrite would discard is refused before it is.
     config.model.init_checkpoint = str(tmp_path / "run" / "best")
     with pytest.raises(train.ConfigError, match="lies in .*--overwrite"):
