@@ -19,7 +19,10 @@ flags.DEFINE_bool(
     "overwrite", False, "Discard the run in --workdir (after the data and config pass checks)."
 )
 flags.DEFINE_integer(
-    "max_steps_this_run", None, "Stop after this many steps (with a checkpoint); rerun to go on."
+    "max_steps_this_run",
+    None,
+    "Stop after this many steps (with a checkpoint); rerun to go on. 0: prepare the run "
+    "(build the data, check the config, initialise, write the workdir), train nothing.",
 )
 flags.DEFINE_bool(
     "distributed", False, "Multi-host run: jax.distributed.initialize() finds SLURM/MPI/... values."

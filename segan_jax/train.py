@@ -614,14 +614,15 @@ def train_and_evaluate(
       overwrite: discard an earlier run in `workdir` (only once the data and config passed
         their checks, and only a folder that is a segan_jax run).
       max_steps_this_run: stop after this many steps (with a checkpoint), e.g. for time-sliced
-        cluster jobs; rerunning continues.
+        cluster jobs; rerunning continues. 0 prepares the run (data built, config checked,
+        state initialised, workdir written) and trains nothing.
 
     Returns:
       The last evaluation record, or None when no evaluation ran.
     """
     workdir = pathlib.Path(workdir)
-    if max_steps_this_run is not None and max_steps_this_run < 1:
-        raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be at least 1")
+    if max_steps_this_run is not None and max_steps_this_run < 0:
+        raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)

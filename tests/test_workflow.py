@@ -129,8 +129,8 @@ def test_prediction_names_every_unreadable_input(tmp_path):
         str(tmp_path / "c.tif"),
     ]
     assert inference.read_images([good])[0].shape == (5, 6, 3)
-    with pytest.raises(train.ConfigError, match="max_steps_this_run=0 must be at least 1"):
-        train.train_and_evaluate(tiny.get_config(), str(tmp_path / "run"), max_steps_this_run=0)
+    with pytest.raises(train.ConfigError, match="max_steps_this_run=-1 must be 0 or more"):
+        train.train_and_evaluate(tiny.get_config(), str(tmp_path / "run"), max_steps_this_run=-1)
 
 
 def test_bad_dataset_fails_before_any_work(tmp_path, data_dir):
