@@ -75,7 +75,9 @@ def _record(work: pathlib.Path) -> list:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
     """A 3-step run trained by 2 processes of 2 CPU devices each, killed after step 2 and
-    resumed: (workdir, environment, outputs of the first launch, of the second)."""
+    resumed with evaluations every 2 steps, so that it first makes the now due evaluation of
+    step 2 (process 0 decides, all run it): (workdir, environment, outputs of the first
+    launch, of the second)."""
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -83,7 +85,7 @@ def run(tmp_path_factory, data_dir):
     )
     work = tmp_path_factory.mktemp("multihost") / "run"
     first = launch(work, env, "--max_steps_this_run=2")
-    second = launch(work, env)
+    second = launch(work, env, "--config.train.eval_every=2")
     return work, env, first, second
 
 
@@ -92,7 +94,12 @@ def test_two_processes_train_one_run(run):
     # Process 0 alone printed progress and wrote the workdir's files, once.
     assert "step 2/3" in first[0][1] and "step 2/3" not in first[1][1]
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
-    assert [x["kind"] for x in lines] == ["train", "train", "eval"]
+    assert [(x["kind"], x["step"]) for x in lines] == [
+        ("train", 2),
+        ("eval", 2),
+        ("train", 3),
+        ("eval", 3),
+    ]
     # Rerunning the 2-process job restores the 2-process checkpoint and goes on.
     assert "Restored step 2" in second[0][1] and "step 3/3" in second[0][1]
     state = checkpoints.restore_raw(work / "checkpoints")
