@@ -53,17 +53,12 @@ def read_metrics(workdir: str | pathlib.Path) -> tuple[list[dict], list[dict]]:
 
     Train rows: {step, loss, ce, [l_mae], grad_norm, steps_per_s, ...}; eval rows: {step, split,
     f1 (K,), iou (K,), f1_foreground_mean, iou_foreground_mean}. JSON null becomes NaN. Blank
-    lines are skipped; a missing file gives two empty lists.
+    lines and a last line torn by a kill are skipped; a missing file gives two empty lists.
     """
-    path = pathlib.Path(workdir) / "metrics.jsonl"
     train_rows: list[dict] = []
     eval_rows: list[dict] = []
-    if not path.exists():
-        return train_rows, eval_rows
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = {k: workdir_lib.null_to_nan(v) for k, v in json.loads(line).items()}
+    for record in workdir_lib.read_jsonl(pathlib.Path(workdir) / "metrics.jsonl"):
+        row = {k: workdir_lib.null_to_nan(v) for k, v in record.items()}
         kind = row.pop("kind", "train")
         (eval_rows if kind == "eval" else train_rows).append(row)
     return train_rows, eval_rows

@@ -212,8 +212,12 @@ def empty_trash(workdir: pathlib.Path) -> None:
 
 def write_json(path: pathlib.Path, obj) -> None:
     """Writes JSON atomically (temporary file, then rename)."""
+    _write_atomically(path, json.dumps(obj, indent=1))
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -228,24 +232,27 @@ def drop_after(path: pathlib.Path, step: int) -> None:
     """Drops the lines of ``path`` (metrics.jsonl) logged after ``step``, the checkpoint a
     run resumes from, which logs those steps again; also a line torn by a kill while it was
     appended. Rewrites the file atomically, and only when a line goes."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    whole = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # last one torn?
-    keep = [line for line in whole if not line.strip() or json.loads(line)["step"] <= step]
-    if len(keep) < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+    text = path.read_text() if path.exists() else ""
+    keep = [line for line in _whole_lines(text) if json.loads(line)["step"] <= step]
+    if len(keep) < len(text.splitlines()):
+        _write_atomically(path, "".join(f"{line}\n" for line in keep))
 
 
 def logged(path: pathlib.Path, kind: str, step: int) -> bool:
     """Whether ``path`` (metrics.jsonl) holds a whole line of ``kind`` ("train", "eval") and
     ``step``."""
-    if not path.exists():
-        return False
-    lines = [line for line in path.read_text().split("\n")[:-1] if line.strip()]  # no torn one
-    return any((r.get("kind"), r.get("step")) == (kind, step) for r in map(json.loads, lines))
+    return any((r.get("kind"), r.get("step")) == (kind, step) for r in read_jsonl(path))
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """The records of ``path`` (metrics.jsonl), one per whole line: blank lines and a last line
+    torn by a kill while it was appended are left out. [] for a missing file."""
+    return [json.loads(line) for line in _whole_lines(path.read_text() if path.exists() else "")]
+
+
+def _whole_lines(text: str) -> list[str]:
+    """The non-blank lines of ``text`` that end in a newline (the last may be torn)."""
+    return [line for line in text.split("\n")[:-1] if line.strip()]
 
 
 def nan_to_null(v):

@@ -52,7 +52,7 @@ def test_read_metrics_splits_kinds_and_turns_null_into_nan(tmp_path):
         {"kind": "eval", **_eval_row(2, [0.9, None, 0.5])},
         {"kind": "train", "step": 4, "loss": 1.2, "ce": 1.1, "grad_norm": 3.0},
     ]
-    text = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    text = "\n".join(json.dumps(line) for line in lines) + "\n\n" + '{"kind": "tr'  # torn
     (tmp_path / "metrics.jsonl").write_text(text)
     train_rows, eval_rows = figures.read_metrics(tmp_path)
     assert [r["step"] for r in train_rows] == [2, 4]
