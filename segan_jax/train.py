@@ -16,7 +16,6 @@ separate parameters and optax states. Within one step:
 import copy
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 from typing import Any
@@ -688,10 +687,11 @@ def saved_info(workdir: pathlib.Path) -> datasets.DatasetInfo | None:
     path = workdir / DATASET_INFO
     if not path.exists():
         return None
+    metadata = workdir_lib.read_json(path, "record of dataset facts")
     try:
-        return datasets.info_from_metadata(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise workdir_lib.ConfigMismatchError(f"{path}: unreadable ({err!r})") from err
+        return datasets.info_from_metadata(metadata)
+    except (ValueError, KeyError, TypeError) as err:
+        raise workdir_lib.ConfigMismatchError(f"{path}: lacks dataset facts ({err!r})") from err
 
 
 def _check_same_data(workdir: pathlib.Path, info: datasets.DatasetInfo, data) -> None:

@@ -120,14 +120,20 @@ def check(
 
 def read_config(path: pathlib.Path) -> dict:
     """A saved config.json, or ConfigMismatchError naming it when it is not one."""
+    return read_json(path, "config")
+
+
+def read_json(path: pathlib.Path, what: str) -> dict:
+    """The JSON object a run saved as ``path`` (its ``what``, e.g. "config"), or
+    ConfigMismatchError naming the file when it is unreadable or not an object."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigMismatchError(
-            f"{path}: unreadable ({err}); not a config segan_jax saved"
+            f"{path}: unreadable ({err}); not a {what} segan_jax saved"
         ) from err
     if not isinstance(saved, dict):
-        raise ConfigMismatchError(f"{path}: holds no config (a JSON object was expected)")
+        raise ConfigMismatchError(f"{path}: holds no {what} (a JSON object was expected)")
     return saved
 
 

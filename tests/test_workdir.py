@@ -5,7 +5,7 @@ import json
 import pytest
 
 from configs import tiny
-from segan_jax import workdir
+from segan_jax import train, workdir
 
 
 def test_tap_options_may_change_but_not_the_model():
@@ -147,3 +147,14 @@ def test_drop_after_keeps_the_lines_up_to_the_checkpoint(tmp_path):
     workdir.drop_after(path, 2)
     assert path.read_text() == "".join(lines)
     assert not workdir.logged(tmp_path / "none.jsonl", "eval", 2)
+
+
+def test_a_broken_record_of_dataset_facts_is_named(tmp_path):
+    assert train.saved_info(tmp_path) is None  # a run from before the file
+    path = tmp_path / train.DATASET_INFO
+    path.write_text('{"classes": ')
+    with pytest.raises(workdir.ConfigMismatchError, match=r"dataset_info\.json: unreadable"):
+        train.saved_info(tmp_path)
+    path.write_text('{"classes": ["a"]}')
+    with pytest.raises(workdir.ConfigMismatchError, match=r"dataset_info\.json: lacks dataset"):
+        train.saved_info(tmp_path)
