@@ -82,6 +82,7 @@ _META_KEYS = (
 _PIL_CONVERT = {"P": "RGB", "PA": "RGBA", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB"}
 _MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ALPHA_SAMPLES = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
 
 _Example = tuple[str, np.ndarray, np.ndarray]  # (name, image (H, W, C), mask (H, W) uint8)
 _ImageKind = tuple[pathlib.Path, int, int]  # (image path, channels, bits per sample)
@@ -184,7 +185,7 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray:
         series = tif.series[0]
         array, axes = series.asarray(), series.axes
         extra = getattr(tif.pages[0], "extrasamples", ())
-    if axes.endswith("S") and extra and extra[-1] in (1, 2):  # associated or unassociated alpha
+    if axes.endswith("S") and extra and extra[-1] in _ALPHA_SAMPLES:
         array = _without_alpha(array)
     channels_first = axes[0] != "Q" or array.shape[0] <= array.shape[-1]
     if array.ndim == 3 and not axes.endswith("S") and channels_first:
@@ -269,7 +270,7 @@ def _files(folder: pathlib.Path, suffixes: Sequence[str]) -> list[pathlib.Path]:
     return sorted(found)
 
 
-def _bad(path: pathlib.Path) -> bool:
+def _not_utf8(path: pathlib.Path) -> bool:
     """A name the file system holds as bytes that are not UTF-8 (which TFDS cannot store)."""
     try:
         path.name.encode()
@@ -388,7 +389,9 @@ def _listing_problems(
     problems = [] if images else [f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})"]
     for paths in list(images.values()) + list(masks.values()):
         problems += [f"{p}: same name as {paths[0].name}; rename one" for p in paths[1:]]
-        problems += [f"{_shown(p)}: file name is not UTF-8; rename it" for p in paths if _bad(p)]
+        problems += [
+            f"{_shown(p)}: file name is not UTF-8; rename it" for p in paths if _not_utf8(p)
+        ]
     others = [p for p in masks_dir.iterdir() if _is_visible_file(p) and p.suffix.lower() != ".png"]
     problems += [f"{p}: masks must be single-channel .png files" for p in others]
     for stem in sorted(images.keys() - masks.keys()):
