@@ -758,7 +758,7 @@ class _Loop:
             self.log(progress, acc, since, done)
             acc, since = None, done
             if done % cfg.checkpoint_every == 0 or done == end:
-                checkpoints.save(self.managers[0], done, state)
+                self.save(0, done, state)
             if self.evaluation_due(done):
                 record = self.evaluate(state, done)
         return record
@@ -772,6 +772,15 @@ class _Loop:
             rate = progress.print(done, means)
             record = {"kind": "train", "step": done, "steps_per_s": rate, **means}
             workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
+
+    def save(self, which: int, step: int, state: TrainState, metrics: dict | None = None) -> None:
+        """Saves ``state`` with ``self.managers[which]`` (0: latest, 1: best/), asynchronously.
+        With several processes, only once the other manager's save has finished: orbax names
+        its cross-process barriers by step, not by manager, so the two saving at once (the
+        latest and best/ at an evaluation step) can collide and hang the run."""
+        if jax.process_count() > 1:
+            self.managers[1 - which].wait_until_finished()
+        checkpoints.save(self.managers[which], step, state, metrics)
 
     def evaluation_due(self, step: int) -> bool:
         cfg = self.ctx.config.train
@@ -804,7 +813,7 @@ class _Loop:
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
         if step not in self.managers[1].all_steps():  # saved before a stop (evaluation_missed)
-            checkpoints.save(self.managers[1], step, state, f1)
+            self.save(1, step, state, f1)
         if jax.process_index() == 0:
             self.write(record)
         return record
