@@ -632,6 +632,7 @@ def train_and_evaluate(
         lambda: validated_context(config, info, mesh.size, resuming), "check the config"
     )
     parallel.on_every_process(lambda: _check_shard(splits["train"]), "get training images")
+    _print(describe_run(config, info, mesh, len(splits["train"].images)))
     train_arrays = _train_arrays(config, splits.pop("train"))
     if overwrite:
         _check_outside(config.model.init_checkpoint, workdir)
@@ -665,6 +666,21 @@ def train_and_evaluate(
         for m in managers:
             m.wait_until_finished()
             m.close()
+
+
+def describe_run(config: ml_collections.ConfigDict, info, mesh: Mesh, num_images: int) -> str:
+    """One line saying what trains on what: the network, the data (``num_images``: this
+    process's training images), the global batch and the devices and processes it spans (a
+    cluster launch that gives a process fewer devices than meant shows here)."""
+    m, t, c = config.model, config.train, config.critic
+    critic = {0: "no critic", 1: "one critic"}.get(c.num, "one critic per class")
+    share = " (this process's shard)" if jax.process_count() > 1 else ""
+    return (
+        f"DeepLabV3-ResNet{m.depth} (width {m.width}, OS{m.output_stride}, {m.dtype}), {critic}; "
+        f"{num_images} training images{share} of {len(info.classes)} classes; global batch "
+        f"{t.batch_size} over {mesh.size} {mesh.devices.flat[0].platform} device(s) in "
+        f"{jax.process_count()} process(es); {t.num_steps} steps"
+    )
 
 
 def _check_outside(init_checkpoint: str, workdir: pathlib.Path) -> None:

@@ -93,6 +93,9 @@ def test_two_processes_train_one_run(run):
     work, _, first, second = run
     # Process 0 alone printed progress and wrote the workdir's files, once.
     assert "step 2/3" in first[0][1] and "step 2/3" not in first[1][1]
+    # One step over both processes' devices, each process with its shard of the 7 frames.
+    said = "4 training images (this process's shard) of 3 classes; global batch 4 over 4 cpu"
+    assert f"{said} device(s) in 2 process(es)" in first[0][1], first[0][1]
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [(x["kind"], x["step"]) for x in lines] == [
         ("train", 2),

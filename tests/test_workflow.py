@@ -49,6 +49,11 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     common = ["--config=configs/tiny.py", f"--workdir={work}", "--config.train.num_steps=2"]
     train_out = _launch(*common, data_dir=data_dir).stdout
     assert "step 2/2" in train_out and "steps/s" in train_out and "ETA" in train_out
+    # What trains on what, before the first step: here 7 frames on conftest's 2 CPU devices.
+    assert (
+        "7 training images of 3 classes; global batch 2 over 2 cpu device(s) in 1 process(es)"
+        in train_out
+    )
     assert (work / "config.json").exists() and (work / "class_frequencies.json").exists()
 
     cache = tmp_path / "xla"
@@ -274,9 +279,16 @@ def test_train_step_compiles_once(data_dir):
     data = train.place_data(input_pipeline.stack_split(split, 64, 255), mesh)
     key = parallel.replicate(jax.random.key(1), mesh)
     step = train.compile_train_step(ctx, mesh)
-    for _ in range(3):
-        state, _ = step(state, data, key)
+    old, (state, metrics) = state, step(state, data, key)
+    # The state's buffers are donated: the step updates them in place.
+    assert all(x.is_deleted() for x in jax.tree.leaves(old))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(state))
+    # Stepping moves nothing between host and devices (metrics stay on the devices).
+    with jax.transfer_guard("disallow"):
+        for _ in range(2):
+            state, metrics = step(state, data, key)
     assert step._cache_size() == 1
+    assert all(isinstance(v, jax.Array) for v in metrics.values())
 
 
 def test_a_short_real_run_on_the_demo_data_learns(tmp_path, data_dir, full_optimisation):
