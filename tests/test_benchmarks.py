@@ -1,9 +1,14 @@
 """benchmarks/: the profile's attribution of device ops to model scopes (train_throughput.py),
-the fastest case's flags, and end_to_end.py's timings from launch.py's output."""
+the fastest case's flags, the model FLOPs behind MFU, and end_to_end.py's timings from
+launch.py's output."""
 
+import functools
 import importlib.util
 import math
 import pathlib
+
+import jax
+import jax.numpy as jnp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -110,3 +115,32 @@ def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():
     assert result["extrapolated_run_s"] == 40.0 + 990 / 20 + 3.0 + 49 * 1.0
     one = end_to_end.summarise(lines[:7], train)  # one evaluation measured: no extrapolation
     assert one["evaluation_s"] == [3.0] and math.isnan(one["extrapolated_run_s"])
+
+
+def _conv(x, w, stride=1, rate=1):
+    dims = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME", rhs_dilation=(rate, rate), dimension_numbers=dims
+    )
+
+
+def _conv_sum(x, w, stride, rate):
+    return _conv(x, w, stride, rate).sum()
+
+
+def test_model_flops_are_counted_by_hand_rules():
+    """MFU's numerator: 2 FLOPs per multiply-add; a convolution's output positions x window x
+    input features; its input and weight gradients one forward each, a strided one's input
+    gradient as the forward it transposes; dots inside jit and scan (x length)."""
+    count = train_throughput.jaxpr_flops
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    forward = 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)
+    assert count(jax.make_jaxpr(_conv)(x, w)) == forward
+    for stride, rate, scale in ((1, 1, 1), (2, 1, 1 / 4), (1, 2, 1)):
+        loss = functools.partial(_conv_sum, stride=stride, rate=rate)
+        grads = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w)
+        assert count(grads) == 3 * forward * scale, (stride, rate)
+    a, b = jnp.ones((5, 6)), jnp.ones((6, 7))
+    assert count(jax.make_jaxpr(jax.jit(jnp.matmul))(a, b)) == 2 * 5 * 6 * 7
+    scan = lambda a, b: jax.lax.scan(lambda c, _: (c, a @ b), 0.0, None, length=3)  # noqa: E731
+    assert count(jax.make_jaxpr(scan)(a, b)) == 3 * 2 * 5 * 6 * 7
