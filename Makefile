@@ -30,6 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The full grid of benchmarks/README.md: meant for a GPU (hours on 2 CPU cores).
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 

@@ -97,9 +97,10 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   # (9) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
   run 9 "${L[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
   # (10) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256
-  # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132)
+  # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132);
+  # the device work, and at batch 1 also evaluate's host padding, normalising and transfers
   run 10 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
-    --crop=256 --infer_steps=20 --atrous=dilated,space_to_batch
+    --crop=256 --infer_steps=20 --atrous=dilated,space_to_batch --infer_e2e=1
   # (11) the input pipeline alone (crops + augmentation), batch 16 and 64
   run 11 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
   # (12) the paper's schedule end to end: launch.py (loop, evaluations, checkpoints) with
