@@ -586,13 +586,38 @@ def _check_shard(split: datasets.Split) -> None:
         )
 
 
-def _train_arrays(config, split: datasets.Split) -> input_pipeline.TrainData:
-    """The train shard (not empty) stacked to one shape, the same on every process."""
+def _train_arrays(config, split: datasets.Split, mesh: Mesh) -> input_pipeline.TrainData:
+    """The train shard (not empty) stacked to one shape, the same on every process, once it
+    is known to fit on the devices."""
     shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
     if jax.process_count() > 1:
         shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
+    stats = mesh.devices.flat[0].memory_stats()  # None where unknown (the CPU)
+    check_fits(config.data, split, shape, stats and stats.get("bytes_limit"))
     return input_pipeline.stack_split(
         split, config.data.crop_size, config.data.ignore_index, shape=shape
+    )
+
+
+# The training split is held whole on every device (input_pipeline); past this share of a
+# device's memory too little is left for the step.
+MAX_DATA_SHARE = 0.5
+
+
+def check_fits(data, split: datasets.Split, shape: tuple, limit: int | None) -> None:
+    """Refuses a training split that, padded to ``shape`` (N, H, W), would take over
+    `MAX_DATA_SHARE` of a device's ``limit`` bytes (None: unknown), naming its largest image."""
+    n, (h, w) = int(shape[0]), (max(int(x), data.crop_size) for x in shape[1:])
+    image = split.images[0]
+    need = n * h * w * (image.shape[-1] * image.itemsize + 1)  # images and uint8 masks
+    if not limit or need <= MAX_DATA_SHARE * limit:
+        return
+    largest = max(range(len(split.masks)), key=lambda i: split.masks[i].size)
+    raise ConfigError(
+        f"{data.path or data.name}: the training split, {n} images padded to {h}x{w} (largest: "
+        f"{split.names[largest]!r}), takes {need / 2**30:.1f} GiB and is held whole on every "
+        f"device: over {MAX_DATA_SHARE:.0%} of one's {limit / 2**30:.1f} GiB. Cut the images "
+        "into tiles of similar size (each is padded to the largest)"
     )
 
 
@@ -633,7 +658,7 @@ def train_and_evaluate(
     )
     parallel.on_every_process(lambda: _check_shard(splits["train"]), "get training images")
     _print(describe_run(config, info, mesh, len(splits["train"].images)))
-    train_arrays = _train_arrays(config, splits.pop("train"))
+    train_arrays = _train_arrays(config, splits.pop("train"), mesh)
     if overwrite:
         _check_outside(config.model.init_checkpoint, workdir)
         kept = parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the run")

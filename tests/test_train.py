@@ -218,3 +218,21 @@ def test_the_initial_state_compiled_once_equals_xlas_default_compile(monkeypatch
     init = jax.jit(lambda: train.create_train_state(ctx, jax.random.key(3), C))
     default = init.lower().compile(compiler_options={"xla_backend_optimization_level": 3})()
     assert _trees_equal(train.compiled_once(init)(), default)
+
+
+def test_a_training_split_too_big_for_a_device_is_refused_naming_its_largest_image():
+    data = tiny.get_config().data
+    data.path = "/data/slides"
+    small = np.zeros((100, 100, 3), np.uint8)
+    split = datasets.Split(
+        [small, np.zeros((3000, 2000, 3), np.uint8)],
+        [np.zeros((100, 100), np.uint8), np.zeros((3000, 2000), np.uint8)],
+        ["tile_1", "whole_slide"],
+    )
+    need = 2 * 3000 * 2000 * (3 + 1)  # both padded to the largest; uint8 images and masks
+    train.check_fits(data, split, (2, 3000, 2000), None)  # unknown memory (the CPU): no check
+    train.check_fits(data, split, (2, 3000, 2000), 2 * need)
+    with pytest.raises(train.ConfigError, match="/data/slides.*2 images padded to 3000x2000"):
+        train.check_fits(data, split, (2, 3000, 2000), 2 * need - 1)
+    with pytest.raises(train.ConfigError, match="'whole_slide'"):
+        train.check_fits(data, split, (2, 3000, 2000), need)
