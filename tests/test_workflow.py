@@ -267,8 +267,10 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
     assert len(inference.predict_workdir(config, str(tmp_path / "run"))) == 2
 
 
-def test_train_step_compiles_once(data_dir):
+@pytest.mark.parametrize("critic", [0, 1])
+def test_train_step_compiles_once(data_dir, critic):
     config = _tiny(data_dir)
+    config.critic.num = critic
     info = datasets.load_info(config.data)
     mesh = parallel.make_mesh()
     ctx = train.step_context(config, info, mesh.size)
