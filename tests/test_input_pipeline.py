@@ -213,3 +213,11 @@ def test_a_constant_channel_is_centred_not_blown_up():
     )
     std = input_pipeline.Normalizer.from_info(sixteen).std
     assert std == (pytest.approx(7.6e-4), 1.0, pytest.approx(0.1))
+
+
+def test_evaluation_normalises_on_the_host_as_training_does_on_the_device():
+    normalizer = input_pipeline.Normalizer(255.0, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), True)
+    raw = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    on_device = normalizer(jnp.asarray(raw, jnp.float32) / normalizer.scale)
+    host = input_pipeline.normalize_host(raw, normalizer)
+    np.testing.assert_allclose(host, on_device, rtol=1e-6, atol=1e-6)  # float32 rounding

@@ -23,6 +23,10 @@ def test_class_weights_median_frequency_and_none():
         losses.class_weights(counts, "median_frequency"), [0.6, 1.0, 1.5], rtol=1e-6
     )
     np.testing.assert_array_equal(losses.class_weights(counts, "none"), [1, 1, 1])
+    # A class absent from the training set gets 0 and is not in the median of the others.
+    np.testing.assert_allclose(
+        losses.class_weights(np.append(counts, 0), "median_frequency"), [0.6, 1.0, 1.5, 0.0]
+    )
     with pytest.raises(ValueError, match="class_weights"):
         losses.class_weights(counts, "bogus")
 

@@ -236,3 +236,83 @@ def test_a_training_split_too_big_for_a_device_is_refused_naming_its_largest_ima
         train.check_fits(data, split, (2, 3000, 2000), 2 * need - 1)
     with pytest.raises(train.ConfigError, match="'whole_slide'"):
         train.check_fits(data, split, (2, 3000, 2000), need)
+
+
+def _on_one_device(fn, *args):
+    """``fn`` (which sums over the device axis) on one mapped device; the leading axis dropped."""
+    out = jax.vmap(fn, axis_name=parallel.AXIS)(*(x[None] for x in args))
+    return jax.tree.map(lambda x: x[0], out)
+
+
+def _adversarial_inputs(seed: int = 1):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    image = jax.random.normal(keys[0], (2, 32, 32, C))
+    labels = jax.random.randint(keys[1], (2, 32, 32), 0, K)
+    logits = jax.random.normal(keys[2], (2, 32, 32, K))
+    return image, labels, logits
+
+
+def test_every_device_holds_the_same_state_after_a_step():
+    """Gradients (the critic's too) are summed over the devices, so the replicated state stays
+    bit for bit one state; a device left with its own gradient would drift from the others."""
+    config = _config(num=1)
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    ctx = train.step_context(config, _info(), mesh.size)
+    state = parallel.replicate(train.create_train_state(ctx, jax.random.key(0), C), mesh)
+    key = parallel.replicate(jax.random.key(7), mesh)
+    state, _ = train.compile_train_step(ctx, mesh)(state, train.place_data(_data(), mesh), key)
+    for leaf in jax.tree.leaves(state):
+        first, second = (np.asarray(s.data) for s in leaf.addressable_shards)
+        np.testing.assert_array_equal(first, second)
+
+
+def test_a_critic_step_raises_the_l1_distance_it_maximises():
+    config = _config(num=1, constraint="none", learning_rate=1e-3)
+    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
+    state = train.create_train_state(ctx, jax.random.key(0), C)
+    image, labels, logits = _adversarial_inputs()
+    probs, onehot = jax.nn.softmax(logits), jax.nn.one_hot(labels, K)
+
+    def update(image, probs, onehot):
+        return train.critic_update(ctx, state, image, probs, onehot)
+
+    params, _, before = _on_one_device(update, image, probs, onehot)
+    after = train.adversarial_l1(ctx, params, image, probs, onehot)
+    assert after > before > 0
+
+
+def test_class_maps_are_probabilities_and_one_hot_truth_zero_where_ignored():
+    ctx = train.step_context(_config(num=1), _info(), 1, axis_name=parallel.AXIS)
+    _, labels, logits = _adversarial_inputs()
+    labels = labels.at[:, :, :5].set(255)  # ignored pixels: masked out of both inputs
+    probs, onehot = train.class_maps(ctx, 3 * logits, labels)
+    valid = np.asarray(labels != 255)[..., None]
+    np.testing.assert_allclose(probs, jax.nn.softmax(3 * logits) * valid, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(onehot, jax.nn.one_hot(labels, K) * valid)
+
+
+def test_the_segmentor_loss_weighs_ce_and_l_mae_by_the_lambdas():
+    config = _config(num=1)
+    config.loss.lambda_ce, config.loss.lambda_mae = 2.0, 0.3
+    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
+    state = train.create_train_state(ctx, jax.random.key(0), C)
+    image, labels, logits = _adversarial_inputs()
+
+    def loss(logits, image, labels):
+        return train.segmentor_loss(ctx, state.critic_params, logits, image, labels)
+
+    total, metrics = _on_one_device(loss, logits, image, labels)
+    assert metrics["ce"] > 0 and metrics["l_mae"] > 0
+    np.testing.assert_allclose(total, 2.0 * metrics["ce"] + 0.3 * metrics["l_mae"], rtol=1e-5)
+
+
+def test_the_segmentor_step_uses_the_critic_it_just_updated():
+    """With the CE off, the segmentor's update is the gradient of l_mae through the critic:
+    it must change with the critic's learning rate, i.e. use the critic after its update."""
+    params = []
+    for critic_lr in (0.0, 1e-2):
+        config = _config(num=1, learning_rate=critic_lr, constraint="none")
+        config.loss.lambda_ce, config.optimizer.name = 0.0, "sgd"
+        state, _ = _run_step(config, jax.devices()[:1])
+        params.append(state.params)
+    assert not _trees_equal(*params)
