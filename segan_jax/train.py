@@ -785,7 +785,8 @@ class _Loop:
         seed = self.ctx.config.seed
         key = parallel.replicate(jax.random.key(seed + 1), mesh)
         step_fn = compile_train_step(self.ctx, mesh)
-        progress, acc, since, record = workdir_lib.Progress(start, cfg.num_steps), None, start, None
+        progress = workdir_lib.Progress(start, cfg.num_steps, cfg.batch_size)
+        acc, since, record = None, start, None
         if jax.process_index() == 0:
             workdir_lib.drop_after(self.workdir / "metrics.jsonl", start)
         if self.evaluation_missed(start):

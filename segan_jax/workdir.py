@@ -280,10 +280,11 @@ def null_to_nan(v):
 
 
 class Progress:
-    """Terminal progress: step, loss, steps/s and ETA."""
+    """Terminal progress: step, loss, steps/s (and images/s: ``batch_size`` images a step) and
+    ETA."""
 
-    def __init__(self, start_step: int, num_steps: int):
-        self.num_steps = num_steps
+    def __init__(self, start_step: int, num_steps: int, batch_size: int = 1):
+        self.num_steps, self.batch_size = num_steps, batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
 
     def line(self, step: int, means: dict[str, float]) -> str:
@@ -293,7 +294,8 @@ class Progress:
         eta = (self.num_steps - step) / max(rate, 1e-9)
         parts = [f"step {step}/{self.num_steps}"]
         parts += [f"{k} {v:.4f}" for k, v in means.items()]
-        parts += [f"{rate:.2f} steps/s", f"ETA {_duration(eta)}"]
+        parts += [f"{rate:.2f} steps/s ({rate * self.batch_size:.0f} img/s)"]
+        parts += [f"ETA {_duration(eta)}"]
         return " | ".join(parts)
 
     def print(self, step: int, means: dict[str, float]) -> float:

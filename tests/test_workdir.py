@@ -158,3 +158,11 @@ def test_a_broken_record_of_dataset_facts_is_named(tmp_path):
     path.write_text('{"classes": ["a"]}')
     with pytest.raises(workdir.ConfigMismatchError, match=r"dataset_info\.json: lacks dataset"):
         train.saved_info(tmp_path)
+
+
+def test_progress_line_gives_steps_and_images_per_second_and_eta(monkeypatch):
+    clock = iter([100.0, 104.0])  # 40 steps in 4 s
+    monkeypatch.setattr(workdir.time, "perf_counter", lambda: next(clock))
+    progress = workdir.Progress(10, 250, batch_size=16)
+    line = progress.line(50, {"loss": 0.5})
+    assert line == "step 50/250 | loss 0.5000 | 10.00 steps/s (160 img/s) | ETA 0m20s"

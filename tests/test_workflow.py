@@ -48,7 +48,8 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     work = tmp_path / "run"
     common = ["--config=configs/tiny.py", f"--workdir={work}", "--config.train.num_steps=2"]
     train_out = _launch(*common, data_dir=data_dir).stdout
-    assert "step 2/2" in train_out and "steps/s" in train_out and "ETA" in train_out
+    assert "step 2/2" in train_out and "steps/s (" in train_out and "img/s)" in train_out
+    assert "ETA" in train_out
     # What trains on what, before the first step: here 7 frames on conftest's 2 CPU devices.
     assert (
         "7 training images of 3 classes; global batch 2 over 2 cpu device(s) in 1 process(es)"
