@@ -312,7 +312,7 @@ def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.Tra
     shard (every process's arrays must have one shape: see `_train_arrays`).
     """
     sharding = NamedSharding(mesh, P(parallel.AXIS))
-    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    local = local_devices(mesh)
 
     def put(x):
         x = np.asarray(x)
@@ -588,36 +588,59 @@ def _check_shard(split: datasets.Split) -> None:
 
 def _train_arrays(config, split: datasets.Split, mesh: Mesh) -> input_pipeline.TrainData:
     """The train shard (not empty) stacked to one shape, the same on every process, once it
-    is known to fit on the devices."""
+    is known to fit on the devices (every process checks its own; if one fails, all stop)."""
     shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
     if jax.process_count() > 1:
         shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
-    stats = mesh.devices.flat[0].memory_stats()  # None where unknown (the CPU)
-    check_fits(config.data, split, shape, stats and stats.get("bytes_limit"))
+    limit = device_bytes_limit(local_devices(mesh)[0])
+    what = "fit the training split on its devices"
+    parallel.on_every_process(lambda: check_fits(config.data, split, shape, limit), what)
     return input_pipeline.stack_split(
         split, config.data.crop_size, config.data.ignore_index, shape=shape
     )
 
 
-# The training split is held whole on every device (input_pipeline); past this share of a
-# device's memory too little is left for the step.
+def local_devices(mesh: Mesh) -> list:
+    """The mesh's devices that this process addresses, in mesh order."""
+    return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
+def device_bytes_limit(device) -> int | None:
+    """The bytes JAX may allocate on ``device`` (on a GPU by default 75 % of its memory), None
+    where the device does not say (the CPU)."""
+    return (device.memory_stats() or {}).get("bytes_limit")
+
+
+# The training split is held whole on every device (input_pipeline); past this share of what
+# JAX may allocate on a device too little is left for the step.
 MAX_DATA_SHARE = 0.5
 
 
-def check_fits(data, split: datasets.Split, shape: tuple, limit: int | None) -> None:
-    """Refuses a training split that, padded to ``shape`` (N, H, W), would take over
-    `MAX_DATA_SHARE` of a device's ``limit`` bytes (None: unknown), naming its largest image."""
-    n, (h, w) = int(shape[0]), (max(int(x), data.crop_size) for x in shape[1:])
+def check_fits(
+    data: ml_collections.ConfigDict,
+    split: datasets.Split,
+    shape: tuple[int, int, int],
+    limit: int | None,
+) -> None:
+    """Refuses a training split that, padded to ``shape`` (N, H, W) and to at least the crop,
+    would take over `MAX_DATA_SHARE` of a device's ``limit`` bytes (None: unknown), naming this
+    process's tallest and widest images."""
+    n = int(shape[0])
+    h, w = (max(int(x), data.crop_size) for x in shape[1:])
     image = split.images[0]
     need = n * h * w * (image.shape[-1] * image.itemsize + 1)  # images and uint8 masks
     if not limit or need <= MAX_DATA_SHARE * limit:
         return
-    largest = max(range(len(split.masks)), key=lambda i: split.masks[i].size)
+    tallest, widest = (
+        max(range(len(split.masks)), key=lambda i: split.masks[i].shape[a]) for a in (0, 1)
+    )
+    others = " (or another process's)" if jax.process_count() > 1 else ""
     raise ConfigError(
-        f"{data.path or data.name}: the training split, {n} images padded to {h}x{w} (largest: "
-        f"{split.names[largest]!r}), takes {need / 2**30:.1f} GiB and is held whole on every "
-        f"device: over {MAX_DATA_SHARE:.0%} of one's {limit / 2**30:.1f} GiB. Cut the images "
-        "into tiles of similar size (each is padded to the largest)"
+        f"{data.path or data.name}: the training split, {n} images padded to {h}x{w} (tallest "
+        f"{split.names[tallest]!r}, widest {split.names[widest]!r}{others}), takes "
+        f"{need / 2**30:.1f} GiB and is held whole on every device: over {MAX_DATA_SHARE:.0%} "
+        f"of the {limit / 2**30:.1f} GiB JAX may use on one. Cut the images into tiles of "
+        "similar size (each is padded to the tallest and the widest)"
     )
 
 
@@ -693,7 +716,9 @@ def train_and_evaluate(
             m.close()
 
 
-def describe_run(config: ml_collections.ConfigDict, info, mesh: Mesh, num_images: int) -> str:
+def describe_run(
+    config: ml_collections.ConfigDict, info: datasets.DatasetInfo, mesh: Mesh, num_images: int
+) -> str:
     """One line saying what trains on what: the network, the data (``num_images``: this
     process's training images), the global batch and the devices and processes it spans (a
     cluster launch that gives a process fewer devices than meant shows here)."""

@@ -283,7 +283,7 @@ class Progress:
     """Terminal progress: step, loss, steps/s (and images/s: ``batch_size`` images a step) and
     ETA."""
 
-    def __init__(self, start_step: int, num_steps: int, batch_size: int = 1):
+    def __init__(self, start_step: int, num_steps: int, batch_size: int):
         self.num_steps, self.batch_size = num_steps, batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
 

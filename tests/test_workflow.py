@@ -282,16 +282,15 @@ def test_train_step_compiles_once(data_dir, critic):
     data = train.place_data(input_pipeline.stack_split(split, 64, 255), mesh)
     key = parallel.replicate(jax.random.key(1), mesh)
     step = train.compile_train_step(ctx, mesh)
-    old, (state, metrics) = state, step(state, data, key)
+    old, (state, _) = state, step(state, data, key)
     # The state's buffers are donated: the step updates them in place.
     assert all(x.is_deleted() for x in jax.tree.leaves(old))
     assert not any(x.is_deleted() for x in jax.tree.leaves(state))
     # Stepping moves nothing between host and devices (metrics stay on the devices).
     with jax.transfer_guard("disallow"):
         for _ in range(2):
-            state, metrics = step(state, data, key)
+            state, _ = step(state, data, key)
     assert step._cache_size() == 1
-    assert all(isinstance(v, jax.Array) for v in metrics.values())
 
 
 def test_a_short_real_run_on_the_demo_data_learns(tmp_path, data_dir, full_optimisation):
