@@ -312,7 +312,7 @@ def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.Tra
     shard (every process's arrays must have one shape: see `_train_arrays`).
     """
     sharding = NamedSharding(mesh, P(parallel.AXIS))
-    local = local_devices(mesh)
+    local = mesh.local_devices
 
     def put(x):
         x = np.asarray(x)
@@ -592,17 +592,12 @@ def _train_arrays(config, split: datasets.Split, mesh: Mesh) -> input_pipeline.T
     shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
     if jax.process_count() > 1:
         shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
-    limit = device_bytes_limit(local_devices(mesh)[0])
+    limit = device_bytes_limit(mesh.local_devices[0])
     what = "fit the training split on its devices"
     parallel.on_every_process(lambda: check_fits(config.data, split, shape, limit), what)
     return input_pipeline.stack_split(
         split, config.data.crop_size, config.data.ignore_index, shape=shape
     )
-
-
-def local_devices(mesh: Mesh) -> list:
-    """The mesh's devices that this process addresses, in mesh order."""
-    return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
 
 
 def device_bytes_limit(device) -> int | None:

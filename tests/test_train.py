@@ -252,8 +252,6 @@ def test_the_memory_limit_is_what_the_device_reports():
     )
     assert train.device_bytes_limit(Device(None)) is None
     assert train.device_bytes_limit(jax.devices()[0]) is None
-    mesh = parallel.make_mesh()
-    assert train.local_devices(mesh) == jax.local_devices()
 
 
 def _on_one_device(fn, *args):
