@@ -65,6 +65,17 @@ class Normalizer:
         return (unit - jnp.asarray(self.mean)) / jnp.asarray(self.std)
 
 
+def padded_shape(
+    split: datasets.Split, min_size: int, shape: tuple[int, int, int] | None = None
+) -> tuple[int, int, int]:
+    """(N, H, W) that `stack_split` pads ``split`` to: ``shape`` (default: the split's image
+    count) with H and W at least every image's and ``min_size``."""
+    n, height, width = shape or (len(split.images), 0, 0)
+    height = max(min_size, int(height), *(m.shape[0] for m in split.masks))
+    width = max(min_size, int(width), *(m.shape[1] for m in split.masks))
+    return int(n), height, width
+
+
 def stack_split(
     split: datasets.Split,
     min_size: int,
@@ -77,9 +88,7 @@ def stack_split(
       shape: (N, H, W) to pad to, at least the split's own; with several processes every
         process's shard gets one shape, and a shard with fewer images repeats its first ones.
     """
-    n, height, width = shape or (len(split.images), 0, 0)
-    height = max(min_size, height, *(m.shape[0] for m in split.masks))
-    width = max(min_size, width, *(m.shape[1] for m in split.masks))
+    n, height, width = padded_shape(split, min_size, shape)
     c = split.images[0].shape[-1]
     images = np.zeros((n, height, width, c), split.images[0].dtype)
     masks = np.full((n, height, width), ignore_index, np.uint8)

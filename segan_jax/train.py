@@ -589,7 +589,7 @@ def _check_shard(split: datasets.Split) -> None:
 def _train_arrays(config, split: datasets.Split, mesh: Mesh) -> input_pipeline.TrainData:
     """The train shard (not empty) stacked to one shape, the same on every process, once it
     is known to fit on the devices (every process checks its own; if one fails, all stop)."""
-    shape = (len(split.images), *np.max([m.shape for m in split.masks], axis=0))
+    shape = input_pipeline.padded_shape(split, config.data.crop_size)
     if jax.process_count() > 1:
         shape = tuple(multihost_utils.process_allgather(np.asarray(shape)).max(axis=0))
     limit = device_bytes_limit(mesh.local_devices[0])
@@ -620,8 +620,7 @@ def check_fits(
     """Refuses a training split that, padded to ``shape`` (N, H, W) and to at least the crop,
     would take over `MAX_DATA_SHARE` of a device's ``limit`` bytes (None: unknown), naming this
     process's tallest and widest images."""
-    n = int(shape[0])
-    h, w = (max(int(x), data.crop_size) for x in shape[1:])
+    n, h, w = input_pipeline.padded_shape(split, data.crop_size, shape)
     image = split.images[0]
     need = n * h * w * (image.shape[-1] * image.itemsize + 1)  # images and uint8 masks
     if not limit or need <= MAX_DATA_SHARE * limit:
