@@ -805,10 +805,10 @@ class _Loop:
         key = parallel.replicate(jax.random.key(seed + 1), mesh)
         step_fn = compile_train_step(self.ctx, mesh)
         progress = workdir_lib.Progress(start, cfg.num_steps, cfg.batch_size)
-        acc, since, record = None, start, None
+        acc, since, record, kept = None, start, None, []
         if jax.process_index() == 0:
-            workdir_lib.drop_after(self.workdir / "metrics.jsonl", start)
-        if self.evaluation_missed(start):
+            kept = workdir_lib.drop_after(self.workdir / "metrics.jsonl", start)
+        if self.evaluation_missed(start, kept):
             record = self.evaluate(state, start)
         for step in range(start, end):
             state, step_metrics = step_fn(state, data, key)
@@ -847,14 +847,14 @@ class _Loop:
         cfg = self.ctx.config.train
         return step > 0 and (step % cfg.eval_every == 0 or step == cfg.num_steps)
 
-    def evaluation_missed(self, step: int) -> bool:
+    def evaluation_missed(self, step: int, records: list[dict]) -> bool:
         """Whether an earlier run stopped between its checkpoint of ``step`` and the end of
-        that step's evaluation, both due: metrics.jsonl, written last, has no evaluation line
-        of ``step``. Process 0 decides for all (they must run the same collectives)."""
+        that step's evaluation, both due: metrics.jsonl (``records``: its lines, as process 0
+        read them), written last, has no evaluation line of ``step``. Process 0 decides for all
+        (they must run the same collectives)."""
         if not self.evaluation_due(step):
             return False
-        path = self.workdir / "metrics.jsonl"
-        missed = jax.process_index() == 0 and not workdir_lib.logged(path, "eval", step)
+        missed = jax.process_index() == 0 and not workdir_lib.logged(records, "eval", step)
         if jax.process_count() > 1:
             missed = bool(multihost_utils.broadcast_one_to_all(np.int32(missed)))
         return missed

@@ -234,20 +234,22 @@ def append_jsonl(path: pathlib.Path, record: dict) -> None:
         f.write(json.dumps(clean) + "\n")
 
 
-def drop_after(path: pathlib.Path, step: int) -> None:
+def drop_after(path: pathlib.Path, step: int) -> list[dict]:
     """Drops the lines of ``path`` (metrics.jsonl) logged after ``step``, the checkpoint a
     run resumes from, which logs those steps again; also a line torn by a kill while it was
-    appended. Rewrites the file atomically, and only when a line goes."""
+    appended. Rewrites the file atomically, and only when a line goes. Returns the records
+    kept."""
     text = path.read_text() if path.exists() else ""
     keep = [line for line in _whole_lines(text) if json.loads(line)["step"] <= step]
     if len(keep) < len(text.splitlines()):
         _write_atomically(path, "".join(f"{line}\n" for line in keep))
+    return [json.loads(line) for line in keep]
 
 
-def logged(path: pathlib.Path, kind: str, step: int) -> bool:
-    """Whether ``path`` (metrics.jsonl) holds a whole line of ``kind`` ("train", "eval") and
+def logged(records: list[dict], kind: str, step: int) -> bool:
+    """Whether ``records`` (of metrics.jsonl) hold one of ``kind`` ("train", "eval") and
     ``step``."""
-    return any((r.get("kind"), r.get("step")) == (kind, step) for r in read_jsonl(path))
+    return any((r.get("kind"), r.get("step")) == (kind, step) for r in records)
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:

@@ -135,18 +135,20 @@ def test_a_new_run_refuses_a_folder_of_other_files(tmp_path):
 
 def test_drop_after_keeps_the_lines_up_to_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    workdir.drop_after(path, 3)  # no file: nothing to do
+    assert workdir.drop_after(path, 3) == []  # no file: nothing to do
     lines = [json.dumps({"kind": k, "step": s}) + "\n" for k, s in (("train", 2), ("eval", 2))]
     path.write_text("".join(lines))
     before = path.stat().st_mtime_ns
     workdir.drop_after(path, 2)
     assert path.read_text() == "".join(lines) and path.stat().st_mtime_ns == before
     path.write_text("".join(lines) + '{"kind": "train", "step": 3}\n{"kind": "eval", "step": 3')
-    assert workdir.logged(path, "eval", 2) and workdir.logged(path, "train", 3)
-    assert not workdir.logged(path, "eval", 3)  # torn
-    workdir.drop_after(path, 2)
+    records = workdir.read_jsonl(path)
+    assert workdir.logged(records, "eval", 2) and workdir.logged(records, "train", 3)
+    assert not workdir.logged(records, "eval", 3)  # torn
+    kept = workdir.drop_after(path, 2)
     assert path.read_text() == "".join(lines)
-    assert not workdir.logged(tmp_path / "none.jsonl", "eval", 2)
+    assert kept == [{"kind": "train", "step": 2}, {"kind": "eval", "step": 2}]
+    assert not workdir.logged(workdir.read_jsonl(tmp_path / "none.jsonl"), "eval", 2)
 
 
 def test_a_broken_record_of_dataset_facts_is_named(tmp_path):
