@@ -68,6 +68,26 @@ def _trees_equal(a, b) -> bool:
     )
 
 
+def _mapped_context(config):
+    """The step context for one mapped device (axis `parallel.AXIS`) and its initial state."""
+    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
+    return ctx, train.create_train_state(ctx, jax.random.key(0), C)
+
+
+def _on_one_device(fn, *args):
+    """``fn`` (which sums over the device axis) on one mapped device; the leading axis dropped."""
+    out = jax.vmap(fn, axis_name=parallel.AXIS)(*(x[None] for x in args))
+    return jax.tree.map(lambda x: x[0], out)
+
+
+def _adversarial_inputs():
+    """image (2, 32, 32, C), labels (2, 32, 32), logits (2, 32, 32, K), fixed random."""
+    image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
+    labels = jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K)
+    logits = jax.random.normal(jax.random.key(3), (2, 32, 32, K))
+    return image, labels, logits
+
+
 @pytest.mark.parametrize(("num_critics", "batch_norm"), [(0, "flax"), (1, "flax"), (0, "fused")])
 def test_two_devices_equal_one_device(num_critics, batch_norm):
     """Same global batch, same update, whether on one device or split over two (also with
@@ -109,33 +129,27 @@ def test_critic_update_ignores_the_segmentor_loss():
 
 
 def test_segmentor_gets_no_gradient_from_the_critic_loss():
-    config = _config(num=1)
-    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
-    state = train.create_train_state(ctx, jax.random.key(0), C)
-    image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
-    onehot = jax.nn.one_hot(jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K), K)
-    logits = jax.random.normal(jax.random.key(3), (2, 32, 32, K))
+    ctx, state = _mapped_context(_config(num=1))
+    image, labels, logits = _adversarial_inputs()
+    onehot = jax.nn.one_hot(labels, K)
 
     def critic_l1(x):
         return train.critic_update(ctx, state, image, jax.nn.softmax(x), onehot)[2]
 
-    grad = jax.vmap(jax.grad(critic_l1), axis_name=parallel.AXIS)(logits[None])
+    grad = _on_one_device(jax.grad(critic_l1), logits)
     assert float(jnp.abs(grad).max()) == 0.0
 
 
 def test_gradients_reach_the_segmentor_through_the_masked_input():
     config = _config(num=1)
     config.loss.lambda_ce = 0.0  # only the adversarial term is left
-    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
-    state = train.create_train_state(ctx, jax.random.key(0), C)
-    image = jax.random.normal(jax.random.key(1), (2, 32, 32, C))
-    labels = jax.random.randint(jax.random.key(2), (2, 32, 32), 0, K)
-    logits = jax.random.normal(jax.random.key(3), (2, 32, 32, K))
+    ctx, state = _mapped_context(config)
+    image, labels, logits = _adversarial_inputs()
 
     def loss(x):
         return train.segmentor_loss(ctx, state.critic_params, x, image, labels)[0]
 
-    grad = jax.vmap(jax.grad(loss), axis_name=parallel.AXIS)(logits[None])
+    grad = _on_one_device(jax.grad(loss), logits)
     assert float(jnp.abs(grad).max()) > 0.0 and bool(jnp.all(jnp.isfinite(grad)))
 
 
@@ -254,20 +268,6 @@ def test_the_memory_limit_is_what_the_device_reports():
     assert train.device_bytes_limit(jax.devices()[0]) is None
 
 
-def _on_one_device(fn, *args):
-    """``fn`` (which sums over the device axis) on one mapped device; the leading axis dropped."""
-    out = jax.vmap(fn, axis_name=parallel.AXIS)(*(x[None] for x in args))
-    return jax.tree.map(lambda x: x[0], out)
-
-
-def _adversarial_inputs(seed: int = 1):
-    keys = jax.random.split(jax.random.key(seed), 3)
-    image = jax.random.normal(keys[0], (2, 32, 32, C))
-    labels = jax.random.randint(keys[1], (2, 32, 32), 0, K)
-    logits = jax.random.normal(keys[2], (2, 32, 32, K))
-    return image, labels, logits
-
-
 def test_every_device_holds_the_same_state_after_a_step():
     """Gradients (the critic's too) are summed over the devices, so the replicated state stays
     bit for bit one state; a device left with its own gradient would drift from the others."""
@@ -283,9 +283,7 @@ def test_every_device_holds_the_same_state_after_a_step():
 
 
 def test_a_critic_step_raises_the_l1_distance_it_maximises():
-    config = _config(num=1, constraint="none", learning_rate=1e-3)
-    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
-    state = train.create_train_state(ctx, jax.random.key(0), C)
+    ctx, state = _mapped_context(_config(num=1, constraint="none", learning_rate=1e-3))
     image, labels, logits = _adversarial_inputs()
     probs, onehot = jax.nn.softmax(logits), jax.nn.one_hot(labels, K)
 
@@ -298,7 +296,7 @@ def test_a_critic_step_raises_the_l1_distance_it_maximises():
 
 
 def test_class_maps_are_probabilities_and_one_hot_truth_zero_where_ignored():
-    ctx = train.step_context(_config(num=1), _info(), 1, axis_name=parallel.AXIS)
+    ctx, _ = _mapped_context(_config(num=1))
     _, labels, logits = _adversarial_inputs()
     labels = labels.at[:, :, :5].set(255)  # ignored pixels: masked out of both inputs
     probs, onehot = train.class_maps(ctx, 3 * logits, labels)
@@ -310,8 +308,7 @@ def test_class_maps_are_probabilities_and_one_hot_truth_zero_where_ignored():
 def test_the_segmentor_loss_weighs_ce_and_l_mae_by_the_lambdas():
     config = _config(num=1)
     config.loss.lambda_ce, config.loss.lambda_mae = 2.0, 0.3
-    ctx = train.step_context(config, _info(), 1, axis_name=parallel.AXIS)
-    state = train.create_train_state(ctx, jax.random.key(0), C)
+    ctx, state = _mapped_context(config)
     image, labels, logits = _adversarial_inputs()
 
     def loss(logits, image, labels):
