@@ -1,30 +1,29 @@
 #!/usr/bin/env bash
 # Every GPU measurement of benchmarks/train_throughput.py in one command, in priority order,
-# inside a time budget (BUDGET_S, default 370 s): a case is not started with less than
-# MIN_CASE_S left, and every result is written to $OUT/results.json as soon as it is measured,
-# so a run cut short still returns what it measured. EXTRA (word-split) is appended to every
-# invocation and overrides its flags, e.g. for a CPU smoke test of this script:
+# inside a time budget (BUDGET_S, default 530 s): a case is not started with less than
+# MIN_CASE_S (default 85 s) left, and every result is written to $OUT/results.json as soon as it
+# is measured, so a run cut short still returns what it measured. EXTRA (word-split) is appended
+# to every invocation and overrides its flags, e.g. for a CPU smoke test of this script:
 #   EXTRA="--depth=18 --width=8 --crop=64 --num_images=4 --tile=200 --infer_size=96 --steps=1" \
-#     PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
+#     MIN_CASE_S=10 BUDGET_S=1200 PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
-#   FROM=5 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only priorities (5) to (12)
-#   FROM=12 BUDGET_S=400 OUT=/tmp/out bash benchmarks/gpu_all.sh   # only the end-to-end run
-# (12) takes launch.py overrides in E2E_EXTRA (e.g. a tiny network for a CPU smoke test).
+#   FROM=6 BEST="..." OUT=/tmp/out2 bash benchmarks/gpu_all.sh   # only priorities (6) to (12)
+# (6), the end-to-end run, takes launch.py overrides in E2E_EXTRA (e.g. a tiny network for a CPU
+# smoke test).
 #
 # On an H100 (2026-11-26) one ResNet-50 train case took 77-94 s of wall time (process start,
 # ~25 s init compile and data placement, ~4 s lowering, 42-53 s XLA compile, seconds of timing),
-# so the default budget covers about priorities (1) to (4); FROM=5 runs the rest in a second
-# command. XLA's per-fusion autotuning cache (AUTOTUNE_DIR) is shared by the cases, which have
-# most convolutions in common, when this XLA knows the flag.
-# Priorities (1)-(5) time the main case (OS8 bf16 batch 16, no critic) with segan_jax's
-# defaults (taps that only read padding skipped, lax's dilated convolutions), with both
+# so the default budget covers about priorities (1) to (5), the issue's targets; FROM=6 runs the
+# rest in a second command. XLA's per-fusion autotuning cache (AUTOTUNE_DIR) is shared by the
+# cases, which have most convolutions in common, when this XLA knows the flag.
+# (1)-(3) time the main case (OS8 bf16 batch 16, no critic) with segan_jax's defaults (taps that
+# only read padding skipped, lax's dilated convolutions, flax's BatchNorm), with all three
 # candidate speed-ups (ASPP rates 12/24 split into regions that skip padding; the backbone's
-# dilated convolutions as ordinary ones over the map's phases), with each alone, and with every
-# tap (torchvision's arithmetic, that of the 2026-11-26 figures), and (5) first with flax's
-# BatchNorm replaced by models.BatchNorm (a hand-written backward). The later cases run with the
-# convolution flags of the fastest of (1)-(4) in $OUT/results.json and the hand-written
-# BatchNorm if (5) beat (1) (`--best_from`), or with BEST (e.g. BEST="--taps=regions
+# dilated convolutions as ordinary ones over the map's phases; models.BatchNorm, a hand-written
+# backward), and with the two convolution ones alone. The later cases run with the convolution
+# flags of the fastest of (1) and (3) and the hand-written BatchNorm if (2) beat (3)
+# (`--best_from` on $OUT/results.json), or with BEST (e.g. BEST="--taps=regions
 # --atrous=space_to_batch --batch_norm=flax") when set, for a second command whose $OUT is new.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets
@@ -38,8 +37,8 @@ OUT=${OUT:-benchmarks/results/gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-BUDGET_S=${BUDGET_S:-370}
-MIN_CASE_S=${MIN_CASE_S:-40}
+BUDGET_S=${BUDGET_S:-530}
+MIN_CASE_S=${MIN_CASE_S:-85}
 DEADLINE=$(($(date +%s) + BUDGET_S))
 J=$OUT/results.json
 B=("$PY" benchmarks/train_throughput.py "--out=$J" "--deadline=$DEADLINE" "--min_case_s=$MIN_CASE_S"
@@ -69,52 +68,51 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   echo "XLA_FLAGS=${XLA_FLAGS:-}"
   M=(--os=8 --batch=16 --dtype=bfloat16 --critic=0)
   P=(--profile_dir=/tmp/segan_prof --profile_steps=5)
-  # (0) seconds: the backbone's atrous convolutions alone, dilated vs phases (bf16; batch 16 at
-  # ResNet-50's shapes)
-  [ "$FROM" -le 1 ] && "$PY" benchmarks/atrous_convs.py --dtype=bfloat16 --batch_scale=4 \
-    --calls=20 | tee "$OUT/atrous_convs.txt"
   # (1) the main case with segan_jax's defaults, with a short profile (kernels, model modules)
   run 1 "${T[@]}" "${M[@]}" "${P[@]}" --profile_txt="$OUT/profile_os8_bf16_b16.txt"
-  # (2) both candidate speed-ups, profiled too
-  run 2 "${T[@]}" "${M[@]}" --taps=regions --atrous=space_to_batch "${P[@]}" \
-    --profile_txt="$OUT/profile_os8_bf16_b16_regions_space_to_batch.txt"
-  # (3), (4) each alone
-  run 3 "${T[@]}" "${M[@]}" --atrous=space_to_batch
-  run 4 "${T[@]}" "${M[@]}" --taps=regions
-  # (5) the hand-written BatchNorm backward alone (model.batch_norm=fused), then every
-  # convolution tap: torchvision's arithmetic (the 2026-11-26 figures)
-  run 5 "${T[@]}" "${M[@]}" --batch_norm=fused
-  run 5 "${T[@]}" "${M[@]}" --taps=all
+  # (2) all three candidate speed-ups together, profiled too; (3) the two convolution ones
+  # with flax's BatchNorm (so (2) vs (3) is the hand-written BatchNorm backward's share)
+  S=(--taps=regions --atrous=space_to_batch)
+  run 2 "${T[@]}" "${M[@]}" "${S[@]}" --batch_norm=fused "${P[@]}" \
+    --profile_txt="$OUT/profile_os8_bf16_b16_candidates.txt"
+  run 3 "${T[@]}" "${M[@]}" "${S[@]}"
   read -r -a BF <<<"${BEST:-$("$PY" benchmarks/train_throughput.py --best_from="$J")}"
   echo "== later cases with ${BF[*]-defaults}"
   L=("${T[@]}" ${BF[@]+"${BF[@]}"})  # no case flag below sets --taps, --atrous, --batch_norm
-  # (6) the main case with the single SegAN critic
-  run 6 "${L[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
-  # (7) OS8 bf16 batch 64, without and with the critic
-  run 7 "${L[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
-  # (8) OS16 bf16 batch 16
-  run 8 "${L[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
-  # (9) OS8 fp32 (TF32 convolutions by XLA's default precision) batch 16
-  run 9 "${L[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
-  # (10) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256
-  # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132);
-  # the device work, and at batch 1 also evaluate's host padding, normalising and transfers
-  run 10 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
-    --crop=256 --infer_steps=20 --atrous=dilated,space_to_batch --infer_e2e=1
-  # (11) the input pipeline alone (crops + augmentation), batch 16 and 64
-  run 11 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
-  # (12) the paper's schedule end to end: launch.py (loop, evaluations, checkpoints) with
+  # (4) the main case with the single SegAN critic; (5) batch 64 without and with it
+  run 4 "${L[@]}" --os=8 --batch=16 --dtype=bfloat16 --critic=1
+  run 5 "${L[@]}" --os=8 --batch=64 --dtype=bfloat16 --critic=0,1
+  # (6) the paper's schedule end to end: launch.py (loop, evaluations, checkpoints) with
   # configs/paper_ce.py in bf16 and the defaults, on a synthetic dataset of the paper's size,
   # E2E_STEPS of its 25,000 steps (3 evaluations); needs E2E_MIN_S left (~4 min on an H100,
   # estimated) and is stopped at the deadline
   read -r -a E2E_X <<<"${E2E_EXTRA:-}"
-  if [ "$FROM" -le 12 ] && [ $((DEADLINE - $(date +%s))) -ge "${E2E_MIN_S:-240}" ]; then
+  if [ "$FROM" -le 6 ] && [ $((DEADLINE - $(date +%s))) -ge "${E2E_MIN_S:-240}" ]; then
     timeout $((DEADLINE - $(date +%s))) "$PY" benchmarks/end_to_end.py \
       --steps="${E2E_STEPS:-3000}" --out="$OUT/end_to_end.json" \
       -- --config.model.dtype=bfloat16 ${E2E_X[@]+"${E2E_X[@]}"}
   else
-    echo "== (12) end to end: not run (FROM=$FROM, $((DEADLINE - $(date +%s))) s left)"
+    echo "== (6) end to end: not run (FROM=$FROM, $((DEADLINE - $(date +%s))) s left)"
   fi
+  # (7) each convolution candidate alone, then every tap (torchvision's arithmetic, that of
+  # the 2026-11-26 figures), all with flax's BatchNorm
+  run 7 "${T[@]}" "${M[@]}" --atrous=space_to_batch
+  run 7 "${T[@]}" "${M[@]}" --taps=regions
+  run 7 "${T[@]}" "${M[@]}" --taps=all
+  # (8) the backbone's atrous convolutions alone, dilated vs phases (bf16, ResNet-50's shapes
+  # at batch 16; seconds)
+  [ "$FROM" -le 8 ] && "$PY" benchmarks/atrous_convs.py --dtype=bfloat16 --batch_scale=4 \
+    --calls=20 | tee "$OUT/atrous_convs.txt"
+  # (9) OS16 bf16 batch 16; (10) OS8 fp32 (TF32 convolutions by XLA's default precision)
+  run 9 "${L[@]}" --os=16 --batch=16 --dtype=bfloat16 --critic=0
+  run 10 "${L[@]}" --os=8 --batch=16 --dtype=float32 --critic=0
+  # (11) whole-image inference, 1000x1000 RGB, OS8 bf16, batch 1 and 4 (model trained on 256
+  # crops), lax's dilated convolutions and the phases (there also ASPP rate 12: 125 -> 132);
+  # the device work, and at batch 1 also evaluate's host padding, normalising and transfers
+  run 11 --train=0 --infer=1 --os=8 --dtype=bfloat16 --infer_size=1000 --infer_batch=1,4 \
+    --crop=256 --infer_steps=20 --atrous=dilated,space_to_batch --infer_e2e=1
+  # (12) the input pipeline alone (crops + augmentation), batch 16 and 64
+  run 12 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u
