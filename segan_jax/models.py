@@ -304,15 +304,18 @@ def conv_regions(
     ``conv_live_taps`` cannot skip.
 
     lhs (B, H, W, C), rhs (kh, kw, C, F); ``live``: the taps allowed per axis (e.g. those
-    trained). Returns (B, H, W, F) in lhs's dtype, the products summed in float32: the full
-    convolution's value (with the other taps zero) up to float rounding.
+    trained). Returns (B, H, W, F) in lhs's dtype: each tap's product in lhs's dtype, the
+    products summed in float32; the full convolution's value (with the other taps zero) up to
+    float rounding. Each product's gradients run in lhs's dtype too, as a convolution's do (a
+    float32 product would take a float32 cotangent, and bfloat16 steps would run float32
+    matrix products backward: seen on an H100, 2026-11-27).
     """
     (_, h, w, _), out = lhs.shape, None
     for th, s_h, a_h, b_h in tap_windows(h, live[0], dilation, padding[0][0]):
         for tw, s_w, a_w, b_w in tap_windows(w, live[1], dilation, padding[1][0]):
             x = lhs[:, a_h + s_h : b_h + s_h, a_w + s_w : b_w + s_w]
             dims = (((3,), (0,)), ((), ()))
-            y = lax.dot_general(x, rhs[th, tw], dims, precision, jnp.float32)
+            y = lax.dot_general(x, rhs[th, tw], dims, precision).astype(jnp.float32)
             y = jnp.pad(y, ((0, 0), (a_h, h - b_h), (a_w, w - b_w), (0, 0)))
             out = y if out is None else out + y
     if out is None:  # every tap dead

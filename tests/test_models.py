@@ -286,6 +286,24 @@ def test_conv_regions_with_a_sub_range_of_taps():
     np.testing.assert_allclose(split, full, rtol=1e-5, atol=1e-5)
 
 
+def test_conv_regions_gradients_run_in_the_input_dtype():
+    """In bfloat16 every matrix product, forward and backward, takes bfloat16 operands (a
+    float32 cotangent would make XLA run the backward products in float32)."""
+    x = random_image((2, 32, 32, 8)).astype(jnp.bfloat16)
+    w = random_image((3, 3, 8, 4), seed=1).astype(jnp.bfloat16)
+    pad, live = models.torch_padding(3, 12), (range(3), range(3))
+
+    def loss(x, w):
+        return jnp.sum(models.conv_regions(x, w, 12, pad, live).astype(jnp.float32) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr
+    operands = [[v.aval.dtype for v in e.invars] for e in jaxpr.eqns if "dot" in str(e.primitive)]
+    assert len(operands) == 3 * 9  # forward, input and kernel gradients of 9 taps
+    assert all(dtypes == [jnp.bfloat16] * 2 for dtypes in operands)
+    grads = jax.grad(loss, (0, 1))(x, w)
+    assert all(g.dtype == jnp.bfloat16 and bool(jnp.isfinite(g).all()) for g in grads)
+
+
 @pytest.fixture(scope="module")
 def os8_variants() -> dict:
     """A tiny ResNet-18 DeepLabV3 at OS8 on a 256 crop (32x32 features), traced and run once
