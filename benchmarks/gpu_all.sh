@@ -18,11 +18,12 @@
 # rest in a second command. XLA's per-fusion autotuning cache (AUTOTUNE_DIR) is shared by the
 # cases, which have most convolutions in common, when this XLA knows the flag.
 # (1)-(3) time the main case (OS8 bf16 batch 16, no critic) with segan_jax's defaults (taps that
-# only read padding skipped, lax's dilated convolutions, flax's BatchNorm), with all three
-# candidate speed-ups (ASPP rates 12/24 split into regions that skip padding; the backbone's
-# dilated convolutions as ordinary ones over the map's phases; models.BatchNorm, a hand-written
-# backward), and with the two convolution ones alone. The later cases run with the convolution
-# flags of the fastest of (1) and (3) and the hand-written BatchNorm if (2) beat (3)
+# only read padding skipped, the backbone's dilated convolutions as ordinary ones over the map's
+# phases, flax's BatchNorm), with the two remaining candidate speed-ups (ASPP rates 12/24 split
+# into regions that skip padding; models.BatchNorm, a hand-written backward), and with regions
+# alone (each with --atrous=space_to_batch, the default since 2026-11-27). The later cases run
+# with the convolution flags of the faster of (1) and (3) and the hand-written BatchNorm if (2)
+# beat (3)
 # (`--best_from` on $OUT/results.json), or with BEST (e.g. BEST="--taps=regions
 # --atrous=space_to_batch --batch_norm=flax") when set, for a second command whose $OUT is new.
 #
@@ -70,8 +71,8 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   P=(--profile_dir=/tmp/segan_prof --profile_steps=5)
   # (1) the main case with segan_jax's defaults, with a short profile (kernels, model modules)
   run 1 "${T[@]}" "${M[@]}" "${P[@]}" --profile_txt="$OUT/profile_os8_bf16_b16.txt"
-  # (2) all three candidate speed-ups together, profiled too; (3) the two convolution ones
-  # with flax's BatchNorm (so (2) vs (3) is the hand-written BatchNorm backward's share)
+  # (2) both candidate speed-ups (regions, fused) beside the defaults' phases, profiled too;
+  # (3) regions with flax's BatchNorm (so (2) vs (3) is the hand-written backward's share)
   S=(--taps=regions --atrous=space_to_batch)
   run 2 "${T[@]}" "${M[@]}" "${S[@]}" --batch_norm=fused "${P[@]}" \
     --profile_txt="$OUT/profile_os8_bf16_b16_candidates.txt"
@@ -94,11 +95,10 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   else
     echo "== (6) end to end: not run (FROM=$FROM, $((DEADLINE - $(date +%s))) s left)"
   fi
-  # (7) each convolution candidate alone, then every tap (torchvision's arithmetic, that of
-  # the 2026-11-26 figures), all with flax's BatchNorm
-  run 7 "${T[@]}" "${M[@]}" --atrous=space_to_batch
-  run 7 "${T[@]}" "${M[@]}" --taps=regions
-  run 7 "${T[@]}" "${M[@]}" --taps=all
+  # (7) controls: lax's dilated convolutions (the default until 2026-11-27), then also every
+  # tap (torchvision's arithmetic, that of the 2026-11-26 figures), both with flax's BatchNorm
+  run 7 "${T[@]}" "${M[@]}" --atrous=dilated
+  run 7 "${T[@]}" "${M[@]}" --taps=all --atrous=dilated
   # (8) the backbone's atrous convolutions alone, dilated vs phases (bf16, ResNet-50's shapes
   # at batch 16; seconds)
   [ "$FROM" -le 8 ] && "$PY" benchmarks/atrous_convs.py --dtype=bfloat16 --batch_scale=4 \

@@ -61,14 +61,16 @@ BACKEND_COMPILE = COMPILE_EVENTS[2]
 
 
 # The case keys that choose how the model computes (models.Implementation), their choices
-# (the first one segan_jax's default, also taken for results files older than the key) and
-# their label in case names.
+# (the first one the arithmetic of the 2026-11-26 figures, taken for results files older than
+# the key; case names label the others) and their label in case names.
 IMPL_CHOICES = {
     "taps": ("live", "all", "regions"),
     "atrous": ("dilated", "space_to_batch"),
     "batch_norm": ("flax", "fused"),
 }
 IMPL_LABELS = {"taps": " taps-", "atrous": " ", "batch_norm": " bn-"}
+# segan_jax's defaults (configs/default.py) in those keys: the flags' defaults.
+IMPL_DEFAULTS = {"taps": "live", "atrous": "space_to_batch", "batch_norm": "flax"}
 
 
 def _impl(case: dict, key: str) -> str:
@@ -90,7 +92,7 @@ def parse_args(argv=None):
     a(
         "--taps",
         type=_csv(str),
-        default=[IMPL_CHOICES["taps"][0]],
+        default=[IMPL_DEFAULTS["taps"]],
         help="'live': skip convolution taps that read only padding and ASPP taps untrained at\n"
         "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic); 'regions':\n"
         "live, and atrous convolutions split into regions (model.padding_taps). E.g. live,all",
@@ -98,13 +100,14 @@ def parse_args(argv=None):
     a(
         "--atrous",
         type=_csv(str),
-        default=[IMPL_CHOICES["atrous"][0]],
-        help="model.atrous: 'dilated' (lax's dilated convolutions) and/or 'space_to_batch'",
+        default=[IMPL_DEFAULTS["atrous"]],
+        help="model.atrous: 'dilated' (lax's dilated convolutions) and/or 'space_to_batch'\n"
+        "(ordinary ones over the map's phases; segan_jax's default)",
     )
     a(
         "--batch_norm",
         type=_csv(str),
-        default=[IMPL_CHOICES["batch_norm"][0]],
+        default=[IMPL_DEFAULTS["batch_norm"]],
         help="model.batch_norm: 'flax' (autodiff of nn.BatchNorm) and/or 'fused'\n"
         "(models.BatchNorm: a hand-written backward)",
     )
@@ -1141,7 +1144,7 @@ def best_flags(results: list) -> str:
     DeepLabV3 OS8 bf16 batch-16 train cases without critic (the issue's main case): the
     convolution flags of the fastest with flax's BatchNorm, and 'fused' where the hand-written
     BatchNorm beat flax's with the same convolution flags (the two choices are assumed to add
-    up: gpu_all.sh times 'fused' with the defaults only). The defaults when none was measured."""
+    up). segan_jax's defaults when none was measured."""
     main = [
         r
         for r in results
@@ -1158,7 +1161,7 @@ def best_flags(results: list) -> str:
         return r.get("images_per_s") or 0
 
     flax = [r for r in main if _impl(r, "batch_norm") == "flax"]
-    taps, atrous = conv(max(flax, key=speed, default={}))
+    taps, atrous = conv(max(flax, key=speed, default=IMPL_DEFAULTS))
     flax_speed = collections.defaultdict(float)
     for r in flax:
         flax_speed[conv(r)] = max(flax_speed[conv(r)], speed(r))

@@ -48,7 +48,7 @@ REGIONS_MIN_SAVING = 0.25
 # How atrous convolutions run (see conv_live_taps): lax's dilated convolution, or ordinary
 # convolutions over the map's dilation**2 phases (conv_space_to_batch).
 ATROUS = ("dilated", "space_to_batch")
-DEFAULT_ATROUS = "dilated"
+DEFAULT_ATROUS = "space_to_batch"
 SPACE_TO_BATCH_MAX_EXTRA = 0.125
 
 BN_MOMENTUM = 0.9  # Flax convention; equals PyTorch's momentum=0.1.
@@ -712,10 +712,11 @@ class DeepLabV3(nn.Module):
     and 24 at output stride 8 on 256 crops; on 128 crops also the backbone's rate-4
     convolutions) into regions that each skip it.
 
-    ``impl.atrous`` (``conv_live_taps``): 'dilated' (default) runs atrous convolutions as lax's
-    dilated convolutions; 'space_to_batch' as ordinary ones over the map's phases where that
-    costs at most ``SPACE_TO_BATCH_MAX_EXTRA`` more pixels (the backbone's rates 2 and 4; not the
-    ASPP's on 256 crops): the same function up to float rounding.
+    ``impl.atrous`` (``conv_live_taps``): 'space_to_batch' (default) runs atrous convolutions as
+    ordinary ones over the map's phases where that costs at most ``SPACE_TO_BATCH_MAX_EXTRA``
+    more pixels (the backbone's rates 2 and 4; not the ASPP's on 256 crops), the others as lax's
+    dilated convolutions; 'dilated' runs them all as lax's: the same function up to float
+    rounding.
 
     ``impl.batch_norm`` (``BATCH_NORMS``): 'flax' (default) uses flax's ``nn.BatchNorm``; 'fused'
     uses `BatchNorm` (the same variables and forward, a hand-written backward): the same
@@ -765,7 +766,7 @@ def deeplab_from_config(
     """Builds DeepLabV3 from a config with keys depth, width, output_stride, aspp_features,
     dropout_rate, dtype ('float32' | 'bfloat16'), drop_untrained_taps (default True: the
     model's ``train_size`` is ``crop_size``), padding_taps (default 'skip'), atrous (default
-    'dilated') and batch_norm (default 'flax')."""
+    'space_to_batch') and batch_norm (default 'flax')."""
     _check_choice("model.dtype", model_cfg.dtype, DTYPES)
     impl = {
         f.name: str(model_cfg.get(f.name, f.default)) for f in dataclasses.fields(Implementation)

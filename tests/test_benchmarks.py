@@ -1,6 +1,6 @@
 """benchmarks/: the profile's attribution of device ops to model scopes (train_throughput.py),
-the fastest case's flags, the model FLOPs behind MFU, and end_to_end.py's timings from
-launch.py's output."""
+the fastest case's flags and the flags' defaults, the model FLOPs behind MFU, and
+end_to_end.py's timings from launch.py's output."""
 
 import functools
 import importlib.util
@@ -9,6 +9,8 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+
+from configs import default as default_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -81,7 +83,8 @@ def test_best_flags_pick_the_fastest_main_case():
     defaults = "--taps=live --atrous=dilated --batch_norm=flax"
     best = "--taps=regions --atrous=space_to_batch --batch_norm=flax"  # files before batch_norm
     assert train_throughput.best_flags(results) == best
-    assert train_throughput.best_flags(results[2:]) == defaults  # none
+    none = "--taps=live --atrous=space_to_batch --batch_norm=flax"  # segan_jax's defaults
+    assert train_throughput.best_flags(results[2:]) == none
     results[0]["images_per_s"] = 901.0
     assert train_throughput.best_flags(results) == defaults
     results.append({**main, "taps": "live", "batch_norm": "fused", "images_per_s": 902.0})
@@ -95,6 +98,17 @@ def test_best_flags_pick_the_fastest_main_case():
     results[-1]["taps"] = "regions"  # no flax case with those flags: not evidence
     results[-1]["images_per_s"] = 2000.0
     assert train_throughput.best_flags(results) == best
+
+
+def test_the_flags_defaults_are_segan_jaxs():
+    case = dict(depth=50, width=64, batch=16, **train_throughput.IMPL_DEFAULTS)
+    config, default = train_throughput.make_config(case), default_config.get_config()
+    for key in ("padding_taps", "atrous", "batch_norm", "drop_untrained_taps"):
+        assert config.model[key] == default.model[key], key
+    args = train_throughput.parse_args([])
+    assert (args.taps, args.atrous, args.batch_norm) == tuple(
+        [train_throughput.IMPL_DEFAULTS[k]] for k in ("taps", "atrous", "batch_norm")
+    )
 
 
 def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():

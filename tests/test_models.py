@@ -681,7 +681,7 @@ def test_deeplab_from_config():
     assert models.deeplab_from_config(cfg, 4, crop_size=64).train_size is None
     options = {
         "padding_taps": ("skip", "regions", "drop"),
-        "atrous": ("dilated", "space_to_batch", "phases"),
+        "atrous": ("space_to_batch", "dilated", "phases"),
         "batch_norm": ("flax", "fused", "sync"),
     }
     for key, (default, other, unknown) in options.items():
