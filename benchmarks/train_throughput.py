@@ -62,14 +62,15 @@ BACKEND_COMPILE = COMPILE_EVENTS[2]
 
 # The case keys that choose how the model computes (models.Implementation), their choices
 # (the first one the arithmetic of the 2026-11-26 figures, taken for results files older than
-# the key; case names label the others) and their label in case names.
+# the key) and their label in case names.
 IMPL_CHOICES = {
     "taps": ("live", "all", "regions"),
     "atrous": ("dilated", "space_to_batch"),
     "batch_norm": ("flax", "fused"),
 }
 IMPL_LABELS = {"taps": " taps-", "atrous": " ", "batch_norm": " bn-"}
-# segan_jax's defaults (configs/default.py) in those keys: the flags' defaults.
+# segan_jax's defaults (configs/default.py) in those keys: the flags' defaults; case names label
+# the choices that differ from them.
 IMPL_DEFAULTS = {"taps": "live", "atrous": "space_to_batch", "batch_norm": "flax"}
 
 
@@ -182,7 +183,7 @@ def make_cases(args):
 def case_name(c):
     net = f"R{c['depth']}w{c['width']}"
     taps = "".join(
-        f"{IMPL_LABELS[k]}{_impl(c, k)}" for k in IMPL_CHOICES if _impl(c, k) != IMPL_CHOICES[k][0]
+        f"{IMPL_LABELS[k]}{_impl(c, k)}" for k in IMPL_CHOICES if _impl(c, k) != IMPL_DEFAULTS[k]
     )
     if c["kind"] == "train":
         return (

@@ -105,6 +105,11 @@ def test_the_flags_defaults_are_segan_jaxs():
     config, default = train_throughput.make_config(case), default_config.get_config()
     for key in ("padding_taps", "atrous", "batch_norm", "drop_untrained_taps"):
         assert config.model[key] == default.model[key], key
+    base = dict(kind="train", depth=50, width=64, os=8, crop=256, batch=16, dtype="bf16", critic=0)
+    name = train_throughput.case_name({**base, **train_throughput.IMPL_DEFAULTS})
+    assert name == "train R50w64 OS8 256px b16 bf16 critic0"  # the defaults: no label
+    dilated = train_throughput.case_name({**base, "atrous": "dilated"})
+    assert dilated == name + " dilated" == train_throughput.case_name(base)  # base: an old file
     args = train_throughput.parse_args([])
     assert (args.taps, args.atrous, args.batch_norm) == tuple(
         [train_throughput.IMPL_DEFAULTS[k]] for k in ("taps", "atrous", "batch_norm")
