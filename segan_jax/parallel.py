@@ -7,6 +7,7 @@ this process's devices only. Functions here are the same on one host and on many
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -85,6 +86,25 @@ def on_every_process(fn, what: str) -> Any:
     if any(failed):
         raise OtherProcessFailed(f"process {failed.index(1)} failed to {what}; its output says why")
     return result
+
+
+def replicas_differ(tree: Any) -> list[str]:
+    """Paths of the leaves of ``tree`` (state every process holds a copy of, as arrays on one
+    of its devices) whose checksums differ between processes: a sum and a sum of absolute
+    values per leaf, float32, gathered from every process. [] with one process."""
+    if jax.process_count() == 1:
+        return []
+    paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree), strict=True)
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(_checksums(leaves))))
+    differ = (gathered != gathered[:1]).any(axis=(0, 2))  # gathered: (processes, leaves, 2)
+    return [jax.tree_util.keystr(p) for p, d in zip(paths, differ, strict=True) if d]
+
+
+@jax.jit
+def _checksums(leaves: tuple) -> jax.Array:
+    """(len(leaves), 2) float32: each leaf's sum and sum of absolute values."""
+    f32 = [x.astype(jnp.float32) for x in leaves]
+    return jnp.stack([jnp.stack([x.sum(), jnp.abs(x).sum()]) for x in f32])
 
 
 def sum_over_processes(counts: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import sys
 from typing import Any
 
 import flax
@@ -866,6 +867,7 @@ class _Loop:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         if jax.process_count() > 1:  # a global array: this process's copy, for its devices
             variables = jax.tree.map(lambda x: x.addressable_data(0), variables)
+            _warn_if_replicas_differ(variables, step)
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
         confusion, _ = evaluate.confusion_over_processes(
@@ -888,6 +890,20 @@ class _Loop:
             f"eval {record['split']} step {record['step']}: "
             f"F1 fg mean {_fmt(record['f1_foreground_mean'])} | "
             f"IoU fg mean {_fmt(record['iou_foreground_mean'])}",
+            flush=True,
+        )
+
+
+def _warn_if_replicas_differ(variables: dict, step: int) -> None:
+    """Process 0 warns when the processes' copies of the network differ (they step in lockstep
+    on averaged gradients, so they should not): each would evaluate its own network and the
+    checkpoint would hold one of them."""
+    differ = parallel.replicas_differ(variables)
+    if differ and jax.process_index() == 0:
+        shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        print(
+            f"warning: at step {step} the processes' copies of the network differ in {shown}",
+            file=sys.stderr,
             flush=True,
         )
 

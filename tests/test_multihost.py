@@ -103,6 +103,8 @@ def test_two_processes_train_one_run(run):
         ("train", 3),
         ("eval", 3),
     ]
+    # At each evaluation the processes' copies of the network agreed (checksums compared).
+    assert "differ" not in first[0][2] + second[0][2]
     # Rerunning the 2-process job restores the 2-process checkpoint and goes on.
     assert "Restored step 2" in second[0][1] and "step 3/3" in second[0][1]
     state = checkpoints.restore_raw(work / "checkpoints")

@@ -63,3 +63,21 @@ def test_on_every_process_returns_or_raises_what_fn_does_on_one_process():
     assert parallel.on_every_process(lambda: [1, 2], "list") == [1, 2]
     with pytest.raises(FileExistsError, match="a.png"):
         parallel.on_every_process(fail, "check")
+
+
+def test_replicas_differ_names_the_leaves_whose_checksums_differ(monkeypatch):
+    """Two processes simulated: the other process's checksums are this one's, or this one's
+    with one leaf changed (a sign flip changes the sum, not the sum of absolute values)."""
+    tree = {"a": jax.numpy.ones((2, 3)), "b": {"c": jax.numpy.arange(4.0) - 1.0}}
+    assert parallel.replicas_differ(tree) == []  # one process
+    other = {}
+
+    def gather(x):
+        return np.stack([x, other.get("sums", x)])
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(parallel.multihost_utils, "process_allgather", gather)
+    assert parallel.replicas_differ(tree) == []
+    flipped = {"a": tree["a"], "b": {"c": -tree["b"]["c"]}}
+    other["sums"] = np.asarray(parallel._checksums(tuple(jax.tree.leaves(flipped))))
+    assert parallel.replicas_differ(tree) == ["['b']['c']"]
