@@ -60,9 +60,8 @@ COMPILE_EVENTS = (
 BACKEND_COMPILE = COMPILE_EVENTS[2]
 
 
-# The case keys that choose how the model computes (models.Implementation), their choices
-# (the first one the arithmetic of the 2026-11-26 figures, taken for results files older than
-# the key) and their label in case names.
+# The case keys that choose how the model computes (models.Implementation), their choices and
+# their label in case names.
 IMPL_CHOICES = {
     "taps": ("live", "all", "regions"),
     "atrous": ("dilated", "space_to_batch"),
@@ -72,11 +71,14 @@ IMPL_LABELS = {"taps": " taps-", "atrous": " ", "batch_norm": " bn-"}
 # segan_jax's defaults (configs/default.py) in those keys: the flags' defaults; case names label
 # the choices that differ from them.
 IMPL_DEFAULTS = {"taps": "live", "atrous": "space_to_batch", "batch_norm": "flax"}
+# What a results file older than a key ran: every tap, lax's dilated convolutions, flax's
+# BatchNorm (the 2026-11-26 files).
+IMPL_BEFORE_KEYS = {"taps": "all", "atrous": "dilated", "batch_norm": "flax"}
 
 
 def _impl(case: dict, key: str) -> str:
     """The case's (or result's) choice for an IMPL_CHOICES key."""
-    return case.get(key, IMPL_CHOICES[key][0])
+    return case.get(key, IMPL_BEFORE_KEYS[key])
 
 
 def _csv(kind):
@@ -575,7 +577,7 @@ def annotate_flops(path, args):
         if r["env"].get("device_count", 1) != 1:
             print(f"{r['name']}: measured on {r['env']['device_count']} devices; skipped")
             continue
-        r.setdefault("taps", "all")  # results saved before --taps existed ran every tap
+        r.setdefault("taps", IMPL_BEFORE_KEYS["taps"])  # saved before --taps existed
         seconds = _annotate_one(r, args)
         r["flops_note"] = note
         _rates(r, seconds, r["dtype"], args)

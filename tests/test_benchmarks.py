@@ -80,13 +80,15 @@ def test_best_flags_pick_the_fastest_main_case():
         {**main, "critic": 1, "taps": "live", "atrous": "space_to_batch", "images_per_s": 990.0},
         {**main, "status": "failed", "taps": "live", "atrous": "space_to_batch"},
     ]
-    defaults = "--taps=live --atrous=dilated --batch_norm=flax"
+    live_dilated = "--taps=live --atrous=dilated --batch_norm=flax"
     best = "--taps=regions --atrous=space_to_batch --batch_norm=flax"  # files before batch_norm
     assert train_throughput.best_flags(results) == best
+    # a file older than the keys ran every tap: not a candidate either
+    assert train_throughput.best_flags([*results, {**main, "images_per_s": 5000.0}]) == best
     none = "--taps=live --atrous=space_to_batch --batch_norm=flax"  # segan_jax's defaults
     assert train_throughput.best_flags(results[2:]) == none
     results[0]["images_per_s"] = 901.0
-    assert train_throughput.best_flags(results) == defaults
+    assert train_throughput.best_flags(results) == live_dilated
     results.append({**main, "taps": "live", "batch_norm": "fused", "images_per_s": 902.0})
     assert train_throughput.best_flags(results) == "--taps=live --atrous=dilated --batch_norm=fused"
     # the fused BatchNorm beat flax's with the default convolutions, regions+phases beat those:
@@ -108,8 +110,10 @@ def test_the_flags_defaults_are_segan_jaxs():
     base = dict(kind="train", depth=50, width=64, os=8, crop=256, batch=16, dtype="bf16", critic=0)
     name = train_throughput.case_name({**base, **train_throughput.IMPL_DEFAULTS})
     assert name == "train R50w64 OS8 256px b16 bf16 critic0"  # the defaults: no label
-    dilated = train_throughput.case_name({**base, "atrous": "dilated"})
-    assert dilated == name + " dilated" == train_throughput.case_name(base)  # base: an old file
+    dilated = {**base, **train_throughput.IMPL_DEFAULTS, "atrous": "dilated"}
+    assert train_throughput.case_name(dilated) == name + " dilated"
+    old = train_throughput.case_name(base)  # a file older than the keys: every tap, dilated
+    assert old == name + " taps-all dilated"
     args = train_throughput.parse_args([])
     assert (args.taps, args.atrous, args.batch_norm) == tuple(
         [train_throughput.IMPL_DEFAULTS[k]] for k in ("taps", "atrous", "batch_norm")
