@@ -89,22 +89,31 @@ def on_every_process(fn, what: str) -> Any:
 
 
 def replicas_differ(tree: Any) -> list[str]:
-    """Paths of the leaves of ``tree`` (state every process holds a copy of, as arrays on one
-    of its devices) whose checksums differ between processes: a sum and a sum of absolute
-    values per leaf, float32, gathered from every process. [] with one process."""
-    if jax.process_count() == 1:
+    """Paths of the leaves of ``tree`` (arrays every process holds a copy of, on one of its
+    devices) whose bits differ between processes, by exact checksums of each leaf's bit
+    patterns (`_checksums`), gathered from every process. [] with one process."""
+    if jax.process_count() == 1 or not jax.tree.leaves(tree):
         return []
     paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree), strict=True)
-    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(_checksums(leaves))))
-    differ = (gathered != gathered[:1]).any(axis=(0, 2))  # gathered: (processes, leaves, 2)
+    sums = np.asarray(_checksums(leaves)).view(np.int32)  # gathered as int32 without x64
+    gathered = np.asarray(multihost_utils.process_allgather(sums))  # (processes, leaves, 2)
+    differ = (gathered != gathered[:1]).any(axis=(0, 2))
     return [jax.tree_util.keystr(p) for p, d in zip(paths, differ, strict=True) if d]
 
 
 @jax.jit
 def _checksums(leaves: tuple) -> jax.Array:
-    """(len(leaves), 2) float32: each leaf's sum and sum of absolute values."""
-    f32 = [x.astype(jnp.float32) for x in leaves]
-    return jnp.stack([jnp.stack([x.sum(), jnp.abs(x).sum()]) for x in f32])
+    """(len(leaves), 2) uint32: per leaf, the wrapping sum and the xor of its elements' bit
+    patterns (4-byte elements as they are, narrower ones widened): exact, so any changed bit
+    shows (a 1-ulp change too), a NaN equals itself, and no device rounds it differently."""
+    out = []
+    for x in leaves:
+        x = jnp.asarray(x)
+        width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+        bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32).ravel()
+        xor = jax.lax.reduce(bits, jnp.uint32(0), jax.lax.bitwise_xor, (0,))
+        out.append(jnp.stack([bits.sum(dtype=jnp.uint32), xor]))
+    return jnp.stack(out)
 
 
 def sum_over_processes(counts: np.ndarray) -> np.ndarray:

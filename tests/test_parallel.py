@@ -65,10 +65,10 @@ def test_on_every_process_returns_or_raises_what_fn_does_on_one_process():
         parallel.on_every_process(fail, "check")
 
 
-def test_replicas_differ_names_the_leaves_whose_checksums_differ(monkeypatch):
-    """Two processes simulated: the other process's checksums are this one's, or this one's
-    with one leaf changed (a sign flip changes the sum, not the sum of absolute values)."""
-    tree = {"a": jax.numpy.ones((2, 3)), "b": {"c": jax.numpy.arange(4.0) - 1.0}}
+def test_replicas_differ_names_the_leaves_whose_bits_differ(monkeypatch):
+    """Two processes simulated: the other process's checksums are this one's, or those of a
+    copy with one value 1 ulp higher; a NaN equals itself."""
+    tree = {"a": jax.numpy.ones((64, 64)), "b": {"c": jax.numpy.array([np.nan, 0.5, -2.0])}}
     assert parallel.replicas_differ(tree) == []  # one process
     other = {}
 
@@ -77,7 +77,25 @@ def test_replicas_differ_names_the_leaves_whose_checksums_differ(monkeypatch):
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(parallel.multihost_utils, "process_allgather", gather)
-    assert parallel.replicas_differ(tree) == []
-    flipped = {"a": tree["a"], "b": {"c": -tree["b"]["c"]}}
-    other["sums"] = np.asarray(parallel._checksums(tuple(jax.tree.leaves(flipped))))
-    assert parallel.replicas_differ(tree) == ["['b']['c']"]
+    assert parallel.replicas_differ(tree) == [] and parallel.replicas_differ({}) == []
+    a = tree["a"].at[5, 7].set(np.nextafter(np.float32(1), np.float32(2)))
+    moved = (a, tree["b"]["c"])
+    other["sums"] = np.asarray(parallel._checksums(moved)).view(np.int32)
+    assert parallel.replicas_differ(tree) == ["['a']"]
+
+
+def test_warn_if_replicas_differ_process_0_names_them(monkeypatch, capsys):
+    from segan_jax import train
+
+    monkeypatch.setattr(parallel, "replicas_differ", lambda tree: list("abcde"))
+    train._warn_if_replicas_differ({}, 40)
+    err = capsys.readouterr().err
+    assert "warning: at step 40 the processes' copies of the network differ in a, b, c" in err
+    assert "and 2 more" in err
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    train._warn_if_replicas_differ({}, 40)
+    assert capsys.readouterr().err == ""  # process 0 alone warns
+    monkeypatch.setattr(parallel, "replicas_differ", lambda tree: [])
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    train._warn_if_replicas_differ({}, 40)
+    assert capsys.readouterr().err == ""
