@@ -12,8 +12,8 @@
 # (6), the end-to-end run, takes launch.py overrides in E2E_EXTRA (e.g. a tiny network for a CPU
 # smoke test).
 #
-# On an H100 (2026-11-26) one ResNet-50 train case took 77-94 s of wall time (process start,
-# ~25 s init compile and data placement, ~4 s lowering, 42-53 s XLA compile, seconds of timing),
+# On an H100 (2026-11-27) one ResNet-50 train case took 50-81 s of wall time (process start,
+# ~25 s init compile and data placement, ~4 s lowering, 16-42 s XLA compile, seconds of timing),
 # so the default budget covers about priorities (1) to (5), the targets; FROM=6 runs the
 # rest in a second command. XLA's per-fusion autotuning cache (AUTOTUNE_DIR) is shared by the
 # cases, which have most convolutions in common, when this XLA knows the flag.
