@@ -23,8 +23,7 @@
 # into regions that skip padding; models.BatchNorm, a hand-written backward), and with regions
 # alone (each with --atrous=space_to_batch, the default since 2026-11-27). The later cases run
 # with the convolution flags of the faster of (1) and (3) and the hand-written BatchNorm if (2)
-# beat (3)
-# (`--best_from` on $OUT/results.json), or with BEST (e.g. BEST="--taps=regions
+# beat (3) (`--best_from` on $OUT/results.json), or with BEST (e.g. BEST="--taps=regions
 # --atrous=space_to_batch --batch_norm=flax") when set, for a second command whose $OUT is new.
 #
 # On the workplace's device machine (jax with CUDA there; ml_collections, tensorflow_datasets

@@ -34,6 +34,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import functools
 import glob
 import itertools
 import json
@@ -68,12 +69,24 @@ IMPL_CHOICES = {
     "batch_norm": ("flax", "fused"),
 }
 IMPL_LABELS = {"taps": " taps-", "atrous": " ", "batch_norm": " bn-"}
-# segan_jax's defaults (configs/default.py) in those keys: the flags' defaults; case names label
-# the choices that differ from them.
-IMPL_DEFAULTS = {"taps": "live", "atrous": "space_to_batch", "batch_norm": "flax"}
+# model.padding_taps of the --taps choices that name it otherwise.
+PADDING_TAPS = {"live": "skip", "all": "keep"}
 # What a results file older than a key ran: every tap, lax's dilated convolutions, flax's
 # BatchNorm (the 2026-11-26 files).
 IMPL_BEFORE_KEYS = {"taps": "all", "atrous": "dilated", "batch_norm": "flax"}
+
+
+@functools.cache
+def impl_defaults() -> dict[str, str]:
+    """segan_jax's defaults (configs/default.py) in the IMPL_CHOICES keys: the flags' defaults;
+    case names label the choices that differ from them."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from configs import default
+
+    model = default.get_config().model
+    taps = {v: k for k, v in PADDING_TAPS.items()}.get(model.padding_taps, model.padding_taps)
+    return {"taps": taps, "atrous": model.atrous, "batch_norm": model.batch_norm}
 
 
 def _impl(case: dict, key: str) -> str:
@@ -95,7 +108,7 @@ def parse_args(argv=None):
     a(
         "--taps",
         type=_csv(str),
-        default=[IMPL_DEFAULTS["taps"]],
+        default=[impl_defaults()["taps"]],
         help="'live': skip convolution taps that read only padding and ASPP taps untrained at\n"
         "--crop (segan_jax's default); 'all': every tap (torchvision's arithmetic); 'regions':\n"
         "live, and atrous convolutions split into regions (model.padding_taps). E.g. live,all",
@@ -103,14 +116,14 @@ def parse_args(argv=None):
     a(
         "--atrous",
         type=_csv(str),
-        default=[IMPL_DEFAULTS["atrous"]],
+        default=[impl_defaults()["atrous"]],
         help="model.atrous: 'dilated' (lax's dilated convolutions) and/or 'space_to_batch'\n"
         "(ordinary ones over the map's phases; segan_jax's default)",
     )
     a(
         "--batch_norm",
         type=_csv(str),
-        default=[IMPL_DEFAULTS["batch_norm"]],
+        default=[impl_defaults()["batch_norm"]],
         help="model.batch_norm: 'flax' (autodiff of nn.BatchNorm) and/or 'fused'\n"
         "(models.BatchNorm: a hand-written backward)",
     )
@@ -185,7 +198,7 @@ def make_cases(args):
 def case_name(c):
     net = f"R{c['depth']}w{c['width']}"
     taps = "".join(
-        f"{IMPL_LABELS[k]}{_impl(c, k)}" for k in IMPL_CHOICES if _impl(c, k) != IMPL_DEFAULTS[k]
+        f"{IMPL_LABELS[k]}{_impl(c, k)}" for k in IMPL_CHOICES if _impl(c, k) != impl_defaults()[k]
     )
     if c["kind"] == "train":
         return (
@@ -264,7 +277,7 @@ def make_config(case, batch=None):
     config.train.batch_size = batch or case["batch"]
     config.critic.num = case.get("critic", 0)
     taps = _impl(case, "taps")  # "all": every tap, torchvision's arithmetic
-    config.model.padding_taps = {"live": "skip", "all": "keep"}.get(taps, taps)
+    config.model.padding_taps = PADDING_TAPS.get(taps, taps)
     config.model.drop_untrained_taps = taps != "all"
     config.model.atrous = _impl(case, "atrous")
     config.model.batch_norm = _impl(case, "batch_norm")
@@ -1164,7 +1177,7 @@ def best_flags(results: list) -> str:
         return r.get("images_per_s") or 0
 
     flax = [r for r in main if _impl(r, "batch_norm") == "flax"]
-    taps, atrous = conv(max(flax, key=speed, default=IMPL_DEFAULTS))
+    taps, atrous = conv(max(flax, key=speed, default=impl_defaults()))
     flax_speed = collections.defaultdict(float)
     for r in flax:
         flax_speed[conv(r)] = max(flax_speed[conv(r)], speed(r))

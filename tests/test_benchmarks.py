@@ -103,20 +103,20 @@ def test_best_flags_pick_the_fastest_main_case():
 
 
 def test_the_flags_defaults_are_segan_jaxs():
-    case = dict(depth=50, width=64, batch=16, **train_throughput.IMPL_DEFAULTS)
+    case = dict(depth=50, width=64, batch=16, **train_throughput.impl_defaults())
     config, default = train_throughput.make_config(case), default_config.get_config()
     for key in ("padding_taps", "atrous", "batch_norm", "drop_untrained_taps"):
         assert config.model[key] == default.model[key], key
     base = dict(kind="train", depth=50, width=64, os=8, crop=256, batch=16, dtype="bf16", critic=0)
-    name = train_throughput.case_name({**base, **train_throughput.IMPL_DEFAULTS})
+    name = train_throughput.case_name({**base, **train_throughput.impl_defaults()})
     assert name == "train R50w64 OS8 256px b16 bf16 critic0"  # the defaults: no label
-    dilated = {**base, **train_throughput.IMPL_DEFAULTS, "atrous": "dilated"}
+    dilated = {**base, **train_throughput.impl_defaults(), "atrous": "dilated"}
     assert train_throughput.case_name(dilated) == name + " dilated"
     old = train_throughput.case_name(base)  # a file older than the keys: every tap, dilated
     assert old == name + " taps-all dilated"
     args = train_throughput.parse_args([])
     assert (args.taps, args.atrous, args.batch_norm) == tuple(
-        [train_throughput.IMPL_DEFAULTS[k]] for k in ("taps", "atrous", "batch_norm")
+        [train_throughput.impl_defaults()[k]] for k in ("taps", "atrous", "batch_norm")
     )
 
 
