@@ -92,9 +92,10 @@ def replicas_differ(tree: Any) -> list[str]:
     """Paths of the leaves of ``tree`` (arrays every process holds a copy of, on one of its
     devices) whose bits differ between processes, by exact checksums of each leaf's bit
     patterns (`_checksums`), gathered from every process. [] with one process."""
-    if jax.process_count() == 1 or not jax.tree.leaves(tree):
+    with_paths = jax.tree_util.tree_leaves_with_path(tree)
+    if jax.process_count() == 1 or not with_paths:
         return []
-    paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree), strict=True)
+    paths, leaves = zip(*with_paths, strict=True)
     sums = np.asarray(_checksums(leaves)).view(np.int32)  # gathered as int32 without x64
     gathered = np.asarray(multihost_utils.process_allgather(sums))  # (processes, leaves, 2)
     differ = (gathered != gathered[:1]).any(axis=(0, 2))
