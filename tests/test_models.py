@@ -232,14 +232,22 @@ def _conv_case(hw, kernel, dilation, padding):
     return x, w, pad, dims
 
 
+def _dilated(pad, dilation, dims, precision=None):
+    """lax's stride-1, rate-``dilation`` convolution as a function of (x, w)."""
+    return functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=(1, 1),
+        padding=pad,
+        rhs_dilation=(dilation,) * 2,
+        dimension_numbers=dims,
+        precision=precision,
+    )
+
+
 def _assert_matches_dilated(f, x, w, pad, dilation, dims):
     """``f(x, w)`` gives lax's rate-``dilation`` convolution's output and input and kernel
     gradients (of the sum of squares)."""
-
-    def full(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, (1, 1), pad, rhs_dilation=(dilation,) * 2, dimension_numbers=dims
-        )
+    full = _dilated(pad, dilation, dims)
 
     np.testing.assert_allclose(f(x, w), full(x, w), rtol=1e-5, atol=1e-5)
     grads = [jax.grad(lambda x, w, g=g: jnp.sum(g(x, w) ** 2), (0, 1))(x, w) for g in (full, f)]
@@ -305,14 +313,7 @@ def test_conv_regions_gradients_run_in_the_input_dtype():
     # the values: within bfloat16 rounding of lax's float32 convolution and its gradients
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
     dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    full = functools.partial(
-        jax.lax.conv_general_dilated,
-        window_strides=(1, 1),
-        padding=pad,
-        rhs_dilation=(12, 12),
-        dimension_numbers=dims,
-        precision=jax.lax.Precision.HIGHEST,
-    )
+    full = _dilated(pad, 12, dims, jax.lax.Precision.HIGHEST)
 
     def reference(x, w):
         return jnp.sum(full(x, w) ** 2)
