@@ -309,7 +309,8 @@ def conv_regions(
     products summed in float32; the full convolution's value (with the other taps zero) up to
     float rounding (in bfloat16 each tap's product is rounded before the sum: for a rate-12,
     64-to-32-channel convolution on 32x32, 0.33 % relative RMS error forward and 0.42 % in the
-    input gradient, against 0.29 % for lax's bfloat16 convolution). Each product's
+    input gradient, against 0.29 % for lax's bfloat16 convolution; CPU, 2026-11-27). Each
+    product's
     gradients run in lhs's dtype too, as a convolution's do (a float32 product would take a
     float32 cotangent, and bfloat16 steps would run float32 matrix products backward: seen on
     an H100, 2026-11-27).
