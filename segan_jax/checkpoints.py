@@ -1,7 +1,9 @@
 """orbax checkpoints of the whole training state.
 
-`DIR/checkpoints/` keeps the last `train.keep` states; `DIR/best/` keeps the one with the best
-foreground-mean F1 on the evaluation split. orbax writes each checkpoint to a temporary folder
+`DIR/checkpoints/` keeps the last `train.keep` states; `DIR/best/` keeps the network (step,
+params, batch_stats: what evaluation and `model.init_checkpoint` read, a third of an Adam state)
+with the best foreground-mean F1 on the evaluation split, written only when an evaluation is at
+least as good as the one kept (`improves`). orbax writes each checkpoint to a temporary folder
 and renames it when complete, so a run killed mid-save leaves nothing a later run takes as valid.
 Restoring goes into an abstract state (shapes, dtypes, shardings from `jax.eval_shape`), so the
 optax states keep their structure.
@@ -40,6 +42,20 @@ def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
         max_to_keep=1, best_fn=_best_metric, best_mode="max", create=True
     )
     return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "best", options=options)
+
+
+def improves(manager: ocp.CheckpointManager, metrics: dict[str, float]) -> bool:
+    """Whether a checkpoint with ``metrics`` would be kept by ``manager`` (a `best_manager`):
+    none is kept yet, or it is at least as good as the kept one (orbax keeps the newer of two
+    equals; NaN ranks below every number). Saving one that is not would write it only for
+    orbax to delete it."""
+    best = manager.best_step()
+    return best is None or _best_metric(metrics) >= _best_metric(manager.metrics(best) or {})
+
+
+def network(state: Any) -> dict:
+    """What `DIR/best/` keeps of a training state: {"step", "params", "batch_stats"}."""
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats}
 
 
 def save(

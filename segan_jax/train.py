@@ -835,14 +835,14 @@ class _Loop:
             record = {"kind": "train", "step": done, "steps_per_s": rate, **means}
             workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", record)
 
-    def save(self, which: int, step: int, state: TrainState, metrics: dict | None = None) -> None:
-        """Saves ``state`` with ``self.managers[which]`` (0: latest, 1: best/), asynchronously.
+    def save(self, which: int, step: int, tree: Any, metrics: dict | None = None) -> None:
+        """Saves ``tree`` (0: the state in the latest; 1: its network in best/), asynchronously.
         With several processes, only once the other manager's save has finished: orbax names
         its cross-process barriers by step, not by manager, so the two saving at once (the
         latest and best/ at an evaluation step) can collide and hang the run."""
         if jax.process_count() > 1:
             self.managers[1 - which].wait_until_finished()
-        checkpoints.save(self.managers[which], step, state, metrics)
+        checkpoints.save(self.managers[which], step, tree, metrics)
 
     def evaluation_due(self, step: int) -> bool:
         cfg = self.ctx.config.train
@@ -875,8 +875,9 @@ class _Loop:
         )
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
-        if step not in self.managers[1].all_steps():  # saved before a stop (evaluation_missed)
-            self.save(1, step, state, f1)
+        best = self.managers[1]
+        if step not in best.all_steps() and checkpoints.improves(best, f1):  # see evaluation_missed
+            self.save(1, step, checkpoints.network(state), f1)
         if jax.process_index() == 0:
             self.write(record)
         return record

@@ -391,6 +391,12 @@ def test_training_only_checks_spare_a_trained_runs_use(data_dir):
     train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
 
 
+def test_best_keeps_the_network_alone(two_step_run):
+    """best/ holds what evaluation and init_checkpoint read, not the optimiser states."""
+    assert set(checkpoints.raw_shapes(two_step_run / "best")) == {"step", "params", "batch_stats"}
+    assert "opt_state" in checkpoints.raw_shapes(two_step_run / "checkpoints")
+
+
 def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
     """raw_shapes and has_checkpoint may run on one process alone (inside on_every_process,
     for a path only some hosts can read): no orbax barrier. (restore_raw has one: every
