@@ -474,8 +474,9 @@ ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def compiled_once(fn, *args):
-    """`fn` (a jitted function) compiled for `args` with `ONCE_COMPILER_OPTIONS`, unless
-    XLA_FLAGS sets the level: for programs that run once, where compile time is all that counts."""
+    """`fn` (a jitted function, or its `.trace()` and no `args`) compiled for `args` with
+    `ONCE_COMPILER_OPTIONS`, unless XLA_FLAGS sets the level: for programs that run once, where
+    compile time is all that counts."""
     ours = "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
     return fn.lower(*args).compile(compiler_options=ONCE_COMPILER_OPTIONS if ours else None)
 
@@ -483,20 +484,21 @@ def compiled_once(fn, *args):
 def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, managers) -> TrainState:
     """The latest checkpoint of the workdir, else a fresh state (from model.init_checkpoint).
 
-    The state is created on the devices, replicated (big_vision style); its `jax.eval_shape`
-    tree is the restore target, so the optax states keep their structure.
+    The state is created on the devices, replicated (big_vision style); its traced output
+    shapes are the restore target, so the optax states keep their structure.
     """
     sharding = NamedSharding(mesh, P())
     init = jax.jit(
         lambda: create_train_state(ctx, jax.random.key(config.seed), num_channels),
         out_shardings=sharding,
     )
-    abstract = jax.eval_shape(init)  # ShapeDtypeStructs carrying init's out_shardings
+    traced = init.trace()  # traced once: for the restore target and for compiling
+    abstract = traced.out_info  # ShapeDtypeStructs carrying init's out_shardings
     latest = managers[0]
     if latest.latest_step() is not None:
         _print(f"Restored step {latest.latest_step()} from {latest.directory}")
         return checkpoints.restore(latest, abstract)
-    state = compiled_once(init)()
+    state = compiled_once(traced)()
     if config.model.init_checkpoint:
         local = jax.tree.map(parallel.local_value, state)
         state = parallel.replicate(load_init_checkpoint(local, config.model.init_checkpoint), mesh)
