@@ -15,6 +15,9 @@ is timestamped as it arrives, which gives:
 - `evaluation_s`: per evaluation (and the checkpoints saved with it), the time its interval
   took beyond the median (the first includes compiling; the one after the last progress line
   is not measured);
+- `evaluation_own_s`: the seconds each evaluation line reports for the evaluation itself
+  (every one, the last included): the rest of `evaluation_s` is the checkpoints' saving and
+  the records' writing;
 - `wall_s`: the whole second launch.py (--steps steps);
 - `extrapolated_run_s`: first_line_s + the config's other num_steps - log_every steps at
   steps_per_s + its num_steps / eval_every evaluations (the first as measured, the others at
@@ -36,6 +39,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -105,6 +109,7 @@ def summarise(lines: list[tuple[float, str]], train: dict) -> dict:
         "first_line_s": steps[0],
         "steps_per_s": 1 / step_s,
         "evaluation_s": evaluation_s,
+        "evaluation_own_s": [float(m[1]) for _, s in lines if (m := EVALUATION_TOOK.search(s))],
         "progress_lines": len(steps),
         "num_steps": train["num_steps"],
         "extrapolated_run_s": steps[0]
@@ -119,6 +124,10 @@ def _evaluations_s(measured: list[float], count: int) -> float:
     if len(measured) < 2:
         return float("nan")
     return measured[0] + (count - 1) * statistics.median(measured[1:])
+
+
+# The end of training's evaluation line: "... | 100 images in 0.42 s".
+EVALUATION_TOOK = re.compile(r"^eval .*\| \d+ images in ([\d.]+) s$")
 
 
 def _is_event(line: str) -> bool:

@@ -19,6 +19,7 @@ import functools
 import os
 import pathlib
 import sys
+import time
 from typing import Any
 
 import flax
@@ -872,19 +873,23 @@ class _Loop:
             _warn_if_replicas_differ(variables, step)
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
-        confusion, _ = evaluate.confusion_over_processes(
+        start = time.perf_counter()
+        confusion, count = evaluate.confusion_over_processes(
             model, variables, split, self.ctx.normalizer, ignore
         )
+        took = f"{count} images in {time.perf_counter() - start:.2f} s"
         record = evaluate.result_record(step, name, self.info.classes, confusion)
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
         best = self.managers[1]
         if step not in best.all_steps() and checkpoints.improves(best, f1):  # see evaluation_missed
             self.save(1, step, checkpoints.network(state), f1)
         if jax.process_index() == 0:
-            self.write(record)
+            self.write(record, took)
         return record
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, took: str) -> None:
+        """Writes the evaluation record and its metrics.jsonl line; prints its figures and
+        ``took`` (how many images in how long, compiling included the first time)."""
         evaluate.save_record(self.workdir, record)  # beside --mode=evaluate's of the step
         keys = ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
         line = {"kind": "eval", **{k: record[k] for k in keys}}
@@ -892,7 +897,7 @@ class _Loop:
         print(
             f"eval {record['split']} step {record['step']}: "
             f"F1 fg mean {_fmt(record['f1_foreground_mean'])} | "
-            f"IoU fg mean {_fmt(record['iou_foreground_mean'])}",
+            f"IoU fg mean {_fmt(record['iou_foreground_mean'])} | {took}",
             flush=True,
         )
 

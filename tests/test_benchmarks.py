@@ -125,7 +125,7 @@ def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():
     20 adds 3 s to the next interval (it compiles), the one after step 40 adds 1 s, the one
     after 60 is not measured; the first line comes at 40 s (compile etc.)."""
     line = "step {}/1000 | loss 1.0 | 2.00 steps/s | ETA 1m"
-    evaluation = "eval test step {}: F1 fg mean 0.1 | IoU fg mean 0.1"
+    evaluation = "eval test step {}: F1 fg mean 0.1 | IoU fg mean 0.1 | 100 images in 0.25 s"
     lines = [(5.0, "Restored nothing"), (40.0, line.format(10)), (40.5, line.format(20))]
     lines += [(41.0, evaluation.format(20)), (44.0, line.format(30)), (44.5, line.format(40))]
     lines += [(44.6, evaluation.format(40)), (46.0, line.format(50)), (46.5, line.format(60))]
@@ -135,6 +135,7 @@ def test_end_to_end_times_steps_and_evaluations_from_timestamped_lines():
     assert result["first_line_s"] == 40.0 and result["progress_lines"] == 6
     assert result["steps_per_s"] == 20.0
     assert result["evaluation_s"] == [3.0, 1.0]
+    assert result["evaluation_own_s"] == [0.25] * 3
     assert result["extrapolated_run_s"] == 40.0 + 990 / 20 + 3.0 + 49 * 1.0
     one = end_to_end.summarise(lines[:7], train)  # one evaluation measured: no extrapolation
     assert one["evaluation_s"] == [3.0] and math.isnan(one["extrapolated_run_s"])

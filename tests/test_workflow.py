@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
         in train_out
     )
     assert (work / "config.json").exists() and (work / "class_frequencies.json").exists()
+    # The evaluation line says how long it took, for its 3 test images.
+    took = r"^eval test step 2: F1 fg mean [\d.]+ \| IoU fg mean [\d.]+ \| 3 images in \d+\.\d\d s$"
+    assert re.search(took, train_out, re.M), train_out
 
     cache = tmp_path / "xla"
     out = _launch(*common, "--mode=evaluate", f"--compilation_cache={cache}", data_dir=data_dir)
