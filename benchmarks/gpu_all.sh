@@ -76,6 +76,14 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   run 2 "${T[@]}" "${M[@]}" "${S[@]}" --batch_norm=fused "${P[@]}" \
     --profile_txt="$OUT/profile_os8_bf16_b16_candidates.txt"
   run 3 "${T[@]}" "${M[@]}" "${S[@]}"
+  # the profiles' raw traces and compiled HLO (module.hlo.txt.gz), to be read again elsewhere
+  # (summarise_profile); without the .xplane.pb traces if the archive is too big to come back
+  if [ "$FROM" -le 2 ] && [ -d /tmp/segan_prof ]; then
+    tar -czf "$OUT/profiles_raw.tgz" -C /tmp/segan_prof .
+    if [ "$(stat -c %s "$OUT/profiles_raw.tgz")" -gt 15000000 ]; then
+      tar -czf "$OUT/profiles_raw.tgz" --exclude='*.xplane.pb' -C /tmp/segan_prof .
+    fi
+  fi
   read -r -a BF <<<"${BEST:-$("$PY" benchmarks/train_throughput.py --best_from="$J")}"
   echo "== later cases with ${BF[*]-defaults}"
   L=("${T[@]}" ${BF[@]+"${BF[@]}"})  # no case flag below sets --taps, --atrous, --batch_norm

@@ -28,6 +28,9 @@ Examples:
       --dtype=float32 --critic=0,1 --os=16,8 --steps=5 --infer_size=256 --infer_batch=1
   # markdown table of saved results
   python benchmarks/train_throughput.py --table_from=benchmarks/results/run.json
+  # a saved profile summarised again (gpu_all.sh's profiles_raw.tgz unpacked)
+  python benchmarks/train_throughput.py --profile_steps=5 \
+      --summarise=raw/train_R50w64_OS8_256px_b16_bfloat16_critic0
 """
 
 import argparse
@@ -36,6 +39,7 @@ import dataclasses
 import datetime
 import functools
 import glob
+import gzip
 import itertools
 import json
 import math
@@ -154,6 +158,12 @@ def parse_args(argv=None):
     a("--deadline", type=float, default=0, help="unix time after which no case is started")
     a("--min_case_s", type=float, default=30, help="skip a case with less time to the deadline")
     a("--table_from", default="", help="print the markdown table of these JSON files and exit")
+    a(
+        "--summarise",
+        default="",
+        help="print the summary of the profile in this folder (one case's, with its\n"
+        "module.hlo.txt.gz; --profile_steps: the steps it holds) and exit",
+    )
     a("--annotate_flops", default="", help="add jaxpr FLOPs + MFU to a saved JSON and exit")
     a(
         "--best_from",
@@ -429,7 +439,7 @@ def run_train(case, args, emit):
     ctx, mesh, state, data, key, res["setup_s"] = _train_setup(case, args)
     step_fn = train.compile_train_step(ctx, mesh)
     # Lower first: the jaxpr FLOP count after it reuses the trace, so lower_s includes tracing.
-    op_names = _aot_compile(step_fn, (state, data, key), counter, args.profile_dir, res)
+    hlo = _aot_compile(step_fn, (state, data, key), counter, args.profile_dir, res)
     res.update(train_model_flops(ctx, step_fn, state, data, key, case))
 
     def step(s):
@@ -461,7 +471,7 @@ def run_train(case, args, emit):
     _record_times(res, times, case, args, args.steps, "step_ms")
     emit(res)  # measured figures are out before the (optional) profile
     if args.profile_dir:
-        res["profile"] = _profile(step, state, args, case, op_names)
+        res["profile"] = _profile(step, state, args, case, hlo)
         emit(res)
     return res
 
@@ -495,10 +505,10 @@ def _train_setup(case, args):
     return ctx, mesh, state, data, key, round(time.perf_counter() - t, 3)
 
 
-def _aot_compile(fn, fn_args, counter, want_op_names, res, per="step") -> dict:
+def _aot_compile(fn, fn_args, counter, want_hlo, res, per="step") -> str | None:
     """Lowers and compiles a jitted ``fn`` ahead of time, adding times, XLA's FLOP counts (per
-    ``per``) and memory estimate to ``res``; returns the HLO op names a profile needs (empty
-    unless wanted)."""
+    ``per``) and memory estimate to ``res``; returns the compiled module's HLO text, which a
+    profile reads (None unless wanted)."""
     mark = counter.mark()
     t = time.perf_counter()
     lowered = fn.lower(*fn_args)
@@ -510,7 +520,8 @@ def _aot_compile(fn, fn_args, counter, want_op_names, res, per="step") -> dict:
     res[f"flops_per_{per}_compiled"] = _flops(_safe(compiled.cost_analysis))
     res[f"flops_per_{per}_lowered"] = _flops(_safe(lowered.cost_analysis))
     res["memory_analysis"] = _memory_analysis(compiled)
-    return _hlo_op_names(_safe(compiled.as_text)) if want_op_names else {}
+    text = _safe(compiled.as_text) if want_hlo else None
+    return text if isinstance(text, str) else None
 
 
 def _first_calls(step, state, counter, cache):
@@ -662,12 +673,18 @@ def _round(x, scale):
     return None if x is None else round(x / scale, 3)
 
 
-def _profile(step, state, args, case, op_names):
+def _profile(step, state, args, case, hlo: str | None):
+    """A jax.profiler trace of ``args.profile_steps`` steps in its own folder under
+    ``args.profile_dir``, beside the compiled module's HLO text (module.hlo.txt.gz, for reading
+    the trace again elsewhere), and its summary (``summarise_profile``)."""
     import jax
 
     logdir = pathlib.Path(args.profile_dir) / re.sub(r"[^A-Za-z0-9]+", "_", case_name(case))
     out = {"dir": str(logdir)}
     try:
+        if hlo is not None:
+            logdir.mkdir(parents=True, exist_ok=True)
+            (logdir / "module.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
         jax.profiler.start_trace(str(logdir))
         t = time.perf_counter()
         for _ in range(args.profile_steps):
@@ -676,7 +693,7 @@ def _profile(step, state, args, case, op_names):
         out["wall_s"] = round(time.perf_counter() - t, 4)
         jax.profiler.stop_trace()
         out["steps"] = args.profile_steps
-        out.update(summarise_profile(logdir, args.profile_steps, op_names))
+        out.update(summarise_profile(logdir, args.profile_steps, hlo))
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{type(e).__name__}: {e}"[:1000]
     return out
@@ -742,6 +759,32 @@ def _hlo_op_names(text):
     return out
 
 
+# What follows an HLO instruction's operands: attributes a signature leaves out.
+_HLO_TAIL = re.compile(r",\s*(?:metadata|backend_config|calls|to_apply|frontend_attributes)=")
+# An instruction's right-hand side: result type (a tuple in parentheses), operation, operands.
+_HLO_RHS = re.compile(r"^(\(.*?\)|\S+)\s+([\w\-]+)\((.*?)\)(.*)$")
+
+
+def _hlo_signatures(text) -> dict[str, str]:
+    """{HLO instruction name: "result type operation(operand types), attributes"} without
+    layouts, metadata, backend configs or called computations, at most 240 characters: e.g.
+    "(f32[64], f32[64]) fusion(bf16[16,128,128,64], bf16[16,128,128,64]), kind=kInput", which
+    tells what a profile's fusion reads and writes."""
+    if not isinstance(text, str):
+        return {}
+    parsed = {}
+    for line in text.splitlines():
+        m = _HLO_INSTRUCTION.match(line)
+        rhs = m and _HLO_RHS.match(re.sub(r"\]\{[^}]*\}", "]", _HLO_TAIL.split(m.group(3))[0]))
+        if rhs:
+            parsed[m.group(2)] = rhs.groups()
+    out = {}
+    for name, (result, op, operands, attributes) in parsed.items():
+        types = [parsed[r][0] if r in parsed else "?" for r in _HLO_REF.findall(operands)]
+        out[name] = f"{result} {op}({', '.join(types)}){attributes}"[:240]
+    return out
+
+
 def _direction(op_name: str) -> str:
     """'bwd' for an op of a transposed (backward) computation, else 'fwd'."""
     return "bwd" if "transpose(" in op_name else "fwd"
@@ -780,10 +823,13 @@ def _module(op_name):
     return f"{direction} {m.group(1)}" if m else f"{direction} {op_name}"
 
 
-def summarise_profile(logdir, steps, op_names=None, top=25):
-    """Top device ops by total time from the newest .xplane.pb under `logdir`."""
+def summarise_profile(logdir, steps, hlo: str | None = None, top=25):
+    """Top device ops by total time from the newest .xplane.pb under `logdir`, by kernel, by
+    model scope and module (the HLO text's op names) and by HLO instruction (with its
+    signature)."""
     from jax.profiler import ProfileData
 
+    hlo_info = (_hlo_op_names(hlo), _hlo_signatures(hlo))
     files = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True), key=os.path.getmtime)
     if not files:
         return {"error": "no .xplane.pb written"}
@@ -793,16 +839,26 @@ def summarise_profile(logdir, steps, op_names=None, top=25):
     for plane in device_planes or [p for p in pd.planes if p.name == "/host:CPU"]:
         for line in plane.lines:
             # CPU: only XLA ops (events with an hlo_op stat)
-            summary = _line_summary(line, not device_planes, op_names, steps, top)
+            summary = _line_summary(line, not device_planes, hlo_info, steps, top)
             if summary:
                 lines_out.append({"plane": plane.name, "line": line.name, **summary})
     lines_out = sorted(lines_out, key=lambda r: -r["busy_ms_per_step"])[:8]
     return {"file": files[-1], "lines": lines_out, "text": _profile_text(lines_out)}
 
 
-def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
-    """Busy time, time by kernel category and model scope, and top ops of one trace line."""
-    agg, aggn, cats, scopes, modules = (collections.Counter() for _ in range(5))
+def summarise_again(logdir, steps: int) -> dict:
+    """``summarise_profile`` of a trace saved by ``_profile`` (``logdir``: one case's folder,
+    holding module.hlo.txt.gz when the HLO text was saved)."""
+    path = pathlib.Path(logdir) / "module.hlo.txt.gz"
+    hlo = gzip.decompress(path.read_bytes()).decode() if path.exists() else None
+    return summarise_profile(logdir, steps, hlo)
+
+
+def _line_summary(line, xla_ops_only, hlo_info, steps, top) -> dict | None:
+    """Busy time, time by kernel category and model scope, and top ops of one trace line;
+    ``hlo_info``: ({HLO instruction: op name}, {HLO instruction: signature})."""
+    op_names, signatures = hlo_info
+    agg, aggn, cats, scopes, modules, by_hlo, hlo_n = (collections.Counter() for _ in range(7))
     total, count, first, last = 0, 0, None, None
     for e in line.events:
         stats = dict(e.stats)
@@ -813,6 +869,9 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
             op_name = op_names.get(str(hlo_op))
             scopes[_scope(op_name)] += d
             modules[_module(op_name)] += d
+        if hlo_op is not None:
+            by_hlo[str(hlo_op)] += d
+            hlo_n[str(hlo_op)] += 1
         total, count = total + d, count + 1
         agg[e.name] += d
         aggn[e.name] += 1
@@ -841,6 +900,16 @@ def _line_summary(line, xla_ops_only, op_names, steps, top) -> dict | None:
             }
             for k, v in agg.most_common(top)
         ],
+        "top_hlo_ops": [
+            {
+                "hlo_op": k,
+                "ms_per_step": round(v / 1e6 / steps, 4),
+                "calls_per_step": round(hlo_n[k] / steps, 2),
+                "module": _module(op_names.get(k)) if op_names else None,
+                "signature": signatures.get(k),
+            }
+            for k, v in by_hlo.most_common(top)
+        ],
     }
 
 
@@ -862,6 +931,13 @@ def _profile_text(lines_out) -> str:
             text.append(
                 f"   {t['ms_per_step']:9.4f} ms {100 * t['share']:5.1f}% "
                 f"x{t['calls_per_step']:<6} {t['name']}"
+            )
+        if r.get("top_hlo_ops"):
+            text.append("   top HLO instructions (ms/step, calls/step, module, signature):")
+        for t in r.get("top_hlo_ops", []):
+            text.append(
+                f"   {t['ms_per_step']:9.4f} ms x{t['calls_per_step']:<6} {t['hlo_op']} "
+                f"[{t['module'] or '?'}] {t['signature'] or '(not in the HLO text)'}"
             )
     return "\n".join(text)
 
@@ -1198,6 +1274,9 @@ def parent_main(args):
         return 0
     if args.best_from:
         print(best_flags(_load_results(args.best_from)))
+        return 0
+    if args.summarise:
+        print(summarise_again(args.summarise, args.profile_steps).get("text", "no trace found"))
         return 0
     meta, results = host_meta(), []
     if args.out and args.append and pathlib.Path(args.out).exists():

@@ -3,9 +3,11 @@ the fastest case's flags and the flags' defaults, the model FLOPs behind MFU, an
 end_to_end.py's timings from launch.py's output."""
 
 import functools
+import gzip
 import importlib.util
 import math
 import pathlib
+import types
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +64,59 @@ def test_op_names_of_instructions_xla_left_without_metadata():
     assert train_throughput._scope(names["fusion.2"]) == "bwd head/aspp"
     assert train_throughput._scope(names["convolution.1"]) == "fwd backbone/layer3"
     assert train_throughput._hlo_op_names(None) == {}
+
+
+def test_hlo_signatures_give_each_instructions_types():
+    """Result type, operation, the operands' result types, attributes kept; operand names,
+    layouts, metadata and called computations left out."""
+    sigs = train_throughput._hlo_signatures(HLO)
+    assert sigs["fusion.1"] == "f32[8] fusion(f32[2,8]), kind=kInput"
+    assert sigs["fusion.3"] == "f32[2,8] fusion(f32[2,8], f32[2,8]), kind=kLoop"
+    assert sigs["add.1"] == "f32[2,8] add(f32[2,8], f32[8])"
+    assert sigs["reduce.1"] == "f32[8] reduce(f32[2,8]), dimensions={0}"
+    assert train_throughput._hlo_signatures(None) == {}
+
+
+def test_profile_lines_are_summed_by_hlo_instruction():
+    """Two steps: fusion.1 runs twice per step as two kernels; its time and calls per step,
+    its module from the HLO text's op names and its signature; an instruction the text does
+    not hold is listed without either."""
+
+    def event(name, hlo_op, ms, start):
+        stats = [("hlo_op", hlo_op)]
+        return types.SimpleNamespace(name=name, stats=stats, duration_ns=ms * 1e6, start_ns=start)
+
+    events = [event("reduce_kernel", "fusion.1", 1.0, i) for i in range(4)]
+    events += [event("k2", "fusion.1", 0.5, 10), event("other", "fusion.99", 0.25, 20)]
+    hlo_info = (train_throughput._hlo_op_names(HLO), train_throughput._hlo_signatures(HLO))
+    line = types.SimpleNamespace(events=events)
+    summary = train_throughput._line_summary(line, False, hlo_info, steps=2, top=5)
+    first, second = summary["top_hlo_ops"]
+    assert first == {
+        "hlo_op": "fusion.1",
+        "ms_per_step": 2.25,
+        "calls_per_step": 2.5,
+        "module": "bwd head/aspp/atrous1/BatchNorm_0",
+        "signature": "f32[8] fusion(f32[2,8]), kind=kInput",
+    }
+    assert second["hlo_op"] == "fusion.99" and second["signature"] is None
+    assert "top HLO instructions" in train_throughput._profile_text(
+        [{**summary, "plane": "p", "line": "l"}]
+    )
+
+
+def test_a_saved_profile_is_summarised_again(tmp_path):
+    """A trace and its module's HLO text, as gpu_all.sh brings them back, give the summary
+    again: the instructions with their signatures."""
+    f = jax.jit(lambda x: jnp.sin(x) @ x)
+    x = jnp.ones((64, 64))
+    hlo = f.lower(x).compile().as_text()
+    (tmp_path / "module.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
+    jax.profiler.start_trace(str(tmp_path))
+    f(x).block_until_ready()
+    jax.profiler.stop_trace()
+    text = train_throughput.summarise_again(tmp_path, 1)["text"]
+    assert "top HLO instructions" in text and "f32[64,64]" in text, text
 
 
 def test_module_of_an_op_name():
