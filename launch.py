@@ -132,5 +132,22 @@ def _run() -> None:
         inference.predict_workdir(FLAGS.config, FLAGS.workdir)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, its errors as one line without a traceback: a bad flag value, and a
+    --config.KEY=VALUE naming no key of the config (ml_collections raises AttributeError or
+    KeyError, e.g. "'num_step'\nDid you mean "num_steps" instead of "num_step"?")."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        raise SystemExit(f"error: {err}") from None
+    except (AttributeError, KeyError) as err:
+        text = str(err.args[0] if err.args else err).replace("\\n", "\n").replace("\\'", "'")
+        key, _, hint = text.strip("'\"").partition("\n")
+        key = key.strip("'")
+        named = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{key}" in a]
+        where = named[0] if named else f"--config...{key}"
+        raise SystemExit(f"error: config: {where}: no such key. {hint}".rstrip()) from None
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

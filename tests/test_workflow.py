@@ -120,6 +120,17 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "error: config: optimizer.name must be" in bad.stderr
     assert not (tmp_path / "typo").exists()
+    for flag, message in [
+        (
+            "--config.optimizer.nam=adamw",
+            '--config.optimizer.nam: no such key. Did you mean "name"',
+        ),
+        ("--config.train.num_steps=two", "--config.train.num_steps=two: invalid literal"),
+    ]:
+        bad = _launch("--config=configs/tiny.py", typo[0], flag, data_dir=data_dir, check=False)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+        assert message in bad.stderr and bad.stderr.startswith("error: ")
+    assert not (tmp_path / "typo").exists()
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     cache = [f"--workdir={tmp_path / 'cache'}", f"--config.data.data_dir={a_file}"]
