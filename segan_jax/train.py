@@ -447,6 +447,17 @@ def _with_eval_split(
     return config
 
 
+def _with_absolute_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose data.path and data.data_dir, when set, are absolute ("~"
+    expanded, no trailing separator): the saved config says where the data were, whatever
+    folder the run was started from."""
+    config = copy.deepcopy(config)
+    for key in ("path", "data_dir"):
+        if config.data.get(key):
+            config.data[key] = os.path.abspath(os.path.expanduser(config.data[key]))
+    return config
+
+
 def step_context(
     config, info, num_devices: int, axis_name: str | None = parallel.AXIS
 ) -> StepContext:
@@ -668,6 +679,7 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     if max_steps_this_run is not None and max_steps_this_run < 0:
         raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
+    config = _with_absolute_data_paths(config)
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)

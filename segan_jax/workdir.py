@@ -14,8 +14,12 @@ import ml_collections
 # Keys that may change between runs in one workdir (they do not change what is trained;
 # train.num_steps does: the learning-rate schedules are built from it). drop_untrained_taps
 # only changes the network evaluation and prediction run on inputs larger than the crops;
-# padding_taps, atrous and batch_norm only the floating-point rounding.
+# padding_taps, atrous and batch_norm only the floating-point rounding; data.path and
+# data.data_dir only where the data lie (moved, or named another way): a resumed run refuses
+# data whose facts changed (train._check_same_data).
 MUTABLE_PREFIXES = (
+    "data.path",
+    "data.data_dir",
     "eval.",
     "predict.",
     "train.log_every",

@@ -270,6 +270,15 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
     record = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert record["split"] == "test"
     assert np.asarray(record["confusion_matrix"]).sum() == 45 * 61 + 52 * 56
+    assert figures.load_config(tmp_path / "run").data.path == str(root)  # absolute
+
+    # The same data moved, and named relative to the working folder with a trailing slash:
+    # the same run (it resumes with nothing left to train).
+    shutil.copytree(root, tmp_path / "copy")
+    config.data.path = os.path.relpath(tmp_path / "copy") + os.sep
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert figures.load_config(tmp_path / "run").data.path == str(tmp_path / "copy")
+    config.data.path = str(root)
 
     # The run keeps the dataset's facts: a rerun on edited training images is refused...
     first = root / "train" / "images" / "0.png"
