@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = ""  # "" = "val" when the dataset has one, else "test" (saved resolved)
+    # what --mode=evaluate and --mode=predict use: "latest" (checkpoints/) or "best" (best/,
+    # the best foreground F1 on eval.split; without a val split that choice has seen test)
+    c.eval.checkpoint = "latest"
 
     c.predict = ml_collections.ConfigDict()
     c.predict.input = ""  # an image file or a folder of images

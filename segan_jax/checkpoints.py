@@ -139,7 +139,13 @@ def raw_shapes(path: str | pathlib.Path) -> dict:
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
     """Whether `workdir/checkpoints` holds a finished checkpoint (a run to resume)."""
-    folder = latest_dir(workdir)
+    return has_checkpoint_in(latest_dir(workdir))
+
+
+def has_checkpoint_in(folder: str | pathlib.Path) -> bool:
+    """Whether the manager folder `folder` (`checkpoints/` or `best/`) holds a finished
+    checkpoint; reads only."""
+    folder = pathlib.Path(folder).absolute()
     if not folder.is_dir():
         return False
     with _reader(folder) as manager:

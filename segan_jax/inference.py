@@ -12,19 +12,37 @@ from segan_jax import workdir as workdir_lib
 
 def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(model, variables on this process's devices, dataset info, step, normalizer) of the
-    workdir's latest checkpoint. `config` must be the run's (eval.* and predict.* may differ)."""
+    workdir's latest checkpoint, or with eval.checkpoint="best" of its best/. `config` must be
+    the run's (eval.* and predict.* may differ)."""
     _check_same_run(config, workdir)
+    info = train.saved_info(workdir) or train.load_info(config)
+    ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
+    if config.eval.get("checkpoint") == "best":
+        variables, step = _best_network(workdir)
+        return ctx.model, variables, info, step, ctx.normalizer
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
-    info = train.saved_info(workdir) or train.load_info(config)
-    ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
     mesh = parallel.make_mesh(jax.local_devices())
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return ctx.model, variables, info, step, ctx.normalizer
+
+
+def _best_network(workdir: pathlib.Path) -> tuple[dict, int]:
+    """(params and batch_stats on this process's first device, step) of ``workdir/best``."""
+    best = workdir / "best"
+    if not checkpoints.has_checkpoint_in(best):
+        raise FileNotFoundError(
+            f"{best}: no checkpoint (training saves one at its first evaluation); train "
+            "further, or evaluate the latest with --config.eval.checkpoint=latest"
+        )
+    raw = checkpoints.restore_raw(best)
+    if jax.process_index() == 0:
+        print(f"Restored step {int(raw['step'])} from {best}", flush=True)
+    return {"params": raw["params"], "batch_stats": raw["batch_stats"]}, int(raw["step"])
 
 
 def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:

@@ -349,6 +349,10 @@ POSITIVE_KEYS = (
 )
 
 
+# What --mode=evaluate and --mode=predict read (inference.load_trained).
+EVAL_CHECKPOINTS = ("latest", "best")
+
+
 def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_classes: int) -> None:
     """The checks no module makes when it is built: counts, divisibility, the loss's layer
     weighting (read only when the step is traced) and the label range."""
@@ -369,6 +373,9 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
         if t[name] % t.log_every:
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
     losses.check_layer_weighting(config.critic.layer_weighting)
+    checkpoint = config.eval.get("checkpoint", "latest")  # runs saved before the key lack it
+    if checkpoint not in EVAL_CHECKPOINTS:
+        raise ValueError(f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS}")
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:

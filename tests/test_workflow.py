@@ -371,6 +371,7 @@ BAD_KEYS = [
     ("train.batch_size", 1, "train.batch_size=1: BatchNorm"),
     ("critic.features", (), "critic.features=()"),
     ("critic.features", (8,) * 7, "data.crop_size=64 is too small .* at least 128"),
+    ("eval.checkpoint", "final", "eval.checkpoint='final' must be one of"),
 ]
 
 
@@ -419,6 +420,34 @@ def test_best_keeps_the_network_alone(two_step_run):
     """best/ holds what evaluation and init_checkpoint read, not the optimiser states."""
     assert set(checkpoints.raw_shapes(two_step_run / "best")) == {"step", "params", "batch_stats"}
     assert "opt_state" in checkpoints.raw_shapes(two_step_run / "checkpoints")
+
+
+def test_evaluation_and_prediction_read_best_when_asked(tmp_path, data_dir, two_step_run):
+    """eval.checkpoint="best" reads best/ alone (the latest checkpoints removed here) and
+    gives training's evaluation of that step; "latest" needs checkpoints/."""
+    work = tmp_path / "run"
+    shutil.copytree(two_step_run, work)
+    image = np.random.default_rng(0).integers(0, 4000, (45, 61, 2), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "slide.tif", image, photometric="minisblack")
+    config = _tiny(data_dir, num_steps=2)
+    config.predict.input = str(tmp_path / "slide.tif")
+    config.predict.output = str(tmp_path / "latest")
+    (latest,) = inference.predict_workdir(config, str(work))  # step 2, also best/'s
+    shutil.rmtree(work / "checkpoints")
+    config.eval.checkpoint = "best"
+    record, _ = inference.evaluate_trained(config, work)
+    trained = json.loads((work / "eval" / "test_2.json").read_text())
+    assert record["step"] == 2 and record["confusion_matrix"] == trained["confusion_matrix"]
+    config.predict.output = str(tmp_path / "best")
+    (best,) = inference.predict_workdir(config, str(work))
+    np.testing.assert_array_equal(np.asarray(Image.open(best)), np.asarray(Image.open(latest)))
+    config.eval.checkpoint = "latest"
+    with pytest.raises(FileNotFoundError, match="checkpoints: no checkpoint; train first"):
+        inference.evaluate_trained(config, work)
+    shutil.rmtree(work / "best")
+    config.eval.checkpoint = "best"
+    with pytest.raises(FileNotFoundError, match="best: no checkpoint .*eval.checkpoint=latest"):
+        inference.evaluate_trained(config, work)
 
 
 def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
