@@ -127,6 +127,13 @@ def restore_raw(path: str | pathlib.Path) -> dict:
         return _restore_on_one_device(manager, step)
 
 
+def locate(path: str | pathlib.Path) -> pathlib.Path:
+    """The step folder of the checkpoint `path` names (as `restore_raw` reads it)."""
+    manager, step = _find(pathlib.Path(path).absolute())
+    with manager:
+        return pathlib.Path(manager.directory) / str(step)
+
+
 def raw_shapes(path: str | pathlib.Path) -> dict:
     """`restore_raw(path)`'s tree with a `jax.ShapeDtypeStruct` for each array, read from the
     checkpoint's metadata (no array is loaded)."""

@@ -558,8 +558,11 @@ def _check_init_checkpoint(path: str, abstract: TrainState) -> None:
 
 
 def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
-    """Copies segmentor parameters and BatchNorm statistics of matching shape from `path`."""
-    fit, skipped = _fitting(state, checkpoints.restore_raw(path), path)
+    """Copies segmentor parameters and BatchNorm statistics of matching shape from `path`,
+    saying which checkpoint it took."""
+    where = checkpoints.locate(path)
+    _print(f"init_checkpoint {path}: starting from the checkpoint in {where}")
+    fit, skipped = _fitting(state, checkpoints.restore_raw(where), path)
     loaded = {}
     for name, tensors in fit.items():
         flat = flax.traverse_util.flatten_dict(getattr(state, name), sep="/")

@@ -334,7 +334,7 @@ def test_a_short_real_run_on_the_demo_data_learns(tmp_path, data_dir, full_optim
     assert record["f1"][2] > 0.15  # nuclei (7 % of pixels; constant predictors score 0) found
 
 
-def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, data_dir):
+def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, data_dir, capsys):
     config = _tiny(data_dir, num_steps=2)
     train.train_and_evaluate(config, str(tmp_path / "a"))
     saved = checkpoints.restore_raw(tmp_path / "a" / "checkpoints" / "2")
@@ -347,6 +347,11 @@ def test_init_checkpoint_starts_the_segmentor_from_a_local_checkpoint(tmp_path, 
     assert not checkpoints.has_checkpoint(tmp_path / "b")  # its checkpoints/ is still empty
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     assert int(parallel.local_value(state.step)) == 0  # a new run, not a resume
+    # It names the checkpoint it took: the workdir's best/ (step 2, also the latest).
+    assert (
+        f"starting from the checkpoint in {tmp_path / 'a' / 'best' / '2'}"
+        in capsys.readouterr().out
+    )
     for name in ("params", "batch_stats"):
         for x, y in zip(
             jax.tree.leaves(saved[name]), jax.tree.leaves(getattr(state, name)), strict=True
