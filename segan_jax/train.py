@@ -687,6 +687,8 @@ def train_and_evaluate(
       The last evaluation record, or None when no evaluation ran.
     """
     workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"{workdir}: --workdir is a file, not a folder")
     if max_steps_this_run is not None and max_steps_this_run < 0:
         raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
     config = _with_absolute_data_paths(config)

@@ -235,6 +235,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
+def test_a_file_as_workdir_is_refused_before_the_data_are_built(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="notes.txt: --workdir is a file"):
+        train.train_and_evaluate(_tiny(tmp_path / "tfds", num_steps=2), str(a_file))
+    assert a_file.read_text() == "mine" and not (tmp_path / "tfds").exists()
+
+
 def test_a_different_config_in_the_same_workdir_is_refused(tmp_path, data_dir):
     config = _tiny(data_dir, num_steps=2)
     train.train_and_evaluate(config, str(tmp_path / "run"))
