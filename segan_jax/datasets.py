@@ -214,7 +214,7 @@ def _without_alpha(array: np.ndarray) -> np.ndarray:
     makes any pixel transparent."""
     alpha = array[..., -1]
     if alpha.min() < np.iinfo(alpha.dtype).max:
-        raise FormatError("image has transparent pixels (an alpha channel); save it without")
+        raise FormatError("image has transparent pixels (an alpha channel); save it opaque")
     return array[..., :-1]
 
 
