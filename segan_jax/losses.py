@@ -26,7 +26,8 @@ def class_weights(pixel_counts: np.ndarray, kind: str) -> np.ndarray:
     Args:
       pixel_counts: (K,) number of training pixels of each class.
       kind: "none" (all ones); "inverse_frequency" (w_k = 1 / f_k, scaled so the mean weight of
-        a training pixel is 1); "median_frequency" (w_k = median(f) / f_k, Eigen & Fergus 2015).
+        a training pixel is 1); "median_frequency" (w_k = median(f) / f_k, Eigen & Fergus 2015:
+        1 / f_k times another constant, so `weighted_cross_entropy`'s weighted mean is the same).
         A class with no training pixels gets weight 0 (it cannot be learned from this data).
 
     Returns:

@@ -31,6 +31,20 @@ def test_class_weights_median_frequency_and_none():
         losses.class_weights(counts, "bogus")
 
 
+def test_median_and_inverse_frequency_weights_give_the_same_cross_entropy():
+    """Both are 1/f_k times a constant, which the weighted mean divides out: the same loss."""
+    counts = np.array([700, 200, 90, 10, 0])
+    logits = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+    labels = jax.random.randint(jax.random.key(1), (2, 8, 8), 0, 4)
+
+    def ce(kind):
+        s, w = losses.weighted_cross_entropy(logits, labels, losses.class_weights(counts, kind))
+        return s / w
+
+    np.testing.assert_allclose(ce("median_frequency"), ce("inverse_frequency"), rtol=1e-5)
+    assert not np.isclose(ce("none"), ce("inverse_frequency"), rtol=1e-3)
+
+
 def test_weighted_cross_entropy_hand_computed():
     logits = jnp.log(jnp.array([[[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]]))  # (1, 1, 3, 2)
     labels = jnp.array([[[0, 0, 255]]])
