@@ -99,13 +99,19 @@ class DatasetError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+# The mask value of pixels nobody labelled (a partly annotated tile): the loss, the critic's
+# inputs and the metrics leave them out, as they do padding (data.ignore_index must equal it
+# when masks hold it, checked by train.check_unlabelled).
+UNLABELLED = 255
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split in memory.
 
     Attributes:
       images: each (H, W, C), uint8 or uint16, C >= 1.
-      masks: each (H, W), uint8 label values 0..K-1.
+      masks: each (H, W), uint8 label values 0..K-1, or UNLABELLED.
       names: file stems, same order.
     """
 
@@ -448,12 +454,15 @@ def _size(array: np.ndarray) -> str:
 
 
 def _label_problems(path: pathlib.Path, mask: np.ndarray, num_classes: int) -> list[str]:
-    outside = (mask < 0) | (mask >= num_classes)
+    outside = ((mask < 0) | (mask >= num_classes)) & (mask != UNLABELLED)
     if not outside.any():
         return []
     bad = np.unique(mask[outside]).tolist()
     shown = str(bad) if len(bad) <= 10 else f"[{', '.join(map(str, bad[:10]))}, ...]"
-    return [f"{path}: label values {shown} not in classes.json (0..{num_classes - 1})"]
+    return [
+        f"{path}: label values {shown} not in classes.json (0..{num_classes - 1}; "
+        f"{UNLABELLED} marks unlabelled pixels)"
+    ]
 
 
 def _mixed_problems(decoded: list[_ImageKind], field: int, describe: str) -> list[str]:
@@ -818,7 +827,8 @@ def load_split(
 
     Builds the dataset on first use (validation first). With ``process_count > 1`` only
     examples ``i`` with ``i % process_count == process_index`` are returned.
-    Returns images (H, W, C) uint8/uint16, masks (H, W) uint8 and names (file stems).
+    Returns images (H, W, C) uint8/uint16, masks (H, W) uint8 (unlabelled pixels as
+    data.ignore_index) and names (file stems).
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"need 0 <= process_index < process_count, got {process_index}")
@@ -829,9 +839,17 @@ def load_split(
     records = [source[i] for i in range(process_index, len(source), process_count)]
     return Split(
         images=[np.asarray(r["image"]) for r in records],
-        masks=[np.asarray(r["mask"], np.uint8) for r in records],
+        masks=[_unlabelled_as(r["mask"], data.get("ignore_index", UNLABELLED)) for r in records],
         names=[_text(r["name"]) for r in records],
     )
+
+
+def _unlabelled_as(mask: np.ndarray, ignore_index: int) -> np.ndarray:
+    """(H, W) uint8 mask with its UNLABELLED pixels set to ``ignore_index``."""
+    mask = np.asarray(mask, np.uint8)
+    if ignore_index == UNLABELLED:
+        return mask
+    return np.where(mask == UNLABELLED, np.uint8(ignore_index), mask)
 
 
 def _text(value: bytes | str | np.ndarray) -> str:

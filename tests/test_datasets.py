@@ -95,6 +95,24 @@ def test_rgb_png_round_trip(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, 
     assert "tensorflow" not in sys.modules
 
 
+def test_unlabelled_pixels_are_read_as_the_ignore_index(tmp_path, folder) -> None:
+    """255 in a mask marks pixels nobody labelled: accepted, left out of the class counts, and
+    read as data.ignore_index."""
+    root, written = folder
+    mask = written["train"]["train_1"][1].copy()
+    mask[:5] = datasets.UNLABELLED
+    _replace_mask(root, mask)
+    cfg = config(root, tmp_path / "tfds")
+    counts = np.bincount(np.concatenate([m.ravel() for _, m in written["train"].values()]))
+    counts[: len(CLASSES)] -= np.bincount(written["train"]["train_1"][1][:5].ravel(), minlength=3)
+    np.testing.assert_array_equal(datasets.load_info(cfg).train_pixel_counts, counts[:3])
+    loaded = datasets.load_split(cfg, "train")
+    np.testing.assert_array_equal(loaded.masks[loaded.names.index("train_1")], mask)
+    cfg.ignore_index = 200
+    loaded = datasets.load_split(cfg, "train")
+    np.testing.assert_array_equal(loaded.masks[loaded.names.index("train_1")][:5], 200)
+
+
 def test_info_counts_scale_mean_std(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, dict]):
     root, written = folder
     info = datasets.load_info(config(root, tmp_path / "tfds"))
@@ -293,7 +311,7 @@ def _replace_mask(root: pathlib.Path, array: np.ndarray) -> pathlib.Path:
 
 def _bad_labels(root: pathlib.Path) -> pathlib.Path:
     mask = np.zeros(SIZES[1], np.uint8)
-    mask[0, :2], mask[1, 0] = 7, 9
+    mask[0, :2], mask[1, 0], mask[2, 0] = 7, 9, datasets.UNLABELLED  # the last is allowed
     return _replace_mask(root, mask)
 
 
@@ -386,7 +404,10 @@ CASES = {
     "mask without image": (_orphan_mask, "no image"),
     "size mismatch": (lambda r: _replace_mask(r, np.zeros((30, 41), np.uint8)), "41x30"),
     "rgb mask": (lambda r: _replace_mask(r, np.zeros((*SIZES[1], 3), np.uint8)), "single-channel"),
-    "bad labels": (_bad_labels, "label values [7, 9] not in classes.json (0..2)"),
+    "bad labels": (
+        _bad_labels,
+        "label values [7, 9] not in classes.json (0..2; 255 marks unlabelled pixels)",
+    ),
     "float tiff": (_float_tiff, "pixel type float32 not supported"),
     "mixed channels": (_grey_image, "1 channel(s), but most images have 3 channel(s)"),
 }

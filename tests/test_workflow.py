@@ -269,15 +269,15 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
             Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
                 root / split / "images" / f"{i}.png"
             )
-            Image.fromarray(rng.integers(0, 2, (h, w), dtype=np.uint8)).save(
-                root / split / "masks" / f"{i}.png"
-            )
+            mask = rng.integers(0, 2, (h, w), dtype=np.uint8)
+            mask[:3] = datasets.UNLABELLED  # rows nobody labelled
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
     (root / "classes.json").write_text(json.dumps({"0": "background", "1": "cell"}))
     config = _tiny(tmp_path / "tfds", num_steps=2)
     config.data.name, config.data.path = "folder", str(root)
     record = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert record["split"] == "test"
-    assert np.asarray(record["confusion_matrix"]).sum() == 45 * 61 + 52 * 56
+    assert np.asarray(record["confusion_matrix"]).sum() == 42 * 61 + 49 * 56  # labelled pixels
     assert figures.load_config(tmp_path / "run").data.path == str(root)  # absolute
 
     # The same data moved, and named relative to the working folder with a trailing slash:
