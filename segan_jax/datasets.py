@@ -264,8 +264,15 @@ def _check_class_names(names: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------- folder layout
 
 
+# Files the operating system writes into folders of pictures (Windows' thumbnail cache and
+# folder settings); like hidden files (macOS's .DS_Store and ._ files), not the user's data.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
+
+
 def _is_visible_file(path: pathlib.Path) -> bool:
-    return path.is_file() and not path.name.startswith(".")
+    """A file of the user's: not hidden, not one of ``SYSTEM_FILES``."""
+    name = path.name
+    return path.is_file() and not name.startswith(".") and name.lower() not in SYSTEM_FILES
 
 
 def _files(folder: pathlib.Path, suffixes: Sequence[str]) -> list[pathlib.Path]:

@@ -95,6 +95,20 @@ def test_rgb_png_round_trip(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, 
     assert "tensorflow" not in sys.modules
 
 
+def test_hidden_and_system_files_are_not_data(tmp_path, folder) -> None:
+    """macOS's .DS_Store and ._ files and Windows' Thumbs.db beside the images and masks are
+    left alone; another non-PNG file among the masks is still refused."""
+    root, written = folder
+    for sub in ("images", "masks"):
+        for name in (".DS_Store", "._train_0.png", "Thumbs.db", "desktop.ini"):
+            (root / "train" / sub / name).write_bytes(b"\x00junk")
+    loaded = datasets.load_split(config(root, tmp_path / "tfds"), "train")
+    assert loaded.names == sorted(written["train"])
+    (root / "train" / "masks" / "train_0.tif").write_bytes(b"II*\x00")
+    with pytest.raises(datasets.DatasetError, match="train_0.tif: masks must be single-channel"):
+        datasets.validate_folder(root)
+
+
 def test_unlabelled_pixels_are_read_as_the_ignore_index(tmp_path, folder) -> None:
     """255 in a mask marks pixels nobody labelled: accepted, left out of the class counts, and
     read as data.ignore_index."""
