@@ -287,11 +287,12 @@ def null_to_nan(v):
 
 class Progress:
     """Terminal progress: step, loss, steps/s (and images/s: ``batch_size`` images a step) and
-    ETA."""
+    ETA. The first line's rate includes compiling the step, which it says."""
 
     def __init__(self, start_step: int, num_steps: int, batch_size: int):
         self.num_steps, self.batch_size = num_steps, batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
+        self.first = True
 
     def line(self, step: int, means: dict[str, float]) -> str:
         now = time.perf_counter()
@@ -301,7 +302,8 @@ class Progress:
         parts = [f"step {step}/{self.num_steps}"]
         parts += [f"{k} {v:.4f}" for k, v in means.items()]
         parts += [f"{rate:.2f} steps/s ({rate * self.batch_size:.0f} img/s)"]
-        parts += [f"ETA {_duration(eta)}"]
+        parts += [f"ETA {_duration(eta)}" + (" (compiling included)" if self.first else "")]
+        self.first = False
         return " | ".join(parts)
 
     def print(self, step: int, means: dict[str, float]) -> float:

@@ -163,8 +163,11 @@ def test_a_broken_record_of_dataset_facts_is_named(tmp_path):
 
 
 def test_progress_line_gives_steps_and_images_per_second_and_eta(monkeypatch):
-    clock = iter([100.0, 104.0])  # 40 steps in 4 s
+    clock = iter([100.0, 104.0, 106.0])  # 40 steps in 4 s, then 40 in 2 s
     monkeypatch.setattr(workdir.time, "perf_counter", lambda: next(clock))
     progress = workdir.Progress(10, 250, batch_size=16)
     line = progress.line(50, {"loss": 0.5})
-    assert line == "step 50/250 | loss 0.5000 | 10.00 steps/s (160 img/s) | ETA 0m20s"
+    expected = "step 50/250 | loss 0.5000 | 10.00 steps/s (160 img/s) | ETA 0m20s"
+    assert line == expected + " (compiling included)"  # the first line's interval compiled
+    line = progress.line(90, {"loss": 0.25})
+    assert line == "step 90/250 | loss 0.2500 | 20.00 steps/s (320 img/s) | ETA 0m08s"
