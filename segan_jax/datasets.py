@@ -36,10 +36,13 @@ build dir before it is renamed; a version dir without them is deleted and rebuil
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import pathlib
 import re
@@ -773,11 +776,32 @@ def _build(data: ml_collections.ConfigDict) -> None:
         if time.time() - stale.stat().st_mtime > STALE_BUILD_S:  # killed, not running
             shutil.rmtree(stale, ignore_errors=True)
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root) if root else None)
+    print(f"Building the dataset into {version_dir} (once: later runs read it)...", flush=True)
+    start = time.perf_counter()
     try:
-        _make_builder(data).download_and_prepare(download_config=config)
+        with _tfds_quietly():
+            _make_builder(data).download_and_prepare(download_config=config)
     except OSError:  # another process may have finished the same build first
         if _built_metadata(dataset_dir(data)) is None:
             raise
+    print(f"Built in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+@contextlib.contextmanager
+def _tfds_quietly() -> Iterator[None]:
+    """TFDS's build messages off: its "Downloading and preparing dataset" and "downloaded and
+    prepared" lines (printed to stdout; nothing is downloaded), its progress bars and its
+    "Using custom data configuration" warning. Errors still raise."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.enable_progress_bar()
+        absl.setLevel(level)
 
 
 def _prepared(data: ml_collections.ConfigDict) -> tuple[pathlib.Path, dict]:

@@ -95,6 +95,19 @@ def test_rgb_png_round_trip(tmp_path: pathlib.Path, folder: tuple[pathlib.Path, 
     assert "tensorflow" not in sys.modules
 
 
+def test_a_build_says_so_in_one_line_without_tfds_messages(tmp_path, folder, capfd) -> None:
+    """TFDS's "Downloading and preparing" (nothing is downloaded), progress bars and its
+    custom-configuration warning stay quiet; ours names where the dataset goes, once."""
+    root, _ = folder
+    datasets.load_info(config(root, tmp_path / "tfds"))
+    out, err = capfd.readouterr()
+    assert out.startswith("Building the dataset into ") and "Built in " in out
+    assert "ownload" not in out + err and "custom data configuration" not in out + err
+    assert "examples/s" not in out + err  # progress bars
+    datasets.load_info(config(root, tmp_path / "tfds"))
+    assert "Building" not in capfd.readouterr().out  # built once
+
+
 def test_hidden_and_system_files_are_not_data(tmp_path, folder) -> None:
     """macOS's .DS_Store and ._ files and Windows' Thumbs.db beside the images and masks are
     left alone; another non-PNG file among the masks is still refused."""
