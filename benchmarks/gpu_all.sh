@@ -8,7 +8,7 @@
 #     MIN_CASE_S=10 BUDGET_S=1200 PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
-#   FROM=6 BEST="..." OUT=/tmp/out2 bash benchmarks/gpu_all.sh   # only priorities (6) to (12)
+#   FROM=6 BEST="..." OUT=/tmp/out2 bash benchmarks/gpu_all.sh   # only priorities (6) to (13)
 # (6), the end-to-end run, takes launch.py overrides in E2E_EXTRA (e.g. a tiny network for a CPU
 # smoke test).
 #
@@ -120,6 +120,12 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
     --crop=256 --infer_steps=20 --atrous=dilated,space_to_batch --infer_e2e=1
   # (12) the input pipeline alone (crops + augmentation), batch 16 and 64
   run 12 --train=0 --infer=0 --pipeline=1 --batch=16,64 --crop=256 --steps=50
+  # (13) the main case with XLA flags that change which kernels run: Triton's matrix-product
+  # fusions off (cuBLAS for all), cuDNN's matrix-product fusions on; each labelled with its
+  # flag (one XLA does not know fails that case alone)
+  for F in --xla_gpu_enable_triton_gemm=false --xla_gpu_cudnn_gemm_fusion_level=2; do
+    XLA_FLAGS="${XLA_FLAGS:-} $F" run 13 "${T[@]}" "${M[@]}" --label="$F"
+  done
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u

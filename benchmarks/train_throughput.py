@@ -157,6 +157,7 @@ def parse_args(argv=None):
     a("--case_timeout", type=float, default=900, help="seconds before a case is killed")
     a("--deadline", type=float, default=0, help="unix time after which no case is started")
     a("--min_case_s", type=float, default=30, help="skip a case with less time to the deadline")
+    a("--label", default="", help="a note added to the case names, e.g. the XLA flags set")
     a("--table_from", default="", help="print the markdown table of these JSON files and exit")
     a(
         "--summarise",
@@ -202,6 +203,8 @@ def make_cases(args):
             for o, d, b, t, a in grid
         ]
     common = dict(depth=args.depth, width=args.width, crop=args.crop)
+    if args.label:  # e.g. the XLA flags the parent process was given
+        common["label"] = args.label
     return [{**common, **c} for c in cases]
 
 
@@ -210,10 +213,12 @@ def case_name(c):
     taps = "".join(
         f"{IMPL_LABELS[k]}{_impl(c, k)}" for k in IMPL_CHOICES if _impl(c, k) != impl_defaults()[k]
     )
+    label = f" [{c['label']}]" if c.get("label") else ""
     if c["kind"] == "train":
         return (
             f"train {net} OS{c['os']} {c['crop']}px b{c['batch']} {c['dtype']} critic{c['critic']}"
             + taps
+            + label
         )
     if c["kind"] == "infer":
         return f"infer {net} OS{c['os']} {c['size']}px b{c['batch']} {c['dtype']}{taps}"
@@ -414,6 +419,7 @@ def _env():
         "platform": d.platform,
         "device_kind": d.device_kind,
         "device_count": jax.device_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -1244,6 +1250,7 @@ def best_flags(results: list) -> str:
         and r.get("kind") == "train"
         and (r.get("os"), r.get("dtype"), r.get("batch"), r.get("critic")) == (8, "bfloat16", 16, 0)
         and _impl(r, "taps") != "all"  # the baseline of torchvision's arithmetic
+        and not r.get("label")  # another setting (XLA flags), not an implementation choice
     ]
 
     def conv(r):

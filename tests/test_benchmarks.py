@@ -155,6 +155,11 @@ def test_best_flags_pick_the_fastest_main_case():
     results[-1]["taps"] = "regions"  # no flax case with those flags: not evidence
     results[-1]["images_per_s"] = 2000.0
     assert train_throughput.best_flags(results) == best
+    # a case run under other XLA flags (gpu_all.sh's (13)) is another setting, not a candidate
+    flagged = {**main, "taps": "live", "atrous": "dilated", "label": "--xla_x", "images_per_s": 1e4}
+    assert train_throughput.best_flags([*results, flagged]) == best
+    name = train_throughput.case_name({**flagged, "depth": 50, "width": 64, "crop": 256})
+    assert name == "train R50w64 OS8 256px b16 bfloat16 critic0 dilated [--xla_x]"
 
 
 def test_the_flags_defaults_are_segan_jaxs():
