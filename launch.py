@@ -144,9 +144,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         text = str(err.args[0] if err.args else err).replace("\\n", "\n").replace("\\'", "'")
         key, _, hint = text.strip("'\"").partition("\n")
         key = key.strip("'")
-        named = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{key}" in a]
-        where = named[0] if named else f"--config...{key}"
-        raise SystemExit(f"error: config: {where}: no such key. {hint}".rstrip()) from None
+        flags_ = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        named = [f for f in flags_ if key in f.split(".")[1:]]
+        if not named:  # not a --config.KEY's key: e.g. a bug in the config file; traceback
+            raise
+        raise SystemExit(f"error: config: {named[0]}: no such key. {hint}".rstrip()) from None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ params, batch_stats: what evaluation and `model.init_checkpoint` read, a third o
 with the best foreground-mean F1 on the evaluation split, written only when an evaluation is at
 least as good as the one kept (`improves`). orbax writes each checkpoint to a temporary folder
 and renames it when complete, so a run killed mid-save leaves nothing a later run takes as valid.
-Restoring goes into an abstract state (shapes, dtypes, shardings from `jax.eval_shape`), so the
+Restoring goes into an abstract state (shapes, dtypes, shardings of the traced init), so the
 optax states keep their structure.
 """
 
@@ -48,7 +48,10 @@ def improves(manager: ocp.CheckpointManager, metrics: dict[str, float]) -> bool:
     """Whether a checkpoint with ``metrics`` would be kept by ``manager`` (a `best_manager`):
     none is kept yet, or it is at least as good as the kept one (orbax keeps the newer of two
     equals; NaN ranks below every number). Saving one that is not would write it only for
-    orbax to delete it."""
+    orbax to delete it. Waits for a save in flight first: orbax writes its metrics when it
+    finishes, so every process of a run reads the same kept score (and makes the same
+    collective save, or none)."""
+    manager.wait_until_finished()
     best = manager.best_step()
     return best is None or _best_metric(metrics) >= _best_metric(manager.metrics(best) or {})
 

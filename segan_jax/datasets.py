@@ -102,9 +102,9 @@ class DatasetError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-# The mask value of pixels nobody labelled (a partly annotated tile): the loss, the critic's
-# inputs and the metrics leave them out, as they do padding (data.ignore_index must equal it
-# when masks hold it, checked by train.check_unlabelled).
+# The mask value of pixels nobody labelled (a partly annotated tile): `load_split` reads them
+# as data.ignore_index, so the loss, the critic's inputs and the metrics leave them out, as
+# they do padding.
 UNLABELLED = 255
 
 
@@ -321,7 +321,8 @@ def _split_pairs(split_dir: pathlib.Path) -> list[tuple[str, pathlib.Path, pathl
 
 def fingerprint(root: pathlib.Path) -> str:
     """sha1 hex of ``root``'s absolute path, every dataset file's name, size and mtime, and
-    `READ_RULES` (names as bytes: any the file system holds)."""
+    `READ_RULES` (names as bytes: any the file system holds); hidden and system files, which
+    are not data, are left out."""
     digest = hashlib.sha1(os.fsencode(root) + f"|{READ_RULES}\n".encode())
     candidates = [root / "classes.json"]
     for split in SPLITS:
@@ -329,7 +330,7 @@ def fingerprint(root: pathlib.Path) -> str:
             folder = root / split / sub
             candidates += sorted(folder.iterdir()) if folder.is_dir() else []
     for path in candidates:
-        if path.is_file():
+        if _is_visible_file(path):  # not hidden or system files, which are not data
             stat = path.stat()
             name = os.fsencode(path.relative_to(root))
             digest.update(name + f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

@@ -55,10 +55,18 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
         print(note, flush=True)
 
 
+EVALUATE_ADVICE = (
+    "evaluation reads the data the run trained on (their val or test split); --mode=predict "
+    "labels any images"
+)
+
+
 def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, int]:
-    """(evaluation record, number of images) of the latest checkpoint on eval.split; writes
+    """(evaluation record, number of images) of the checkpoint eval.checkpoint names (the
+    latest by default) on eval.split, of the data the run trained on (moved or not); writes
     nothing. Each process evaluates its shard of the split; the counts are summed."""
     model, variables, info, step, normalizer = load_trained(config, workdir)
+    train.check_same_data(workdir, train.load_info(config), config.data, EVALUATE_ADVICE)
     name = train.eval_split_name(config, info.splits)
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
@@ -69,10 +77,10 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the latest checkpoint on eval.split; process 0 prints the per-class table and
-    writes DIR/eval/<split>_<step>.json, or, where a record with other figures is already
-    there (training's evaluation of that step, made with other keys), beside it as
-    <split>_<step>-2.json, -3, ...: no record is replaced. Returns the record."""
+    """Evaluates the checkpoint eval.checkpoint names on eval.split; process 0 prints the
+    per-class table and writes DIR/eval/<split>_<step>.json, or, where a record with other
+    figures is already there (training's evaluation of that step, made with other keys),
+    beside it as <split>_<step>-2.json, -3, ...: no record is replaced. Returns the record."""
     workdir = pathlib.Path(workdir)
     record, num_images = evaluate_trained(config, workdir)
     if jax.process_index() == 0:

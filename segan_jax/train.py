@@ -715,7 +715,7 @@ def train_and_evaluate(
     # resolved hold "" for the default split.
     resolved = {"eval.split": _default_eval_split(info.splits)}
     note = workdir_lib.check(workdir, config, resolved=resolved)
-    _check_same_data(workdir, info, config.data)
+    check_same_data(workdir, info, config.data)
     if jax.process_index() == 0:
         if note:
             print(note, flush=True)
@@ -782,11 +782,23 @@ def saved_info(workdir: pathlib.Path) -> datasets.DatasetInfo | None:
         raise workdir_lib.ConfigMismatchError(f"{path}: lacks dataset facts ({err!r})") from err
 
 
-def _check_same_data(workdir: pathlib.Path, info: datasets.DatasetInfo, data) -> None:
-    """Refuses to resume a run on data whose facts changed since it started (an image or mask
-    edited, added or removed: the input statistics and class weights would change mid-run)."""
+RESUME_ADVICE = (
+    "train in a new --workdir (--config.model.init_checkpoint={workdir} starts from this run's "
+    "weights)"
+)
+
+
+def check_same_data(
+    workdir: pathlib.Path, info: datasets.DatasetInfo, data, advice: str = RESUME_ADVICE
+) -> None:
+    """Refuses data whose facts changed since the run in ``workdir`` started (an image or mask
+    edited, added or removed: the input statistics and class weights would differ), wherever
+    they lie now (data.path may change: moved data). A run that predates its record of the
+    facts (dataset_info.json) cannot tell moved data from other data, so there data.path must
+    be the one it saved. ``advice`` ends the message ({workdir} filled in)."""
     saved = saved_info(workdir)
     if saved is None:
+        _check_same_path(workdir, data, advice.format(workdir=workdir))
         return
     old, new = datasets.info_metadata(saved), datasets.info_metadata(info)
     changed = [key for key in new if new[key] != old[key]]
@@ -794,9 +806,22 @@ def _check_same_data(workdir: pathlib.Path, info: datasets.DatasetInfo, data) ->
         raise workdir_lib.ConfigMismatchError(
             f"{workdir / DATASET_INFO}: the run trained on other data than data.name="
             f"{data.name!r} data.path={data.get('path', '')!r} holds now "
-            f"({', '.join(changed)} differ); "
-            f"train in a new --workdir (--config.model.init_checkpoint={workdir} starts from "
-            "this run's weights)"
+            f"({', '.join(changed)} differ); " + advice.format(workdir=workdir)
+        )
+
+
+def _check_same_path(workdir: pathlib.Path, data, advice: str) -> None:
+    """data.path as the run saved it (absolute now, relative to this folder then)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = workdir_lib.read_config(path).get("data", {}).get("path", "")
+    new = data.get("path", "")
+    if old != new and (not old or os.path.abspath(os.path.expanduser(old)) != new):
+        raise workdir_lib.ConfigMismatchError(
+            f"{path}: data.path was {old!r}, now {new!r}; this run predates its record of the "
+            f"data's facts ({DATASET_INFO}), so other data cannot be told from moved data; "
+            + advice
         )
 
 

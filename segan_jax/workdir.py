@@ -16,7 +16,7 @@ import ml_collections
 # only changes the network evaluation and prediction run on inputs larger than the crops;
 # padding_taps, atrous and batch_norm only the floating-point rounding; data.path and
 # data.data_dir only where the data lie (moved, or named another way): a resumed run refuses
-# data whose facts changed (train._check_same_data).
+# data whose facts changed (train.check_same_data).
 MUTABLE_PREFIXES = (
     "data.path",
     "data.data_dir",
@@ -30,7 +30,8 @@ MUTABLE_PREFIXES = (
     "model.batch_norm",
 )
 # A resumed training run must keep evaluating on one split: best/ compares its F1 scores.
-TRAIN_MUTABLE_PREFIXES = tuple(p for p in MUTABLE_PREFIXES if p != "eval.")
+# eval.checkpoint only chooses what --mode=evaluate and --mode=predict read.
+TRAIN_MUTABLE_PREFIXES = tuple(p for p in MUTABLE_PREFIXES if p != "eval.") + ("eval.checkpoint",)
 
 
 class ConfigMismatchError(ValueError):

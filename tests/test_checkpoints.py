@@ -37,6 +37,14 @@ def test_saving_only_improving_evaluations_keeps_what_orbax_would(tmp_path, scor
     assert improving == every
 
 
+def test_improves_waits_for_a_save_in_flight(tmp_path):
+    """orbax writes a save's metrics when it finishes: asked at once, without the wait, a
+    worse score looked better (and processes could disagree on saving)."""
+    with checkpoints.best_manager(tmp_path) as manager:
+        checkpoints.save(manager, 1, {"x": jnp.ones(1 << 20)}, {"f1_foreground_mean": 0.9})
+        assert not checkpoints.improves(manager, {"f1_foreground_mean": 0.1})
+
+
 def test_improves_reads_the_kept_score_of_an_earlier_run(tmp_path):
     """A resumed run's new manager compares with what the folder holds."""
     with checkpoints.best_manager(tmp_path) as manager:

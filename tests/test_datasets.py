@@ -220,6 +220,16 @@ def test_compressed_tiffs_are_read(tmp_path: pathlib.Path, compression: str) -> 
         np.testing.assert_array_equal(read, image)
 
 
+def test_system_files_leave_the_fingerprint_alone(tmp_path: pathlib.Path) -> None:
+    """Explorer writing Thumbs.db (or macOS .DS_Store) does not make the data new."""
+    root = tmp_path / "data"
+    make_folder(root)
+    before = datasets.fingerprint(root)
+    (root / "train" / "images" / "Thumbs.db").write_bytes(b"\x00")
+    (root / "train" / "masks" / ".DS_Store").write_bytes(b"\x00")
+    assert datasets.fingerprint(root) == before
+
+
 def test_a_file_name_that_is_not_utf8_is_fingerprinted(tmp_path: pathlib.Path) -> None:
     root = tmp_path / "data"
     make_folder(root)

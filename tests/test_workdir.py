@@ -15,6 +15,8 @@ def test_tap_options_may_change_but_not_the_model():
     current.model.padding_taps = "keep"
     current.model.atrous = "space_to_batch"
     current.model.batch_norm = "fused"
+    current.eval.checkpoint = "best"  # what evaluate and predict read: not training
+    current.data.path, current.data.data_dir = "/moved/data", "/other/tfds"  # where, not what
     assert workdir.config_differences(saved, workdir.config_dict(current)) == []
     current.model.depth = 34
     assert [

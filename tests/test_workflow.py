@@ -120,14 +120,13 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "error: config: optimizer.name must be" in bad.stderr
     assert not (tmp_path / "typo").exists()
-    for flag, message in [
-        (
-            "--config.optimizer.nam=adamw",
-            '--config.optimizer.nam: no such key. Did you mean "name"',
-        ),
-        ("--config.train.num_steps=two", "--config.train.num_steps=two: invalid literal"),
+    steps = "--config.train.num_steps=2"  # a good flag the error must not blame
+    for flags, message in [
+        ([steps, "--config.train.num_step=2"], "--config.train.num_step: no such key. Did you"),
+        (["--config.optimizer.nam=adamw"], "--config.optimizer.nam: no such key. Did you mean"),
+        (["--config.train.num_steps=two"], "--config.train.num_steps=two: invalid literal"),
     ]:
-        bad = _launch("--config=configs/tiny.py", typo[0], flag, data_dir=data_dir, check=False)
+        bad = _launch("--config=configs/tiny.py", typo[0], *flags, data_dir=data_dir, check=False)
         assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
         assert message in bad.stderr and bad.stderr.startswith("error: ")
     assert not (tmp_path / "typo").exists()
@@ -286,6 +285,14 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
     config.data.path = os.path.relpath(tmp_path / "copy") + os.sep
     train.train_and_evaluate(config, str(tmp_path / "run"))
     assert figures.load_config(tmp_path / "run").data.path == str(tmp_path / "copy")
+    # A run from before dataset_info.json cannot tell moved data from other data: its path
+    # must be the one it saved.
+    (tmp_path / "run" / "dataset_info.json").unlink()
+    config.data.path = str(root)
+    with pytest.raises(workdir.ConfigMismatchError, match="predates its record"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    config.data.path = str(tmp_path / "copy")
+    train.train_and_evaluate(config, str(tmp_path / "run"))  # writes dataset_info.json
     config.data.path = str(root)
 
     # The run keeps the dataset's facts: a rerun on edited training images is refused...
@@ -293,6 +300,9 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
     Image.fromarray(np.asarray(Image.open(first)) // 2).save(first)
     with pytest.raises(workdir.ConfigMismatchError, match="dataset_info.json: .*channel_mean"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
+    # ... and so is evaluating on them.
+    with pytest.raises(workdir.ConfigMismatchError, match="evaluation reads the data the run"):
+        inference.evaluate_trained(config, tmp_path / "run")
     # ... and prediction needs no dataset (moved away here) and normalises as training did.
     root.rename(tmp_path / "moved")
     config.predict.input = str(tmp_path / "moved" / "test" / "images")
@@ -436,8 +446,8 @@ def test_best_keeps_the_network_alone(two_step_run):
 
 
 def test_evaluation_and_prediction_read_best_when_asked(tmp_path, data_dir, two_step_run):
-    """eval.checkpoint="best" reads best/ alone (the latest checkpoints removed here) and
-    gives training's evaluation of that step; "latest" needs checkpoints/."""
+    """eval.checkpoint="best" reads best/ and gives training's evaluation of that step, also
+    with the latest checkpoints removed; "latest" needs checkpoints/."""
     work = tmp_path / "run"
     shutil.copytree(two_step_run, work)
     image = np.random.default_rng(0).integers(0, 4000, (45, 61, 2), dtype=np.uint16)
@@ -446,7 +456,6 @@ def test_evaluation_and_prediction_read_best_when_asked(tmp_path, data_dir, two_
     config.predict.input = str(tmp_path / "slide.tif")
     config.predict.output = str(tmp_path / "latest")
     (latest,) = inference.predict_workdir(config, str(work))  # step 2, also best/'s
-    shutil.rmtree(work / "checkpoints")
     config.eval.checkpoint = "best"
     record, _ = inference.evaluate_trained(config, work)
     trained = json.loads((work / "eval" / "test_2.json").read_text())
@@ -454,6 +463,19 @@ def test_evaluation_and_prediction_read_best_when_asked(tmp_path, data_dir, two_
     config.predict.output = str(tmp_path / "best")
     (best,) = inference.predict_workdir(config, str(work))
     np.testing.assert_array_equal(np.asarray(Image.open(best)), np.asarray(Image.open(latest)))
+    # A better score at step 3 whose network has zero weights (so it labels every pixel 0):
+    # best/ keeps it alone, and evaluation and prediction read it, the latest removed.
+    network = checkpoints.restore_raw(work / "best")
+    network["step"], network["params"] = 3, jax.tree.map(np.zeros_like, network["params"])
+    with checkpoints.best_manager(work) as manager:
+        checkpoints.save(manager, 3, network, {"f1_foreground_mean": 1.0})
+    shutil.rmtree(work / "checkpoints")
+    record, _ = inference.evaluate_trained(config, work)
+    confusion = np.asarray(record["confusion_matrix"])
+    assert record["step"] == 3 and confusion[:, 1:].sum() == 0 and confusion.sum() > 0
+    config.predict.output, config.predict.overwrite = str(tmp_path / "best"), True
+    (best,) = inference.predict_workdir(config, str(work))
+    assert not np.asarray(Image.open(best)).any() and np.asarray(Image.open(latest)).any()
     config.eval.checkpoint = "latest"
     with pytest.raises(FileNotFoundError, match="checkpoints: no checkpoint; train first"):
         inference.evaluate_trained(config, work)
