@@ -15,10 +15,12 @@ import argparse
 import importlib.util
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # configs/
 
 
 def _state(config_path: str):
