@@ -455,14 +455,18 @@ def _with_eval_split(
 
 
 def _with_absolute_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of ``config`` whose data.path and data.data_dir, when set, are absolute ("~"
-    expanded, no trailing separator): the saved config says where the data were, whatever
-    folder the run was started from."""
+    """A copy of ``config`` whose data.path and data.data_dir are ``_absolute``: the saved
+    config says where the data were, whatever folder the run was started from."""
     config = copy.deepcopy(config)
     for key in ("path", "data_dir"):
         if config.data.get(key):
-            config.data[key] = os.path.abspath(os.path.expanduser(config.data[key]))
+            config.data[key] = _absolute(config.data[key])
     return config
+
+
+def _absolute(path: str) -> str:
+    """``path`` absolute ("~" expanded, no trailing separator); "" (unset) stays ""."""
+    return os.path.abspath(os.path.expanduser(path)) if path else ""
 
 
 def step_context(
@@ -817,7 +821,7 @@ def _check_same_path(workdir: pathlib.Path, data, advice: str) -> None:
         return
     old = workdir_lib.read_config(path).get("data", {}).get("path", "")
     new = data.get("path", "")
-    if old != new and (not old or os.path.abspath(os.path.expanduser(old)) != new):
+    if _absolute(old) != _absolute(new):
         raise workdir_lib.ConfigMismatchError(
             f"{path}: data.path was {old!r}, now {new!r}; this run predates its record of the "
             f"data's facts ({DATASET_INFO}), so other data cannot be told from moved data; "
