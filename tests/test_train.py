@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from segan_jax import datasets, input_pipeline, models, parallel, train
+from segan_jax import datasets, input_pipeline, models, parallel, train, workdir
 
 K, C = 3, 2
 
@@ -330,3 +330,20 @@ def test_the_segmentor_step_uses_the_critic_it_just_updated():
         params.append(jax.tree.leaves(state.params))
     change = max(float(np.abs(a - b).max()) for a, b in zip(*params, strict=True))
     assert change > 1e-4  # 1.1e-3 measured; exactly 0 with the critic from before its update
+
+
+def test_a_run_without_its_data_facts_keeps_its_data_path(tmp_path, monkeypatch):
+    """Before dataset_info.json a run cannot tell moved data from other data: the same folder,
+    however named, passes; another is refused, naming both."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "run").mkdir()
+    config = tiny.get_config()
+    config.data.path = str(tmp_path / "data")
+    (tmp_path / "run" / "config.json").write_text(workdir.json.dumps(workdir.config_dict(config)))
+    monkeypatch.chdir(tmp_path)
+    for same in ("data", "./data/", str(tmp_path / "data")):
+        config.data.path = same
+        train.check_same_data(tmp_path / "run", None, config.data)
+    config.data.path = "elsewhere"
+    with pytest.raises(workdir.ConfigMismatchError, match="data.path was .* now 'elsewhere'"):
+        train.check_same_data(tmp_path / "run", None, config.data)
