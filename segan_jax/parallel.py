@@ -69,6 +69,17 @@ def process_0_first(fn, what: str) -> Any:
     return on_every_process(lambda: fn() if jax.process_index() == 0 else None, what)
 
 
+def broadcast_text(text: str) -> str:
+    """Process 0's ``text`` on every process (every process calls it)."""
+    if jax.process_count() == 1:
+        return text
+    data = np.frombuffer(text.encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+    padded = np.zeros(size, np.uint8)  # the same shape on every process, process 0's size
+    padded[: min(size, data.size)] = data[:size]
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode()
+
+
 def on_every_process(fn, what: str) -> Any:
     """Runs `fn` (which must not use collectives) on every process; if it fails on any, every
     process stops: the failing ones with their own error, the others naming the first that

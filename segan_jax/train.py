@@ -16,6 +16,7 @@ separate parameters and optax states. Within one step:
 import copy
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import sys
@@ -454,6 +455,28 @@ def _with_eval_split(
     return config
 
 
+# Keys each host may set for itself (where its copy of the data lies); every other key must be
+# process 0's.
+PER_HOST_PREFIXES = ("data.path", "data.data_dir", "predict.")
+
+
+def _check_same_config(config: ml_collections.ConfigDict, first: str) -> None:
+    """Refuses a config that differs from process 0's (``first``, as JSON) in any key but
+    ``PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a loss
+    weight) or wait for each other forever (a step count)."""
+    keys = [
+        d.split(":")[0]
+        for d in workdir_lib.config_differences(
+            json.loads(first), workdir_lib.config_dict(config), PER_HOST_PREFIXES
+        )
+    ]
+    if keys:
+        raise ConfigError(
+            f"config: process {jax.process_index()} was given other values than process 0 for "
+            f"{', '.join(keys)}; pass the same --config and overrides to every process"
+        )
+
+
 def _with_absolute_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose data.path and data.data_dir are ``_absolute``: the saved
     config says where the data were, whatever folder the run was started from."""
@@ -699,6 +722,8 @@ def train_and_evaluate(
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)
+    first = parallel.broadcast_text(json.dumps(workdir_lib.config_dict(config)))
+    parallel.on_every_process(lambda: _check_same_config(config, first), "check the config")
     mesh = parallel.make_mesh()
     resuming = not overwrite and checkpoints.has_checkpoint(workdir)
     # On every process, so that all stop if one fails (a path only some hosts can read).

@@ -42,14 +42,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def launch(work: pathlib.Path, env: dict, *extra: str, processes: int = 2, check: bool = True):
-    """Runs launch.py as `processes` processes (2: jax.distributed on localhost); returns
-    [(return code, stdout, stderr)] per process."""
+def launch(
+    work: pathlib.Path,
+    env: dict,
+    *extra: str,
+    processes: int = 2,
+    check: bool = True,
+    per_process: list[list[str]] | None = None,
+):
+    """Runs launch.py as `processes` processes (2: jax.distributed on localhost), process i
+    also with `per_process[i]`; returns [(return code, stdout, stderr)] per process."""
     args = [*launch_args(work), "--config.train.num_steps=3", "--config.train.batch_size=4"]
     args += extra
     if processes > 1:
         args += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
     ids = [[f"--process_id={i}"] for i in range(processes)] if processes > 1 else [[]]
+    ids = [i + (per_process[n] if per_process else []) for n, i in enumerate(ids)]
     procs = [
         subprocess.Popen(
             [*args, *i],
@@ -110,6 +118,25 @@ def test_two_processes_train_one_run(run):
     state = checkpoints.restore_raw(work / "checkpoints")
     assert int(state["step"]) == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_processes_given_other_overrides_stop_before_any_work(tmp_path, data_dir):
+    """A loss weight given differently to the two processes would mix two runs; a step count,
+    leave one waiting forever. Both stop before the workdir exists, naming the key."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        SEGAN_JAX_DATA_DIR=str(data_dir),
+    )
+    # data.data_dir is a host's own (here the same folder, named two ways): not compared
+    mine = [["--config.loss.lambda_ce=1.0", "--config.data.data_dir="]]
+    mine += [["--config.loss.lambda_ce=0.5", f"--config.data.data_dir={data_dir}"]]
+    results = launch(tmp_path / "run", env, per_process=mine, check=False)
+    assert all(code != 0 for code, _, _ in results)
+    said = "process 1 was given other values than process 0 for loss.lambda_ce; pass the same"
+    assert said in results[1][2], results[1][2][-2000:]
+    assert "process 1" in results[0][2]  # process 0 names the process that failed
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluation_is_sharded_over_processes_and_sums_to_one_process(run):
