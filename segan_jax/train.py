@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 import pathlib
 import sys
@@ -88,8 +89,11 @@ def make_models(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
         raise ValueError(
             f"critic.num must be 0, 1, -1 or the number of classes ({num_classes}), got {num}"
         )
-    if config.critic.constraint not in CRITIC_CONSTRAINTS:
-        raise ValueError(f"critic.constraint must be one of {CRITIC_CONSTRAINTS}")
+    constraint = config.critic.constraint
+    if constraint not in CRITIC_CONSTRAINTS:
+        raise ValueError(
+            f"critic.constraint must be one of {CRITIC_CONSTRAINTS}, got {constraint!r}"
+        )
     critics = None
     if num:
         critics = models.Critics(num=num, features=tuple(config.critic.features), dtype=model.dtype)
@@ -352,6 +356,30 @@ POSITIVE_KEYS = (
 
 # What --mode=evaluate and --mode=predict read (inference.load_trained).
 EVAL_CHECKPOINTS = ("latest", "best")
+# Training's numbers: finite and at least 0 (a weight, rate or magnitude), and those in [0, 1)
+# (Adam's betas, SGD's momentum, dropout).
+NON_NEGATIVE_KEYS = (
+    "loss.lambda_ce",
+    "loss.lambda_mae",
+    "optimizer.learning_rate",
+    "optimizer.weight_decay",
+    "optimizer.warmup_steps",
+    "critic.learning_rate",
+    "critic.gp_weight",
+    "augment.brightness",
+    "augment.contrast",
+    "augment.saturation",
+    "augment.hue",
+    "augment.hed",
+)
+UNIT_INTERVAL_KEYS = (
+    "optimizer.b1",
+    "optimizer.b2",
+    "optimizer.momentum",
+    "critic.b1",
+    "critic.b2",
+    "model.dropout_rate",
+)
 
 
 def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_classes: int) -> None:
@@ -381,6 +409,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
 
 def _check_training(config: ml_collections.ConfigDict) -> None:
     """Keys that would make training itself fail or go wrong, not a trained run's use."""
+    _check_numbers(config)
     if config.train.batch_size < 2:
         raise ValueError(
             "train.batch_size=1: BatchNorm over one image subtracts the ASPP's image-pooling "
@@ -388,6 +417,22 @@ def _check_training(config: ml_collections.ConfigDict) -> None:
         )
     if config.critic.num:
         _check_critic_features(tuple(config.critic.features), config.data.crop_size)
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+    """``NON_NEGATIVE_KEYS`` at least 0, ``UNIT_INTERVAL_KEYS`` in [0, 1), the critic's clip
+    value above 0 (clipping to a negative bound set every weight to it), all finite."""
+    for key in NON_NEGATIVE_KEYS + UNIT_INTERVAL_KEYS:
+        group, name = key.split(".")
+        value = config[group][name]
+        unit = key in UNIT_INTERVAL_KEYS
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+        if not ok or (unit and value >= 1):
+            bound = "in [0, 1)" if unit else "a number, at least 0"
+            raise ValueError(f"{key}={value!r} must be {bound}")
+    clip = config.critic.clip_value
+    if config.critic.constraint == "clip" and not (isinstance(clip, (int, float)) and clip > 0):
+        raise ValueError(f"critic.clip_value={clip!r} must be above 0 (critic.constraint='clip')")
 
 
 def _check_critic_features(features: tuple, crop_size: int) -> None:

@@ -61,8 +61,14 @@ def config_differences(
     return [
         f"{k}: {a.get(k)!r} in the workdir, {b.get(k)!r} now"
         for k in keys
-        if a.get(k) != b.get(k) and not k.startswith(mutable)
+        if not _same(a.get(k), b.get(k)) and not k.startswith(mutable)
     ]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN equalling NaN (a config value compared with itself, through JSON)."""
+    nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return nan or a == b
 
 
 def _options_note(path: pathlib.Path, saved: dict, config: ml_collections.ConfigDict) -> str | None:

@@ -395,6 +395,12 @@ BAD_KEYS = [
     ("critic.features", (), "critic.features=()"),
     ("critic.features", (8,) * 7, "data.crop_size=64 is too small .* at least 128"),
     ("eval.checkpoint", "final", "eval.checkpoint='final' must be one of"),
+    ("loss.lambda_mae", -1.0, "loss.lambda_mae=-1.0 must be a number, at least 0"),
+    ("loss.lambda_ce", float("nan"), "loss.lambda_ce=nan must be a number"),
+    ("optimizer.warmup_steps", -10, "optimizer.warmup_steps=-10 must be"),
+    ("critic.b1", 1.5, r"critic.b1=1.5 must be in \[0, 1\)"),
+    ("critic.clip_value", -0.05, "critic.clip_value=-0.05 must be above 0"),
+    ("critic.constraint", "clamp", "critic.constraint must be one of .*got 'clamp'"),
 ]
 
 
