@@ -10,11 +10,12 @@ from segan_jax import checkpoints, datasets, evaluate, parallel, train
 from segan_jax import workdir as workdir_lib
 
 
-def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path, checked: bool = False):
     """(model, variables on this process's devices, dataset info, step, normalizer) of the
     workdir's latest checkpoint, or with eval.checkpoint="best" of its best/. `config` must be
-    the run's (eval.* and predict.* may differ)."""
-    _check_same_run(config, workdir)
+    the run's (eval.* and predict.* may differ; `checked`: the caller checked that)."""
+    if not checked:
+        _check_same_run(config, workdir)
     info = train.saved_info(workdir) or train.load_info(config)
     ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
     if config.eval.get("checkpoint") == "best":
@@ -65,9 +66,11 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     """(evaluation record, number of images) of the checkpoint eval.checkpoint names (the
     latest by default) on eval.split, of the data the run trained on (moved or not); writes
     nothing. Each process evaluates its shard of the split; the counts are summed."""
-    model, variables, info, step, normalizer = load_trained(config, workdir)
-    train.check_same_data(workdir, train.load_info(config), config.data, EVALUATE_ADVICE)
-    name = train.eval_split_name(config, info.splits)
+    _check_same_run(config, workdir)
+    data_info = train.load_info(config)  # the cheap checks first: the data, then the split
+    train.check_same_data(workdir, data_info, config.data, EVALUATE_ADVICE)
+    name = train.eval_split_name(config, data_info.splits)
+    model, variables, info, step, normalizer = load_trained(config, workdir, checked=True)
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
     confusion, num_images = evaluate.confusion_over_processes(
