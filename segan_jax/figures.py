@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from segan_jax import evaluate
 from segan_jax import workdir as workdir_lib
@@ -126,6 +126,9 @@ def _metric_panel(
     ax.plot(steps, means, "-", color="black", marker=marker, ms=4, lw=2.8, label="foreground mean")
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("Iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 3.5
+    if len(steps) and np.ptp(steps) < 2:  # one evaluation: room for whole steps around it
+        ax.set_xlim(np.min(steps) - 1, np.max(steps) + 1)
     ax.grid(alpha=0.3)
 
 
@@ -241,12 +244,15 @@ def _label_cmap() -> Colormap:
     return matplotlib.colormaps["gray"].with_extremes(bad=IGNORE_COLOR)
 
 
-def _class_legend(fig: Figure, classes: Sequence[str]) -> None:
+def _class_legend(fig: Figure, classes: Sequence[str], unlabelled: bool = False) -> None:
+    """Each class's shade, and with ``unlabelled`` the colour of unlabelled (ignored) pixels."""
     shades = class_shades(np.arange(len(classes)), len(classes))
     handles = [
         Patch(facecolor=(s, s, s), edgecolor="black", label=f"{k}: {name}")
         for k, (s, name) in enumerate(zip(shades, classes, strict=True))
     ]
+    if unlabelled:
+        handles.append(Patch(facecolor=IGNORE_COLOR, edgecolor="black", label="unlabelled"))
     fig.legend(
         handles=handles, loc="outside lower center", ncol=min(len(classes), 6), frameon=False
     )
@@ -300,7 +306,8 @@ def result_grid(
             ax.spines[:].set_linewidth(0.6)
         for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
             ax.set_title(column)
-        _class_legend(fig, classes)
+        unlabelled = any((np.asarray(t) >= k).any() for t in (*truths, *predictions))
+        _class_legend(fig, classes, unlabelled)
         if title:
             fig.suptitle(title)
     return fig

@@ -107,6 +107,10 @@ def test_training_curves_has_class_lines_and_a_thick_mean():
         assert mean.get_linewidth() > max(line.get_linewidth() for line in lines[:-1])
         assert list(mean.get_xdata()) == [100, 200, 300]  # sorted by step
     assert _png_bytes(fig).startswith(b"\x89PNG")
+    few = figures.training_curves([_eval_row(3, [0.5, 0.2, 0.1])], CLASSES)
+    few.canvas.draw()
+    ticks = few.axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)  # iterations, not 2.85
 
 
 def test_training_curves_filters_the_split_and_keeps_the_last_row_per_step():
@@ -188,8 +192,11 @@ def test_result_grid_layout_and_legend():
     assert [fig.axes[3 * i].get_ylabel() for i in range(2)] == names
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [
-        f"{k}: {c}" for k, c in enumerate(CLASSES)
+        *[f"{k}: {c}" for k, c in enumerate(CLASSES)],
+        "unlabelled",  # the red of truths[0]'s pixel 255
     ]
+    clean = figures.result_grid(images[1:], truths[1:], predictions[1:], names[1:], CLASSES)
+    assert "unlabelled" not in [t.get_text() for t in clean.legends[0].get_texts()]
     truth_image = fig.axes[1].get_images()[0].get_array()
     np.testing.assert_allclose(
         truth_image.filled(np.nan), figures.class_shades(truths[0], len(CLASSES))
