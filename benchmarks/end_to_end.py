@@ -142,9 +142,20 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--out", default="")
-    parser.add_argument("--workdir", default="", help="default: a new temporary folder")
+    parser.add_argument(
+        "--workdir", default="", help="kept; default: a temporary folder, deleted at the end"
+    )
     args, overrides = parser.parse_known_args()
-    tmp = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="segan_e2e_"))
+    if args.workdir:
+        measure(args, overrides, pathlib.Path(args.workdir))
+        return
+    with tempfile.TemporaryDirectory(prefix="segan_e2e_") as tmp:  # data, checkpoints
+        measure(args, overrides, pathlib.Path(tmp))
+
+
+def measure(args: argparse.Namespace, overrides: list[str], tmp: pathlib.Path) -> None:
+    """Writes the dataset into ``tmp``, runs launch.py twice there, prints (and saves) the
+    timings."""
     data, run = tmp / "data", tmp / "run"
     write_dataset(data, {"train": args.tiles, "test": args.test}, args.size)
     command = [sys.executable, "launch.py", f"--config={args.config}", f"--workdir={run}"]

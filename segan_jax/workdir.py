@@ -308,7 +308,8 @@ class Progress:
         eta = (self.num_steps - step) / max(rate, 1e-9)
         parts = [f"step {step}/{self.num_steps}"]
         parts += [f"{k} {v:.4f}" for k, v in means.items()]
-        parts += [f"{rate:.2f} steps/s ({rate * self.batch_size:.0f} img/s)"]
+        images = rate * self.batch_size
+        parts += [f"{rate:.2f} steps/s ({images:.{0 if images >= 10 else 1}f} img/s)"]
         parts += [f"ETA {_duration(eta)}" + (" (compiling included)" if self.first else "")]
         self.first = False
         return " | ".join(parts)
