@@ -777,6 +777,8 @@ def train_and_evaluate(
     )
     parallel.on_every_process(lambda: _check_shard(splits["train"]), "get training images")
     _print(describe_run(config, info, mesh, len(splits["train"].images)))
+    if note := unlearnable_note(info, ctx.class_weights):
+        _print(note)
     train_arrays = _train_arrays(config, splits.pop("train"), mesh)
     if overwrite:
         _check_outside(config.model.init_checkpoint, workdir)
@@ -810,6 +812,20 @@ def train_and_evaluate(
         for m in managers:
             m.wait_until_finished()
             m.close()
+
+
+def unlearnable_note(info: datasets.DatasetInfo, weights: tuple[float, ...]) -> str | None:
+    """A note naming the classes with no training pixels (weight 0 under frequency weighting:
+    nothing teaches the network them), or None."""
+    absent = [
+        name
+        for name, count in zip(info.classes, info.train_pixel_counts, strict=True)
+        if count == 0
+    ]
+    if not absent:
+        return None
+    weighted = " (class weight 0)" if any(w == 0 for w in weights) else ""
+    return f"note: no training pixels of {', '.join(absent)}{weighted}: it cannot be learned"
 
 
 def describe_run(

@@ -347,3 +347,15 @@ def test_a_run_without_its_data_facts_keeps_its_data_path(tmp_path, monkeypatch)
     config.data.path = "elsewhere"
     with pytest.raises(workdir.ConfigMismatchError, match="data.path was .* now 'elsewhere'"):
         train.check_same_data(tmp_path / "run", None, config.data)
+
+
+def test_a_class_without_training_pixels_is_noted():
+    info = datasets.DatasetInfo.__new__(datasets.DatasetInfo)
+    object.__setattr__(info, "classes", ("background", "cell", "vessel"))
+    object.__setattr__(info, "train_pixel_counts", np.array([90, 10, 0]))
+    assert train.unlearnable_note(info, (1.0, 1.0, 1.0)) == (
+        "note: no training pixels of vessel: it cannot be learned"
+    )
+    assert "vessel (class weight 0)" in train.unlearnable_note(info, (0.6, 5.0, 0.0))
+    object.__setattr__(info, "train_pixel_counts", np.array([90, 10, 1]))
+    assert train.unlearnable_note(info, (1.0, 1.0, 1.0)) is None
