@@ -785,7 +785,8 @@ def _build(data: ml_collections.ConfigDict) -> None:
     except OSError:  # another process may have finished the same build first
         if _built_metadata(dataset_dir(data)) is None:
             raise
-    print(f"Built in {time.perf_counter() - start:.1f} s", flush=True)
+    else:
+        print(f"Built in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 @contextlib.contextmanager

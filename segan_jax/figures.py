@@ -306,7 +306,7 @@ def result_grid(
             ax.spines[:].set_linewidth(0.6)
         for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
             ax.set_title(column)
-        unlabelled = any((np.asarray(t) >= k).any() for t in (*truths, *predictions))
+        unlabelled = any(np.isnan(class_shades(t, k)).any() for t in (*truths, *predictions))
         _class_legend(fig, classes, unlabelled)
         if title:
             fig.suptitle(title)

@@ -10,13 +10,17 @@ from segan_jax import checkpoints, datasets, evaluate, parallel, train
 from segan_jax import workdir as workdir_lib
 
 
-def load_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path, checked: bool = False):
+def load_trained(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, data_info=None, checked=False
+):
     """(model, variables on this process's devices, dataset info, step, normalizer) of the
     workdir's latest checkpoint, or with eval.checkpoint="best" of its best/. `config` must be
-    the run's (eval.* and predict.* may differ; `checked`: the caller checked that)."""
+    the run's (eval.* and predict.* may differ; `checked`: the caller checked that).
+    `data_info`: the data's facts, when the caller read them (else read here, for a run
+    that predates its record of them)."""
     if not checked:
         _check_same_run(config, workdir)
-    info = train.saved_info(workdir) or train.load_info(config)
+    info = train.saved_info(workdir) or data_info or train.load_info(config)
     ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
     if config.eval.get("checkpoint") == "best":
         variables, step = _best_network(workdir)
@@ -68,9 +72,13 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     nothing. Each process evaluates its shard of the split; the counts are summed."""
     _check_same_run(config, workdir)
     data_info = train.load_info(config)  # the cheap checks first: the data, then the split
-    train.check_same_data(workdir, data_info, config.data, EVALUATE_ADVICE)
-    name = train.eval_split_name(config, data_info.splits)
-    model, variables, info, step, normalizer = load_trained(config, workdir, checked=True)
+
+    def checked_split() -> str:
+        train.check_same_data(workdir, data_info, config.data, EVALUATE_ADVICE)
+        return train.eval_split_name(config, data_info.splits)
+
+    name = parallel.on_every_process(checked_split, "check its data")
+    model, variables, info, step, normalizer = load_trained(config, workdir, data_info, True)
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
     confusion, num_images = evaluate.confusion_over_processes(

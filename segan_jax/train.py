@@ -652,14 +652,29 @@ def load_init_checkpoint(state: TrainState, path: str) -> TrainState:
 
 def load_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
     """`datasets.load_info` (which validates and builds the dataset) for every process: with
-    several, process 0 builds it (on a filesystem all share) while the others wait."""
+    several, process 0 builds it (on a filesystem all share) while the others wait, then the
+    others read it, and all stop if one fails; every process's facts must equal process 0's
+    (a host's differing copy of the data would train a mix)."""
     info = None
     if jax.process_count() > 1:
         what = "validate and build the data"
         info = parallel.process_0_first(lambda: datasets.load_info(config.data), what)
-    if info is None:  # one process, or the processes that waited for process 0's build
-        info = datasets.load_info(config.data)
+    # one process, or the processes that waited for process 0's build
+    info = parallel.on_every_process(lambda: info or datasets.load_info(config.data), "read data")
+    if jax.process_count() > 1:
+        facts = json.dumps(datasets.info_metadata(info))
+        first = parallel.broadcast_text(facts)
+        parallel.on_every_process(lambda: _check_same_facts(facts, first), "check its data")
     return info
+
+
+def _check_same_facts(facts: str, first: str) -> None:
+    """Refuses data whose facts (as JSON) differ from process 0's (``first``)."""
+    if facts != first:
+        raise ConfigError(
+            f"data: process {jax.process_index()}'s copy of the data differs from process 0's "
+            "(image statistics, class counts or splits): give every host the same data"
+        )
 
 
 def load_shard(config: ml_collections.ConfigDict, name: str) -> datasets.Split:
@@ -669,10 +684,14 @@ def load_shard(config: ml_collections.ConfigDict, name: str) -> datasets.Split:
 
 def _load_data(config):
     """(info, {"train": this process's train shard, eval split: this process's shard}),
-    validated (and built) first."""
+    validated (and built) first; all processes stop if one fails."""
     info = load_info(config)
-    eval_name = eval_split_name(config, info.splits)
-    return info, {"train": load_shard(config, "train"), eval_name: load_shard(config, eval_name)}
+
+    def shards():
+        name = eval_split_name(config, info.splits)
+        return {"train": load_shard(config, "train"), name: load_shard(config, name)}
+
+    return info, parallel.on_every_process(shards, "load its data")
 
 
 def _check_shard(split: datasets.Split) -> None:
@@ -764,11 +783,12 @@ def train_and_evaluate(
     if max_steps_this_run is not None and max_steps_this_run < 0:
         raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
     config = _with_absolute_data_paths(config)
+    # Every process must run process 0's config (before anything that could fail on some).
+    first = parallel.broadcast_text(json.dumps(workdir_lib.config_dict(config)))
+    parallel.on_every_process(lambda: _check_same_config(config, first), "check the config")
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)
-    first = parallel.broadcast_text(json.dumps(workdir_lib.config_dict(config)))
-    parallel.on_every_process(lambda: _check_same_config(config, first), "check the config")
     mesh = parallel.make_mesh()
     resuming = not overwrite and checkpoints.has_checkpoint(workdir)
     # On every process, so that all stop if one fails (a path only some hosts can read).
@@ -781,17 +801,22 @@ def train_and_evaluate(
         _print(note)
     train_arrays = _train_arrays(config, splits.pop("train"), mesh)
     if overwrite:
-        _check_outside(config.model.init_checkpoint, workdir)
+        what = "check --overwrite"
+        parallel.on_every_process(
+            lambda: _check_outside(config.model.init_checkpoint, workdir), what
+        )
         kept = parallel.process_0_first(lambda: workdir_lib.discard(workdir), "discard the run")
         if kept:
             _print(f"{workdir}: discarded the earlier run; kept what it did not write: {kept}")
     else:
-        workdir_lib.check_new(workdir)
+        parallel.on_every_process(lambda: workdir_lib.check_new(workdir), "check the workdir")
     # Every process, so all stop alike on a mismatch; runs saved before eval.split was
     # resolved hold "" for the default split.
     resolved = {"eval.split": _default_eval_split(info.splits)}
-    note = workdir_lib.check(workdir, config, resolved=resolved)
-    check_same_data(workdir, info, config.data)
+    note = parallel.on_every_process(
+        lambda: workdir_lib.check(workdir, config, resolved=resolved), "check the workdir"
+    )
+    parallel.on_every_process(lambda: check_same_data(workdir, info, config.data), "check data")
     if jax.process_index() == 0:
         if note:
             print(note, flush=True)
@@ -817,15 +842,14 @@ def train_and_evaluate(
 def unlearnable_note(info: datasets.DatasetInfo, weights: tuple[float, ...]) -> str | None:
     """A note naming the classes with no training pixels (weight 0 under frequency weighting:
     nothing teaches the network them), or None."""
-    absent = [
-        name
-        for name, count in zip(info.classes, info.train_pixel_counts, strict=True)
-        if count == 0
-    ]
+    counts = info.train_pixel_counts
+    absent = [k for k, count in enumerate(counts) if count == 0]
     if not absent:
         return None
-    weighted = " (class weight 0)" if any(w == 0 for w in weights) else ""
-    return f"note: no training pixels of {', '.join(absent)}{weighted}: it cannot be learned"
+    names = ", ".join(info.classes[k] for k in absent)
+    weighted = " (class weight 0)" if all(weights[k] == 0 for k in absent) else ""
+    they = "they cannot" if len(absent) > 1 else "it cannot"
+    return f"note: no training pixels of {names}{weighted}: {they} be learned"
 
 
 def describe_run(
@@ -901,9 +925,10 @@ def check_same_data(
 
 
 def _check_same_path(workdir: pathlib.Path, data, advice: str) -> None:
-    """data.path as the run saved it (absolute now, relative to this folder then)."""
+    """data.path as the run saved it (absolute now, relative to this folder then), on process
+    0 (the saved path is process 0's: other hosts may hold their copies elsewhere)."""
     path = workdir / "config.json"
-    if not path.exists():
+    if not path.exists() or jax.process_index() != 0:
         return
     old = workdir_lib.read_config(path).get("data", {}).get("path", "")
     new = data.get("path", "")

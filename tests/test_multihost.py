@@ -120,20 +120,25 @@ def test_two_processes_train_one_run(run):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_processes_given_other_overrides_stop_before_any_work(tmp_path, data_dir):
+@pytest.mark.parametrize(
+    "key,values",
+    [("loss.lambda_ce", ("1.0", "0.5")), ("eval.split", ("test", "nope"))],
+)
+def test_processes_given_other_overrides_stop_before_any_work(tmp_path, data_dir, key, values):
     """A loss weight given differently to the two processes would mix two runs; a step count,
-    leave one waiting forever. Both stop before the workdir exists, naming the key."""
+    leave one waiting forever; an evaluation split only one process lacks left the other
+    waiting in a collective. Both stop before the workdir exists, naming the key."""
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         SEGAN_JAX_DATA_DIR=str(data_dir),
     )
     # data.data_dir is a host's own (here the same folder, named two ways): not compared
-    mine = [["--config.loss.lambda_ce=1.0", "--config.data.data_dir="]]
-    mine += [["--config.loss.lambda_ce=0.5", f"--config.data.data_dir={data_dir}"]]
+    mine = [[f"--config.{key}={values[0]}", "--config.data.data_dir="]]
+    mine += [[f"--config.{key}={values[1]}", f"--config.data.data_dir={data_dir}"]]
     results = launch(tmp_path / "run", env, per_process=mine, check=False)
     assert all(code != 0 for code, _, _ in results)
-    said = "process 1 was given other values than process 0 for loss.lambda_ce; pass the same"
+    said = f"process 1 was given other values than process 0 for {key}; pass the same"
     assert said in results[1][2], results[1][2][-2000:]
     assert "process 1" in results[0][2]  # process 0 names the process that failed
     assert not (tmp_path / "run").exists()
