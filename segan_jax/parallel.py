@@ -80,6 +80,13 @@ def broadcast_text(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode()
 
 
+def check_against_process_0(text: str, check, what: str) -> None:
+    """``check(text, process 0's text)`` on every process (e.g. a config as JSON); if it
+    raises on any, every process stops (``on_every_process``). Every process calls it."""
+    first = broadcast_text(text)
+    on_every_process(lambda: check(text, first), what)
+
+
 def on_every_process(fn, what: str) -> Any:
     """Runs `fn` (which must not use collectives) on every process; if it fails on any, every
     process stops: the failing ones with their own error, the others naming the first that

@@ -505,14 +505,14 @@ def _with_eval_split(
 PER_HOST_PREFIXES = ("data.path", "data.data_dir", "predict.")
 
 
-def _check_same_config(config: ml_collections.ConfigDict, first: str) -> None:
-    """Refuses a config that differs from process 0's (``first``, as JSON) in any key but
-    ``PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a loss
-    weight) or wait for each other forever (a step count)."""
+def _check_same_config(mine: str, first: str) -> None:
+    """Refuses a config (``mine``, as JSON) that differs from process 0's (``first``) in any
+    key but ``PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a
+    loss weight) or wait for each other forever (a step count)."""
     keys = [
         d.split(":")[0]
         for d in workdir_lib.config_differences(
-            json.loads(first), workdir_lib.config_dict(config), PER_HOST_PREFIXES
+            json.loads(first), json.loads(mine), PER_HOST_PREFIXES
         )
     ]
     if keys:
@@ -661,10 +661,8 @@ def load_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
         info = parallel.process_0_first(lambda: datasets.load_info(config.data), what)
     # one process, or the processes that waited for process 0's build
     info = parallel.on_every_process(lambda: info or datasets.load_info(config.data), "read data")
-    if jax.process_count() > 1:
-        facts = json.dumps(datasets.info_metadata(info))
-        first = parallel.broadcast_text(facts)
-        parallel.on_every_process(lambda: _check_same_facts(facts, first), "check its data")
+    facts = json.dumps(datasets.info_metadata(info))
+    parallel.check_against_process_0(facts, _check_same_facts, "check its data")
     return info
 
 
@@ -784,8 +782,8 @@ def train_and_evaluate(
         raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
     config = _with_absolute_data_paths(config)
     # Every process must run process 0's config (before anything that could fail on some).
-    first = parallel.broadcast_text(json.dumps(workdir_lib.config_dict(config)))
-    parallel.on_every_process(lambda: _check_same_config(config, first), "check the config")
+    mine = json.dumps(workdir_lib.config_dict(config))
+    parallel.check_against_process_0(mine, _check_same_config, "check the config")
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)
