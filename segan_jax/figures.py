@@ -41,7 +41,8 @@ STYLE = {
 DPI = 200
 IGNORE_COLOR = "tab:red"  # label values >= num_classes (the ignore index) in label maps
 LOSS_KEYS = ("loss", "ce")  # panel 1 of loss_curves
-ADVERSARIAL_KEY = "l_mae"  # panel 2 (runs with a critic)
+ADVERSARIAL_KEYS = ("l_mae", "critic_l_mae")  # panel 2 (runs with a critic)
+PENALTY_KEY = "critic_gp"  # panel 3 (critic.constraint="gradient_penalty")
 COLUMN_TITLES = ("Image", "Ground truth", "Prediction")
 
 
@@ -166,17 +167,22 @@ def training_curves(
 def loss_curves(train_rows: Sequence[Mapping]) -> Figure:
     """Training losses against iteration.
 
-    Panels: total loss and cross-entropy; the critic's multi-scale L1 ``l_mae`` (only when the
-    rows have it, i.e. runs with a critic); the gradient norm (log scale). Each value is the
-    mean over the ``train.log_every`` steps before the row's step.
+    Panels: total loss and cross-entropy; with a critic, its multi-scale L1: ``l_mae`` (after
+    the step's critic update, what the segmentor descends) and ``critic_l_mae`` (before it, what
+    the critic ascends), and the unweighted gradient penalty when the critic has one; the
+    segmentor's gradient norm (log scale). Each value is the mean over the ``train.log_every``
+    steps before the row's step.
     """
     rows = _by_step(train_rows)
     if not rows:
         raise ValueError("no train rows to plot")
     steps = np.array([r["step"] for r in rows])
     panels = [("Segmentor loss", [k for k in LOSS_KEYS if k in rows[0]], "Loss", False)]
-    if any(ADVERSARIAL_KEY in r for r in rows):
-        panels.append(("Critic multi-scale L1", [ADVERSARIAL_KEY], r"$\ell_{mae}$", False))
+    adversarial = [k for k in ADVERSARIAL_KEYS if any(k in r for r in rows)]
+    if adversarial:
+        panels.append(("Critic multi-scale L1", adversarial, r"$\ell_{mae}$", False))
+    if any(PENALTY_KEY in r for r in rows):
+        panels.append(("Critic gradient penalty", [PENALTY_KEY], "Penalty", False))
     if any("grad_norm" in r for r in rows):
         panels.append(("Gradient norm", ["grad_norm"], "Global L2 norm", True))
     marker = "o" if len(steps) <= 30 else None

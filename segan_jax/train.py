@@ -184,7 +184,8 @@ def critic_update(
     The critic is kept bounded by `critic.constraint`: "clip" clips its weights to
     +-critic.clip_value after the update (SegAN), "gradient_penalty" adds
     critic.gp_weight * `gradient_penalty` (needs `key`) to its loss, "none" does neither.
-    Returns (critic_params, critic_opt_state, l_mae before the update).
+    Returns (critic_params, critic_opt_state, metrics before the update: "critic_l_mae", and
+    "critic_gp", the unweighted penalty, with a gradient penalty).
     """
     cfg = ctx.config.critic
     probs = jax.lax.stop_gradient(probs)
@@ -192,19 +193,19 @@ def critic_update(
 
     def loss_fn(critic_params):
         l_mae = adversarial_l1(ctx, critic_params, image, probs, onehot)
-        loss = -l_mae
+        loss, metrics = -l_mae, {"critic_l_mae": l_mae / n}
         if cfg.constraint == "gradient_penalty":
             gp = gradient_penalty(ctx, critic_params, image, probs, onehot, key, example_ids)
-            loss = loss + cfg.gp_weight * gp
-        return loss / n, l_mae / n
+            loss, metrics["critic_gp"] = loss + cfg.gp_weight * gp, gp / n
+        return loss / n, metrics
 
-    (_, l_mae), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic_params)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic_params)
     grads = jax.lax.psum(grads, parallel.AXIS)
     updates, opt_state = ctx.critic_tx.update(grads, state.critic_opt_state, state.critic_params)
     params = optax.apply_updates(state.critic_params, updates)
     if cfg.constraint == "clip":
         params = clip_weights(params, cfg.clip_value)
-    return params, opt_state, jax.lax.psum(l_mae, parallel.AXIS)
+    return params, opt_state, jax.lax.psum(metrics, parallel.AXIS)
 
 
 def class_maps(ctx: StepContext, logits, labels) -> tuple[jax.Array, jax.Array]:
@@ -292,9 +293,9 @@ def _critic_steps(ctx: StepContext, state: TrainState, image, logits, labels, ke
     probs, onehot = class_maps(ctx, logits, labels)
     for i in range(ctx.config.critic.steps_per_update):
         k = jax.random.fold_in(key, i)
-        params, opt_state, l_mae = critic_update(ctx, state, image, probs, onehot, k, ids)
+        params, opt_state, metrics = critic_update(ctx, state, image, probs, onehot, k, ids)
         state = state.replace(critic_params=params, critic_opt_state=opt_state)
-    return state, {"critic_l_mae": l_mae}
+    return state, metrics
 
 
 def compile_train_step(ctx: StepContext, mesh: Mesh):

@@ -30,10 +30,12 @@ def _eval_row(step, f1, split="test"):
     }
 
 
-def _train_row(step, l_mae=True):
+def _train_row(step, l_mae=True, gp=False):
     row = {"step": step, "loss": 1.0 / step, "ce": 0.9 / step, "grad_norm": 2.0, "steps_per_s": 3}
     if l_mae:
-        row["l_mae"] = 0.1
+        row.update(l_mae=0.1, critic_l_mae=0.12)
+    if gp:
+        row["critic_gp"] = 0.5
     return row
 
 
@@ -127,11 +129,17 @@ def test_training_curves_filters_the_split_and_keeps_the_last_row_per_step():
         figures.training_curves(rows, CLASSES, split="train")
 
 
-@pytest.mark.parametrize(("l_mae", "num_axes"), [(True, 3), (False, 2)])
-def test_loss_curves_panels(l_mae, num_axes):
-    fig = figures.loss_curves([_train_row(s, l_mae) for s in (2, 4, 6)])
+@pytest.mark.parametrize(
+    ("l_mae", "gp", "num_axes"), [(True, True, 4), (True, False, 3), (False, False, 2)]
+)
+def test_loss_curves_panels(l_mae, gp, num_axes):
+    fig = figures.loss_curves([_train_row(s, l_mae, gp) for s in (2, 4, 6)])
     assert len(fig.axes) == num_axes
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["loss", "ce"]
+    if l_mae:  # both sides of the critic's L1 in one panel
+        assert [line.get_label() for line in fig.axes[1].get_lines()] == ["l_mae", "critic_l_mae"]
+    if gp:
+        assert [line.get_label() for line in fig.axes[2].get_lines()] == ["critic_gp"]
     assert fig.axes[-1].get_yscale() == "log"  # gradient norm
     for ax in fig.axes:
         assert ax.get_xlabel() == "Iteration" and ax.get_title()

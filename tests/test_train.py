@@ -134,7 +134,7 @@ def test_segmentor_gets_no_gradient_from_the_critic_loss():
     onehot = jax.nn.one_hot(labels, K)
 
     def critic_l1(x):
-        return train.critic_update(ctx, state, image, jax.nn.softmax(x), onehot)[2]
+        return train.critic_update(ctx, state, image, jax.nn.softmax(x), onehot)[2]["critic_l_mae"]
 
     grad = _on_one_device(jax.grad(critic_l1), logits)
     assert float(jnp.abs(grad).max()) == 0.0
@@ -201,6 +201,8 @@ def test_gradient_penalty_bounds_the_critic_instead_of_clipping():
     leaves = jax.tree.leaves(state.critic_params)
     assert max(float(np.abs(x).max()) for x in leaves) > config.critic.clip_value  # no clipping
     assert np.isfinite(metrics["critic_l_mae"]) and np.isfinite(metrics["loss"])
+    assert metrics["critic_gp"] > 0  # logged, unweighted
+    assert "critic_gp" not in _run_step(_config(num=1), jax.devices()[:1])[1]  # clipping: none
 
 
 def test_gradient_penalty_is_non_negative_and_differentiable():
@@ -290,8 +292,8 @@ def test_a_critic_step_raises_the_l1_distance_it_maximises():
     def update(image, probs, onehot):
         return train.critic_update(ctx, state, image, probs, onehot)
 
-    params, _, before = _on_one_device(update, image, probs, onehot)
-    after = train.adversarial_l1(ctx, params, image, probs, onehot)
+    params, _, metrics = _on_one_device(update, image, probs, onehot)
+    after, before = train.adversarial_l1(ctx, params, image, probs, onehot), metrics["critic_l_mae"]
     assert after > before > 0
 
 
