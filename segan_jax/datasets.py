@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tifffile
 from PIL import Image
+from tensorflow_datasets.core.utils import tqdm_utils
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -793,16 +794,18 @@ def _build(data: ml_collections.ConfigDict) -> None:
 def _tfds_quietly() -> Iterator[None]:
     """TFDS's build messages off: its "Downloading and preparing dataset" and "downloaded and
     prepared" lines (printed to stdout; nothing is downloaded), its progress bars and its
-    "Using custom data configuration" warning. Errors still raise."""
+    "Using custom data configuration" warning. Errors still raise. Afterwards the bars are as
+    the caller had them (TFDS keeps that in a private flag; without it they are switched on)."""
     absl = logging.getLogger("absl")
     level = absl.level
+    bars = bool(getattr(tqdm_utils, "_active", True))
     absl.setLevel(logging.ERROR)
     tfds.disable_progress_bar()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        tfds.enable_progress_bar()
+        tfds.display_progress_bar(bars)
         absl.setLevel(level)
 
 

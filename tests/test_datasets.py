@@ -10,8 +10,10 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 import tifffile
 from PIL import Image
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from segan_jax import datasets
 
@@ -106,6 +108,17 @@ def test_a_build_says_so_in_one_line_without_tfds_messages(tmp_path, folder, cap
     assert "examples/s" not in out + err  # progress bars
     datasets.load_info(config(root, tmp_path / "tfds"))
     assert "Building" not in capfd.readouterr().out  # built once
+
+
+@pytest.mark.parametrize("bars", [True, False])
+def test_a_build_leaves_tfds_progress_bars_as_the_caller_had_them(tmp_path, folder, bars) -> None:
+    root, _ = folder
+    tfds.display_progress_bar(bars)
+    try:
+        datasets.load_info(config(root, tmp_path / "tfds"))
+        assert tqdm_utils._active is bars
+    finally:
+        tfds.enable_progress_bar()
 
 
 def test_hidden_and_system_files_are_not_data(tmp_path, folder) -> None:
