@@ -1038,9 +1038,7 @@ def run_pipeline(case, args, emit):
 
     @jax.jit
     def sample(key):
-        return input_pipeline.sample_batch(
-            data, key, ids, case["crop"], config.augment, normalizer, config.data.ignore_index
-        )
+        return input_pipeline.sample_batch(data, key, ids, case["crop"], config.augment, normalizer)
 
     t = time.perf_counter()
     jax.block_until_ready(sample(jax.random.key(0)))

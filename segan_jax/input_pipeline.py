@@ -5,7 +5,9 @@ padded to one shape, placed on the devices once, and every batch is cut from it 
 jitted step: random crops, flips, 90-degree rotations and colour jitter all run on the
 accelerator with `jax.random`, with static shapes, and the host does nothing per step. Masks are
 only ever indexed, flipped and rotated (nearest neighbour); pixels outside an image get the
-ignore label and count in no loss or metric.
+ignore label and count in no loss or metric, and are zero (the mean) in the network's input.
+Unlabelled pixels inside an image (label `ignore_index`) count in no loss or metric either,
+but the network sees them as they are, as evaluation and prediction do.
 
 Evaluation runs on whole images, padded by reflection to a multiple of the output stride and
 cropped back (the padded pixels get the ignore label).
@@ -101,8 +103,9 @@ def stack_split(
     return TrainData(images, masks, sizes)
 
 
-def _crop(data: TrainData, key: jax.Array, crop: int) -> tuple[jax.Array, jax.Array]:
-    """One random crop of one random image: (crop, crop, C) raw image, (crop, crop) labels."""
+def _crop(data: TrainData, key: jax.Array, crop: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One random crop of one random image: (crop, crop, C) raw image, (crop, crop) labels and
+    (crop, crop) bool, the pixels inside the image (False on the padding of a smaller one)."""
     k_index, k_y, k_x = jax.random.split(key, 3)
     i = jax.random.randint(k_index, (), 0, data.images.shape[0])
     h, w = jnp.asarray(data.sizes)[i, 0], jnp.asarray(data.sizes)[i, 1]
@@ -111,21 +114,25 @@ def _crop(data: TrainData, key: jax.Array, crop: int) -> tuple[jax.Array, jax.Ar
     c = data.images.shape[-1]
     image = jax.lax.dynamic_slice(jnp.asarray(data.images)[i], (y, x, 0), (crop, crop, c))
     mask = jax.lax.dynamic_slice(jnp.asarray(data.masks)[i], (y, x), (crop, crop))
-    return image, mask
+    offsets = jnp.arange(crop)
+    inside = ((y + offsets < h)[:, None]) & ((x + offsets < w)[None, :])
+    return image, mask, inside
 
 
-def _flip_rotate(key: jax.Array, image: jax.Array, mask: jax.Array, aug: ml_collections.ConfigDict):
-    """Random horizontal flip and 90-degree rotation applied identically to image and mask."""
+def _flip_rotate(
+    key: jax.Array, arrays: tuple[jax.Array, ...], aug: ml_collections.ConfigDict
+) -> tuple[jax.Array, ...]:
+    """Random horizontal flip and 90-degree rotation applied identically to every one of
+    ``arrays`` (each (crop, crop, ...): the image, its labels, ...)."""
     k_flip, k_rot = jax.random.split(key)
     if aug.flips:
         flip = jax.random.bernoulli(k_flip)
-        image = jnp.where(flip, image[:, ::-1], image)
-        mask = jnp.where(flip, mask[:, ::-1], mask)
+        arrays = tuple(jnp.where(flip, a[:, ::-1], a) for a in arrays)
     if aug.rot90:
         k = jax.random.randint(k_rot, (), 0, 4)
-        image = jax.lax.switch(k, [lambda a, r=r: jnp.rot90(a, r) for r in range(4)], image)
-        mask = jax.lax.switch(k, [lambda a, r=r: jnp.rot90(a, r) for r in range(4)], mask)
-    return image, mask
+        turns = [lambda a, r=r: jnp.rot90(a, r) for r in range(4)]
+        arrays = tuple(jax.lax.switch(k, turns, a) for a in arrays)
+    return arrays
 
 
 # Haematoxylin, eosin and DAB optical-density vectors (rows) of Ruifrok & Johnston (2001), as in
@@ -216,16 +223,15 @@ def augment_example(
     crop: int,
     aug: ml_collections.ConfigDict,
     normalizer: Normalizer,
-    ignore_index: int,
 ) -> tuple[jax.Array, jax.Array]:
     """One example: (crop, crop, C) float32 standardised image, (crop, crop) int32 labels."""
     k_crop, k_geom, k_colour = jax.random.split(key, 3)
-    raw, mask = _crop(data, k_crop, crop)
-    raw, mask = _flip_rotate(k_geom, raw, mask, aug)
+    raw, mask, inside = _flip_rotate(k_geom, _crop(data, k_crop, crop), aug)
     unit = raw.astype(jnp.float32) / normalizer.scale
-    labelled = mask != ignore_index
-    unit = colour_jitter(k_colour, unit, aug, normalizer.is_rgb, labelled)
-    image = jnp.where(labelled[..., None], normalizer(unit), 0.0)
+    unit = colour_jitter(k_colour, unit, aug, normalizer.is_rgb, inside)
+    # Zero (the mean) on the padding of an image smaller than the crop; unlabelled pixels of
+    # the image keep their values, as evaluation and prediction see them.
+    image = jnp.where(inside[..., None], normalizer(unit), 0.0)
     return image, mask.astype(jnp.int32)
 
 
@@ -236,7 +242,6 @@ def sample_batch(
     crop: int,
     aug: ml_collections.ConfigDict,
     normalizer: Normalizer,
-    ignore_index: int,
 ) -> tuple[jax.Array, jax.Array]:
     """A batch of augmented crops; example i uses `fold_in(key, example_ids[i])`.
 
@@ -250,7 +255,7 @@ def sample_batch(
       images (B, crop, crop, C) float32, labels (B, crop, crop) int32.
     """
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
-    return jax.vmap(lambda k: augment_example(data, k, crop, aug, normalizer, ignore_index))(keys)
+    return jax.vmap(lambda k: augment_example(data, k, crop, aug, normalizer))(keys)
 
 
 def pad_for_eval(

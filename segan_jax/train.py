@@ -252,7 +252,7 @@ def train_step(
     device = jax.lax.axis_index(parallel.AXIS)
     ids = device * ctx.per_device_batch + jnp.arange(ctx.per_device_batch)
     image, labels = input_pipeline.sample_batch(
-        data, data_key, ids, cfg.data.crop_size, cfg.augment, ctx.normalizer, cfg.data.ignore_index
+        data, data_key, ids, cfg.data.crop_size, cfg.augment, ctx.normalizer
     )
     dropout_key = jax.random.fold_in(dropout_key, device)
 

@@ -41,7 +41,7 @@ def test_augmented_image_and_mask_stay_aligned():
     data = input_pipeline.stack_split(_coded_split([(40, 52), (33, 47)]), 24, IGNORE)
     keys = jax.random.split(jax.random.key(0), 64)
     images, masks = jax.vmap(
-        lambda k: input_pipeline.augment_example(data, k, 24, _aug(), _normalizer(), IGNORE)
+        lambda k: input_pipeline.augment_example(data, k, 24, _aug(), _normalizer())
     )(keys)
     valid = np.asarray(masks) != IGNORE
     np.testing.assert_array_equal(np.asarray(images)[..., 0][valid], np.asarray(masks)[valid])
@@ -55,7 +55,7 @@ def test_rotations_and_flips_keep_neighbourhoods():
     data = input_pipeline.stack_split(_coded_split([(40, 52)]), 16, IGNORE)
     keys = jax.random.split(jax.random.key(1), 16)
     images, _ = jax.vmap(
-        lambda k: input_pipeline.augment_example(data, k, 16, _aug(), _normalizer(), IGNORE)
+        lambda k: input_pipeline.augment_example(data, k, 16, _aug(), _normalizer())
     )(keys)
     pos = np.asarray(images)[..., 1:]
     step = np.abs(np.diff(pos, axis=2)).sum(-1)
@@ -65,11 +65,31 @@ def test_rotations_and_flips_keep_neighbourhoods():
 def test_images_smaller_than_the_crop_are_padded_with_ignore():
     data = input_pipeline.stack_split(_coded_split([(10, 13)]), 32, IGNORE)
     image, mask = input_pipeline.augment_example(
-        data, jax.random.key(0), 32, _aug(flips=False, rot90=False), _normalizer(), IGNORE
+        data, jax.random.key(0), 32, _aug(flips=False, rot90=False), _normalizer()
     )
     assert image.shape == (32, 32, 3) and mask.shape == (32, 32)
     assert int((mask != IGNORE).sum()) == 10 * 13
     assert float(jnp.abs(image[mask == IGNORE]).max()) == 0.0
+
+
+def test_unlabelled_pixels_inside_an_image_keep_their_values():
+    """A partly annotated tile (label 255 inside it): training sees its real pixels there,
+    as evaluation and prediction do; only the padding of a smaller image is zeroed."""
+    split = _coded_split([(20, 30)])
+    split.masks[0][:, 15:] = IGNORE  # right half unlabelled
+    data = input_pipeline.stack_split(split, 24, IGNORE)
+    keys = jax.random.split(jax.random.key(2), 16)
+    images, masks = jax.vmap(
+        lambda k: input_pipeline.augment_example(data, k, 24, _aug(), _normalizer())
+    )(keys)
+    images, masks = np.asarray(images), np.asarray(masks)
+    codes = images[..., 1:].astype(int)  # (y, x) of the source pixel; padding is (0, 0)
+    inside = codes.sum(-1) > 0
+    unlabelled = inside & (codes[..., 1] >= 15)
+    assert unlabelled.any() and (masks[unlabelled] == IGNORE).all()
+    original = split.images[0][codes[..., 0], codes[..., 1], 0]
+    np.testing.assert_array_equal(images[..., 0][inside], original[inside])  # first channel too
+    assert np.abs(images[~inside & (masks == IGNORE)]).max() == 0.0
 
 
 def test_colour_jitter_changes_intensity_but_not_labels():
@@ -77,11 +97,9 @@ def test_colour_jitter_changes_intensity_but_not_labels():
     aug = _aug(flips=False, rot90=False, brightness=0.2, contrast=0.2, saturation=0.2)
     aug.update(hue=0.1, hed=0.05)
     plain_img, plain_mask = input_pipeline.augment_example(
-        data, jax.random.key(3), 24, _aug(flips=False, rot90=False), _normalizer(), IGNORE
+        data, jax.random.key(3), 24, _aug(flips=False, rot90=False), _normalizer()
     )
-    img, mask = input_pipeline.augment_example(
-        data, jax.random.key(3), 24, aug, _normalizer(), IGNORE
-    )
+    img, mask = input_pipeline.augment_example(data, jax.random.key(3), 24, aug, _normalizer())
     np.testing.assert_array_equal(mask, plain_mask)
     assert not np.allclose(img, plain_img)
 
@@ -170,7 +188,7 @@ def test_sample_batch_is_keyed_by_global_example_index():
 
     def batch(ids):
         return input_pipeline.sample_batch(
-            data, jax.random.key(5), jnp.asarray(ids), 24, _aug(), _normalizer(), IGNORE
+            data, jax.random.key(5), jnp.asarray(ids), 24, _aug(), _normalizer()
         )
 
     whole, _ = batch([0, 1, 2, 3])
