@@ -79,6 +79,7 @@ _META_KEYS = (
     "image_dtype",
     "num_channels",
     "train_pixel_counts",
+    "train_image_pixel_counts",
     "scale",
     "channel_mean",
     "channel_std",
@@ -133,6 +134,8 @@ class DatasetInfo:
       num_channels: C of every image.
       splits: split names present, in ("train", "val", "test") order.
       train_pixel_counts: (K,) int64 label frequencies of the train split.
+      train_image_pixel_counts: (K,) int64 labelled pixels of the train images in which each
+        class appears (median-frequency weights); None in a record from before it existed.
       scale: divide raw pixel values by this to get ~[0, 1] (255 for uint8 data, the max
         raw train value for uint16 data).
       channel_mean: (C,) float32 mean of image / scale over all train pixels.
@@ -150,6 +153,7 @@ class DatasetInfo:
     channel_std: np.ndarray
     is_rgb: bool
     image_dtype: str = "uint8"
+    train_image_pixel_counts: np.ndarray | None = None
 
 
 class FormatError(ValueError):
@@ -552,12 +556,15 @@ class _Moments:
 
     def __init__(self, num_classes: int) -> None:
         self.counts = np.zeros(num_classes, np.int64)
+        self.image_pixels = np.zeros(num_classes, np.int64)  # of the images holding each class
         self.histograms: np.ndarray | None = None  # (C, 2**bits) int64
         self.dtype = np.dtype(np.uint8)
 
     def add(self, image: np.ndarray, mask: np.ndarray) -> None:
         """image: (H, W, C) uint8/uint16; mask: (H, W) uint8."""
-        self.counts += np.bincount(mask.ravel(), minlength=len(self.counts))[: len(self.counts)]
+        counts = np.bincount(mask.ravel(), minlength=len(self.counts))[: len(self.counts)]
+        self.counts += counts
+        self.image_pixels += np.where(counts > 0, counts.sum(), 0)
         bins = 1 << (8 * image.dtype.itemsize)
         channels = image.reshape(-1, image.shape[-1]).T
         histograms = np.stack([np.bincount(c, minlength=bins) for c in channels])
@@ -579,6 +586,7 @@ class _Moments:
             "image_dtype": self.dtype.name,
             "num_channels": int(mean.shape[0]),
             "train_pixel_counts": self.counts.tolist(),
+            "train_image_pixel_counts": self.image_pixels.tolist(),
             "scale": scale,
             "channel_mean": mean.tolist(),
             "channel_std": np.maximum(std, STD_FLOOR).tolist(),
@@ -832,7 +840,11 @@ def info_metadata(info: DatasetInfo) -> dict[str, object]:
         "scale": info.scale,
         "channel_mean": np.asarray(info.channel_mean).tolist(),
         "channel_std": np.asarray(info.channel_std).tolist(),
-    }
+    } | (
+        {}
+        if info.train_image_pixel_counts is None
+        else {"train_image_pixel_counts": np.asarray(info.train_image_pixel_counts).tolist()}
+    )
 
 
 def info_from_metadata(metadata: dict) -> DatasetInfo:
@@ -848,6 +860,11 @@ def info_from_metadata(metadata: dict) -> DatasetInfo:
         channel_std=np.asarray(metadata["channel_std"], np.float32),
         is_rgb=num_channels == 3,
         image_dtype=str(metadata["image_dtype"]),
+        train_image_pixel_counts=(
+            np.asarray(metadata["train_image_pixel_counts"], np.int64)
+            if "train_image_pixel_counts" in metadata
+            else None
+        ),
     )
 
 

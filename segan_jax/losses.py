@@ -20,15 +20,21 @@ CLASS_WEIGHTINGS = ("none", "inverse_frequency", "median_frequency")
 LAYER_WEIGHTINGS = ("mean", "segan")
 
 
-def class_weights(pixel_counts: np.ndarray, kind: str) -> np.ndarray:
+def class_weights(
+    pixel_counts: np.ndarray, kind: str, image_pixel_counts: np.ndarray | None = None
+) -> np.ndarray:
     """Per-class error weights from training-set label frequencies.
 
     Args:
       pixel_counts: (K,) number of training pixels of each class.
-      kind: "none" (all ones); "inverse_frequency" (w_k = 1 / f_k, scaled so the mean weight of
-        a training pixel is 1); "median_frequency" (w_k = median(f) / f_k, Eigen & Fergus 2015:
-        1 / f_k times another constant, so `weighted_cross_entropy`'s weighted mean is the same).
-        A class with no training pixels gets weight 0 (it cannot be learned from this data).
+      kind: "none" (all ones); "inverse_frequency" (w_k = 1 / f_k with f_k = pixel_counts_k /
+        all labelled pixels, scaled so the mean weight of a training pixel is 1);
+        "median_frequency" (Eigen & Fergus 2015: w_k = median(f) / f_k with f_k =
+        pixel_counts_k / image_pixel_counts_k, the class's share of the images it appears in).
+        A class with no training pixels gets weight 0 (it cannot be learned from this data)
+        and is left out of the median.
+      image_pixel_counts: (K,) labelled pixels of the training images in which each class
+        appears; needed by "median_frequency".
 
     Returns:
       (K,) float32 weights.
@@ -38,8 +44,13 @@ def class_weights(pixel_counts: np.ndarray, kind: str) -> np.ndarray:
     counts = np.asarray(pixel_counts, np.float64)
     if kind == "none":
         return np.ones(counts.shape, np.float32)
-    freq = counts / counts.sum()
-    present = freq > 0
+    if kind == "median_frequency" and image_pixel_counts is None:
+        raise ValueError("median_frequency weights need the pixels of the images of each class")
+    totals = counts.sum() if kind == "inverse_frequency" else image_pixel_counts
+    totals = np.broadcast_to(np.asarray(totals, np.float64), counts.shape)
+    present = counts > 0
+    freq = np.zeros_like(counts)
+    freq[present] = counts[present] / totals[present]
     weights = np.zeros_like(freq)
     weights[present] = 1.0 / freq[present]
     if kind == "inverse_frequency":

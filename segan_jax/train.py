@@ -63,7 +63,11 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-    """The static pieces of a train step, bound with functools.partial."""
+    """The static pieces of a train step, bound with functools.partial.
+
+    ``class_weights`` is None only for the dataset facts a run saved before they held what
+    median-frequency weights need (evaluation and prediction of such a run, which use none).
+    """
 
     model: models.DeepLabV3
     critics: models.Critics | None
@@ -71,7 +75,7 @@ class StepContext:
     critic_tx: optax.GradientTransformation
     normalizer: input_pipeline.Normalizer
     config: ml_collections.ConfigDict
-    class_weights: tuple[float, ...]
+    class_weights: tuple[float, ...] | None
     per_device_batch: int
 
 
@@ -543,7 +547,10 @@ def step_context(
 ) -> StepContext:
     """The static pieces of the train step for this config and dataset."""
     model, critics = make_models(config, len(info.classes), axis_name)
-    weights = losses.class_weights(info.train_pixel_counts, config.loss.class_weights)
+    kind, per_image = config.loss.class_weights, info.train_image_pixel_counts
+    weights = None
+    if kind != "median_frequency" or per_image is not None:
+        weights = tuple(map(float, losses.class_weights(info.train_pixel_counts, kind, per_image)))
     return StepContext(
         model=model,
         critics=critics,
@@ -551,7 +558,7 @@ def step_context(
         critic_tx=optim.critic_optimizer(config.critic, config.train.num_steps),
         normalizer=input_pipeline.Normalizer.from_info(info),
         config=config,
-        class_weights=tuple(float(w) for w in weights),
+        class_weights=weights,
         per_device_batch=config.train.batch_size // num_devices,
     )
 
@@ -914,7 +921,8 @@ def check_same_data(
         _check_same_path(workdir, data, advice.format(workdir=workdir))
         return
     old, new = datasets.info_metadata(saved), datasets.info_metadata(info)
-    changed = [key for key in new if new[key] != old[key]]
+    # Keys both records hold: one saved before a fact was recorded lacks it.
+    changed = [key for key in new if key in old and new[key] != old[key]]
     if changed:
         raise workdir_lib.ConfigMismatchError(
             f"{workdir / DATASET_INFO}: the run trained on other data than data.name="
@@ -945,6 +953,7 @@ def _frequencies(info) -> dict:
         "classes": list(info.classes),
         "pixel_counts": counts.tolist(),
         "frequencies": (counts / counts.sum()).tolist(),
+        "image_pixel_counts": np.asarray(info.train_image_pixel_counts).tolist(),
     }
 
 

@@ -142,10 +142,16 @@ def test_unlabelled_pixels_are_read_as_the_ignore_index(tmp_path, folder) -> Non
     mask = written["train"]["train_1"][1].copy()
     mask[:5] = datasets.UNLABELLED
     _replace_mask(root, mask)
+    masks = [mask if n == "train_1" else m for n, (_, m) in written["train"].items()]
     cfg = config(root, tmp_path / "tfds")
     counts = np.bincount(np.concatenate([m.ravel() for _, m in written["train"].values()]))
     counts[: len(CLASSES)] -= np.bincount(written["train"]["train_1"][1][:5].ravel(), minlength=3)
-    np.testing.assert_array_equal(datasets.load_info(cfg).train_pixel_counts, counts[:3])
+    info = datasets.load_info(cfg)
+    np.testing.assert_array_equal(info.train_pixel_counts, counts[:3])
+    holding = [  # labelled pixels of the train images that hold each class
+        sum(int((m < 3).sum()) for m in masks if (m == k).any()) for k in range(3)
+    ]
+    np.testing.assert_array_equal(info.train_image_pixel_counts, holding)
     loaded = datasets.load_split(cfg, "train")
     np.testing.assert_array_equal(loaded.masks[loaded.names.index("train_1")], mask)
     cfg.ignore_index = 200
@@ -161,6 +167,15 @@ def test_info_counts_scale_mean_std(tmp_path: pathlib.Path, folder: tuple[pathli
     masks = np.concatenate([m.ravel() for _, m in written["train"].values()])
     np.testing.assert_array_equal(info.train_pixel_counts, np.bincount(masks, minlength=3))
     assert info.train_pixel_counts.dtype == np.int64
+    holding = [  # pixels of the train images that hold each class
+        sum(m.size for _, m in written["train"].values() if (m == k).any()) for k in range(3)
+    ]
+    np.testing.assert_array_equal(info.train_image_pixel_counts, holding)
+    # A tile of background alone counts for class 0 only.
+    _replace_mask(root, np.zeros_like(written["train"]["train_1"][1]))
+    alone = datasets.load_info(config(root, tmp_path / "tfds2")).train_image_pixel_counts
+    size = written["train"]["train_1"][1].size
+    np.testing.assert_array_equal(alone, np.array(holding) - [0, size, size])
     pixels = np.concatenate([i.reshape(-1, 3) for i, _ in written["train"].values()]) / 255.0
     np.testing.assert_allclose(info.channel_mean, pixels.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(info.channel_std, pixels.std(axis=0), rtol=1e-5)

@@ -17,32 +17,52 @@ def test_class_weights_inverse_frequency_has_unit_mean_per_pixel():
     assert w[3] == 0.0  # a class with no training pixels cannot be weighted up
 
 
-def test_class_weights_median_frequency_and_none():
-    counts = np.array([500, 300, 200])
+def test_class_weights_median_frequency_by_hand_and_none():
+    """Eigen & Fergus: f_k = pixels of k / pixels of the images holding k. Two 100-pixel
+    images, A (60 background, 40 of class 1) and B (90 background, 10 of class 2):
+    f = (150/200, 40/100, 10/100) = (0.75, 0.4, 0.1), median 0.4."""
+    counts, per_image = np.array([150, 40, 10]), np.array([200, 100, 100])
     np.testing.assert_allclose(
-        losses.class_weights(counts, "median_frequency"), [0.6, 1.0, 1.5], rtol=1e-6
+        losses.class_weights(counts, "median_frequency", per_image),
+        [0.4 / 0.75, 1.0, 4.0],
+        rtol=1e-6,
     )
     np.testing.assert_array_equal(losses.class_weights(counts, "none"), [1, 1, 1])
     # A class absent from the training set gets 0 and is not in the median of the others.
     np.testing.assert_allclose(
-        losses.class_weights(np.append(counts, 0), "median_frequency"), [0.6, 1.0, 1.5, 0.0]
+        losses.class_weights(np.append(counts, 0), "median_frequency", np.append(per_image, 0)),
+        [0.4 / 0.75, 1.0, 4.0, 0.0],
+        rtol=1e-6,
     )
     with pytest.raises(ValueError, match="class_weights"):
         losses.class_weights(counts, "bogus")
+    with pytest.raises(ValueError, match="median_frequency"):
+        losses.class_weights(counts, "median_frequency")
 
 
-def test_median_and_inverse_frequency_weights_give_the_same_cross_entropy():
-    """Both are 1/f_k times a constant, which the weighted mean divides out: the same loss."""
+def test_median_frequency_equals_inverse_frequency_only_when_every_image_holds_every_class():
+    """With every class in every image the two are 1/f_k up to a constant, which the weighted
+    mean divides out: the same loss; a class confined to few images is weighted less than
+    inverse frequency weighs it."""
     counts = np.array([700, 200, 90, 10, 0])
     logits = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
     labels = jax.random.randint(jax.random.key(1), (2, 8, 8), 0, 4)
 
-    def ce(kind):
-        s, w = losses.weighted_cross_entropy(logits, labels, losses.class_weights(counts, kind))
+    def ce(kind, per_image=None):
+        weights = losses.class_weights(counts, kind, per_image)
+        s, w = losses.weighted_cross_entropy(logits, labels, weights)
         return s / w
 
-    np.testing.assert_allclose(ce("median_frequency"), ce("inverse_frequency"), rtol=1e-5)
+    everywhere = np.full(5, counts.sum())
+    np.testing.assert_allclose(
+        ce("median_frequency", everywhere), ce("inverse_frequency"), rtol=1e-5
+    )
     assert not np.isclose(ce("none"), ce("inverse_frequency"), rtol=1e-3)
+    confined = everywhere.copy()
+    confined[3] = 100  # class 3 only in one small image
+    inverse = losses.class_weights(counts, "inverse_frequency")
+    median = losses.class_weights(counts, "median_frequency", confined)
+    assert median[3] / median[0] < inverse[3] / inverse[0]
 
 
 def test_weighted_cross_entropy_hand_computed():

@@ -310,6 +310,31 @@ def test_folder_dataset_with_odd_sizes_trains_and_evaluates(tmp_path):
     assert len(inference.predict_workdir(config, str(tmp_path / "run"))) == 2
 
 
+def test_runs_and_builds_from_before_the_per_image_class_counts_still_work(tmp_path, capsys):
+    """Median-frequency weights need each class's per-image pixel counts, which older builds
+    and dataset_info.json records lack: such a build is rebuilt, such a run resumes (its
+    record completed) or, not resumed, is evaluated (evaluation uses no weights)."""
+    config = _tiny(tmp_path / "tfds", num_steps=2)
+    config.loss.class_weights = "median_frequency"
+    work = tmp_path / "run"
+    train.train_and_evaluate(config, str(work))
+
+    def forget(path):
+        record = json.loads(path.read_text())
+        del record["train_image_pixel_counts"]
+        path.write_text(json.dumps(record))
+
+    forget(work / train.DATASET_INFO)
+    forget(datasets.dataset_dir(config.data) / "metadata.json")
+    capsys.readouterr()
+    train.train_and_evaluate(config, str(work))  # resumes, with nothing left to train
+    assert "Building the dataset" in capsys.readouterr().out
+    assert "train_image_pixel_counts" in (work / train.DATASET_INFO).read_text()
+    forget(work / train.DATASET_INFO)
+    record, _ = inference.evaluate_trained(config, work)
+    assert record["step"] == 2 and record["split"] == "test"
+
+
 @pytest.mark.parametrize("critic", [0, 1])
 def test_train_step_compiles_once(data_dir, critic):
     config = _tiny(data_dir)
