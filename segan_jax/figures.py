@@ -227,23 +227,30 @@ def display_image(
 ) -> np.ndarray:
     """An (H, W, C) raw uint8/uint16 image as (H, W, 3) float RGB in [0, 1] for display.
 
-    Each channel is stretched between its own ``percentiles``. One channel (or ``channel``
-    given): grey. Two channels: false colour, channel 0 magenta and channel 1 green (so both
-    bright is white). Three or more: the first three as RGB.
+    Three or more channels: the first three as RGB in their true colours (a stain's hue is
+    data): 8-bit values / 255, 16-bit ones stretched between ``percentiles`` of all three
+    channels together. One channel (or ``channel`` given): grey, and two channels: false
+    colour, channel 0 magenta and channel 1 green (so both bright is white), each channel
+    stretched between its own ``percentiles`` (fluorescence channels differ in brightness).
     """
-    image = np.asarray(image, np.float64)
+    image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
     if channel is not None:
         image = image[..., channel : channel + 1]
-    low, high = np.percentile(image, percentiles, axis=(0, 1))
-    scaled = np.clip((image - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
-    c = scaled.shape[-1]
-    if c == 1:
-        return np.repeat(scaled, 3, axis=-1)
-    if c == 2:
-        return scaled[..., [0, 1, 0]]
-    return scaled[..., :3]
+    if image.shape[-1] >= 3:
+        rgb = image[..., :3]
+        if rgb.dtype == np.uint8:
+            return rgb / 255.0
+        return _stretch(rgb.astype(np.float64), percentiles, axis=None)
+    scaled = _stretch(image.astype(np.float64), percentiles, axis=(0, 1))
+    return scaled[..., [0, 0, 0] if scaled.shape[-1] == 1 else [0, 1, 0]]
+
+
+def _stretch(image: np.ndarray, percentiles: tuple[float, float], axis) -> np.ndarray:
+    """``image`` mapped linearly from its ``percentiles`` (over ``axis``) to [0, 1], clipped."""
+    low, high = np.percentile(image, percentiles, axis=axis)
+    return np.clip((image - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
 
 
 def _label_cmap() -> Colormap:
@@ -300,7 +307,8 @@ def result_grid(
         for row, (image, truth, pred, name) in enumerate(
             zip(images, truths, predictions, names, strict=True)
         ):
-            axes[row, 0].imshow(display_image(image, channel), interpolation="nearest")
+            # Smoothed when shrunk (a 1000-pixel tile in a 3-inch panel); labels are not.
+            axes[row, 0].imshow(display_image(image, channel), interpolation="antialiased")
             for ax, labels in zip(axes[row, 1:], (truth, pred), strict=True):
                 shades = class_shades(labels, k)
                 ax.imshow(shades, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")

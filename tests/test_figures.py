@@ -178,6 +178,22 @@ def test_display_image_is_rgb_in_unit_range(channels, dtype):
     assert np.array_equal(grey[..., 0], grey[..., 2])
 
 
+def test_display_image_keeps_the_colours_of_rgb():
+    """H&E colour is data: 8-bit RGB is shown as it is; 16-bit RGB gets one stretch for all
+    three channels, so their ratios (the hue) stay."""
+    rng = np.random.default_rng(0)
+    pink = np.stack([rng.integers(180, 240, (16, 16)), rng.integers(90, 150, (16, 16))], -1)
+    pink = np.concatenate([pink, rng.integers(150, 220, (16, 16, 1))], -1)
+    np.testing.assert_array_equal(figures.display_image(pink.astype(np.uint8)), pink / 255.0)
+    deep = (pink * 200).astype(np.uint16)
+    shown = figures.display_image(deep, percentiles=(0.0, 100.0))
+    np.testing.assert_allclose(shown, (deep - deep.min()) / (deep.max() - deep.min()))
+    # Fluorescence channels are each stretched: a dim channel is still seen.
+    two = np.stack([rng.integers(0, 100, (16, 16)), rng.integers(0, 5000, (16, 16))], -1)
+    shown = figures.display_image(two.astype(np.uint16))
+    assert shown[..., 0].max() == shown[..., 1].max() == 1.0
+
+
 def test_display_image_of_a_constant_image():
     shown = figures.display_image(np.full((4, 4, 2), 7, np.uint16))
     assert np.all(np.isfinite(shown))
