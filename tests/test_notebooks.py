@@ -81,3 +81,21 @@ def test_results_notebook_runs_on_a_tiny_run(tiny_run, data_dir):
     assert pngs == len(FIGURES)
     for name in FIGURES:
         assert (tiny_run / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_curves_of_a_run_not_yet_evaluated(tmp_path, data_dir):
+    """Before its first evaluation a run has loss curves and no F1 curves: said, not a crash."""
+    config = tiny.get_config()
+    config.data.data_dir = str(data_dir)
+    train.train_and_evaluate(config, str(tmp_path), max_steps_this_run=2)
+    nb = _read()
+    nb.cells = nb.cells[:7]  # set-up and the two curve cells
+    env = dict(os.environ, SEGAN_WORKDIR=str(tmp_path), SEGAN_JAX_DATA_DIR=str(data_dir))
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO)}}
+    )
+    client.execute(env=env)
+    text, pngs, _ = _outputs(nb)
+    assert "no evaluation of the 'test' split yet" in text and pngs == 1
+    assert (tmp_path / "figures" / "loss_curves.png").is_file()
+    assert not (tmp_path / "figures" / "training_curves.png").exists()
