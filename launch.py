@@ -139,7 +139,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as err:
-        raise SystemExit(f"error: {err}") from None
+        # configs/saved.py:DIR's ConfigMismatchError (no or no such run) comes wrapped in
+        # config_flags' message with its traceback: its own line alone.
+        _, mine, line = str(err).rpartition("ConfigMismatchError: ")
+        raise SystemExit(f"error: {line.strip() if mine else err}") from None
     except (AttributeError, KeyError) as err:
         text = str(err.args[0] if err.args else err).replace("\\n", "\n").replace("\\'", "'")
         key, _, hint = text.strip("'\"").partition("\n")

@@ -1,5 +1,6 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
+import json
 import pathlib
 
 import jax
@@ -115,7 +116,9 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
-    """Writes one single-channel label PNG per input image (same stem) to predict.output.
+    """Writes one single-channel label PNG per input image (same stem) to predict.output,
+    and classes.json naming the label values (the folder-dataset format, so the folder can
+    serve as corrected masks).
 
     With several processes each reads, predicts and writes its share of the images; any
     process's failed check stops all of them before anything is written. Returns the paths of
@@ -123,26 +126,37 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     files, targets = parallel.on_every_process(lambda: _plan(config), "check inputs and outputs")
     mine = slice(jax.process_index(), None, jax.process_count())
     files, mine_targets = files[mine], targets[mine]
-    # Reads (and checks) all of this process's images before writing anything.
-    images = parallel.on_every_process(lambda: read_images(files), "read its images")
-    model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
-    parallel.on_every_process(lambda: _check_images(files, images, info), "check its images")
+    # Reads and checks all of this process's images, every problem at once, before restoring
+    # the network and writing anything.
+    info = train.saved_info(pathlib.Path(workdir)) or train.load_info(config)
     out = pathlib.Path(config.predict.output)
+    classes = {str(k): name for k, name in enumerate(info.classes)}
+    _check_classes_file(out / "classes.json", classes, config.predict.overwrite)
+    images = parallel.on_every_process(lambda: read_images(files, info), "read its images")
+    model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
     out.mkdir(parents=True, exist_ok=True)
     labels = evaluate.predict_all(model, variables, images, normalizer)
     for one, target in zip(labels, mine_targets, strict=True):
         evaluate.save_label_png(one, target)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
-        print(f"wrote {len(targets)} label PNGs to {out}", flush=True)
+        workdir_lib.write_json(out / "classes.json", classes)
+        plural = "" if len(targets) == 1 else "s"
+        print(f"wrote {len(targets)} label PNG{plural} to {out}", flush=True)
     return targets
 
 
-def read_images(files: list[pathlib.Path]) -> list[np.ndarray]:
+def read_images(
+    files: list[pathlib.Path], info: datasets.DatasetInfo | None = None
+) -> list[np.ndarray]:
     """Each file decoded, (H, W, C); DatasetError naming every file that is not a readable
-    image of a supported pixel type."""
+    image of a supported pixel type or, given the training data's ``info``, whose channels or
+    pixel type differ from theirs."""
     problems: list[str] = []
     images = [datasets.try_read(datasets.read_image, [f], "image", problems) for f in files]
+    if info is not None:
+        for f, image in zip(files, images, strict=True):
+            problems += [] if image is None else _image_problems(f, image, info)
     if problems:
         raise datasets.DatasetError(problems)
     return images
@@ -183,18 +197,32 @@ def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:
         )
 
 
-def _check_images(files, images, info: datasets.DatasetInfo) -> None:
-    """Refuses images whose channels or pixel type differ from the training data's: a 16-bit
+def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: bool) -> None:
+    """Refuses to replace a classes.json in predict.output that names other classes (label
+    PNGs of another model may lie beside it) without predict.overwrite."""
+    if overwrite or not path.exists():
+        return
+    try:
+        same = json.loads(path.read_text()) == classes
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise FileExistsError(
+            f"{path}: names other classes than this run's {list(classes.values())}; set "
+            "--config.predict.overwrite=True to replace it, or choose another predict.output"
+        )
+
+
+def _image_problems(f: pathlib.Path, image: np.ndarray, info: datasets.DatasetInfo) -> list[str]:
+    """An image's channels or pixel type where they differ from the training data's: a 16-bit
     image given to a model trained on 8-bit ones would be scaled by the wrong factor."""
     bad = []
-    for f, im in zip(files, images, strict=True):
-        if im.shape[-1] != info.num_channels:
-            bad.append(f"{f}: {im.shape[-1]} channels, the model takes {info.num_channels}")
-        if im.dtype != info.image_dtype:
-            bad.append(
-                f"{f}: {im.dtype} pixels, the model was trained on {info.image_dtype} images "
-                f"divided by {info.scale:g}; convert it to {info.image_dtype} with the training "
-                "images' intensity range first"
-            )
-    if bad:
-        raise datasets.DatasetError(bad)
+    if (c := image.shape[-1]) != info.num_channels:
+        bad.append(f"{f}: {c} channel{'s' * (c != 1)}, the model takes {info.num_channels}")
+    if image.dtype != info.image_dtype:
+        bad.append(
+            f"{f}: {image.dtype} pixels, the model was trained on {info.image_dtype} images "
+            f"divided by {info.scale:g}; convert it to {info.image_dtype} with the training "
+            "images' intensity range first"
+        )
+    return bad

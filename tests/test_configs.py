@@ -9,8 +9,11 @@ import pytest
 
 from segan_jax import datasets, losses, optim, train
 
+SAVED = "saved"  # configs/saved.py:DIR, a run's own config (tests/test_workflow.py)
 CONFIGS = sorted(
-    p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py") if p.stem[0] != "_"
+    p.stem
+    for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
+    if p.stem[0] != "_" and p.stem != SAVED
 )
 
 

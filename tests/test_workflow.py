@@ -80,11 +80,15 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     contig = {"photometric": "minisblack", "planarconfig": "contig"}  # (H, W, S) samples
     tifffile.imwrite(inputs / "slide_a.tif", image, **contig)
     tifffile.imwrite(inputs / "slide_b.tiff", np.moveaxis(image[:30], -1, 0))  # (C, H, W)
-    predict = [*common, "--mode=predict", f"--config.predict.input={inputs}"]
+    # The run's own saved config: none of its overrides typed again.
+    saved = [f"--config=configs/saved.py:{work}", f"--workdir={work}"]
+    predict = [*saved, "--mode=predict", f"--config.predict.input={inputs}"]
     _launch(*predict, f"--config.predict.output={tmp_path / 'out'}", data_dir=data_dir)
     a = np.asarray(Image.open(tmp_path / "out" / "slide_a.png"))
     b = np.asarray(Image.open(tmp_path / "out" / "slide_b.png"))
     assert a.shape == (45, 61) and b.shape == (30, 61) and a.max() < 3
+    names = json.loads((tmp_path / "out" / "classes.json").read_text())
+    assert names == {"0": "background", "1": "cytoplasm", "2": "nucleus"}  # the values' names
 
     again = _launch(
         *predict, f"--config.predict.output={tmp_path / 'out'}", data_dir=data_dir, check=False
@@ -130,6 +134,10 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
         assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
         assert message in bad.stderr and bad.stderr.startswith("error: ")
     assert not (tmp_path / "typo").exists()
+    no_run = f"--config=configs/saved.py:{tmp_path / 'typo'}"
+    bad = _launch(no_run, typo[0], "--mode=evaluate", data_dir=data_dir, check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.startswith(f"error: {tmp_path / 'typo' / 'config.json'}: unreadable")
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     cache = [f"--workdir={tmp_path / 'cache'}", f"--config.data.data_dir={a_file}"]
@@ -149,6 +157,28 @@ def test_prediction_names_every_unreadable_input(tmp_path):
         str(tmp_path / "c.tif"),
     ]
     assert inference.read_images([good])[0].shape == (5, 6, 3)
+    # Given the training data's facts, images of other channels or pixel types are named in
+    # the same list as unreadable ones.
+    grey = tmp_path / "d.png"
+    Image.fromarray(np.zeros((5, 6), np.uint8)).save(grey)
+    info = datasets.DatasetInfo(
+        ("bg", "fg"), 3, ("train",), np.ones(2), 255.0, np.zeros(3), np.ones(3), True
+    )
+    with pytest.raises(datasets.DatasetError) as err:
+        inference.read_images([good, tmp_path / "b.png", grey], info)
+    assert [p.split(":")[0] for p in err.value.problems] == [str(tmp_path / "b.png"), str(grey)]
+    assert "1 channel, the model takes 3" in err.value.problems[1]
+
+
+def test_prediction_keeps_a_classes_file_of_other_classes(tmp_path):
+    path, classes = tmp_path / "classes.json", {"0": "background", "1": "glomerulus"}
+    inference._check_classes_file(path, classes, overwrite=False)  # none yet
+    path.write_text(json.dumps(classes))
+    inference._check_classes_file(path, classes, overwrite=False)  # the same: kept
+    path.write_text(json.dumps({"0": "background", "1": "podocyte"}))
+    with pytest.raises(FileExistsError, match="names other classes"):
+        inference._check_classes_file(path, classes, overwrite=False)
+    inference._check_classes_file(path, classes, overwrite=True)
     with pytest.raises(train.ConfigError, match="max_steps_this_run=-1 must be 0 or more"):
         train.train_and_evaluate(tiny.get_config(), str(tmp_path / "run"), max_steps_this_run=-1)
 
