@@ -114,6 +114,10 @@ def main(argv):
         _run()
     except user_errors as err:
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (in-flight saves finished)
+        again = " (rerun the same command to resume from its latest checkpoint)"
+        print(f"interrupted{again if FLAGS.mode == 'train' else ''}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _run() -> None:

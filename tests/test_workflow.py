@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -246,6 +247,29 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
         tmp_path / "straight" / "eval" / "test_2.json"
     ).read_text()
     assert _metric_rows(resumed) == _metric_rows(tmp_path / "straight")
+
+
+def test_ctrl_c_stops_a_run_with_one_line_and_it_resumes(tmp_path, data_dir):
+    work = tmp_path / "run"
+    args = ["--config=configs/tiny.py", f"--workdir={work}", "--config.train.num_steps=1000"]
+    env = dict(os.environ, SEGAN_JAX_DATA_DIR=str(data_dir))
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("step 4/1000"):  # a checkpoint every 2 steps
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted (rerun the same command to resume" in err
+    again = _launch(*args, "--max_steps_this_run=0", data_dir=data_dir).stdout
+    assert re.search(r"Restored step \d*[02468] ", again), again  # a checkpoint every 2
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
