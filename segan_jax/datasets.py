@@ -80,6 +80,7 @@ _META_KEYS = (
     "num_channels",
     "train_pixel_counts",
     "train_image_pixel_counts",
+    "train_unlabelled_pixels",
     "scale",
     "channel_mean",
     "channel_std",
@@ -136,6 +137,8 @@ class DatasetInfo:
       train_pixel_counts: (K,) int64 label frequencies of the train split.
       train_image_pixel_counts: (K,) int64 labelled pixels of the train images in which each
         class appears (median-frequency weights); None in a record from before it existed.
+      train_unlabelled_pixels: pixels of the train masks marked UNLABELLED (255); None in a
+        record from before it existed.
       scale: divide raw pixel values by this to get ~[0, 1] (255 for uint8 data, the max
         raw train value for uint16 data).
       channel_mean: (C,) float32 mean of image / scale over all train pixels.
@@ -154,6 +157,7 @@ class DatasetInfo:
     is_rgb: bool
     image_dtype: str = "uint8"
     train_image_pixel_counts: np.ndarray | None = None
+    train_unlabelled_pixels: int | None = None
 
 
 class FormatError(ValueError):
@@ -364,7 +368,7 @@ def validate_folder(root: pathlib.Path) -> None:
 
 def _folder_problems(root: pathlib.Path) -> list[str]:
     if not root.is_dir():
-        return [f"{root}: dataset folder not found"]
+        return [f"{root}: dataset folder not found (set --config.data.path to it)"]
     classes, problems = _classes_problems(root / "classes.json")
     decoded: list[_ImageKind] = []
     for split in _present_splits(root):
@@ -557,6 +561,7 @@ class _Moments:
     def __init__(self, num_classes: int) -> None:
         self.counts = np.zeros(num_classes, np.int64)
         self.image_pixels = np.zeros(num_classes, np.int64)  # of the images holding each class
+        self.unlabelled = 0
         self.histograms: np.ndarray | None = None  # (C, 2**bits) int64
         self.dtype = np.dtype(np.uint8)
 
@@ -565,6 +570,7 @@ class _Moments:
         counts = np.bincount(mask.ravel(), minlength=len(self.counts))[: len(self.counts)]
         self.counts += counts
         self.image_pixels += np.where(counts > 0, counts.sum(), 0)
+        self.unlabelled += int(np.count_nonzero(mask == UNLABELLED))
         bins = 1 << (8 * image.dtype.itemsize)
         channels = image.reshape(-1, image.shape[-1]).T
         histograms = np.stack([np.bincount(c, minlength=bins) for c in channels])
@@ -587,6 +593,7 @@ class _Moments:
             "num_channels": int(mean.shape[0]),
             "train_pixel_counts": self.counts.tolist(),
             "train_image_pixel_counts": self.image_pixels.tolist(),
+            "train_unlabelled_pixels": self.unlabelled,
             "scale": scale,
             "channel_mean": mean.tolist(),
             "channel_std": np.maximum(std, STD_FLOOR).tolist(),
@@ -840,11 +847,17 @@ def info_metadata(info: DatasetInfo) -> dict[str, object]:
         "scale": info.scale,
         "channel_mean": np.asarray(info.channel_mean).tolist(),
         "channel_std": np.asarray(info.channel_std).tolist(),
-    } | (
-        {}
-        if info.train_image_pixel_counts is None
-        else {"train_image_pixel_counts": np.asarray(info.train_image_pixel_counts).tolist()}
-    )
+    } | _recorded_since(info)
+
+
+def _recorded_since(info: DatasetInfo) -> dict[str, object]:
+    """The facts builds record since 2026-11-27, where ``info`` has them."""
+    out: dict[str, object] = {}
+    if info.train_image_pixel_counts is not None:
+        out["train_image_pixel_counts"] = np.asarray(info.train_image_pixel_counts).tolist()
+    if info.train_unlabelled_pixels is not None:
+        out["train_unlabelled_pixels"] = int(info.train_unlabelled_pixels)
+    return out
 
 
 def info_from_metadata(metadata: dict) -> DatasetInfo:
@@ -865,6 +878,7 @@ def info_from_metadata(metadata: dict) -> DatasetInfo:
             if "train_image_pixel_counts" in metadata
             else None
         ),
+        train_unlabelled_pixels=metadata.get("train_unlabelled_pixels"),
     )
 
 

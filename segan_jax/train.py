@@ -803,6 +803,8 @@ def train_and_evaluate(
     )
     parallel.on_every_process(lambda: _check_shard(splits["train"]), "get training images")
     _print(describe_run(config, info, mesh, len(splits["train"].images)))
+    if config.loss.class_weights != "none":
+        _print(weights_line(info, config.loss.class_weights, ctx.class_weights))
     if note := unlearnable_note(info, ctx.class_weights):
         _print(note)
     train_arrays = _train_arrays(config, splits.pop("train"), mesh)
@@ -827,7 +829,11 @@ def train_and_evaluate(
         if note:
             print(note, flush=True)
         workdir_lib.prepare(workdir, config)
-        workdir_lib.write_json(workdir / "class_frequencies.json", _frequencies(info))
+        frequencies = _frequencies(info) | {
+            "class_weights": config.loss.class_weights,
+            "weights": list(ctx.class_weights),
+        }
+        workdir_lib.write_json(workdir / "class_frequencies.json", frequencies)
         workdir_lib.write_json(workdir / DATASET_INFO, datasets.info_metadata(info))
         workdir_lib.empty_trash(workdir)  # what --overwrite discarded
     managers = (
@@ -855,7 +861,20 @@ def unlearnable_note(info: datasets.DatasetInfo, weights: tuple[float, ...]) -> 
     names = ", ".join(info.classes[k] for k in absent)
     weighted = " (class weight 0)" if all(weights[k] == 0 for k in absent) else ""
     they = "they cannot" if len(absent) > 1 else "it cannot"
-    return f"note: no training pixels of {names}{weighted}: {they} be learned"
+    note = f"note: no training pixels of {names}{weighted}: {they} be learned"
+    if unlabelled := info.train_unlabelled_pixels:
+        share = unlabelled / (unlabelled + int(np.sum(counts)))
+        note += (
+            f"; {share:.0%} of the training mask pixels are 255, read as unlabelled: masks "
+            "that mark a class with 255 (a 0/255 binary mask) need it relabelled (e.g. to 1)"
+        )
+    return note
+
+
+def weights_line(info: datasets.DatasetInfo, kind: str, weights: tuple[float, ...]) -> str:
+    """The loss's class weights, one per class by name (also in class_frequencies.json)."""
+    named = ", ".join(f"{n} {w:.3g}" for n, w in zip(info.classes, weights, strict=True))
+    return f"class weights ({kind}): {named}"
 
 
 def describe_run(

@@ -152,6 +152,7 @@ def test_unlabelled_pixels_are_read_as_the_ignore_index(tmp_path, folder) -> Non
         sum(int((m < 3).sum()) for m in masks if (m == k).any()) for k in range(3)
     ]
     np.testing.assert_array_equal(info.train_image_pixel_counts, holding)
+    assert info.train_unlabelled_pixels == mask[:5].size
     loaded = datasets.load_split(cfg, "train")
     np.testing.assert_array_equal(loaded.masks[loaded.names.index("train_1")], mask)
     cfg.ignore_index = 200

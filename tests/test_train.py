@@ -359,5 +359,14 @@ def test_a_class_without_training_pixels_is_noted():
         "note: no training pixels of vessel: it cannot be learned"
     )
     assert "vessel (class weight 0)" in train.unlearnable_note(info, (0.6, 5.0, 0.0))
+    object.__setattr__(info, "train_unlabelled_pixels", 100)  # 0/255 masks, say
+    assert "50% of the training mask pixels are 255" in train.unlearnable_note(info, (1, 1, 1))
     object.__setattr__(info, "train_pixel_counts", np.array([90, 10, 1]))
     assert train.unlearnable_note(info, (1.0, 1.0, 1.0)) is None
+
+
+def test_the_class_weights_are_said_by_name():
+    info = datasets.DatasetInfo.__new__(datasets.DatasetInfo)
+    object.__setattr__(info, "classes", ("background", "cell"))
+    line = train.weights_line(info, "inverse_frequency", (0.5556, 5.0))
+    assert line == "class weights (inverse_frequency): background 0.556, cell 5"

@@ -372,6 +372,9 @@ def test_runs_and_builds_from_before_the_per_image_class_counts_still_work(tmp_p
     config.loss.class_weights = "median_frequency"
     work = tmp_path / "run"
     train.train_and_evaluate(config, str(work))
+    assert "class weights (median_frequency): background " in capsys.readouterr().out
+    frequencies = json.loads((work / "class_frequencies.json").read_text())
+    assert frequencies["class_weights"] == "median_frequency" and len(frequencies["weights"]) == 3
 
     def forget(path):
         record = json.loads(path.read_text())
