@@ -1017,6 +1017,7 @@ class _Loop:
                 self.save(0, done, state)
             if self.evaluation_due(done):
                 record = self.evaluate(state, done)
+                progress.included("evaluation")
         return record
 
     def log(self, progress: workdir_lib.Progress, acc: dict, since: int, done: int) -> None:

@@ -294,12 +294,17 @@ def null_to_nan(v):
 
 class Progress:
     """Terminal progress: step, loss, steps/s (and images/s: ``batch_size`` images a step) and
-    ETA. The first line's rate includes compiling the step, which it says."""
+    ETA. A line whose rate includes more than steps says what: the first, compiling the step;
+    one after an evaluation (`included`), the evaluation."""
 
     def __init__(self, start_step: int, num_steps: int, batch_size: int):
         self.num_steps, self.batch_size = num_steps, batch_size
         self.last_step, self.last_time = start_step, time.perf_counter()
-        self.first = True
+        self.extra: str | None = "compiling"
+
+    def included(self, what: str) -> None:
+        """The next line's interval includes ``what`` (e.g. "evaluation")."""
+        self.extra = what if self.extra is None else f"{self.extra} and {what}"
 
     def line(self, step: int, means: dict[str, float]) -> str:
         now = time.perf_counter()
@@ -310,8 +315,8 @@ class Progress:
         parts += [f"{k} {v:.4f}" for k, v in means.items()]
         images = rate * self.batch_size
         parts += [f"{rate:.2f} steps/s ({images:.{0 if images >= 10 else 1}f} img/s)"]
-        parts += [f"ETA {_duration(eta)}" + (" (compiling included)" if self.first else "")]
-        self.first = False
+        parts += [f"ETA {_duration(eta)}" + (f" ({self.extra} included)" if self.extra else "")]
+        self.extra = None
         return " | ".join(parts)
 
     def print(self, step: int, means: dict[str, float]) -> float:

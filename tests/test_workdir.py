@@ -165,7 +165,7 @@ def test_a_broken_record_of_dataset_facts_is_named(tmp_path):
 
 
 def test_progress_line_gives_steps_and_images_per_second_and_eta(monkeypatch):
-    clock = iter([100.0, 104.0, 106.0, 0.0, 100.0])  # 40 steps in 4 s, then 40 in 2 s
+    clock = iter([100.0, 104.0, 106.0, 107.0, 200.0, 0.0, 100.0])  # 40 steps in 4 s, then 40 in 2 s
     monkeypatch.setattr(workdir.time, "perf_counter", lambda: next(clock))
     progress = workdir.Progress(10, 250, batch_size=16)
     line = progress.line(50, {"loss": 0.5})
@@ -173,6 +173,9 @@ def test_progress_line_gives_steps_and_images_per_second_and_eta(monkeypatch):
     assert line == expected + " (compiling included)"  # the first line's interval compiled
     line = progress.line(90, {"loss": 0.25})
     assert line == "step 90/250 | loss 0.2500 | 20.00 steps/s (320 img/s) | ETA 0m08s"
+    progress.included("evaluation")  # the next interval holds one
+    assert progress.line(100, {}).endswith(" (evaluation included)")
+    assert not progress.line(110, {}).endswith("included)")  # once
     slow = workdir.Progress(0, 10, batch_size=2)
     slow.last_time = 100.0 - 8.0  # 2 steps in 8 s: 0.5 img/s, not "0 img/s"
     assert "0.25 steps/s (0.5 img/s)" in slow.line(2, {})
