@@ -127,7 +127,10 @@ def _metric_panel(
     ax.plot(steps, means, "-", color="black", marker=marker, ms=4, lw=2.8, label="foreground mean")
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("Iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 3.5
+    if 1 < len(steps) <= 6:  # a tick at each evaluation (not 21, 24, ... for 20 and 40)
+        ax.set_xticks(steps)
+    else:  # whole, round steps: no step 3.5, no 21, 24
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     if len(steps) and np.ptp(steps) < 2:  # one evaluation: room for whole steps around it
         ax.set_xlim(np.min(steps) - 1, np.max(steps) + 1)
     ax.grid(alpha=0.3)
@@ -184,7 +187,7 @@ def loss_curves(train_rows: Sequence[Mapping]) -> Figure:
     if any(PENALTY_KEY in r for r in rows):
         panels.append(("Critic gradient penalty", [PENALTY_KEY], "Penalty", False))
     if any("grad_norm" in r for r in rows):
-        panels.append(("Gradient norm", ["grad_norm"], "Global L2 norm", True))
+        panels.append(("Gradient norm", ["grad_norm"], "Global L2 norm (log scale)", True))
     marker = "o" if len(steps) <= 30 else None
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")

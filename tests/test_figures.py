@@ -113,6 +113,8 @@ def test_training_curves_has_class_lines_and_a_thick_mean():
     few.canvas.draw()
     ticks = few.axes[0].get_xticks()
     assert len(ticks) and all(float(t).is_integer() for t in ticks)  # iterations, not 2.85
+    two = figures.training_curves([_eval_row(s, [0.5, 0.2, 0.1]) for s in (20, 40)], CLASSES)
+    assert list(two.axes[0].get_xticks()) == [20, 40]  # the evaluations, not 21, 24, ...
 
 
 def test_training_curves_filters_the_split_and_keeps_the_last_row_per_step():
