@@ -5,6 +5,7 @@ Logic lives in the segan_jax package so notebooks call the same functions.
 
 import os
 import platform
+import signal
 import sys
 import tempfile
 
@@ -110,14 +111,35 @@ def main(argv):
         OSError,  # FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
         # a full disk: each names the file
     )
+    if FLAGS.mode == "train":
+        signal.signal(signal.SIGINT, _stop_training)
+    again = "rerun the same command" + (" without --overwrite" if FLAGS.overwrite else "")
     try:
         _run()
     except user_errors as err:
         raise SystemExit(f"error: {err}") from None
-    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (in-flight saves finished)
-        again = " (rerun the same command to resume from its latest checkpoint)"
-        print(f"interrupted{again if FLAGS.mode == 'train' else ''}", file=sys.stderr)
+    except train.Stopped as stopped:
+        print(f"{stopped}; {again} to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        resume = f" ({again} to resume from the latest checkpoint)" if FLAGS.mode == "train" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _stop_training(signum, frame) -> None:
+    """The first Ctrl-C: training stops at its next progress line, with a checkpoint; a second
+    one interrupts at once."""
+    from segan_jax import train
+
+    train.STOP.set()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(
+        "\nstopping at the next progress line, with a checkpoint (Ctrl-C again: at once, "
+        "losing the steps since the last checkpoint)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _run() -> None:

@@ -847,10 +847,10 @@ def info_metadata(info: DatasetInfo) -> dict[str, object]:
         "scale": info.scale,
         "channel_mean": np.asarray(info.channel_mean).tolist(),
         "channel_std": np.asarray(info.channel_std).tolist(),
-    } | _recorded_since(info)
+    } | _newer_facts(info)
 
 
-def _recorded_since(info: DatasetInfo) -> dict[str, object]:
+def _newer_facts(info: DatasetInfo) -> dict[str, object]:
     """The facts builds record since 2026-11-27, where ``info`` has them."""
     out: dict[str, object] = {}
     if info.train_image_pixel_counts is not None:

@@ -127,8 +127,9 @@ def _metric_panel(
     ax.plot(steps, means, "-", color="black", marker=marker, ms=4, lw=2.8, label="foreground mean")
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("Iteration")
-    if 1 < len(steps) <= 6:  # a tick at each evaluation (not 21, 24, ... for 20 and 40)
-        ax.set_xticks(steps)
+    gaps = np.diff(np.unique(steps))
+    if 1 < len(steps) <= 6 and gaps.min() >= 0.05 * np.ptp(steps):  # labels far apart
+        ax.set_xticks(steps)  # a tick at each evaluation (not 21, 24, ... for 20 and 40)
     else:  # whole, round steps: no step 3.5, no 21, 24
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     if len(steps) and np.ptp(steps) < 2:  # one evaluation: room for whole steps around it

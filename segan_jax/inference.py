@@ -117,8 +117,8 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
     """Writes one single-channel label PNG per input image (same stem) to predict.output,
-    and classes.json naming the label values (the folder-dataset format, so the folder can
-    serve as corrected masks).
+    and classes.json naming the label values (the folder dataset's format: corrected label
+    maps can become a dataset's masks/, with classes.json moved to its root).
 
     With several processes each reads, predicts and writes its share of the images; any
     process's failed check stops all of them before anything is written. Returns the paths of
@@ -128,12 +128,17 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     files, mine_targets = files[mine], targets[mine]
     # Reads and checks all of this process's images, every problem at once, before restoring
     # the network and writing anything.
-    info = train.saved_info(pathlib.Path(workdir)) or train.load_info(config)
+    run = pathlib.Path(workdir)
+    _check_same_run(config, run)  # a run, this one: before reading (or building) any data
+    info = train.saved_info(run) or train.load_info(config)
     out = pathlib.Path(config.predict.output)
     classes = {str(k): name for k, name in enumerate(info.classes)}
-    _check_classes_file(out / "classes.json", classes, config.predict.overwrite)
+    parallel.on_every_process(
+        lambda: _check_classes_file(out / "classes.json", classes, config.predict.overwrite),
+        "check classes.json",
+    )
     images = parallel.on_every_process(lambda: read_images(files, info), "read its images")
-    model, variables, info, _, normalizer = load_trained(config, pathlib.Path(workdir))
+    model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
     out.mkdir(parents=True, exist_ok=True)
     labels = evaluate.predict_all(model, variables, images, normalizer)
     for one, target in zip(labels, mine_targets, strict=True):
@@ -203,12 +208,12 @@ def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: 
     if overwrite or not path.exists():
         return
     try:
-        same = json.loads(path.read_text()) == classes
-    except (OSError, ValueError):
-        same = False
-    if not same:
+        problem = "names other classes" if json.loads(path.read_text()) != classes else ""
+    except (OSError, ValueError) as err:
+        problem = f"unreadable ({err})"
+    if problem:
         raise FileExistsError(
-            f"{path}: names other classes than this run's {list(classes.values())}; set "
+            f"{path}: {problem}; this run's classes are {list(classes.values())}: set "
             "--config.predict.overwrite=True to replace it, or choose another predict.output"
         )
 

@@ -21,6 +21,7 @@ import math
 import os
 import pathlib
 import sys
+import threading
 import time
 from typing import Any
 
@@ -335,6 +336,19 @@ def place_data(data: input_pipeline.TrainData, mesh: Mesh) -> input_pipeline.Tra
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+# Set (by launch.py's Ctrl-C handler, or any caller) to stop training at its next progress
+# line with a checkpoint: `_Loop.run` then raises `Stopped`.
+STOP = threading.Event()
+
+
+class Stopped(Exception):
+    """Training stopped on request (`STOP`) at ``step``, with a checkpoint of that step."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"stopped at step {step} with a checkpoint")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -829,10 +843,7 @@ def train_and_evaluate(
         if note:
             print(note, flush=True)
         workdir_lib.prepare(workdir, config)
-        frequencies = _frequencies(info) | {
-            "class_weights": config.loss.class_weights,
-            "weights": list(ctx.class_weights),
-        }
+        frequencies = _frequencies(info, config.loss.class_weights, ctx.class_weights)
         workdir_lib.write_json(workdir / "class_frequencies.json", frequencies)
         workdir_lib.write_json(workdir / DATASET_INFO, datasets.info_metadata(info))
         workdir_lib.empty_trash(workdir)  # what --overwrite discarded
@@ -966,13 +977,16 @@ def _check_same_path(workdir: pathlib.Path, data, advice: str) -> None:
         )
 
 
-def _frequencies(info) -> dict:
+def _frequencies(info, kind: str, weights: tuple[float, ...]) -> dict:
+    """class_frequencies.json: the training set's label counts and the loss's class weights."""
     counts = np.asarray(info.train_pixel_counts, np.int64)
     return {
         "classes": list(info.classes),
         "pixel_counts": counts.tolist(),
         "frequencies": (counts / counts.sum()).tolist(),
         "image_pixel_counts": np.asarray(info.train_image_pixel_counts).tolist(),
+        "class_weights": kind,
+        "weights": list(weights),
     }
 
 
@@ -1005,6 +1019,7 @@ class _Loop:
             kept = workdir_lib.drop_after(self.workdir / "metrics.jsonl", start)
         if self.evaluation_missed(start, kept):
             record = self.evaluate(state, start)
+            progress.included("evaluation")
         for step in range(start, end):
             state, step_metrics = step_fn(state, data, key)
             acc = step_metrics if acc is None else jax.tree.map(jnp.add, acc, step_metrics)
@@ -1018,6 +1033,10 @@ class _Loop:
             if self.evaluation_due(done):
                 record = self.evaluate(state, done)
                 progress.included("evaluation")
+            if done != end and stop_requested():
+                if done % cfg.checkpoint_every:
+                    self.save(0, done, state)
+                raise Stopped(done)
         return record
 
     def log(self, progress: workdir_lib.Progress, acc: dict, since: int, done: int) -> None:
@@ -1092,6 +1111,12 @@ class _Loop:
             f"IoU fg mean {_fmt(record['iou_foreground_mean'])} | {took}",
             flush=True,
         )
+
+
+def stop_requested() -> bool:
+    """Whether `STOP` is set on any process (all must stop at the same step)."""
+    flag = np.array([int(STOP.is_set())], np.int64)
+    return bool(parallel.sum_over_processes(flag)[0])
 
 
 def _warn_if_replicas_differ(variables: dict, step: int) -> None:

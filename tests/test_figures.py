@@ -115,6 +115,8 @@ def test_training_curves_has_class_lines_and_a_thick_mean():
     assert len(ticks) and all(float(t).is_integer() for t in ticks)  # iterations, not 2.85
     two = figures.training_curves([_eval_row(s, [0.5, 0.2, 0.1]) for s in (20, 40)], CLASSES)
     assert list(two.axes[0].get_xticks()) == [20, 40]  # the evaluations, not 21, 24, ...
+    close = [_eval_row(s, [0.5, 0.2, 0.1]) for s in (100, 1000, 1010)]  # a final odd step
+    assert list(figures.training_curves(close, CLASSES).axes[0].get_xticks()) != [100, 1000, 1010]
 
 
 def test_training_curves_filters_the_split_and_keeps_the_last_row_per_step():

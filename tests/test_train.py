@@ -201,7 +201,9 @@ def test_gradient_penalty_bounds_the_critic_instead_of_clipping():
     leaves = jax.tree.leaves(state.critic_params)
     assert max(float(np.abs(x).max()) for x in leaves) > config.critic.clip_value  # no clipping
     assert np.isfinite(metrics["critic_l_mae"]) and np.isfinite(metrics["loss"])
-    assert metrics["critic_gp"] > 0  # logged, unweighted
+    assert metrics["critic_gp"] > 0
+    config.critic.gp_weight = 1.0  # logged unweighted, before the update: the same
+    assert _run_step(config, jax.devices()[:1])[1]["critic_gp"] == metrics["critic_gp"]
     assert "critic_gp" not in _run_step(_config(num=1), jax.devices()[:1])[1]  # clipping: none
 
 

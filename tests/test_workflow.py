@@ -180,6 +180,12 @@ def test_prediction_keeps_a_classes_file_of_other_classes(tmp_path):
     with pytest.raises(FileExistsError, match="names other classes"):
         inference._check_classes_file(path, classes, overwrite=False)
     inference._check_classes_file(path, classes, overwrite=True)
+    path.write_text("{")
+    with pytest.raises(FileExistsError, match="unreadable"):
+        inference._check_classes_file(path, classes, overwrite=False)
+
+
+def test_a_negative_max_steps_this_run_is_refused(tmp_path):
     with pytest.raises(train.ConfigError, match="max_steps_this_run=-1 must be 0 or more"):
         train.train_and_evaluate(tiny.get_config(), str(tmp_path / "run"), max_steps_this_run=-1)
 
@@ -249,7 +255,9 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
     assert _metric_rows(resumed) == _metric_rows(tmp_path / "straight")
 
 
-def test_ctrl_c_stops_a_run_with_one_line_and_it_resumes(tmp_path, data_dir):
+def test_ctrl_c_stops_a_run_at_a_checkpoint_and_it_resumes_there(tmp_path, data_dir):
+    """The first Ctrl-C stops training at its next progress line with a checkpoint of that
+    step, in one line (no traceback), exit status 130; rerunning resumes from that step."""
     work = tmp_path / "run"
     args = ["--config=configs/tiny.py", f"--workdir={work}", "--config.train.num_steps=1000"]
     env = dict(os.environ, SEGAN_JAX_DATA_DIR=str(data_dir))
@@ -262,14 +270,15 @@ def test_ctrl_c_stops_a_run_with_one_line_and_it_resumes(tmp_path, data_dir):
         text=True,
     )
     for line in proc.stdout:
-        if line.startswith("step 4/1000"):  # a checkpoint every 2 steps
+        if line.startswith("step 4/1000"):  # a progress line every 2 steps
             proc.send_signal(signal.SIGINT)
             break
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Traceback" not in err, err
-    assert "interrupted (rerun the same command to resume" in err
+    stopped = re.search(r"stopped at step (\d+) with a checkpoint; rerun the same command", err)
+    assert stopped, err
     again = _launch(*args, "--max_steps_this_run=0", data_dir=data_dir).stdout
-    assert re.search(r"Restored step \d*[02468] ", again), again  # a checkpoint every 2
+    assert f"Restored step {stopped[1]} " in again, again
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
