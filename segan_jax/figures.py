@@ -43,6 +43,12 @@ IGNORE_COLOR = "tab:red"  # label values >= num_classes (the ignore index) in la
 LOSS_KEYS = ("loss", "ce")  # panel 1 of loss_curves
 ADVERSARIAL_KEYS = ("l_mae", "critic_l_mae")  # panel 2 (runs with a critic)
 PENALTY_KEY = "critic_gp"  # panel 3 (critic.constraint="gradient_penalty")
+CURVE_LABELS = {  # legend entries of loss_curves, by metrics.jsonl key
+    "loss": "total",
+    "ce": "cross-entropy",
+    "l_mae": "segmentor's (after the critic update)",
+    "critic_l_mae": "critic's (before its update)",
+}
 COLUMN_TITLES = ("Image", "Ground truth", "Prediction")
 
 
@@ -196,7 +202,8 @@ def loss_curves(train_rows: Sequence[Mapping]) -> Figure:
         for ax, (title, keys, ylabel, log) in zip(axes, panels, strict=True):
             for key in keys:
                 values = np.array([r.get(key, math.nan) for r in rows], np.float64)
-                ax.plot(steps, values, marker=marker, ms=3, lw=1.5, label=key)
+                label = CURVE_LABELS.get(key, key)
+                ax.plot(steps, values, marker=marker, ms=3, lw=1.5, label=label)
             ax.set(title=title, xlabel="Iteration", ylabel=ylabel)
             if log:  # plain numbers ("6", "10"), not "6 x 10^0"
                 ax.set_yscale("log")

@@ -139,9 +139,10 @@ def test_training_curves_filters_the_split_and_keeps_the_last_row_per_step():
 def test_loss_curves_panels(l_mae, gp, num_axes):
     fig = figures.loss_curves([_train_row(s, l_mae, gp) for s in (2, 4, 6)])
     assert len(fig.axes) == num_axes
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["loss", "ce"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["total", "cross-entropy"]
     if l_mae:  # both sides of the critic's L1 in one panel
-        assert [line.get_label() for line in fig.axes[1].get_lines()] == ["l_mae", "critic_l_mae"]
+        labels = [line.get_label() for line in fig.axes[1].get_lines()]
+        assert labels == [figures.CURVE_LABELS[k] for k in ("l_mae", "critic_l_mae")]
     if gp:
         assert [line.get_label() for line in fig.axes[2].get_lines()] == ["critic_gp"]
     assert fig.axes[-1].get_yscale() == "log"  # gradient norm
