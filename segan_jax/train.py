@@ -1028,14 +1028,13 @@ class _Loop:
                 continue
             self.log(progress, acc, since, done)
             acc, since = None, done
-            if done % cfg.checkpoint_every == 0 or done == end:
+            stop = done != end and stop_requested()  # asked at a progress line: saved here
+            if done % cfg.checkpoint_every == 0 or done == end or stop:
                 self.save(0, done, state)
             if self.evaluation_due(done):
                 record = self.evaluate(state, done)
                 progress.included("evaluation")
-            if done != end and stop_requested():
-                if done % cfg.checkpoint_every:
-                    self.save(0, done, state)
+            if stop:
                 raise Stopped(done)
         return record
 
