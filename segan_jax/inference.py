@@ -11,17 +11,24 @@ from segan_jax import checkpoints, datasets, evaluate, parallel, train
 from segan_jax import workdir as workdir_lib
 
 
+def run_info(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, data_info=None
+) -> datasets.DatasetInfo:
+    """The dataset facts the run in ``workdir`` trained on: its record of them, or for a run
+    that predates the record the data's (``data_info`` when the caller read them)."""
+    return train.saved_info(workdir) or data_info or train.load_info(config)
+
+
 def load_trained(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, data_info=None, checked=False
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, info=None, checked=False
 ):
     """(model, variables on this process's devices, dataset info, step, normalizer) of the
     workdir's latest checkpoint, or with eval.checkpoint="best" of its best/. `config` must be
     the run's (eval.* and predict.* may differ; `checked`: the caller checked that).
-    `data_info`: the data's facts, when the caller read them (else read here, for a run
-    that predates its record of them)."""
+    `info`: the run's `run_info`, when the caller read it (else read here)."""
     if not checked:
         _check_same_run(config, workdir)
-    info = train.saved_info(workdir) or data_info or train.load_info(config)
+    info = info or run_info(config, workdir)
     ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
     if config.eval.get("checkpoint") == "best":
         variables, step = _best_network(workdir)
@@ -79,7 +86,8 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
         return train.eval_split_name(config, data_info.splits)
 
     name = parallel.on_every_process(checked_split, "check its data")
-    model, variables, info, step, normalizer = load_trained(config, workdir, data_info, True)
+    info = run_info(config, workdir, data_info)
+    model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
     confusion, num_images = evaluate.confusion_over_processes(
@@ -130,7 +138,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     # the network and writing anything.
     run = pathlib.Path(workdir)
     _check_same_run(config, run)  # a run, this one: before reading (or building) any data
-    info = train.saved_info(run) or train.load_info(config)
+    info = run_info(config, run)
     out = pathlib.Path(config.predict.output)
     classes = {str(k): name for k, name in enumerate(info.classes)}
     parallel.on_every_process(
