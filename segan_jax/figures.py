@@ -315,6 +315,7 @@ def result_grid(
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3 * panel_w + 0.6, n * panel_h + 0.9), layout="constrained")
         axes = fig.subplots(n, 3, squeeze=False)
+        unlabelled = False  # any label map with ignored pixels: the legend names their colour
         for row, (image, truth, pred, name) in enumerate(
             zip(images, truths, predictions, names, strict=True)
         ):
@@ -322,6 +323,7 @@ def result_grid(
             axes[row, 0].imshow(display_image(image, channel), interpolation="antialiased")
             for ax, labels in zip(axes[row, 1:], (truth, pred), strict=True):
                 shades = class_shades(labels, k)
+                unlabelled |= bool(np.isnan(shades).any())
                 ax.imshow(shades, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             axes[row, 0].set_ylabel(name)
         for ax in axes.flat:
@@ -331,7 +333,6 @@ def result_grid(
             ax.spines[:].set_linewidth(0.6)
         for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
             ax.set_title(column)
-        unlabelled = any(np.isnan(class_shades(t, k)).any() for t in (*truths, *predictions))
         _class_legend(fig, classes, unlabelled)
         if title:
             fig.suptitle(title)

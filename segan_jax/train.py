@@ -519,19 +519,14 @@ def _with_eval_split(
     return config
 
 
-# Keys each host may set for itself (where its copy of the data lies); every other key must be
-# process 0's.
-PER_HOST_PREFIXES = ("data.path", "data.data_dir", "predict.")
-
-
 def _check_same_config(mine: str, first: str) -> None:
     """Refuses a config (``mine``, as JSON) that differs from process 0's (``first``) in any
-    key but ``PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a
+    key but ``workdir.PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a
     loss weight) or wait for each other forever (a step count)."""
     keys = [
         d.split(":")[0]
         for d in workdir_lib.config_differences(
-            json.loads(first), json.loads(mine), PER_HOST_PREFIXES
+            json.loads(first), json.loads(mine), workdir_lib.PER_HOST_PREFIXES
         )
     ]
     if keys:
