@@ -19,7 +19,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import Colormap
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter, MaxNLocator
@@ -39,7 +39,11 @@ STYLE = {
     "axes.spines.right": False,
 }
 DPI = 200
-IGNORE_COLOR = "tab:red"  # label values >= num_classes (the ignore index) in label maps
+# Label maps: "grey", a shade per class, black to white (the paper's Fig. 3); "classes",
+# background (class 0) black and every other class the colour of its curves.
+LABEL_PALETTES = ("grey", "classes")
+# Label values outside 0..K-1 (unlabelled pixels, the ignore index), per palette.
+IGNORE_COLORS = {"grey": "tab:red", "classes": "white"}
 LOSS_KEYS = ("loss", "ce")  # panel 1 of loss_curves
 ADVERSARIAL_KEYS = ("l_mae", "critic_l_mae")  # panel 2 (runs with a critic)
 PENALTY_KEY = "critic_gp"  # panel 3 (critic.constraint="gradient_penalty")
@@ -98,7 +102,8 @@ def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict
       split: only records of this split; None: any split.
 
     Returns:
-      The record (keys of ``evaluate.EVAL_KEYS``), or None when there is none.
+      The record (keys of ``evaluate.EVAL_KEYS``; a cohort's, of ``--config.eval.cohort``,
+      also ``data``: with ``split`` None it may be one), or None when there is none.
     """
     records = []
     for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
@@ -226,7 +231,7 @@ def class_shades(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
     Returns:
       (H, W) float64: class k -> k / (K - 1) (background 0 black, the last class white);
-      NaN for values outside 0..K-1 (the ignore index), drawn in ``IGNORE_COLOR``.
+      NaN for values outside 0..K-1 (the ignore index), drawn in ``IGNORE_COLORS["grey"]``.
     """
     labels = np.asarray(labels)
     valid = (labels >= 0) & (labels < num_classes)
@@ -264,19 +269,40 @@ def _stretch(image: np.ndarray, percentiles: tuple[float, float], axis) -> np.nd
     return np.clip((image - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
 
 
-def _label_cmap() -> Colormap:
-    return matplotlib.colormaps["gray"].with_extremes(bad=IGNORE_COLOR)
+def label_colours(labels: np.ndarray, num_classes: int, palette: str = "grey") -> np.ndarray:
+    """(H, W, 3) float RGB in [0, 1] of an (H, W) integer label map in ``palette``
+    (``LABEL_PALETTES``); values outside 0..K-1 (the ignore index) in the palette's
+    ``IGNORE_COLORS``."""
+    colours = _palette(num_classes, palette)
+    labels = np.asarray(labels)
+    valid = (labels >= 0) & (labels < num_classes)
+    return colours[np.where(valid, labels, num_classes)]
 
 
-def _class_legend(fig: Figure, classes: Sequence[str], unlabelled: bool = False) -> None:
-    """Each class's shade, and with ``unlabelled`` the colour of unlabelled (ignored) pixels."""
-    shades = class_shades(np.arange(len(classes)), len(classes))
+def _palette(num_classes: int, palette: str) -> np.ndarray:
+    """(K + 1, 3) RGB: each class's colour, then the unlabelled pixels'."""
+    if palette not in LABEL_PALETTES:
+        raise ValueError(f"palette={palette!r} must be one of {LABEL_PALETTES}")
+    if palette == "grey":
+        shades = class_shades(np.arange(num_classes), num_classes)
+        colours = [(s, s, s) for s in shades]
+    else:
+        colours = [(0.0, 0.0, 0.0), *_class_colors(num_classes)[1:]]
+    colours.append(IGNORE_COLORS[palette])
+    return np.array([to_rgb(c) for c in colours])
+
+
+def _class_legend(
+    fig: Figure, classes: Sequence[str], unlabelled: bool = False, palette: str = "grey"
+) -> None:
+    """Each class's colour, and with ``unlabelled`` the colour of unlabelled (ignored) pixels."""
+    colours = _palette(len(classes), palette)
+    names = [f"{k}: {name}" for k, name in enumerate(classes)]
+    names += ["unlabelled"] if unlabelled else []
     handles = [
-        Patch(facecolor=(s, s, s), edgecolor="black", label=f"{k}: {name}")
-        for k, (s, name) in enumerate(zip(shades, classes, strict=True))
+        Patch(facecolor=colour, edgecolor="black", label=name)
+        for colour, name in zip(colours, names, strict=False)
     ]
-    if unlabelled:
-        handles.append(Patch(facecolor=IGNORE_COLOR, edgecolor="black", label="unlabelled"))
     fig.legend(
         handles=handles, loc="outside lower center", ncol=min(len(classes), 6), frameon=False
     )
@@ -290,14 +316,18 @@ def result_grid(
     classes: Sequence[str],
     title: str | None = None,
     channel: int | None = None,
+    palette: str = "grey",
 ) -> Figure:
-    """Rows of image | ground truth | prediction, labels in class shades (the paper's Fig. 3).
+    """Rows of image | ground truth | prediction, labels in class shades (the paper's Fig. 3)
+    or, with ``palette="classes"``, in colours (easier to tell apart beyond four classes; the
+    colours repeat beyond 20).
 
     Args:
       images: N raw (H, W, C) images (see :func:`display_image`; ``channel`` picks one).
       truths, predictions: N (H, W) label maps.
       names: N row labels.
-      classes: K class names; a legend maps each grey shade to its class.
+      classes: K class names; a legend maps each colour to its class.
+      palette: one of ``LABEL_PALETTES`` (see :func:`label_colours`).
 
     Returns:
       A figure with 3 N axes, row-major.
@@ -311,7 +341,8 @@ def result_grid(
     h, w = np.shape(images[0])[:2]
     panel_w = 3.3
     panel_h = min(max(panel_w * h / w, 1.0), 4.0)
-    cmap, k = _label_cmap(), len(classes)
+    k = len(classes)
+    _palette(k, palette)  # a bad palette fails before any drawing
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3 * panel_w + 0.6, n * panel_h + 0.9), layout="constrained")
         axes = fig.subplots(n, 3, squeeze=False)
@@ -322,9 +353,8 @@ def result_grid(
             # Smoothed when shrunk (a 1000-pixel tile in a 3-inch panel); labels are not.
             axes[row, 0].imshow(display_image(image, channel), interpolation="antialiased")
             for ax, labels in zip(axes[row, 1:], (truth, pred), strict=True):
-                shades = class_shades(labels, k)
-                unlabelled |= bool(np.isnan(shades).any())
-                ax.imshow(shades, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+                unlabelled |= bool(((labels < 0) | (labels >= k)).any())
+                ax.imshow(label_colours(labels, k, palette), interpolation="nearest")
             axes[row, 0].set_ylabel(name)
         for ax in axes.flat:
             ax.set_xticks([])
@@ -333,7 +363,7 @@ def result_grid(
             ax.spines[:].set_linewidth(0.6)
         for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
             ax.set_title(column)
-        _class_legend(fig, classes, unlabelled)
+        _class_legend(fig, classes, unlabelled, palette)
         if title:
             fig.suptitle(title)
     return fig
@@ -366,6 +396,7 @@ def failure_grid(
     scores: Sequence[Mapping],
     n: int = 3,
     channel: int | None = None,
+    palette: str = "grey",
 ) -> Figure:
     """The ``n`` worst images of a split (the paper's Fig. 6), as a :func:`result_grid`.
 
@@ -384,6 +415,7 @@ def failure_grid(
         classes,
         title=f"The {len(worst)} images of lowest foreground-mean F1",
         channel=channel,
+        palette=palette,
     )
 
 

@@ -7,6 +7,7 @@ import math
 import matplotlib
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
 from configs import tiny
 from segan_jax import evaluate, figures
@@ -226,10 +227,11 @@ def test_result_grid_layout_and_legend():
     ]
     clean = figures.result_grid(images[1:], truths[1:], predictions[1:], names[1:], CLASSES)
     assert "unlabelled" not in [t.get_text() for t in clean.legends[0].get_texts()]
-    truth_image = fig.axes[1].get_images()[0].get_array()
-    np.testing.assert_allclose(
-        truth_image.filled(np.nan), figures.class_shades(truths[0], len(CLASSES))
-    )
+    truth_image = np.asarray(fig.axes[1].get_images()[0].get_array())
+    shades = figures.class_shades(truths[0], len(CLASSES))
+    np.testing.assert_allclose(truth_image[1:, :, 0], shades[1:])  # grey: R = G = B = shade
+    np.testing.assert_allclose(truth_image[1:, :, 0], truth_image[1:, :, 2])
+    np.testing.assert_allclose(truth_image[0, 0], to_rgb(figures.IGNORE_COLORS["grey"]))
     assert _png_bytes(fig).startswith(b"\x89PNG")
 
 
@@ -272,7 +274,29 @@ def test_failure_grid_shows_the_worst_images_by_name():
     labels = [fig.axes[0].get_ylabel(), fig.axes[3].get_ylabel()]
     assert labels == ["img2\nF1 0.200", "img0\nF1 0.400"]
     shown = fig.axes[4].get_images()[0].get_array()  # truth of the second row: img0
-    np.testing.assert_allclose(shown, figures.class_shades(truths[0], len(CLASSES)))
+    np.testing.assert_allclose(shown, figures.label_colours(truths[0], len(CLASSES)))
+
+
+def test_the_class_palette_tells_classes_apart_in_their_curves_colours():
+    k = 5
+    labels = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)
+    rgb = figures.label_colours(labels, k, "classes")
+    assert rgb.shape == (2, 3, 3) and rgb.min() >= 0.0 and rgb.max() <= 1.0
+    colours = [tuple(c) for c in rgb.reshape(-1, 3)]
+    assert len(set(colours)) == k + 1  # every class and the unlabelled pixels differ
+    assert colours[0] == (0.0, 0.0, 0.0) and colours[-1] == (1.0, 1.0, 1.0)
+    rows = [_eval_row(step, [0.5, 0.2, 0.1, 0.3, 0.4]) for step in (10, 20)]
+    fig = figures.training_curves(rows, [f"c{i}" for i in range(k)])
+    curve_colours = [to_rgb(line.get_color()) for line in fig.axes[0].get_lines()[1:k]]
+    assert curve_colours == colours[1:k]
+    images, truths, predictions, names = _split(1)
+    fig = figures.result_grid(images, truths, predictions, names, CLASSES, palette="classes")
+    np.testing.assert_allclose(
+        fig.axes[2].get_images()[0].get_array(),
+        figures.label_colours(predictions[0], len(CLASSES), "classes"),
+    )
+    with pytest.raises(ValueError, match="palette='rainbow' must be one of"):
+        figures.result_grid(images, truths, predictions, names, CLASSES, palette="rainbow")
 
 
 # ----------------------------------------------------------------------------- tables
