@@ -23,7 +23,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segan_jax import train  # noqa: E402
+from segan_jax import inference, train  # noqa: E402
 
 EXPERIMENTS = (
     "paper_ce",
@@ -64,7 +64,11 @@ def run_one(name: str, args, seed: int) -> dict | None:
     """
     config = experiment_config(name, args, seed)
     workdir = pathlib.Path(args.workdir) / name / f"seed{seed}"
-    done = sorted(workdir.glob(f"eval/*_{args.steps}.json"))
+    done = sorted(  # training's record (not a cohort's, from --config.eval.cohort)
+        p
+        for p in workdir.glob(f"eval/*_{args.steps}.json")
+        if not p.name.startswith(inference.COHORT_PREFIX)
+    )
     if done:
         return json.loads(done[0].read_text())
     if args.report_only:

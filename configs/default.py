@@ -104,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
     # what --mode=evaluate and --mode=predict use: "latest" (checkpoints/) or "best" (best/,
     # the best foreground F1 on eval.split; without a val split that choice has seen test)
     c.eval.checkpoint = "latest"
+    # --mode=evaluate on this labelled folder (images/, masks/, optional classes.json: another
+    # cohort's tiles) instead of eval.split; records eval/cohort-<folder>_<step>.json
+    c.eval.cohort = ""
 
     c.predict = ml_collections.ConfigDict()
     c.predict.input = ""  # an image file or a folder of images

@@ -391,18 +391,28 @@ def _split_problems(
     split_dir: pathlib.Path, num_classes: int, decoded: list[_ImageKind]
 ) -> list[str]:
     """Problems of one split; appends (path, channels, bits) of readable images to ``decoded``."""
+    images, masks, problems = _split_listing(split_dir)
+    for stem in sorted(images.keys() | masks.keys()):
+        image, _ = _read_pair(images.get(stem, []), masks.get(stem, []), num_classes, problems)
+        if image is not None:
+            decoded.append((images[stem][0], image.shape[2], image.dtype.itemsize * 8))
+    return problems
+
+
+_Listing = dict[str, list[pathlib.Path]]  # stem -> files of that stem
+
+
+def _split_listing(split_dir: pathlib.Path) -> tuple[_Listing, _Listing, list[str]]:
+    """(images by stem, masks by stem, problems of the listing) of a split folder."""
     if not split_dir.is_dir():
-        return [f"{split_dir}: missing split folder (needs images/ and masks/ inside)"]
+        return {}, {}, [f"{split_dir}: missing split folder (needs images/ and masks/ inside)"]
     folders = (split_dir / "images", split_dir / "masks")
     missing = [f"{folder}: missing folder" for folder in folders if not folder.is_dir()]
     if missing:
-        return missing
+        return {}, {}, missing
     images = _by_stem(_files(folders[0], IMAGE_SUFFIXES))
     masks = _by_stem(_files(folders[1], (".png",)))
-    problems = _listing_problems(folders, images, masks)
-    for stem in sorted(images.keys() | masks.keys()):
-        problems += _pair_problems(images.get(stem, []), masks.get(stem, []), num_classes, decoded)
-    return problems
+    return images, masks, _listing_problems(folders, images, masks)
 
 
 def _listing_problems(
@@ -429,18 +439,16 @@ def _listing_problems(
     return problems
 
 
-def _pair_problems(
+def _read_pair(
     image_paths: list[pathlib.Path],
     mask_paths: list[pathlib.Path],
     num_classes: int,
-    decoded: list[_ImageKind],
-) -> list[str]:
-    """Decodes one image and/or mask; checks sizes and label values."""
-    problems: list[str] = []
+    problems: list[str],
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(image, mask) of one stem, each None when absent or unreadable; appends their problems
+    (unreadable, sizes that differ, label values beyond the classes) to ``problems``."""
     image = try_read(read_image, image_paths[:1], "image", problems)
     mask = try_read(read_mask, mask_paths[:1], "mask", problems)
-    if image is not None:
-        decoded.append((image_paths[0], image.shape[2], image.dtype.itemsize * 8))
     if image is not None and mask is not None and image.shape[:2] != mask.shape:
         problems.append(
             f"{mask_paths[0]}: mask is {_size(mask)} but image {image_paths[0].name} "
@@ -448,7 +456,7 @@ def _pair_problems(
         )
     if mask is not None and num_classes:
         problems += _label_problems(mask_paths[0], mask, num_classes)
-    return problems
+    return image, mask
 
 
 def try_read(
@@ -480,7 +488,7 @@ def _label_problems(path: pathlib.Path, mask: np.ndarray, num_classes: int) -> l
     bad = np.unique(mask[outside]).tolist()
     shown = str(bad) if len(bad) <= 10 else f"[{', '.join(map(str, bad[:10]))}, ...]"
     return [
-        f"{path}: label values {shown} not in classes.json (0..{num_classes - 1}; "
+        f"{path}: label values {shown} outside the classes (0..{num_classes - 1}; "
         f"{UNLABELLED} marks unlabelled pixels)"
     ]
 
@@ -496,6 +504,48 @@ def _mixed_problems(decoded: list[_ImageKind], field: int, describe: str) -> lis
         for kind in decoded
         if kind[field] != common
     ]
+
+
+def read_labelled_folder(
+    folder: pathlib.Path,
+    num_classes: int,
+    image_problems: Callable[[pathlib.Path, np.ndarray], list[str]],
+    ignore_index: int = UNLABELLED,
+    shard: slice = slice(None),
+) -> Split:
+    """The images and masks of a folder laid out as one split of a folder dataset
+    (``images/<stem>.*``, ``masks/<stem>.png``), e.g. another cohort's labelled tiles for a
+    trained model, every file checked before any is returned: the listing as a dataset's
+    split (masks for images and images for masks, names), each file decoded once (sizes, labels
+    0..num_classes-1 or UNLABELLED) and ``image_problems(path, image)`` of each image (e.g.
+    against the model's inputs).
+
+    Args:
+      shard: the stems (sorted) to decode and return, e.g. one process's share; the listing is
+        checked whole.
+
+    Returns:
+      The shard's images (H, W, C), masks (H, W) uint8 (unlabelled pixels as ``ignore_index``)
+      and names (stems), sorted by stem.
+
+    Raises:
+      DatasetError: naming every problem, one '<path>: <problem>' line each.
+    """
+    if not folder.is_dir():
+        raise DatasetError([f"{folder}: folder not found (it needs images/ and masks/ inside)"])
+    images, masks, problems = _split_listing(folder)
+    split = Split([], [], [])
+    for stem in sorted(images.keys() | masks.keys())[shard]:
+        image, mask = _read_pair(images.get(stem, []), masks.get(stem, []), num_classes, problems)
+        if image is not None:
+            problems += image_problems(images[stem][0], image)
+        if image is not None and mask is not None:
+            split.images.append(image)
+            split.masks.append(_unlabelled_as(mask, ignore_index))
+            split.names.append(stem)
+    if problems:
+        raise DatasetError(problems)
+    return split
 
 
 # ----------------------------------------------------------------------------- sources

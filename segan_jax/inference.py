@@ -1,7 +1,9 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
 import json
+import os
 import pathlib
+import re
 
 import jax
 import ml_collections
@@ -96,15 +98,99 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     return evaluate.result_record(step, name, info.classes, confusion), num_images
 
 
+COHORT_PREFIX = "cohort-"  # of the split names of cohorts' evaluation records
+
+
+def evaluate_cohort(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, int]:
+    """(evaluation record, number of images) of the checkpoint eval.checkpoint names on every
+    image of the labelled folder eval.cohort (another cohort: ``images/``, ``masks/`` and
+    optionally ``classes.json``, as one split of a folder dataset); writes nothing. The
+    record's split is `cohort_name` of the folder and its ``data`` the folder's path. Each
+    process reads and checks its share of the images (every problem at once) before the
+    network is restored, and evaluates it; the counts are summed."""
+    _check_same_run(config, workdir)
+    info = run_info(config, workdir)
+    folder = cohort_folder(config.eval.cohort)
+    ignore, mine = config.data.ignore_index, slice(jax.process_index(), None, jax.process_count())
+    shard = parallel.on_every_process(
+        lambda: read_cohort(folder, info, ignore, mine), "read the cohort"
+    )
+    model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
+    confusion, num_images = evaluate.confusion_over_processes(
+        model, variables, shard, normalizer, ignore
+    )
+    record = evaluate.result_record(step, cohort_name(folder), info.classes, confusion)
+    return {**record, "data": str(folder)}, num_images
+
+
+def cohort_folder(path: str) -> pathlib.Path:
+    """eval.cohort as an absolute path without ``~``, ``.`` or ``..`` (links kept)."""
+    return pathlib.Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def cohort_name(folder: pathlib.Path) -> str:
+    """The split name of the evaluation records of the `cohort_folder` ``folder``:
+    ``cohort-<folder name>``, with the parent's name before a split's
+    (``/data/hospital_b/test`` -> ``cohort-hospital-b-test``), in lower-case letters, digits
+    and dashes."""
+    parts = [folder.parent.name, folder.name] if folder.name in datasets.SPLITS else [folder.name]
+    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+    return f"{COHORT_PREFIX}{slug or 'root'}"
+
+
+def read_cohort(
+    folder: pathlib.Path,
+    info: datasets.DatasetInfo,
+    ignore_index: int,
+    shard: slice = slice(None),
+) -> datasets.Split:
+    """The labelled folder's images and masks (`datasets.read_labelled_folder`, ``shard`` of
+    them), checked to be the run's kind of data: its classes.json (in the folder or, for a
+    folder dataset's split, its parent; optional) naming the run's classes in order, every
+    image with the training images' channels and pixel type. DatasetError naming every
+    problem."""
+    problems = _cohort_classes_problems(folder, info.classes)
+    try:
+        cohort = datasets.read_labelled_folder(
+            folder,
+            len(info.classes),
+            lambda f, image: _image_problems(f, image, info),
+            ignore_index,
+            shard,
+        )
+    except datasets.DatasetError as err:
+        raise datasets.DatasetError(problems + err.problems) from None
+    if problems:
+        raise datasets.DatasetError(problems)
+    return cohort
+
+
+def _cohort_classes_problems(folder: pathlib.Path, classes: tuple[str, ...]) -> list[str]:
+    parent = folder.parent / "classes.json" if folder.name in datasets.SPLITS else None
+    path = next((p for p in (folder / "classes.json", parent) if p and p.is_file()), None)
+    if path is None:
+        return []  # label values read as the run's
+    try:
+        names = datasets.read_classes(path)
+    except (OSError, ValueError) as err:
+        return [f"{path}: {err}"]
+    if names == tuple(classes):
+        return []
+    return [f"{path}: names {list(names)}; the run was trained on {list(classes)} in that order"]
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Evaluates the checkpoint eval.checkpoint names on eval.split; process 0 prints the
-    per-class table and writes DIR/eval/<split>_<step>.json, or, where a record with other
-    figures is already there (training's evaluation of that step, made with other keys),
-    beside it as <split>_<step>-2.json, -3, ...: no record is replaced. Returns the record."""
+    """Evaluates the checkpoint eval.checkpoint names on eval.split, or with eval.cohort set
+    on that labelled folder (`evaluate_cohort`); process 0 prints the per-class table and
+    writes DIR/eval/<split>_<step>.json, or, where a record with other figures is already
+    there (training's evaluation of that step, made with other keys), beside it as
+    <split>_<step>-2.json, -3, ...: no record is replaced. Returns the record."""
     workdir = pathlib.Path(workdir)
-    record, num_images = evaluate_trained(config, workdir)
+    cohort = config.eval.get("cohort", "")  # runs saved before the key lack it
+    record, num_images = (evaluate_cohort if cohort else evaluate_trained)(config, workdir)
     if jax.process_index() == 0:
-        print(f"{record['split']} split, step {record['step']} ({num_images} images)")
+        where = f" ({record['data']})" if cohort else " split"
+        print(f"{record['split']}{where}, step {record['step']} ({num_images} images)")
         print(evaluate.table_from_record(record), flush=True)
         print(f"-> {evaluate.save_record(workdir, record)}", flush=True)
     return record

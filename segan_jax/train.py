@@ -797,6 +797,10 @@ def train_and_evaluate(
         raise NotADirectoryError(f"{workdir}: --workdir is a file, not a folder")
     if max_steps_this_run is not None and max_steps_this_run < 0:
         raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
+    if config.eval.get("cohort"):  # before the data are built
+        raise ConfigError(
+            "config: eval.cohort is for --mode=evaluate; training evaluates eval.split"
+        )
     config = _with_absolute_data_paths(config)
     # Every process must run process 0's config (before anything that could fail on some).
     mine = json.dumps(workdir_lib.config_dict(config))

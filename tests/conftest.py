@@ -37,3 +37,21 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 def full_optimisation() -> str:
     """XLA_FLAGS for a subprocess that computes more than it compiles: without level 0."""
     return _FULL_OPTIMISATION
+
+
+@pytest.fixture(scope="session")
+def write_labelled_folder():
+    """A function writing a ``datasets.Split`` as a labelled folder: images/<name>.tif and
+    masks/<name>.png (one split of a folder dataset, an evaluation cohort)."""
+    import tifffile
+    from PIL import Image
+
+    def write(folder: pathlib.Path, split) -> pathlib.Path:
+        for sub in ("images", "masks"):
+            (folder / sub).mkdir(parents=True)
+        for name, image, mask in zip(split.names, split.images, split.masks, strict=True):
+            tifffile.imwrite(folder / "images" / f"{name}.tif", image, photometric="minisblack")
+            Image.fromarray(mask).save(folder / "masks" / f"{name}.png")
+        return folder
+
+    return write

@@ -472,7 +472,7 @@ CASES = {
     "rgb mask": (lambda r: _replace_mask(r, np.zeros((*SIZES[1], 3), np.uint8)), "single-channel"),
     "bad labels": (
         _bad_labels,
-        "label values [7, 9] not in classes.json (0..2; 255 marks unlabelled pixels)",
+        "label values [7, 9] outside the classes (0..2; 255 marks unlabelled pixels)",
     ),
     "float tiff": (_float_tiff, "pixel type float32 not supported"),
     "mixed channels": (_grey_image, "1 channel(s), but most images have 3 channel(s)"),

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from configs import tiny
-from segan_jax import train
+from segan_jax import datasets, inference, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "results.ipynb"
@@ -99,3 +99,35 @@ def test_the_curves_of_a_run_not_yet_evaluated(tmp_path, data_dir):
     assert "no evaluation of the 'test' split yet" in text and pngs == 1
     assert (tmp_path / "figures" / "loss_curves.png").is_file()
     assert not (tmp_path / "figures" / "training_curves.png").exists()
+
+
+def test_the_figures_of_a_cohort_in_class_colours(
+    tiny_run, data_dir, tmp_path, write_labelled_folder
+):
+    """COHORT shows a folder evaluated with --config.eval.cohort: its Table I and predictions
+    (no curves: training never evaluates it); PALETTE="classes" draws the maps in colour."""
+    config = tiny.get_config()
+    config.data.data_dir, config.critic.num = str(data_dir), 1
+    cohort = write_labelled_folder(tmp_path / "lab_b", datasets.load_split(config.data, "test"))
+    config.eval.cohort = str(cohort)
+    inference.evaluate_workdir(config, str(tiny_run))
+    nb = _read()
+    settings = {
+        "COHORT = None": f"COHORT = {str(cohort)!r}",
+        'PALETTE = "grey"': 'PALETTE = "classes"',
+    }
+    for old, new in settings.items():
+        assert old in nb.cells[1].source
+        nb.cells[1].source = nb.cells[1].source.replace(old, new)
+    nb.cells = nb.cells[:15]  # up to the worst images
+    env = dict(os.environ, SEGAN_WORKDIR=str(tiny_run), SEGAN_JAX_DATA_DIR=str(data_dir))
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO)}}
+    )
+    client.execute(env=env)
+    text, pngs, _ = _outputs(nb)
+    assert "'cohort-lab-b' is evaluated by --mode=evaluate" in text
+    assert "cohort-lab-b split, step 4" in text and "predicted 3 cohort-lab-b images" in text
+    assert pngs == 3  # the loss curves, the result grid and the worst images
+    for name in ("result_grid", "worst_images"):  # beside the split's, not over them
+        assert (tiny_run / "figures" / f"{name}_cohort-lab-b.png").is_file()

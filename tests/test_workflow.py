@@ -629,6 +629,76 @@ def test_evaluate_mode_never_replaces_a_record(two_step_run, data_dir, tmp_path,
     assert len(list((work / "eval").iterdir())) == 2
 
 
+def test_evaluating_a_cohort_folder_of_the_test_images_gives_the_test_figures(
+    two_step_run, data_dir, tmp_path, capsys, write_labelled_folder
+):
+    config = _tiny(data_dir, num_steps=2)
+    work = tmp_path / "run"
+    shutil.copytree(two_step_run, work)
+    cohort = tmp_path / "hospital B" / "test"
+    write_labelled_folder(cohort, datasets.load_split(config.data, "test"))
+    (cohort.parent / "classes.json").write_text(json.dumps(dict(enumerate(datasets.DEMO_CLASSES))))
+    config.eval.cohort = str(cohort)
+    config.data.data_dir = str(tmp_path / "no_data")  # the training data are not read
+    record = inference.evaluate_workdir(config, str(work))
+    assert not (tmp_path / "no_data").exists()
+    trained = json.loads((work / "eval" / "test_2.json").read_text())
+    assert record["confusion_matrix"] == trained["confusion_matrix"]
+    assert record["split"] == "cohort-hospital-b-test" and record["data"] == str(cohort)
+    assert json.loads((work / "eval" / "cohort-hospital-b-test_2.json").read_text()) == record
+    assert f"cohort-hospital-b-test ({cohort}), step 2 (3 images)" in capsys.readouterr().out
+    assert figures.latest_record(work, "test") == trained
+
+
+def test_a_cohort_of_other_classes_or_data_is_refused_naming_every_file(
+    two_step_run, data_dir, tmp_path, write_labelled_folder
+):
+    config = _tiny(data_dir, num_steps=2)
+    split = datasets.load_split(config.data, "test")
+    cohort = write_labelled_folder(tmp_path / "cohort", split)
+    (cohort / "classes.json").write_text(json.dumps({"0": "background", "1": "nucleus"}))
+    first, second, third = split.names
+    mask = split.masks[0].copy()
+    mask[0, 0] = 7
+    Image.fromarray(mask).save(cohort / "masks" / f"{first}.png")
+    (cohort / "masks" / f"{second}.png").unlink()
+    (cohort / "images" / f"{third}.tif").unlink()  # 8-bit RGB instead of 16-bit 2-channel
+    Image.fromarray(np.stack([split.masks[2]] * 3, -1)).save(cohort / "images" / f"{third}.png")
+    config.eval.cohort = str(cohort)
+    with pytest.raises(datasets.DatasetError) as err:
+        inference.evaluate_workdir(config, str(two_step_run))
+    assert [p.split(": ", 1)[1][:32] for p in err.value.problems] == [
+        "names ['background', 'nucleus'];",
+        "no mask; expected " + str(cohort / "masks")[:14],
+        "label values [7] outside the cla",
+        "3 channels, the model takes 2",
+        "uint8 pixels, the model was trai",
+    ], err.value.problems
+    assert not list((two_step_run / "eval").glob("cohort-*"))
+    with pytest.raises(datasets.DatasetError, match="no_such: folder not found"):
+        inference.read_cohort(tmp_path / "no_such", datasets.load_info(config.data), 255)
+
+
+def test_cohort_names_do_not_depend_on_how_the_path_is_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = lambda path: inference.cohort_name(inference.cohort_folder(path))  # noqa: E731
+    assert name("Lab B") == name(str(tmp_path / "x" / ".." / "Lab B")) == "cohort-lab-b"
+    assert (
+        name("/data/hospital_b/test/")
+        == name("/data/hospital_b/test/.")
+        == ("cohort-hospital-b-test")
+    )
+    assert name("/") == "cohort-root"
+
+
+def test_training_refuses_a_cohort(tmp_path, data_dir):
+    config = _tiny(data_dir, num_steps=2)
+    config.eval.cohort = str(tmp_path)
+    with pytest.raises(train.ConfigError, match="eval.cohort is for --mode=evaluate"):
+        train.train_and_evaluate(config, str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
 def test_overwrite_discards_only_a_run(tmp_path, data_dir):
     """(That a bad config leaves the earlier run alone: the test above.)"""
     config = _tiny(data_dir, num_steps=2)
