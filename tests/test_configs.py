@@ -1,6 +1,7 @@
 """Every config file builds a working model and optimiser (no config names dead code)."""
 
 import importlib
+import json
 import pathlib
 
 import jax
@@ -50,3 +51,23 @@ def test_paper_configs_follow_the_paper():
     assert get("paper_critic_single").critic.num == 1
     assert get("paper_critic_per_class").critic.num == -1
     assert get("paper_ce_weighted").loss.class_weights == "inverse_frequency"
+
+
+def test_a_saved_config_gets_the_use_keys_added_since_the_run_started(tmp_path):
+    from configs import saved, tiny
+    from segan_jax import workdir
+
+    config = tiny.get_config()
+    config.train.num_steps = 7
+    written = workdir.config_dict(config)
+    del written["eval"]["cohort"], written["predict"]["overwrite"]
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    loaded = saved.get_config(str(tmp_path))
+    assert loaded.eval.cohort == "" and loaded.predict.overwrite is False
+    assert loaded.train.num_steps == 7 and "hue" in loaded.augment
+    del written["predict"]  # a whole group too
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    assert saved.get_config(str(tmp_path)).predict.output == ""
+    del written["augment"]["hue"]  # a training key the run lacks stays absent
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    assert "hue" not in saved.get_config(str(tmp_path)).augment
