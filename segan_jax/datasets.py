@@ -533,6 +533,9 @@ def read_labelled_folder(
     """
     if not folder.is_dir():
         raise DatasetError([f"{folder}: folder not found (it needs images/ and masks/ inside)"])
+    splits = [s for s in SPLITS if (folder / s / "images").is_dir()]
+    if splits and not (folder / "images").is_dir():
+        raise DatasetError([f"{folder}: a folder dataset; name one of its splits: {splits}"])
     images, masks, problems = _split_listing(folder)
     split = Split([], [], [])
     for stem in sorted(images.keys() | masks.keys())[shard]:

@@ -675,8 +675,12 @@ def test_a_cohort_of_other_classes_or_data_is_refused_naming_every_file(
         "uint8 pixels, the model was trai",
     ], err.value.problems
     assert not list((two_step_run / "eval").glob("cohort-*"))
+    info = datasets.load_info(config.data)
     with pytest.raises(datasets.DatasetError, match="no_such: folder not found"):
-        inference.read_cohort(tmp_path / "no_such", datasets.load_info(config.data), 255)
+        inference.read_cohort(tmp_path / "no_such", info, 255)
+    (tmp_path / "dataset" / "test" / "images").mkdir(parents=True)
+    with pytest.raises(datasets.DatasetError, match=r"dataset: a folder dataset; .*\['test'\]"):
+        inference.read_cohort(tmp_path / "dataset", info, 255)
 
 
 def test_cohort_names_do_not_depend_on_how_the_path_is_typed(tmp_path, monkeypatch):
