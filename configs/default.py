@@ -107,6 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
     # --mode=evaluate on this labelled folder (images/, masks/, optional classes.json: another
     # cohort's tiles) instead of eval.split; records eval/cohort-<folder>_<step>.json
     c.eval.cohort = ""
+    # Images larger than this (pixels, a multiple of the output stride; 0: none) are evaluated
+    # and predicted in overlapping windows of this size, for a bounded device memory; each
+    # window's prediction is kept tile_margin pixels or more inside it (segan_jax/tiles.py).
+    c.eval.tile_size = 0
+    c.eval.tile_margin = 64
 
     c.predict = ml_collections.ConfigDict()
     c.predict.input = ""  # an image file or a folder of images

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from segan_jax import datasets, input_pipeline, metrics, models, parallel
+from segan_jax import datasets, input_pipeline, metrics, models, parallel, tiles
 from segan_jax import workdir as workdir_lib
 
 EVAL_KEYS = (
@@ -123,9 +123,10 @@ def predict_all(
     images: list[np.ndarray],
     normalizer: input_pipeline.Normalizer,
     devices: list | None = None,
+    tiling: tiles.Tiling | None = None,
 ) -> list[np.ndarray]:
     """Label maps of whole images, one image per device at a time (`devices`: default this
-    process's).
+    process's), or with `tiling` one window per device at a time, stitched (`tiles`).
 
     Args:
       images: each (H, W, C) raw pixel values; sizes may differ.
@@ -133,6 +134,13 @@ def predict_all(
     Returns:
       each (H, W) uint8 predicted labels, same order.
     """
+    if tiling is not None:
+        shapes = [image.shape[:2] for image in images]
+        windows = tiles.windows(shapes, tiling)
+        parts = [tiles.crop(images[w.owner], w) for w in windows]
+        return tiles.stitch(
+            predict_all(model, variables, parts, normalizer, devices), windows, shapes
+        )
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
     for idx, labels in _outputs(model, variables, images, None, normalizer, 0, devices):
         for j, i in enumerate(idx):
@@ -159,10 +167,23 @@ def image_confusions(
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
     devices: list | None = None,
+    tiling: tiles.Tiling | None = None,
 ) -> np.ndarray:
     """(N, K, K) int64 confusion matrix (rows truth) of each of the N images of `split`, one
-    image per device at a time (`devices`: default this process's)."""
+    image per device at a time (`devices`: default this process's), or with `tiling` one
+    window per device at a time (each window's truth outside its kept part ignored: the
+    stitched prediction's confusion matrix)."""
     out = np.zeros((len(split.images), *(model.num_classes,) * 2), np.int64)
+    if tiling is not None:
+        windows = tiles.windows([mask.shape for mask in split.masks], tiling)
+        pieces = datasets.Split(
+            [tiles.crop(split.images[w.owner], w) for w in windows],
+            [tiles.kept_truth(split.masks[w.owner], w, ignore_index) for w in windows],
+            [split.names[w.owner] for w in windows],
+        )
+        per_window = image_confusions(model, variables, pieces, normalizer, ignore_index, devices)
+        np.add.at(out, [w.owner for w in windows], per_window)
+        return out
     batches = _outputs(
         model, variables, split.images, split.masks, normalizer, ignore_index, devices
     )
@@ -178,10 +199,14 @@ def split_confusion(
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
     devices: list | None = None,
+    tiling: tiles.Tiling | None = None,
 ) -> np.ndarray:
     """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`, one
-    image per device at a time (`devices`: default this process's)."""
-    return image_confusions(model, variables, split, normalizer, ignore_index, devices).sum(0)
+    image (or with `tiling` window) per device at a time (`devices`: default this process's)."""
+    confusions = image_confusions(
+        model, variables, split, normalizer, ignore_index, devices, tiling
+    )
+    return confusions.sum(0)
 
 
 def confusion_over_processes(
@@ -190,10 +215,12 @@ def confusion_over_processes(
     shard: datasets.Split,
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
+    tiling: tiles.Tiling | None = None,
 ) -> tuple[np.ndarray, int]:
     """((K, K) int64 confusion matrix, number of images) of every process's shard of a split,
-    each process evaluating its own `shard` on its devices; exact sums, the same on all."""
-    confusion = split_confusion(model, variables, shard, normalizer, ignore_index)
+    each process evaluating its own `shard` on its devices (with `tiling`, window by window);
+    exact sums, the same on all."""
+    confusion = split_confusion(model, variables, shard, normalizer, ignore_index, None, tiling)
     counts = np.append(confusion.ravel(), len(shard.images))  # one exchange for both
     counts = parallel.sum_over_processes(counts)
     return counts[:-1].reshape(confusion.shape), int(counts[-1])
@@ -205,9 +232,10 @@ def per_image_scores(
     split: datasets.Split,
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
+    tiling: tiles.Tiling | None = None,
 ) -> list[dict]:
     """Foreground-mean F1 of every image, for finding the worst ones (the paper's Fig. 6)."""
-    confusions = image_confusions(model, variables, split, normalizer, ignore_index)
+    confusions = image_confusions(model, variables, split, normalizer, ignore_index, None, tiling)
     return [
         {"name": name, "f1_foreground_mean": metrics.scores(cm)["f1_foreground_mean"]}
         for name, cm in zip(split.names, confusions, strict=True)

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from segan_jax import checkpoints, datasets, evaluate, parallel, train
+from segan_jax import checkpoints, datasets, evaluate, parallel, tiles, train
 from segan_jax import workdir as workdir_lib
 
 
@@ -93,7 +93,7 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, split, normalizer, ignore
+        model, variables, split, normalizer, ignore, tiles.from_config(config.eval)
     )
     return evaluate.result_record(step, name, info.classes, confusion), num_images
 
@@ -117,7 +117,7 @@ def evaluate_cohort(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     )
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, shard, normalizer, ignore
+        model, variables, shard, normalizer, ignore, tiles.from_config(config.eval)
     )
     record = evaluate.result_record(step, cohort_name(folder), info.classes, confusion)
     return {**record, "data": str(folder)}, num_images
@@ -234,7 +234,8 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     images = parallel.on_every_process(lambda: read_images(files, info), "read its images")
     model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
     out.mkdir(parents=True, exist_ok=True)
-    labels = evaluate.predict_all(model, variables, images, normalizer)
+    tiling = tiles.from_config(config.eval)
+    labels = evaluate.predict_all(model, variables, images, normalizer, tiling=tiling)
     for one, target in zip(labels, mine_targets, strict=True):
         evaluate.save_label_png(one, target)
     parallel.barrier("predict: written")

@@ -44,6 +44,7 @@ from segan_jax import (
     models,
     optim,
     parallel,
+    tiles,
 )
 from segan_jax import workdir as workdir_lib
 
@@ -424,6 +425,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
     checkpoint = config.eval.get("checkpoint", "latest")  # runs saved before the key lack it
     if checkpoint not in EVAL_CHECKPOINTS:
         raise ValueError(f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS}")
+    tiles.check(tiles.from_config(config.eval), config.model.output_stride)
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:
@@ -1083,8 +1085,9 @@ class _Loop:
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
         start = time.perf_counter()
+        tiling = tiles.from_config(self.ctx.config.eval)
         confusion, count = evaluate.confusion_over_processes(
-            model, variables, split, self.ctx.normalizer, ignore
+            model, variables, split, self.ctx.normalizer, ignore, tiling
         )
         took = f"{count} images in {time.perf_counter() - start:.2f} s"
         record = evaluate.result_record(step, name, self.info.classes, confusion)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from segan_jax import datasets, evaluate, input_pipeline, metrics, models, parallel
+from segan_jax import datasets, evaluate, input_pipeline, metrics, models, parallel, tiles
 
 NUM_CLASSES = 3
 IGNORE = 255
@@ -100,3 +100,37 @@ def test_one_image_and_per_image_scores_agree_with_the_batched_path(trained_like
     for row, cm in zip(rows, confusions, strict=True):
         expected = metrics.scores(cm)["f1_foreground_mean"]
         np.testing.assert_equal(row["f1_foreground_mean"], expected)
+
+
+def test_tiled_evaluation_scores_the_stitched_tiled_prediction(trained_like):
+    """With windows smaller than the images, each image's confusion matrix is that of its
+    stitched prediction (sklearn), each window's prediction is the model's on that window, and
+    windows no smaller than the images change nothing."""
+    model, variables, split = trained_like
+    tiling = tiles.Tiling(24, 4)  # 40x48 images: 2 x 3 windows
+    labels = evaluate.predict_all(model, variables, split.images, NORMALIZER, tiling=tiling)
+    confusions = evaluate.image_confusions(
+        model, variables, split, NORMALIZER, IGNORE, None, tiling
+    )
+    for cm, truth, pred in zip(confusions, split.masks, labels, strict=True):
+        keep = truth != IGNORE
+        oracle = confusion_matrix(truth[keep], pred[keep], labels=range(NUM_CLASSES))
+        np.testing.assert_array_equal(cm, oracle)
+    (window, *_) = tiles.windows([split.images[0].shape[:2]], tiling)
+    alone = evaluate.predict_labels(
+        model, variables, tiles.crop(split.images[0], window), NORMALIZER
+    )
+    np.testing.assert_array_equal(labels[0][:20, :20], alone[:20, :20])  # the first kept part
+    whole = evaluate.predict_all(model, variables, split.images, NORMALIZER)
+    assert any((a != b).any() for a, b in zip(labels, whole, strict=True))  # context differs
+    big = tiles.Tiling(48, 8)
+    for a, b in zip(
+        evaluate.predict_all(model, variables, split.images, NORMALIZER, tiling=big),
+        whole,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, None, big),
+        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE),
+    )

@@ -17,7 +17,17 @@ import tifffile
 from PIL import Image
 
 from configs import tiny
-from segan_jax import checkpoints, datasets, evaluate, figures, inference, parallel, train, workdir
+from segan_jax import (
+    checkpoints,
+    datasets,
+    evaluate,
+    figures,
+    inference,
+    parallel,
+    tiles,
+    train,
+    workdir,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -693,6 +703,27 @@ def test_cohort_names_do_not_depend_on_how_the_path_is_typed(tmp_path, monkeypat
         == ("cohort-hospital-b-test")
     )
     assert name("/") == "cohort-root"
+
+
+def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data_dir, tmp_path):
+    config = _tiny(data_dir, num_steps=2)
+    config.eval.tile_size, config.eval.tile_margin = 20, 2
+    with pytest.raises(train.ConfigError, match="eval.tile_size=20 must be 0 .* stride 8"):
+        inference.evaluate_trained(config, two_step_run)
+    config.eval.tile_size = 128  # 210x576 test images: 2 x 6 windows each
+    record, _ = inference.evaluate_trained(config, two_step_run)
+    model, variables, info, _, normalizer = inference.load_trained(config, two_step_run)
+    split = datasets.load_split(config.data, "test")
+    tiling = tiles.Tiling(128, 2)
+    confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, None, tiling)
+    assert record["confusion_matrix"] == confusion.tolist()
+    config.predict.input = str(tmp_path / "in")
+    config.predict.output = str(tmp_path / "out")
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", split.images[0], photometric="minisblack")
+    (png,) = inference.predict_workdir(config, str(two_step_run))
+    tiled = evaluate.predict_all(model, variables, split.images[:1], normalizer, tiling=tiling)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), tiled[0])
 
 
 def test_training_refuses_a_cohort(tmp_path, data_dir):
