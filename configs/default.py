@@ -117,4 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.predict.input = ""  # an image file or a folder of images
     c.predict.output = ""  # folder for one label PNG per input image
     c.predict.overwrite = False  # never replace existing PNGs unless asked
+    # also <stem>.geojson: each predicted region of a foreground class as a polygon annotation,
+    # to correct in QuPath (File > Import objects) instead of drawing from scratch
+    c.predict.geojson = False
     return c

@@ -273,14 +273,15 @@ def label_colours(labels: np.ndarray, num_classes: int, palette: str = "grey") -
     """(H, W, 3) float RGB in [0, 1] of an (H, W) integer label map in ``palette``
     (``LABEL_PALETTES``); values outside 0..K-1 (the ignore index) in the palette's
     ``IGNORE_COLORS``."""
-    colours = _palette(num_classes, palette)
+    colours = label_palette(num_classes, palette)
     labels = np.asarray(labels)
     valid = (labels >= 0) & (labels < num_classes)
     return colours[np.where(valid, labels, num_classes)]
 
 
-def _palette(num_classes: int, palette: str) -> np.ndarray:
-    """(K + 1, 3) RGB: each class's colour, then the unlabelled pixels'."""
+def label_palette(num_classes: int, palette: str) -> np.ndarray:
+    """(K + 1, 3) float RGB in [0, 1] of ``palette`` (``LABEL_PALETTES``): each class's
+    colour, then the unlabelled pixels'."""
     if palette not in LABEL_PALETTES:
         raise ValueError(f"palette={palette!r} must be one of {LABEL_PALETTES}")
     if palette == "grey":
@@ -296,7 +297,7 @@ def _class_legend(
     fig: Figure, classes: Sequence[str], unlabelled: bool = False, palette: str = "grey"
 ) -> None:
     """Each class's colour, and with ``unlabelled`` the colour of unlabelled (ignored) pixels."""
-    colours = _palette(len(classes), palette)
+    colours = label_palette(len(classes), palette)
     names = [f"{k}: {name}" for k, name in enumerate(classes)]
     names += ["unlabelled"] if unlabelled else []
     handles = [
@@ -342,7 +343,7 @@ def result_grid(
     panel_w = 3.3
     panel_h = min(max(panel_w * h / w, 1.0), 4.0)
     k = len(classes)
-    _palette(k, palette)  # a bad palette fails before any drawing
+    label_palette(k, palette)  # a bad palette fails before any drawing
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3 * panel_w + 0.6, n * panel_h + 0.9), layout="constrained")
         axes = fig.subplots(n, 3, squeeze=False)

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from segan_jax import checkpoints, datasets, evaluate, parallel, tiles, train
+from segan_jax import annotations, checkpoints, datasets, evaluate, parallel, tiles, train
 from segan_jax import workdir as workdir_lib
 
 
@@ -65,7 +65,9 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
     mismatch = "the run was trained with another config; pass the same --config and overrides"
-    note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES)
+    # eval.* and predict.* are this call's choices, not the run's: no note names them.
+    use = ("eval.", "predict.")
+    note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES, unnoted=use)
     if note and jax.process_index() == 0:
         print(note, flush=True)
 
@@ -210,8 +212,9 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
-    """Writes one single-channel label PNG per input image (same stem) to predict.output,
-    and classes.json naming the label values (the folder dataset's format: corrected label
+    """Writes one single-channel label PNG per input image (same stem) to predict.output
+    (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`), and
+    classes.json naming the label values (the folder dataset's format: corrected label
     maps can become a dataset's masks/, with classes.json moved to its root).
 
     With several processes each reads, predicts and writes its share of the images; any
@@ -236,14 +239,25 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     out.mkdir(parents=True, exist_ok=True)
     tiling = tiles.from_config(config.eval)
     labels = evaluate.predict_all(model, variables, images, normalizer, tiling=tiling)
-    for one, target in zip(labels, mine_targets, strict=True):
+    geojson = config.predict.get("geojson", False)  # runs saved before the key lack it
+    for one, target, annotations_path in zip(
+        labels, mine_targets, geojson_paths(mine_targets), strict=True
+    ):
         evaluate.save_label_png(one, target)
+        if geojson:
+            annotations.save_geojson(one, info.classes, annotations_path)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
         workdir_lib.write_json(out / "classes.json", classes)
         plural = "" if len(targets) == 1 else "s"
-        print(f"wrote {len(targets)} label PNG{plural} to {out}", flush=True)
+        also = f" (and their regions as GeoJSON, {geojson_paths(targets)[0].name}, ...)"
+        print(f"wrote {len(targets)} label PNG{plural} to {out}{also * geojson}", flush=True)
     return targets
+
+
+def geojson_paths(pngs: list[pathlib.Path]) -> list[pathlib.Path]:
+    """The GeoJSON annotations beside label PNGs (predict.geojson): ``<stem>.geojson``."""
+    return [png.with_suffix(".geojson") for png in pngs]
 
 
 def read_images(
@@ -273,7 +287,8 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[p
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)
     targets = [out / f"{f.stem}.png" for f in files]
-    existing = [str(t) for t in targets if t.exists()]
+    written = targets + (geojson_paths(targets) if config.predict.get("geojson") else [])
+    existing = [str(t) for t in written if t.exists()]
     if existing and not config.predict.overwrite:
         raise FileExistsError(
             f"{out}: {len(existing)} predictions exist already (e.g. {existing[0]}); "

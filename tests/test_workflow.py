@@ -726,6 +726,31 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     np.testing.assert_array_equal(np.asarray(Image.open(png)), tiled[0])
 
 
+def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tmp_path):
+    from test_annotations import rasterise
+
+    config = _tiny(data_dir, num_steps=2)
+    config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
+    config.predict.geojson = True
+    (tmp_path / "in").mkdir()
+    image = datasets.load_split(config.data, "test").images[0]
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image, photometric="minisblack")
+    (png,) = inference.predict_workdir(config, str(two_step_run))
+    labels = np.asarray(Image.open(png))
+    collection = json.loads(png.with_suffix(".geojson").read_text())
+    assert len(collection["features"]) > 1 and len(np.unique(labels)) > 1  # something to check
+    for k, name in enumerate(datasets.DEMO_CLASSES[1:], start=1):
+        polygons = [
+            [np.array(ring) for ring in f["geometry"]["coordinates"]]
+            for f in collection["features"]
+            if f["properties"]["classification"]["name"] == name
+        ]
+        np.testing.assert_array_equal(rasterise(polygons, labels.shape), labels == k)
+    png.unlink()  # the GeoJSON alone is there: still a prediction not to overwrite
+    with pytest.raises(FileExistsError, match="1 predictions exist already .*a.geojson"):
+        inference.predict_workdir(config, str(two_step_run))
+
+
 def test_training_refuses_a_cohort(tmp_path, data_dir):
     config = _tiny(data_dir, num_steps=2)
     config.eval.cohort = str(tmp_path)
