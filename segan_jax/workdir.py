@@ -72,11 +72,18 @@ def _same(a: Any, b: Any) -> bool:
     return nan or a == b
 
 
-def _options_note(path: pathlib.Path, saved: dict, config: ml_collections.ConfigDict) -> str | None:
+def _options_note(
+    path: pathlib.Path, saved: dict, config: ml_collections.ConfigDict, unnoted: tuple[str, ...]
+) -> str | None:
     """A note naming the keys of ``config`` that ``saved`` (the config at ``path``) lacks
-    (options added to segan_jax after that run started) and the values used for them now."""
+    (options added to segan_jax after that run started) and the values used for them now,
+    except those starting with one of ``unnoted``."""
     flat_saved, current = _flatten(saved), _flatten(config_dict(config))
-    added = [f"{k}={v!r}" for k, v in sorted(current.items()) if k not in flat_saved]
+    added = [
+        f"{k}={v!r}"
+        for k, v in sorted(current.items())
+        if k not in flat_saved and not k.startswith(unnoted)
+    ]
     if not added:
         return None
     return (
@@ -101,6 +108,7 @@ def check(
     mismatch: str = RERUN_ADVICE,
     mutable: tuple[str, ...] = TRAIN_MUTABLE_PREFIXES,
     resolved: Mapping[str, Any] | None = None,
+    unnoted: tuple[str, ...] = (),
 ) -> str | None:
     """Checks that ``config`` asks for the run the workdir holds, if any (reads only): the
     keys that start with one of ``mutable`` may differ (by default those a resumed training
@@ -110,6 +118,7 @@ def check(
       resolved: dotted keys that ``config`` holds resolved and an older saved config may hold
         as "" (left to be resolved, e.g. ``{"eval.split": "val"}``), with the values "" stood
         for then; compared as those values.
+      unnoted: prefixes of keys the note leaves out (e.g. the keys of this call's own use).
 
     Returns:
       A note naming the options the saved config lacks (added to segan_jax since) and the
@@ -127,7 +136,7 @@ def check(
     diffs = config_differences(flat, config_dict(config), mutable)
     if diffs:
         raise ConfigMismatchError(f"{path}: {mismatch}. Differences:\n  " + "\n  ".join(diffs))
-    return _options_note(path, saved, config)
+    return _options_note(path, saved, config, unnoted)
 
 
 def read_config(path: pathlib.Path) -> dict:

@@ -37,6 +37,11 @@ def test_check_notes_the_keys_an_older_run_lacks(tmp_path):
     assert str(path) in note
     assert "augment.hue=0.0" in note and "model.drop_untrained_taps=True" in note
     assert "model.depth" not in note
+    del saved["predict"]["geojson"]  # a key of evaluate's and predict's own choosing
+    path.write_text(json.dumps(saved))
+    assert "predict.geojson=False" in workdir.check(tmp_path, config)
+    unnoted = workdir.check(tmp_path, config, unnoted=("eval.", "predict."))
+    assert "predict.geojson" not in unnoted and "augment.hue=0.0" in unnoted
 
 
 def test_training_keeps_its_evaluation_split_but_evaluate_may_change_it(tmp_path):
