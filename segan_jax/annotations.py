@@ -1,6 +1,7 @@
 """Predicted label maps as GeoJSON annotations, for an expert to correct in QuPath (File >
-Import objects, or drag the file onto the image) instead of drawing every region anew: the
-annotation step of the paper's human-in-the-loop cycle.
+Import objects, or drag the file onto the image) instead of drawing every region anew, and the
+corrected annotations back as label masks for retraining (`masks_from_geojson`, also
+``python -m segan_jax.annotations``): the paper's human-in-the-loop cycle.
 
 Coordinates are the image's pixels, x to the right and y down, with pixel (row r, column c)
 covering [c, c + 1] x [r, r + 1] (QuPath's convention). Each connected region of a foreground
@@ -10,13 +11,16 @@ exactly when its centre lies inside the polygon: straight edges lie on pixel edg
 are cut by half a pixel.
 """
 
+import argparse
+import json
 import pathlib
 from collections.abc import Sequence
 
 import contourpy
 import numpy as np
+from matplotlib.path import Path
 
-from segan_jax import figures
+from segan_jax import datasets, evaluate, figures
 from segan_jax import workdir as workdir_lib
 
 
@@ -75,3 +79,154 @@ def feature_collection(labels: np.ndarray, classes: Sequence[str]) -> dict:
 def save_geojson(labels: np.ndarray, classes: Sequence[str], path: pathlib.Path) -> None:
     """Writes `feature_collection` of an (H, W) label map to ``path``, atomically."""
     workdir_lib.write_json(path, feature_collection(labels, classes))
+
+
+# ----------------------------------------------------------------------------- reading back
+
+IGNORE_CLASS = "Ignore*"  # QuPath's class for regions to leave out: unlabelled pixels
+
+
+def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequence[str]):
+    """(H, W) uint8 label map of GeoJSON features (a corrected `feature_collection`) and the
+    problems found, one line each.
+
+    Each Polygon or MultiPolygon feature fills the pixels whose centres lie inside it (outside
+    its holes) with the label of its classification's name in ``classes``; QuPath's
+    ``IGNORE_CLASS`` marks them unlabelled (``datasets.UNLABELLED``); a later feature
+    overwrites an earlier one; pixels in no feature are background (label 0). Features without
+    a class, of another class or another geometry are problems (and left out).
+    """
+    labels = np.zeros(shape, np.uint8)
+    values = {name: k for k, name in enumerate(classes)} | {IGNORE_CLASS: datasets.UNLABELLED}
+    problems = []
+    for i, feature in enumerate(features):
+        name = ((feature.get("properties") or {}).get("classification") or {}).get("name")
+        geometry = feature.get("geometry") or {}
+        kind = geometry.get("type")
+        if name not in values or kind not in ("Polygon", "MultiPolygon"):
+            what = f"class {name!r} is not one of {list(values)}" if name not in values else ""
+            problems.append(f"feature {i}: {what or f'a {kind}, not a Polygon or MultiPolygon'}")
+            continue
+        polygons = geometry["coordinates"] if kind == "MultiPolygon" else [geometry["coordinates"]]
+        for rings in polygons:
+            _fill(labels, [np.asarray(r, np.float64).reshape(-1, 2) for r in rings], values[name])
+    return labels, problems
+
+
+def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> None:
+    """Sets the pixels of (H, W) ``labels`` whose centres lie inside the first ring and outside
+    the others (its holes) to ``value``; only the first ring's bounding box is searched."""
+    (x0, y0), (x1, y1) = rings[0].min(0), rings[0].max(0)
+    h, w = labels.shape
+    rows = np.arange(max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), h))
+    cols = np.arange(max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), w))
+    if not rows.size or not cols.size:
+        return
+    yy, xx = np.meshgrid(rows + 0.5, cols + 0.5, indexing="ij")
+    centres = np.stack([xx.ravel(), yy.ravel()], -1)
+    inside = Path(rings[0]).contains_points(centres)
+    for hole in rings[1:]:
+        inside &= ~Path(hole).contains_points(centres)
+    block = labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    block[inside.reshape(block.shape)] = value
+
+
+def masks_from_geojson(
+    geojson_dir: pathlib.Path,
+    images_dir: pathlib.Path,
+    classes_file: pathlib.Path,
+    output: pathlib.Path,
+    overwrite: bool = False,
+) -> list[pathlib.Path]:
+    """Writes ``output/<stem>.png``, the `label_map` of each ``geojson_dir/<stem>.geojson`` (a
+    FeatureCollection, or the list of features QuPath may export) at the size of the image
+    ``images_dir/<stem>.*``, with the label values of ``classes_file`` (classes.json): masks
+    for a folder dataset's ``masks/``. Everything is read and checked first: DatasetError
+    naming every problem (and nothing written) otherwise. Returns the PNGs' paths."""
+    problems: list[str] = []
+    classes = _classes(classes_file, problems)
+    files = sorted(geojson_dir.glob("*.geojson")) if geojson_dir.is_dir() else []
+    if not files:
+        problems.append(f"{geojson_dir}: no .geojson files")
+    images = _images_by_stem(images_dir)
+    masks = {}
+    for path in files:
+        target = output / f"{path.stem}.png"
+        if target.exists() and not overwrite:
+            problems.append(f"{target}: exists already; pass --overwrite to replace it")
+        image = images.get(path.stem, [])
+        if len(image) != 1:
+            found = "no image" if not image else f"{len(image)} images ({[p.name for p in image]})"
+            problems.append(f"{path}: {found} named {path.stem}.<png|jpg|tif> in {images_dir}")
+            continue
+        features = _features(path, problems)
+        shape = datasets.try_read(datasets.read_image, image, "image", problems)
+        if features is not None and shape is not None and classes:
+            labels, bad = label_map(features, shape.shape[:2], classes)
+            problems += [f"{path}: {line}" for line in bad]
+            masks[target] = labels
+    if problems:
+        raise datasets.DatasetError(problems)
+    output.mkdir(parents=True, exist_ok=True)
+    for target, labels in masks.items():
+        evaluate.save_label_png(labels, target)
+    return list(masks)
+
+
+def _images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    images: dict[str, list[pathlib.Path]] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.suffix.lower() in datasets.IMAGE_SUFFIXES:
+            images.setdefault(path.stem, []).append(path)
+    return images
+
+
+def _classes(path: pathlib.Path, problems: list[str]) -> tuple[str, ...]:
+    if not path.is_file():
+        problems.append(f"{path}: no such file (classes.json, the label value of each class)")
+        return ()
+    try:
+        return datasets.read_classes(path)
+    except (OSError, ValueError) as err:
+        problems.append(f"{path}: {err}")
+        return ()
+
+
+def _features(path: pathlib.Path, problems: list[str]) -> list[dict] | None:
+    """The features of a GeoJSON file, or None (appending the problem)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problems.append(f"{path}: unreadable ({err})")
+        return None
+    features = data.get("features") if isinstance(data, dict) else data
+    if not isinstance(features, list):
+        problems.append(f"{path}: neither a FeatureCollection nor a list of features")
+        return None
+    return features
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m segan_jax.annotations``: corrected GeoJSON annotations to label masks."""
+    parser = argparse.ArgumentParser(
+        prog="python -m segan_jax.annotations", description=masks_from_geojson.__doc__
+    )
+    parser.add_argument(
+        "--geojson", required=True, type=pathlib.Path, help="folder of <stem>.geojson"
+    )
+    parser.add_argument("--images", required=True, type=pathlib.Path, help="folder of the images")
+    parser.add_argument("--classes", required=True, type=pathlib.Path, help="classes.json")
+    parser.add_argument("--output", required=True, type=pathlib.Path, help="folder for the masks")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    args = parser.parse_args(argv)
+    try:
+        written = masks_from_geojson(
+            args.geojson, args.images, args.classes, args.output, args.overwrite
+        )
+    except datasets.DatasetError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {len(written)} masks to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 from matplotlib.path import Path
+from PIL import Image
 
-from segan_jax import annotations, figures
+from segan_jax import annotations, datasets, figures
 
 
 def rasterise(polygons: list[list[np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
@@ -73,3 +75,103 @@ def test_the_feature_collection_classifies_each_foreground_region():
             if f["properties"]["classification"]["name"] == classes[k]
         ]
         np.testing.assert_array_equal(rasterise(polygons, labels.shape), labels == k)
+
+
+CLASSES = ("background", "nucleus", "gland")
+
+
+def _labels() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (30, 44)).astype(np.uint8)
+    labels[3:20, 5:30] = 1
+    labels[8:12, 10:14] = 2  # an island of another class in a hole
+    return labels
+
+
+def test_exported_regions_read_back_give_the_label_map():
+    labels = _labels()
+    collection = json.loads(json.dumps(annotations.feature_collection(labels, CLASSES)))
+    back, problems = annotations.label_map(collection["features"], labels.shape, CLASSES)
+    assert problems == [] and back.dtype == np.uint8
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_reading_back_follows_qupaths_conventions_and_names_problems():
+    square = [[[2, 2], [6, 2], [6, 5], [2, 5], [2, 2]]]  # pixels rows 2-4, columns 2-5
+    features = [
+        {
+            "geometry": {"type": "Polygon", "coordinates": square},
+            "properties": {"classification": {"name": "gland"}},
+        },
+        {
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [[[[4, 4], [8, 4], [8, 8], [4, 8], [4, 4]]]],
+            },
+            "properties": {"classification": {"name": annotations.IGNORE_CLASS}},
+        },
+        {"geometry": {"type": "Polygon", "coordinates": square}, "properties": {}},
+        {
+            "geometry": {"type": "Point", "coordinates": [1, 1]},
+            "properties": {"classification": {"name": "nucleus"}},
+        },
+        {
+            "geometry": {"type": "Polygon", "coordinates": square},
+            "properties": {"classification": {"name": "Tumor"}},
+        },
+    ]
+    labels, problems = annotations.label_map(features, (10, 10), CLASSES)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[2:5, 2:6] = 2
+    expected[4:8, 4:8] = 255  # a later feature wins; Ignore* marks unlabelled pixels
+    np.testing.assert_array_equal(labels, expected)
+    assert [p.split(":")[0] for p in problems] == ["feature 2", "feature 3", "feature 4"]
+    assert "class None is not one of" in problems[0] and "a Point" in problems[1]
+    assert "'Tumor'" in problems[2]
+
+
+def test_masks_from_geojson_writes_masks_only_when_every_file_is_good(tmp_path):
+    labels = _labels()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "corrected").mkdir()
+    Image.fromarray(np.zeros((*labels.shape, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    collection = annotations.feature_collection(labels, CLASSES)
+    (tmp_path / "corrected" / "a.geojson").write_text(json.dumps(collection["features"]))
+    (tmp_path / "classes.json").write_text(json.dumps(dict(enumerate(CLASSES))))
+    args = [tmp_path / "corrected", tmp_path / "images", tmp_path / "classes.json"]
+    (mask,) = annotations.masks_from_geojson(*args, tmp_path / "masks")
+    np.testing.assert_array_equal(np.asarray(Image.open(mask)), labels)
+    (tmp_path / "corrected" / "b.geojson").write_text("{not json")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "images" / "b.png")
+    (tmp_path / "corrected" / "c.geojson").write_text("[]")  # no image c.*
+    before = (tmp_path / "masks" / "a.png").read_bytes()
+    with pytest.raises(datasets.DatasetError) as err:
+        annotations.masks_from_geojson(*args, tmp_path / "masks")
+    assert [p.split(": ")[1][:22] for p in err.value.problems] == [
+        "exists already; pass -",
+        "unreadable (Expecting ",
+        "no image named c.<png|",
+    ]
+    assert (tmp_path / "masks" / "a.png").read_bytes() == before
+    assert not (tmp_path / "masks" / "b.png").exists()
+
+
+def test_the_command_line_names_the_problem_without_a_traceback(tmp_path, capsys):
+    message = f"error: x.json: no such file .*\n{tmp_path / 'none'}: no .geojson files$"
+    with pytest.raises(SystemExit, match=message):
+        annotations.main(
+            [f"--geojson={tmp_path / 'none'}", f"--images={tmp_path}", "--classes=x.json"]
+            + [f"--output={tmp_path / 'masks'}"]
+        )
+    labels = _labels()
+    Image.fromarray(labels).save(tmp_path / "a.png")  # any image of the size will do
+    (tmp_path / "a.geojson").write_text(json.dumps(annotations.feature_collection(labels, CLASSES)))
+    (tmp_path / "classes.json").write_text(json.dumps(dict(enumerate(CLASSES))))
+    argv = [
+        f"--geojson={tmp_path}",
+        f"--images={tmp_path}",
+        f"--classes={tmp_path / 'classes.json'}",
+    ]
+    annotations.main([*argv, f"--output={tmp_path / 'masks'}"])
+    assert f"wrote 1 masks to {tmp_path / 'masks'}" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "a.png")), labels)
