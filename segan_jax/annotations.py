@@ -100,17 +100,38 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     values = {name: k for k, name in enumerate(classes)} | {IGNORE_CLASS: datasets.UNLABELLED}
     problems = []
     for i, feature in enumerate(features):
-        name = ((feature.get("properties") or {}).get("classification") or {}).get("name")
-        geometry = feature.get("geometry") or {}
-        kind = geometry.get("type")
-        if name not in values or kind not in ("Polygon", "MultiPolygon"):
-            what = f"class {name!r} is not one of {list(values)}" if name not in values else ""
-            problems.append(f"feature {i}: {what or f'a {kind}, not a Polygon or MultiPolygon'}")
-            continue
-        polygons = geometry["coordinates"] if kind == "MultiPolygon" else [geometry["coordinates"]]
+        problem, value, polygons = _read_feature(feature, values)
+        if problem:
+            problems.append(f"feature {i}: {problem}")
         for rings in polygons:
-            _fill(labels, [np.asarray(r, np.float64).reshape(-1, 2) for r in rings], values[name])
+            _fill(labels, rings, value)
     return labels, problems
+
+
+def _read_feature(feature, values: dict[str, int]) -> tuple[str, int, list[list[np.ndarray]]]:
+    """(problem or "", label value, polygons: each its (N, 2) rings) of a GeoJSON feature;
+    no polygons when there is a problem."""
+    name = _get(_get(_get(feature, "properties"), "classification"), "name")
+    geometry = _get(feature, "geometry")
+    kind = _get(geometry, "type")
+    if name not in values:
+        return f"class {name!r} is not one of {list(values)}", 0, []
+    if kind not in ("Polygon", "MultiPolygon"):
+        return f"a {kind}, not a Polygon or MultiPolygon", 0, []
+    try:
+        coordinates = geometry["coordinates"]
+        polygons = coordinates if kind == "MultiPolygon" else [coordinates]
+        rings = [[np.asarray(r, np.float64).reshape(-1, 2) for r in p] for p in polygons]
+    except (KeyError, TypeError, ValueError) as err:
+        return f"unreadable {kind} coordinates ({err!r})", 0, []
+    if not rings or any(not p or len(p[0]) < 3 for p in rings):
+        return f"a {kind} without an outer ring of 3 points or more", 0, []
+    return "", values[name], rings
+
+
+def _get(obj, key: str):
+    """``obj[key]`` of a JSON object, else None."""
+    return obj.get(key) if isinstance(obj, dict) else None
 
 
 def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> None:

@@ -2,8 +2,8 @@
 
 Images are evaluated whole, reflect-padded to a multiple of the output stride and cropped back,
 one image per local device at a time (images of one padded shape are batched together, so each
-shape compiles once); one confusion matrix is accumulated over the split and the paper's
-metrics come from it.
+shape compiles once), or with a `tiles.Tiling` in overlapping windows, one window per device at
+a time; one confusion matrix is accumulated over the split and the paper's metrics come from it.
 """
 
 import functools
@@ -279,18 +279,20 @@ def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Pat
 
 
 def save_record(workdir: pathlib.Path, record: dict) -> str:
-    """Writes `record` as the next `-n` record of its split and step, unless the last one
-    holds the same figures; returns what was done."""
-    n = 1
-    while record_path(workdir, record, n + 1).exists():
+    """Writes `record` as the next `-n` record of its split and step, unless one of them holds
+    the same figures (of the same cohort folder, ``data``, if any); returns what was done."""
+    n, same = 1, None
+    while record_path(workdir, record, n).exists():
+        kept = json.loads(record_path(workdir, record, n).read_text())
+        keys = ("confusion_matrix", "data")
+        if all(kept.get(k) == record.get(k) for k in keys):
+            same = record_path(workdir, record, n)
         n += 1
-    last = record_path(workdir, record, n)
-    if last.exists():
-        if json.loads(last.read_text()).get("confusion_matrix") == record["confusion_matrix"]:
-            return f"{last} (already there: the same figures)"
-        n += 1
+    if same is not None:
+        return f"{same} (already there: the same figures)"
     path = write_record(workdir, record, n)
-    return str(path) if n == 1 else f"{path} (its figures differ from those in {last.name})"
+    last = record_path(workdir, record, n - 1).name
+    return str(path) if n == 1 else f"{path} (its figures differ from those in {last})"
 
 
 def table_from_record(record: dict) -> str:

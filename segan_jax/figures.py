@@ -93,13 +93,17 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(raw))
 
 
-def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict | None:
+def latest_record(
+    workdir: str | pathlib.Path, split: str | None = None, data: str | None = None
+) -> dict | None:
     """The evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the highest step (of
     several for that step, e.g. `--mode=evaluate`'s beside training's, the highest n; of
     several splits, the last written).
 
     Args:
       split: only records of this split; None: any split.
+      data: only records of this cohort folder (their ``data``, from ``--config.eval.cohort``:
+        two folders of one name share a split name); None: any.
 
     Returns:
       The record (keys of ``evaluate.EVAL_KEYS``; a cohort's, of ``--config.eval.cohort``,
@@ -108,7 +112,7 @@ def latest_record(workdir: str | pathlib.Path, split: str | None = None) -> dict
     records = []
     for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
         record = json.loads(path.read_text())
-        if split is None or record.get("split") == split:
+        if split in (None, record.get("split")) and data in (None, record.get("data")):
             order = (record["step"], evaluate.record_number(path), path.stat().st_mtime_ns)
             records.append((order, record))
     return max(records, key=lambda r: r[0])[1] if records else None

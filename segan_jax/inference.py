@@ -68,6 +68,10 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     # eval.* and predict.* are this call's choices, not the run's: no note names them.
     use = ("eval.", "predict.")
     note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES, unnoted=use)
+    try:  # before any image is read (load_trained checks every key again)
+        tiles.check(tiles.from_config(config.eval), config.model.output_stride)
+    except ValueError as err:
+        raise train.ConfigError(f"config: {err}") from None
     if note and jax.process_index() == 0:
         print(note, flush=True)
 

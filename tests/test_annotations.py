@@ -120,12 +120,26 @@ def test_reading_back_follows_qupaths_conventions_and_names_problems():
             "properties": {"classification": {"name": "Tumor"}},
         },
     ]
+    features += [  # malformed: named, not a crash
+        "not an object",
+        {"geometry": {"type": "Polygon"}, "properties": {"classification": {"name": "gland"}}},
+        {
+            "geometry": {"type": "Polygon", "coordinates": []},
+            "properties": {"classification": {"name": "gland"}},
+        },
+        {
+            "geometry": {"type": "Polygon", "coordinates": [[1, 2, 3]]},
+            "properties": {"classification": {"name": "gland"}},
+        },
+    ]
     labels, problems = annotations.label_map(features, (10, 10), CLASSES)
     expected = np.zeros((10, 10), np.uint8)
     expected[2:5, 2:6] = 2
     expected[4:8, 4:8] = 255  # a later feature wins; Ignore* marks unlabelled pixels
     np.testing.assert_array_equal(labels, expected)
-    assert [p.split(":")[0] for p in problems] == ["feature 2", "feature 3", "feature 4"]
+    assert [p.split(":")[0] for p in problems] == [f"feature {i}" for i in range(2, 9)]
+    assert "class None" in problems[3] and "unreadable Polygon coordinates (KeyError" in problems[4]
+    assert "without an outer ring" in problems[5] and "unreadable" in problems[6]
     assert "class None is not one of" in problems[0] and "a Point" in problems[1]
     assert "'Tumor'" in problems[2]
 

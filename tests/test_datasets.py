@@ -573,3 +573,23 @@ def test_consep(tmp_path: pathlib.Path) -> None:
     train = datasets.load_split(cfg, "train")
     assert len(train.names) == 27 and train.images[0].shape == (1000, 1000, 3)
     assert train.images[0].dtype == np.uint8 and train.masks[0].max() <= 4
+
+
+def test_a_labelled_folder_read_in_shards_gives_each_image_once(tmp_path, write_labelled_folder):
+    rng = np.random.default_rng(0)
+    names = [f"tile{i}" for i in range(5)]
+    images = [rng.integers(0, 255, (6, 7, 3), dtype=np.uint8) for _ in names]
+    masks = [rng.integers(0, 3, (6, 7), dtype=np.uint8) for _ in names]
+    folder = write_labelled_folder(tmp_path / "cohort", datasets.Split(images, masks, names))
+    ok = lambda path, image: []  # noqa: E731
+    whole = datasets.read_labelled_folder(folder, 3, ok)
+    shards = [datasets.read_labelled_folder(folder, 3, ok, shard=slice(i, None, 2)) for i in (0, 1)]
+    assert sorted(shards[0].names + shards[1].names) == whole.names == names
+    for shard in shards:
+        for name, image, mask in zip(shard.names, shard.images, shard.masks, strict=True):
+            np.testing.assert_array_equal(image, images[names.index(name)])
+            np.testing.assert_array_equal(mask, masks[names.index(name)])
+    (folder / "masks" / "tile4.png").unlink()  # a listing problem: every shard names it
+    for i in (0, 1):
+        with pytest.raises(datasets.DatasetError, match="tile4.tif: no mask"):
+            datasets.read_labelled_folder(folder, 3, ok, shard=slice(i, None, 2))

@@ -92,6 +92,12 @@ def test_latest_record_takes_the_highest_step_of_the_split(tmp_path):
     assert figures.latest_record(tmp_path, "val")["step"] == 40
     assert figures.latest_record(tmp_path)["step"] == 200
     assert figures.latest_record(tmp_path, "train") is None
+    # Two cohort folders of one name share a split name: `data` tells their records apart.
+    for n, (step, data) in enumerate([(5, "/a/lab_b"), (5, "/b/lab_b")], start=1):
+        record = {"step": step, "split": "cohort-lab-b", "data": data}
+        evaluate.write_record(tmp_path, record, n)
+    assert figures.latest_record(tmp_path, "cohort-lab-b", "/a/lab_b")["data"] == "/a/lab_b"
+    assert figures.latest_record(tmp_path, "cohort-lab-b")["data"] == "/b/lab_b"
 
 
 # ----------------------------------------------------------------------------- curves

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import sys
 
 import nbclient
@@ -110,7 +111,9 @@ def test_the_figures_of_a_cohort_in_class_colours(
     config.data.data_dir, config.critic.num = str(data_dir), 1
     cohort = write_labelled_folder(tmp_path / "lab_b", datasets.load_split(config.data, "test"))
     config.eval.cohort = str(cohort)
-    inference.evaluate_workdir(config, str(tiny_run))
+    run = tmp_path / "run"  # a copy: the module's run stays as training left it
+    shutil.copytree(tiny_run, run)
+    inference.evaluate_workdir(config, str(run))
     nb = _read()
     settings = {
         "COHORT = None": f"COHORT = {str(cohort)!r}",
@@ -120,7 +123,7 @@ def test_the_figures_of_a_cohort_in_class_colours(
         assert old in nb.cells[1].source
         nb.cells[1].source = nb.cells[1].source.replace(old, new)
     nb.cells = nb.cells[:15]  # up to the worst images
-    env = dict(os.environ, SEGAN_WORKDIR=str(tiny_run), SEGAN_JAX_DATA_DIR=str(data_dir))
+    env = dict(os.environ, SEGAN_WORKDIR=str(run), SEGAN_JAX_DATA_DIR=str(data_dir))
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO)}}
     )
@@ -130,4 +133,4 @@ def test_the_figures_of_a_cohort_in_class_colours(
     assert "cohort-lab-b split, step 4" in text and "predicted 3 cohort-lab-b images" in text
     assert pngs == 3  # the loss curves, the result grid and the worst images
     for name in ("result_grid", "worst_images"):  # beside the split's, not over them
-        assert (tiny_run / "figures" / f"{name}_cohort-lab-b.png").is_file()
+        assert (run / "figures" / f"{name}_cohort-lab-b.png").is_file()

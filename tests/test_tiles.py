@@ -31,7 +31,8 @@ def test_an_image_no_larger_than_a_window_is_one_window():
 
 def test_stitching_the_windows_of_label_maps_gives_them_back():
     rng = np.random.default_rng(0)
-    maps = [rng.integers(0, 5, shape).astype(np.uint8) for shape in [(130, 70), (64, 200), (9, 9)]]
+    shapes = [(130, 70), (64, 200), (30, 200), (9, 9)]  # larger than a window: both, one, none
+    maps = [rng.integers(0, 5, shape).astype(np.uint8) for shape in shapes]
     tiling = tiles.Tiling(48, 8)
     windows = tiles.windows([m.shape for m in maps], tiling)
     parts = [tiles.crop(maps[w.owner], w).copy() for w in windows]

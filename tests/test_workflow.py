@@ -18,6 +18,7 @@ from PIL import Image
 
 from configs import tiny
 from segan_jax import (
+    annotations,
     checkpoints,
     datasets,
     evaluate,
@@ -710,7 +711,7 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     config.eval.tile_size, config.eval.tile_margin = 20, 2
     with pytest.raises(train.ConfigError, match="eval.tile_size=20 must be 0 .* stride 8"):
         inference.evaluate_trained(config, two_step_run)
-    config.eval.tile_size = 128  # 210x576 test images: 2 x 6 windows each
+    config.eval.tile_size = 128  # 210x576 test images: 2 x 5 windows each
     record, _ = inference.evaluate_trained(config, two_step_run)
     model, variables, info, _, normalizer = inference.load_trained(config, two_step_run)
     split = datasets.load_split(config.data, "test")
@@ -727,8 +728,6 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
 
 
 def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tmp_path):
-    from test_annotations import rasterise
-
     config = _tiny(data_dir, num_steps=2)
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
     config.predict.geojson = True
@@ -739,13 +738,11 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
     labels = np.asarray(Image.open(png))
     collection = json.loads(png.with_suffix(".geojson").read_text())
     assert len(collection["features"]) > 1 and len(np.unique(labels)) > 1  # something to check
-    for k, name in enumerate(datasets.DEMO_CLASSES[1:], start=1):
-        polygons = [
-            [np.array(ring) for ring in f["geometry"]["coordinates"]]
-            for f in collection["features"]
-            if f["properties"]["classification"]["name"] == name
-        ]
-        np.testing.assert_array_equal(rasterise(polygons, labels.shape), labels == k)
+    back, problems = annotations.label_map(
+        collection["features"], labels.shape, datasets.DEMO_CLASSES
+    )
+    assert problems == []
+    np.testing.assert_array_equal(back, labels)
     png.unlink()  # the GeoJSON alone is there: still a prediction not to overwrite
     with pytest.raises(FileExistsError, match="1 predictions exist already .*a.geojson"):
         inference.predict_workdir(config, str(two_step_run))
