@@ -361,17 +361,22 @@ def result_grid(
                 unlabelled |= bool(((labels < 0) | (labels >= k)).any())
                 ax.imshow(label_colours(labels, k, palette), interpolation="nearest")
             axes[row, 0].set_ylabel(name)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(True)
-            ax.spines[:].set_linewidth(0.6)
-        for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
-            ax.set_title(column)
+        _frame_panels(axes)
         _class_legend(fig, classes, unlabelled, palette)
         if title:
             fig.suptitle(title)
     return fig
+
+
+def _frame_panels(axes: np.ndarray) -> None:
+    """Image panels of an (N, 3) grid of axes: no ticks, a thin frame, column titles."""
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(True)
+        ax.spines[:].set_linewidth(0.6)
+    for ax, column in zip(axes[0], COLUMN_TITLES, strict=True):
+        ax.set_title(column)
 
 
 # ----------------------------------------------------------------------------- failures
