@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/python launch.py --mode=evaluate --config=configs/demo.py --workdir=runs/demo
 
 # pytest on two workers, one test file each at a time (module fixtures built once): the suite
-# is mostly single-threaded compiling; on the 2-core CPU machine, 2026-11-27, 360 tests took
-# 655 s instead of 925 s (`python -m pytest -q` with and without `-n 2 --dist loadfile`).
+# is mostly single-threaded compiling. On the 2-core CPU machine, 2026-11-27: 356 tests took
+# 925 s one at a time (`python -m pytest -q`, e72844a), 360 took 655 s on two workers (33cc2c1).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
