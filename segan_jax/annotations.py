@@ -101,11 +101,22 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     problems = []
     for i, feature in enumerate(features):
         problem, value, polygons = _read_feature(feature, values)
+        filled = [_fill(labels, rings, value) for rings in polygons]  # every one: no any()
+        if polygons and not any(filled):
+            problem = _outside(polygons, shape)
         if problem:
             problems.append(f"feature {i}: {problem}")
-        for rings in polygons:
-            _fill(labels, rings, value)
     return labels, problems
+
+
+def _outside(polygons: list[list[np.ndarray]], shape: tuple[int, int]) -> str:
+    """The problem of polygons that hold no pixel centre of an (H, W) image."""
+    points = np.concatenate([rings[0] for rings in polygons])
+    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    return (
+        f"holds no pixel of the {shape[1]}x{shape[0]} image (x {x0:g}..{x1:g}, y {y0:g}..{y1:g}; "
+        "coordinates are the image's pixels: for a tile of a slide, subtract its position)"
+    )
 
 
 def _read_feature(feature, values: dict[str, int]) -> tuple[str, int, list[list[np.ndarray]]]:
@@ -114,6 +125,8 @@ def _read_feature(feature, values: dict[str, int]) -> tuple[str, int, list[list[
     name = _get(_get(_get(feature, "properties"), "classification"), "name")
     geometry = _get(feature, "geometry")
     kind = _get(geometry, "type")
+    if name is None:
+        return f"has no classification; give it one of {list(values)}", 0, []
     if name not in values:
         return f"class {name!r} is not one of {list(values)}", 0, []
     if kind not in ("Polygon", "MultiPolygon"):
@@ -134,15 +147,16 @@ def _get(obj, key: str):
     return obj.get(key) if isinstance(obj, dict) else None
 
 
-def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> None:
+def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     """Sets the pixels of (H, W) ``labels`` whose centres lie inside the first ring and outside
-    the others (its holes) to ``value``; only the first ring's bounding box is searched."""
+    the others (its holes) to ``value``, searching the first ring's bounding box only; whether
+    any pixel was set. Parts outside the image are left out."""
     (x0, y0), (x1, y1) = rings[0].min(0), rings[0].max(0)
     h, w = labels.shape
     rows = np.arange(max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), h))
     cols = np.arange(max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), w))
     if not rows.size or not cols.size:
-        return
+        return False
     yy, xx = np.meshgrid(rows + 0.5, cols + 0.5, indexing="ij")
     centres = np.stack([xx.ravel(), yy.ravel()], -1)
     inside = Path(rings[0]).contains_points(centres)
@@ -150,6 +164,7 @@ def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> None:
         inside &= ~Path(hole).contains_points(centres)
     block = labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     block[inside.reshape(block.shape)] = value
+    return bool(inside.any())
 
 
 def masks_from_geojson(
@@ -246,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except datasets.DatasetError as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"wrote {len(written)} masks to {args.output}")
+    print(f"wrote {len(written)} mask{'s' * (len(written) != 1)} to {args.output}")
 
 
 if __name__ == "__main__":

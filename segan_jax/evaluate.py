@@ -6,6 +6,7 @@ shape compiles once), or with a `tiles.Tiling` in overlapping windows, one windo
 a time; one confusion matrix is accumulated over the split and the paper's metrics come from it.
 """
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -242,9 +243,13 @@ def per_image_scores(
     ]
 
 
-def result_record(step: int, split: str, classes, confusion: np.ndarray) -> dict:
-    """The evaluation record with exactly `EVAL_KEYS`; NaN becomes None (JSON null)."""
+def result_record(
+    step: int, split: str, classes, confusion: np.ndarray, tiling: tiles.Tiling | None = None
+) -> dict:
+    """The evaluation record with exactly `EVAL_KEYS`, and ``tiling`` ({"size", "margin"})
+    when the images were evaluated in windows; NaN becomes None (JSON null)."""
     result = metrics.scores(confusion)
+    windows = {} if tiling is None else {"tiling": dataclasses.asdict(tiling)}
     return {
         "step": int(step),
         "split": split,
@@ -254,7 +259,16 @@ def result_record(step: int, split: str, classes, confusion: np.ndarray) -> dict
         "f1_foreground_mean": workdir_lib.nan_to_null(result["f1_foreground_mean"]),
         "iou_foreground_mean": workdir_lib.nan_to_null(result["iou_foreground_mean"]),
         "confusion_matrix": np.asarray(confusion).astype(int).tolist(),
+        **windows,
     }
+
+
+def describe(record: dict) -> str:
+    """The record's split and step, and its windows if any: "test split, step 600[, in
+    256-pixel windows (margin 32)]"."""
+    tiling = record.get("tiling")
+    windows = f", in {tiling['size']}-pixel windows (margin {tiling['margin']})" if tiling else ""
+    return f"{record['split']} split, step {record['step']}{windows}"
 
 
 def record_path(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
@@ -284,7 +298,7 @@ def save_record(workdir: pathlib.Path, record: dict) -> str:
     n, same = 1, None
     while record_path(workdir, record, n).exists():
         kept = json.loads(record_path(workdir, record, n).read_text())
-        keys = ("confusion_matrix", "data")
+        keys = ("confusion_matrix", "data", "tiling")
         if all(kept.get(k) == record.get(k) for k in keys):
             same = record_path(workdir, record, n)
         n += 1

@@ -434,7 +434,7 @@ def failure_grid(
 
 def per_class_table(record: Mapping) -> str:
     """Table I of an evaluation record: a caption line, then Label | Type | F1 | IoU."""
-    caption = f"{record['split']} split, step {record['step']}"
+    caption = evaluate.describe(dict(record))
     return caption + "\n" + evaluate.table_from_record(dict(record))
 
 

@@ -98,10 +98,11 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
     split = train.load_shard(config, name)
     ignore = config.data.ignore_index
+    tiling = tiles.from_config(config.eval)
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, split, normalizer, ignore, tiles.from_config(config.eval)
+        model, variables, split, normalizer, ignore, tiling
     )
-    return evaluate.result_record(step, name, info.classes, confusion), num_images
+    return evaluate.result_record(step, name, info.classes, confusion, tiling), num_images
 
 
 COHORT_PREFIX = "cohort-"  # of the split names of cohorts' evaluation records
@@ -122,10 +123,11 @@ def evaluate_cohort(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
         lambda: read_cohort(folder, info, ignore, mine), "read the cohort"
     )
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
+    tiling = tiles.from_config(config.eval)
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, shard, normalizer, ignore, tiles.from_config(config.eval)
+        model, variables, shard, normalizer, ignore, tiling
     )
-    record = evaluate.result_record(step, cohort_name(folder), info.classes, confusion)
+    record = evaluate.result_record(step, cohort_name(folder), info.classes, confusion, tiling)
     return {**record, "data": str(folder)}, num_images
 
 
@@ -195,8 +197,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cohort = config.eval.get("cohort", "")  # runs saved before the key lack it
     record, num_images = (evaluate_cohort if cohort else evaluate_trained)(config, workdir)
     if jax.process_index() == 0:
-        where = f" ({record['data']})" if cohort else " split"
-        print(f"{record['split']}{where}, step {record['step']} ({num_images} images)")
+        where = f" of {record['data']}" if cohort else ""
+        print(f"{evaluate.describe(record)}{where} ({num_images} images)")
         print(evaluate.table_from_record(record), flush=True)
         print(f"-> {evaluate.save_record(workdir, record)}", flush=True)
     return record
@@ -295,7 +297,7 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[p
     existing = [str(t) for t in written if t.exists()]
     if existing and not config.predict.overwrite:
         raise FileExistsError(
-            f"{out}: {len(existing)} predictions exist already (e.g. {existing[0]}); "
+            f"{out}: {len(existing)} prediction files exist already (e.g. {existing[0]}); "
             "set --config.predict.overwrite=True to replace them"
         )
     return files, targets

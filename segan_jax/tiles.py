@@ -51,13 +51,24 @@ def check(tiling: Tiling | None, output_stride: int) -> None:
     """Raises ValueError naming the key when ``tiling`` cannot be used."""
     if tiling is None:
         return
-    if not isinstance(tiling.margin, int) or tiling.margin < 0:
-        raise ValueError(f"eval.tile_margin={tiling.margin!r} must be a whole number, at least 0")
     size = tiling.size
-    if not isinstance(size, int) or size <= 2 * tiling.margin or size % output_stride:
+    if not isinstance(size, int) or size < output_stride or size % output_stride:
+        below = (
+            max(size // output_stride * output_stride, output_stride)
+            if isinstance(size, int)
+            else 0
+        )
         raise ValueError(
             f"eval.tile_size={size!r} must be 0 (whole images) or a multiple of the output "
-            f"stride {output_stride} larger than twice eval.tile_margin={tiling.margin}"
+            f"stride {output_stride}"
+            + (f", e.g. {below} or {below + output_stride}" if below else "")
+        )
+    margin = tiling.margin
+    if not isinstance(margin, int) or not 0 <= margin <= size // 4:
+        raise ValueError(
+            f"eval.tile_margin={margin!r} must be a whole number from 0 to a quarter of "
+            f"eval.tile_size ({size // 4}): each window keeps at least half its side, so no image "
+            "is cut into more than about four times its area in windows"
         )
 
 

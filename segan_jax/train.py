@@ -1090,7 +1090,7 @@ class _Loop:
             model, variables, split, self.ctx.normalizer, ignore, tiling
         )
         took = f"{count} images in {time.perf_counter() - start:.2f} s"
-        record = evaluate.result_record(step, name, self.info.classes, confusion)
+        record = evaluate.result_record(step, name, self.info.classes, confusion, tiling)
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
         best = self.managers[1]
         if step not in best.all_steps() and checkpoints.improves(best, f1):  # see evaluation_missed

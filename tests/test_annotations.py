@@ -138,9 +138,11 @@ def test_reading_back_follows_qupaths_conventions_and_names_problems():
     expected[4:8, 4:8] = 255  # a later feature wins; Ignore* marks unlabelled pixels
     np.testing.assert_array_equal(labels, expected)
     assert [p.split(":")[0] for p in problems] == [f"feature {i}" for i in range(2, 9)]
-    assert "class None" in problems[3] and "unreadable Polygon coordinates (KeyError" in problems[4]
+    assert "feature 2: has no classification" in problems[0]
+    assert "has no classification" in problems[3]
+    assert "unreadable Polygon coordinates (KeyError" in problems[4]
     assert "without an outer ring" in problems[5] and "unreadable" in problems[6]
-    assert "class None is not one of" in problems[0] and "a Point" in problems[1]
+    assert "a Point" in problems[1]
     assert "'Tumor'" in problems[2]
 
 
@@ -187,5 +189,29 @@ def test_the_command_line_names_the_problem_without_a_traceback(tmp_path, capsys
         f"--classes={tmp_path / 'classes.json'}",
     ]
     annotations.main([*argv, f"--output={tmp_path / 'masks'}"])
-    assert f"wrote 1 masks to {tmp_path / 'masks'}" in capsys.readouterr().out
+    assert f"wrote 1 mask to {tmp_path / 'masks'}" in capsys.readouterr().out
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "a.png")), labels)
+
+
+def test_a_region_outside_the_image_is_named_not_dropped_silently():
+    far = [[[20000, 30000], [20010, 30000], [20010, 30010], [20000, 30000]]]
+    edge = [[[-5, -5], [3, -5], [3, 2], [-5, 2], [-5, -5]]]  # partly outside: clipped
+    features = [
+        {
+            "geometry": {"type": "Polygon", "coordinates": c},
+            "properties": {"classification": {"name": "gland"}},
+        }
+        for c in (far, edge)
+    ]
+    two = [[[[5, 5], [7, 5], [7, 7], [5, 7], [5, 5]]], [[[8, 8], [10, 8], [10, 9], [8, 9], [8, 8]]]]
+    features.append(
+        {
+            "geometry": {"type": "MultiPolygon", "coordinates": two},
+            "properties": {"classification": {"name": "nucleus"}},
+        }
+    )
+    labels, problems = annotations.label_map(features, (10, 12), CLASSES)
+    assert len(problems) == 1 and problems[0].startswith("feature 0: holds no pixel of the 12x10")
+    assert (labels == 1).sum() == 4 + 2  # both parts of the MultiPolygon
+    assert "x 20000..20010, y 30000..30010" in problems[0]
+    assert (labels == 2).sum() == 6 and labels[:2, :3].all()

@@ -313,6 +313,8 @@ def test_per_class_table_reuses_the_evaluate_table():
     record = evaluate.result_record(120, "test", CLASSES, confusion)
     table = figures.per_class_table(record)
     assert table.splitlines()[0] == "test split, step 120"
+    tiled = figures.per_class_table({**record, "tiling": {"size": 256, "margin": 32}})
+    assert tiled.splitlines()[0] == "test split, step 120, in 256-pixel windows (margin 32)"
     assert table.endswith(evaluate.table_from_record(record))
     for name in (*CLASSES, "foreground mean"):
         assert name in table

@@ -657,7 +657,7 @@ def test_evaluating_a_cohort_folder_of_the_test_images_gives_the_test_figures(
     assert record["confusion_matrix"] == trained["confusion_matrix"]
     assert record["split"] == "cohort-hospital-b-test" and record["data"] == str(cohort)
     assert json.loads((work / "eval" / "cohort-hospital-b-test_2.json").read_text()) == record
-    assert f"cohort-hospital-b-test ({cohort}), step 2 (3 images)" in capsys.readouterr().out
+    assert f"cohort-hospital-b-test split, step 2 of {cohort} (3 images)" in capsys.readouterr().out
     assert figures.latest_record(work, "test") == trained
 
 
@@ -718,6 +718,7 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     tiling = tiles.Tiling(128, 2)
     confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, None, tiling)
     assert record["confusion_matrix"] == confusion.tolist()
+    assert record["tiling"] == {"size": 128, "margin": 2}  # told apart from whole images
     config.predict.input = str(tmp_path / "in")
     config.predict.output = str(tmp_path / "out")
     (tmp_path / "in").mkdir()
@@ -744,7 +745,7 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
     assert problems == []
     np.testing.assert_array_equal(back, labels)
     png.unlink()  # the GeoJSON alone is there: still a prediction not to overwrite
-    with pytest.raises(FileExistsError, match="1 predictions exist already .*a.geojson"):
+    with pytest.raises(FileExistsError, match="1 prediction files exist already .*a.geojson"):
         inference.predict_workdir(config, str(two_step_run))
 
 
