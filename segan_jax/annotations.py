@@ -262,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except datasets.DatasetError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {len(written)} mask{'s' * (len(written) != 1)} to {args.output}")
+    unannotated = sorted(_images_by_stem(args.images).keys() - {p.stem for p in written})
+    if unannotated:
+        shown = ", ".join(unannotated[:5]) + (", ..." if len(unannotated) > 5 else "")
+        print(f"note: no GeoJSON, so no mask, for {len(unannotated)} of the images: {shown}")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,12 @@ def test_the_command_line_names_the_problem_without_a_traceback(tmp_path, capsys
         f"--classes={tmp_path / 'classes.json'}",
     ]
     annotations.main([*argv, f"--output={tmp_path / 'masks'}"])
-    assert f"wrote 1 mask to {tmp_path / 'masks'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"wrote 1 mask to {tmp_path / 'masks'}" in out
+    assert "note: no GeoJSON, so no mask, for 0" not in out and "note:" not in out
+    Image.fromarray(labels).save(tmp_path / "b.png")  # an image nobody annotated
+    annotations.main([*argv, f"--output={tmp_path / 'masks'}", "--overwrite"])
+    assert "note: no GeoJSON, so no mask, for 1 of the images: b" in capsys.readouterr().out
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "a.png")), labels)
 
 

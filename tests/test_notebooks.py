@@ -115,15 +115,9 @@ def test_the_figures_of_a_cohort_in_class_colours(
     shutil.copytree(tiny_run, run)
     inference.evaluate_workdir(config, str(run))
     nb = _read()
-    settings = {
-        "COHORT = None": f"COHORT = {str(cohort)!r}",
-        'PALETTE = "grey"': 'PALETTE = "classes"',
-    }
-    for old, new in settings.items():
-        assert old in nb.cells[1].source
-        nb.cells[1].source = nb.cells[1].source.replace(old, new)
     nb.cells = nb.cells[:15]  # up to the worst images
     env = dict(os.environ, SEGAN_WORKDIR=str(run), SEGAN_JAX_DATA_DIR=str(data_dir))
+    env.update(SEGAN_COHORT=str(cohort), SEGAN_PALETTE="classes")
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO)}}
     )
