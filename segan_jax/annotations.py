@@ -180,11 +180,12 @@ def masks_from_geojson(
     for a folder dataset's ``masks/``. Everything is read and checked first: DatasetError
     naming every problem (and nothing written) otherwise. Returns the PNGs' paths."""
     problems: list[str] = []
-    classes = _classes(classes_file, problems)
+    classes, missing = datasets.classes_problems(classes_file)
+    problems += missing
     files = sorted(geojson_dir.glob("*.geojson")) if geojson_dir.is_dir() else []
     if not files:
         problems.append(f"{geojson_dir}: no .geojson files")
-    images = _images_by_stem(images_dir)
+    images = datasets.images_by_stem(images_dir)
     masks = {}
     for path in files:
         target = output / f"{path.stem}.png"
@@ -207,25 +208,6 @@ def masks_from_geojson(
     for target, labels in masks.items():
         evaluate.save_label_png(labels, target)
     return list(masks)
-
-
-def _images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
-    images: dict[str, list[pathlib.Path]] = {}
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.suffix.lower() in datasets.IMAGE_SUFFIXES:
-            images.setdefault(path.stem, []).append(path)
-    return images
-
-
-def _classes(path: pathlib.Path, problems: list[str]) -> tuple[str, ...]:
-    if not path.is_file():
-        problems.append(f"{path}: no such file (classes.json, the label value of each class)")
-        return ()
-    try:
-        return datasets.read_classes(path)
-    except (OSError, ValueError) as err:
-        problems.append(f"{path}: {err}")
-        return ()
 
 
 def _features(path: pathlib.Path, problems: list[str]) -> list[dict] | None:
@@ -262,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except datasets.DatasetError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {len(written)} mask{'s' * (len(written) != 1)} to {args.output}")
-    unannotated = sorted(_images_by_stem(args.images).keys() - {p.stem for p in written})
+    unannotated = sorted(datasets.images_by_stem(args.images).keys() - {p.stem for p in written})
     if unannotated:
         shown = ", ".join(unannotated[:5]) + (", ..." if len(unannotated) > 5 else "")
         print(f"note: no GeoJSON, so no mask, for {len(unannotated)} of the images: {shown}")

@@ -316,6 +316,11 @@ def _by_stem(paths: Sequence[pathlib.Path]) -> dict[str, list[pathlib.Path]]:
     return dict(grouped)
 
 
+def images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    """The visible image files of ``folder`` (`IMAGE_SUFFIXES`, any case) by stem, sorted."""
+    return _by_stem(_files(folder, IMAGE_SUFFIXES))
+
+
 def _present_splits(root: pathlib.Path) -> tuple[str, ...]:
     """Required splits plus those whose folder exists, in ("train", "val", "test") order."""
     return tuple(s for s in SPLITS if s in REQUIRED_SPLITS or (root / s).is_dir())
@@ -323,7 +328,7 @@ def _present_splits(root: pathlib.Path) -> tuple[str, ...]:
 
 def _split_pairs(split_dir: pathlib.Path) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
     """(stem, image path, mask path) of a validated split, sorted by stem."""
-    images = _by_stem(_files(split_dir / "images", IMAGE_SUFFIXES))
+    images = images_by_stem(split_dir / "images")
     masks = _by_stem(_files(split_dir / "masks", (".png",)))
     return [(stem, images[stem][0], masks[stem][0]) for stem in sorted(images)]
 
@@ -369,7 +374,7 @@ def validate_folder(root: pathlib.Path) -> None:
 def _folder_problems(root: pathlib.Path) -> list[str]:
     if not root.is_dir():
         return [f"{root}: dataset folder not found (set --config.data.path to it)"]
-    classes, problems = _classes_problems(root / "classes.json")
+    classes, problems = classes_problems(root / "classes.json")
     decoded: list[_ImageKind] = []
     for split in _present_splits(root):
         problems += _split_problems(root / split, len(classes) if classes else 0, decoded)
@@ -378,7 +383,9 @@ def _folder_problems(root: pathlib.Path) -> list[str]:
     return problems
 
 
-def _classes_problems(path: pathlib.Path) -> tuple[tuple[str, ...] | None, list[str]]:
+def classes_problems(path: pathlib.Path) -> tuple[tuple[str, ...] | None, list[str]]:
+    """(class names, []) of a classes.json, or (None, [its problem]) when it is missing or
+    invalid."""
     if not path.is_file():
         return None, [f"{path}: missing; it maps label values to names, e.g. {_CLASSES_EXAMPLE}"]
     try:
@@ -410,7 +417,7 @@ def _split_listing(split_dir: pathlib.Path) -> tuple[_Listing, _Listing, list[st
     missing = [f"{folder}: missing folder" for folder in folders if not folder.is_dir()]
     if missing:
         return {}, {}, missing
-    images = _by_stem(_files(folders[0], IMAGE_SUFFIXES))
+    images = images_by_stem(folders[0])
     masks = _by_stem(_files(folders[1], (".png",)))
     return images, masks, _listing_problems(folders, images, masks)
 

@@ -95,12 +95,22 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
 
     name = parallel.on_every_process(checked_split, "check its data")
     info = run_info(config, workdir, data_info)
+    return _scored(config, workdir, info, train.load_shard(config, name), name)
+
+
+def _scored(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    info: datasets.DatasetInfo,
+    shard: datasets.Split,
+    name: str,
+) -> tuple[dict, int]:
+    """(record named ``name``, number of images) of the checkpoint eval.checkpoint names on
+    every process's ``shard``, in eval.tile_size windows if set."""
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
-    split = train.load_shard(config, name)
-    ignore = config.data.ignore_index
     tiling = tiles.from_config(config.eval)
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, split, normalizer, ignore, tiling
+        model, variables, shard, normalizer, config.data.ignore_index, tiling
     )
     return evaluate.result_record(step, name, info.classes, confusion, tiling), num_images
 
@@ -122,12 +132,7 @@ def evaluate_cohort(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     shard = parallel.on_every_process(
         lambda: read_cohort(folder, info, ignore, mine), "read the cohort"
     )
-    model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
-    tiling = tiles.from_config(config.eval)
-    confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, shard, normalizer, ignore, tiling
-    )
-    record = evaluate.result_record(step, cohort_name(folder), info.classes, confusion, tiling)
+    record, num_images = _scored(config, workdir, info, shard, cohort_name(folder))
     return {**record, "data": str(folder)}, num_images
 
 
@@ -178,12 +183,9 @@ def _cohort_classes_problems(folder: pathlib.Path, classes: tuple[str, ...]) -> 
     path = next((p for p in (folder / "classes.json", parent) if p and p.is_file()), None)
     if path is None:
         return []  # label values read as the run's
-    try:
-        names = datasets.read_classes(path)
-    except (OSError, ValueError) as err:
-        return [f"{path}: {err}"]
-    if names == tuple(classes):
-        return []
+    names, problems = datasets.classes_problems(path)
+    if problems or names == tuple(classes):
+        return problems
     return [f"{path}: names {list(names)}; the run was trained on {list(classes)} in that order"]
 
 

@@ -173,7 +173,7 @@ def test_masks_from_geojson_writes_masks_only_when_every_file_is_good(tmp_path):
 
 
 def test_the_command_line_names_the_problem_without_a_traceback(tmp_path, capsys):
-    message = f"error: x.json: no such file .*\n{tmp_path / 'none'}: no .geojson files$"
+    message = f"error: x.json: missing; .*\n{tmp_path / 'none'}: no .geojson files$"
     with pytest.raises(SystemExit, match=message):
         annotations.main(
             [f"--geojson={tmp_path / 'none'}", f"--images={tmp_path}", "--classes=x.json"]
