@@ -183,6 +183,26 @@ def test_hue_rotation_keeps_luma_and_greys_and_inverts():
     assert not np.allclose(rotated, rgb, atol=1e-2)
 
 
+def test_a_shorter_shard_draws_its_own_images_each_as_often():
+    """Padded to another process's 5 images, a shard of 3 crops those 3 alone, each about a
+    third of the time (repeating its first images would give them 2/5 each and the last 1/5)."""
+    split = datasets.Split(
+        [np.full((8, 8, 1), i + 1, np.uint8) for i in range(3)],
+        [np.zeros((8, 8), np.uint8) for _ in range(3)],
+        ["a", "b", "c"],
+    )
+    data = input_pipeline.stack_split(split, 8, IGNORE, shape=(5, 8, 8))
+    assert data.images.shape == (5, 8, 8, 1) and int(data.count) == 3
+    keys = jax.random.split(jax.random.key(0), 3000)
+    aug = _aug(flips=False, rot90=False)
+    images, masks = jax.vmap(
+        lambda k: input_pipeline.augment_example(data, k, 8, aug, _normalizer(1))
+    )(keys)
+    assert (np.asarray(masks) == 0).all()  # never the empty entries' ignore label
+    drawn = np.asarray(images)[:, 0, 0, 0].astype(int)
+    np.testing.assert_allclose(np.bincount(drawn, minlength=4)[1:] / 3000, 1 / 3, atol=0.04)
+
+
 def test_sample_batch_is_keyed_by_global_example_index():
     data = input_pipeline.stack_split(_coded_split([(40, 52), (33, 47)]), 24, IGNORE)
 
