@@ -287,7 +287,7 @@ def _is_visible_file(path: pathlib.Path) -> bool:
     return path.is_file() and not name.startswith(".") and name.lower() not in SYSTEM_FILES
 
 
-def _files(folder: pathlib.Path, suffixes: Sequence[str]) -> list[pathlib.Path]:
+def visible_files(folder: pathlib.Path, suffixes: Sequence[str]) -> list[pathlib.Path]:
     """Sorted visible files of ``folder`` whose suffix (any case) is in ``suffixes``."""
     if not folder.is_dir():
         return []
@@ -318,7 +318,7 @@ def _by_stem(paths: Sequence[pathlib.Path]) -> dict[str, list[pathlib.Path]]:
 
 def images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     """The visible image files of ``folder`` (`IMAGE_SUFFIXES`, any case) by stem, sorted."""
-    return _by_stem(_files(folder, IMAGE_SUFFIXES))
+    return _by_stem(visible_files(folder, IMAGE_SUFFIXES))
 
 
 def _present_splits(root: pathlib.Path) -> tuple[str, ...]:
@@ -329,7 +329,7 @@ def _present_splits(root: pathlib.Path) -> tuple[str, ...]:
 def _split_pairs(split_dir: pathlib.Path) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
     """(stem, image path, mask path) of a validated split, sorted by stem."""
     images = images_by_stem(split_dir / "images")
-    masks = _by_stem(_files(split_dir / "masks", (".png",)))
+    masks = _by_stem(visible_files(split_dir / "masks", (".png",)))
     return [(stem, images[stem][0], masks[stem][0]) for stem in sorted(images)]
 
 
@@ -418,7 +418,7 @@ def _split_listing(split_dir: pathlib.Path) -> tuple[_Listing, _Listing, list[st
     if missing:
         return {}, {}, missing
     images = images_by_stem(folders[0])
-    masks = _by_stem(_files(folders[1], (".png",)))
+    masks = _by_stem(visible_files(folders[1], (".png",)))
     return images, masks, _listing_problems(folders, images, masks)
 
 

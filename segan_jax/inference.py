@@ -207,12 +207,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def input_files(path: pathlib.Path) -> list[pathlib.Path]:
-    """The image files named by --config.predict.input (a file or a folder)."""
+    """The image files named by --config.predict.input (a file or a folder), sorted. In a
+    folder, as in a dataset, hidden and system files are left out (e.g. macOS's ``._*.png``)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: predict.input is neither an image file nor a folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in datasets.IMAGE_SUFFIXES)
+    files = datasets.visible_files(path, datasets.IMAGE_SUFFIXES)
     if not files:
         suffixes = ", ".join(datasets.IMAGE_SUFFIXES)
         raise FileNotFoundError(f"{path}: no images ({suffixes}) in this folder")
