@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -42,23 +44,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def launch(
+def start(
     work: pathlib.Path,
     env: dict,
     *extra: str,
     processes: int = 2,
-    check: bool = True,
     per_process: list[list[str]] | None = None,
-):
-    """Runs launch.py as `processes` processes (2: jax.distributed on localhost), process i
-    also with `per_process[i]`; returns [(return code, stdout, stderr)] per process."""
+) -> list[subprocess.Popen]:
+    """Starts launch.py as `processes` processes (2: jax.distributed on localhost), process i
+    also with `per_process[i]`, stdout and stderr piped."""
     args = [*launch_args(work), "--config.train.num_steps=3", "--config.train.batch_size=4"]
     args += extra
     if processes > 1:
         args += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
     ids = [[f"--process_id={i}"] for i in range(processes)] if processes > 1 else [[]]
     ids = [i + (per_process[n] if per_process else []) for n, i in enumerate(ids)]
-    procs = [
+    return [
         subprocess.Popen(
             [*args, *i],
             cwd=REPO,
@@ -69,6 +70,11 @@ def launch(
         )
         for i in ids
     ]
+
+
+def launch(work: pathlib.Path, env: dict, *extra: str, check: bool = True, **kwargs):
+    """`start`, then waits: [(return code, stdout, stderr)] per process."""
+    procs = start(work, env, *extra, **kwargs)
     results = [(p, *p.communicate(timeout=600)) for p in procs]
     if check:
         for p, _, err in results:
@@ -180,3 +186,30 @@ def test_prediction_is_shared_out_over_processes(run, tmp_path):
     again = launch(work, env, *predict, f"--config.predict.output={tmp_path / 'two'}", check=False)
     for code, _, err in again:
         assert code != 0 and "overwrite" in err and "Traceback" not in err
+
+
+def test_ctrl_c_on_one_process_stops_both_at_one_checkpoint(tmp_path, data_dir):
+    """Ctrl-C reaching process 1 alone (another host's terminal): at the next progress line
+    every process stops, at the same step, with one checkpoint of it, exit status 130.
+    Stopping process 1 alone would leave process 0 waiting in a collective."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        SEGAN_JAX_DATA_DIR=str(data_dir),
+    )
+    work = tmp_path / "run"
+    procs = start(work, env, "--config.train.num_steps=1000")
+    for line in procs[0].stdout:  # process 0 alone prints progress, every 2 steps
+        if line.startswith("step 4/1000"):
+            procs[1].send_signal(signal.SIGINT)
+            break
+    steps = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
+        stopped = re.search(r"stopped at step (\d+) with a checkpoint; rerun the same command", err)
+        assert stopped, err[-3000:]
+        steps.append(int(stopped[1]))
+    assert steps[0] == steps[1] >= 4
+    # What resuming restores (a 2-process resume: `run`): the step both stopped at.
+    assert checkpoints.latest_manager(work, 3, create=False).latest_step() == steps[0]
