@@ -57,23 +57,37 @@ def _without_straight_points(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([kept, kept[:1]])
 
 
-def feature_collection(labels: np.ndarray, classes: Sequence[str]) -> dict:
-    """A GeoJSON FeatureCollection of the (H, W) label map's regions of every class but the
-    background (label 0): one Polygon annotation each, classified by class name in the colour
-    the figures give it (``figures.label_palette(K, "classes")``)."""
+def features(
+    labels: np.ndarray,
+    classes: Sequence[str],
+    origin: tuple[int, int] = (0, 0),
+    scale: np.ndarray | None = None,
+) -> list[dict]:
+    """GeoJSON Polygon annotations of the (H, W) label map's regions of every class but the
+    background (label 0), classified by class name in the colour the figures give it
+    (``figures.label_palette(K, "classes")``). Coordinates are ``((x, y) + origin) * scale``:
+    the map's pixels by default; a part of a larger map gives its (x, y) position there as
+    ``origin``, and a map at a lower resolution its (x, y) pixel size as ``scale``."""
     colours = np.rint(figures.label_palette(len(classes), "classes") * 255).astype(int).tolist()
-    features = []
+    out = []
     for k in range(1, len(classes)):
         classification = {"name": classes[k], "color": colours[k]}
         for rings in class_polygons(labels, k):
-            features.append(
+            rings = [r + origin for r in rings]
+            rings = rings if scale is None else [r * scale for r in rings]
+            out.append(
                 {
                     "type": "Feature",
                     "geometry": {"type": "Polygon", "coordinates": [r.tolist() for r in rings]},
                     "properties": {"objectType": "annotation", "classification": classification},
                 }
             )
-    return {"type": "FeatureCollection", "features": features}
+    return out
+
+
+def feature_collection(labels: np.ndarray, classes: Sequence[str]) -> dict:
+    """A GeoJSON FeatureCollection of the (H, W) label map's `features`."""
+    return {"type": "FeatureCollection", "features": features(labels, classes)}
 
 
 def save_geojson(labels: np.ndarray, classes: Sequence[str], path: pathlib.Path) -> None:

@@ -88,7 +88,7 @@ _META_KEYS = (
 _PIL_CONVERT = {"P": "RGB", "PA": "RGBA", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB"}
 _MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_ALPHA_SAMPLES = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+ALPHA_SAMPLES = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
 
 _Example = tuple[str, np.ndarray, np.ndarray]  # (name, image (H, W, C), mask (H, W) uint8)
 _ImageKind = tuple[pathlib.Path, int, int]  # (image path, channels, bits per sample)
@@ -203,7 +203,7 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray:
         series = tif.series[0]
         array, axes = series.asarray(), series.axes
         extra = getattr(tif.pages[0], "extrasamples", ())
-    if axes.endswith("S") and extra and extra[-1] in _ALPHA_SAMPLES:
+    if axes.endswith("S") and extra and extra[-1] in ALPHA_SAMPLES:
         array = _without_alpha(array)
     channels_first = axes[0] != "Q" or array.shape[0] <= array.shape[-1]
     if array.ndim == 3 and not axes.endswith("S") and channels_first:

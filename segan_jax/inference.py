@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from segan_jax import annotations, checkpoints, datasets, evaluate, parallel, tiles, train
+from segan_jax import annotations, checkpoints, datasets, evaluate, parallel, slides, tiles, train
 from segan_jax import workdir as workdir_lib
 
 
@@ -206,16 +206,21 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return record
 
 
+# What predict reads: images, and slides region by region (`slides`).
+INPUT_SUFFIXES = (*datasets.IMAGE_SUFFIXES, *slides.SLIDE_SUFFIXES)
+
+
 def input_files(path: pathlib.Path) -> list[pathlib.Path]:
-    """The image files named by --config.predict.input (a file or a folder), sorted. In a
-    folder, as in a dataset, hidden and system files are left out (e.g. macOS's ``._*.png``)."""
+    """The image and slide files named by --config.predict.input (a file or a folder), sorted.
+    In a folder, as in a dataset, hidden and system files are left out (e.g. macOS's
+    ``._*.png``)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: predict.input is neither an image file nor a folder")
-    files = datasets.visible_files(path, datasets.IMAGE_SUFFIXES)
+    files = datasets.visible_files(path, INPUT_SUFFIXES)
     if not files:
-        suffixes = ", ".join(datasets.IMAGE_SUFFIXES)
+        suffixes = ", ".join(INPUT_SUFFIXES)
         raise FileNotFoundError(f"{path}: no images ({suffixes}) in this folder")
     return files
 
@@ -224,11 +229,13 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     """Writes one single-channel label PNG per input image (same stem) to predict.output
     (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`), and
     classes.json naming the label values (the folder dataset's format: corrected label
-    maps can become a dataset's masks/, with classes.json moved to its root).
+    maps can become a dataset's masks/, with classes.json moved to its root). A slide (a
+    TIFF-based input over predict.slide_pixels) is predicted region by region at
+    predict.slide_level into a label TIFF, ``<stem>.tif`` (`slides`).
 
-    With several processes each reads, predicts and writes its share of the images; any
+    With several processes each reads, predicts and writes its share of the inputs; any
     process's failed check stops all of them before anything is written. Returns the paths of
-    all label PNGs."""
+    all label maps."""
     files, targets = parallel.on_every_process(lambda: _plan(config), "check inputs and outputs")
     mine = slice(jax.process_index(), None, jax.process_count())
     files, mine_targets = files[mine], targets[mine]
@@ -243,40 +250,107 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         lambda: _check_classes_file(out / "classes.json", classes, config.predict.overwrite),
         "check classes.json",
     )
-    images = parallel.on_every_process(lambda: read_images(files, info), "read its images")
+    level = _slide_key(config, "slide_level")
+    images = parallel.on_every_process(
+        lambda: read_images(files, info, _slide_flags(mine_targets), level), "read its images"
+    )
     model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
     out.mkdir(parents=True, exist_ok=True)
-    tiling = tiles.from_config(config.eval)
-    labels = evaluate.predict_all(model, variables, images, normalizer, tiling=tiling)
-    geojson = config.predict.get("geojson", False)  # runs saved before the key lack it
-    for one, target, annotations_path in zip(
-        labels, mine_targets, geojson_paths(mine_targets), strict=True
-    ):
-        evaluate.save_label_png(one, target)
-        if geojson:
-            annotations.save_geojson(one, info.classes, annotations_path)
+    _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
         workdir_lib.write_json(out / "classes.json", classes)
-        plural = "" if len(targets) == 1 else "s"
-        also = f" (and their regions as GeoJSON, {geojson_paths(targets)[0].name}, ...)"
-        print(f"wrote {len(targets)} label PNG{plural} to {out}{also * geojson}", flush=True)
+        also = " (and their regions as GeoJSON, <stem>.geojson)" * _geojson(config)
+        print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
     return targets
 
 
+def _geojson(config: ml_collections.ConfigDict) -> bool:
+    """predict.geojson (runs saved before the key lack it)."""
+    return config.predict.get("geojson", False)
+
+
+def _write_predictions(config, trained, info, files, images, targets) -> None:
+    """Predicts this process's images together (label PNGs), then its slides one by one
+    (label TIFFs, `_predict_slide`), with the run's (model, variables, normalizer)."""
+    model, variables, normalizer = trained
+    whole = [i for i, t in enumerate(targets) if t.suffix == ".png"]
+    parts = [images[i] for i in whole]
+    tiling = tiles.from_config(config.eval)
+    labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling)
+    for i, one in zip(whole, labels, strict=True):
+        evaluate.save_label_png(one, targets[i])
+        if _geojson(config):
+            annotations.save_geojson(one, info.classes, geojson_paths(targets)[i])
+    for i in sorted(set(range(len(files))) - set(whole)):
+        _predict_slide(config, trained, files[i], targets[i], info)
+
+
+# predict.slide_* where a config lacks them (configs/default.py; configs/saved.py fills them).
+SLIDE_DEFAULTS = {"slide_pixels": 2**26, "slide_level": 0}
+
+
+def _slide_key(config: ml_collections.ConfigDict, key: str):
+    """predict.<key> of the slide keys, or its `SLIDE_DEFAULTS` value."""
+    return config.predict.get(key, SLIDE_DEFAULTS[key])
+
+
+# Windows of a slide when eval.tile_size is 0 (whole images): a slide never fits whole.
+SLIDE_WINDOW = 1024
+
+
+def _predict_slide(config, trained, path: pathlib.Path, target: pathlib.Path, info) -> None:
+    """Predicts one slide (`slides.predict_slide`) with the run's (model, variables,
+    normalizer) in ``trained``, in eval.tile_size windows (`SLIDE_WINDOW` when 0)."""
+    model, variables, normalizer = trained
+    tiling = tiles.from_config(config.eval) or tiles.Tiling(SLIDE_WINDOW, config.eval.tile_margin)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
+
+    geojson = (geojson_paths([target])[0], info.classes) if _geojson(config) else None
+    level = _slide_key(config, "slide_level")
+    slide = slides.predict_slide(path, level, tiling, predict, target, geojson)
+    print(
+        f"{path}: level {level}, {slide.shape[0]}x{slide.shape[1]} pixels -> {target}", flush=True
+    )
+
+
+def _count_maps(targets: list[pathlib.Path]) -> str:
+    """ "3 label PNGs", "1 label PNG and 2 slide label TIFFs", ..."""
+    pngs = sum(t.suffix == ".png" for t in targets)
+    counts = [(pngs, "label PNG"), (len(targets) - pngs, "slide label TIFF")]
+    return " and ".join(f"{n} {what}{'s' * (n != 1)}" for n, what in counts if n)
+
+
+def _slide_flags(targets: list[pathlib.Path]) -> list[bool]:
+    """Which inputs are slides: those whose label map is a TIFF (`_plan`)."""
+    return [t.suffix == ".tif" for t in targets]
+
+
 def geojson_paths(pngs: list[pathlib.Path]) -> list[pathlib.Path]:
-    """The GeoJSON annotations beside label PNGs (predict.geojson): ``<stem>.geojson``."""
+    """The GeoJSON annotations beside label maps (predict.geojson): ``<stem>.geojson``."""
     return [png.with_suffix(".geojson") for png in pngs]
 
 
 def read_images(
-    files: list[pathlib.Path], info: datasets.DatasetInfo | None = None
+    files: list[pathlib.Path],
+    info: datasets.DatasetInfo | None = None,
+    is_slide: list[bool] | None = None,
+    slide_level: int = 0,
 ) -> list[np.ndarray]:
-    """Each file decoded, (H, W, C); DatasetError naming every file that is not a readable
-    image of a supported pixel type or, given the training data's ``info``, whose channels or
-    pixel type differ from theirs."""
+    """Each file decoded, (H, W, C), but a slide (``is_slide``), whose ``slide_level`` is only
+    opened and one pixel decoded (its entry: an empty (0, 0, C) array of its pixel type);
+    DatasetError naming every file that is not a readable image (or slide) of a supported
+    pixel type or, given the training data's ``info``, whose channels or pixel type differ
+    from theirs."""
     problems: list[str] = []
-    images = [datasets.try_read(datasets.read_image, [f], "image", problems) for f in files]
+    images = [
+        datasets.try_read(_slide_probe(slide_level), [f], "slide", problems)
+        if slide
+        else datasets.try_read(datasets.read_image, [f], "image", problems)
+        for f, slide in zip(files, is_slide or [False] * len(files), strict=True)
+    ]
     if info is not None:
         for f, image in zip(files, images, strict=True):
             problems += [] if image is None else _image_problems(f, image, info)
@@ -285,18 +359,51 @@ def read_images(
     return images
 
 
+def _slide_probe(level: int):
+    """A reader of a slide's ``level`` (`slides.slide_info`) returning an empty (0, 0, C)
+    array of its pixel type, for `_image_problems`."""
+
+    def probe(path: pathlib.Path) -> np.ndarray:
+        slide = slides.slide_info(path, level)
+        if slide.dtype not in (np.uint8, np.uint16):
+            raise datasets.FormatError(f"pixel type {slide.dtype} not supported (8 or 16 bits)")
+        return np.empty((0, 0, slide.channels), slide.dtype)
+
+    return probe
+
+
+def _is_slide(path: pathlib.Path, max_pixels: int) -> bool:
+    """A TIFF-based file whose full-resolution image has more than ``max_pixels`` pixels (or
+    an .svs/.ndpi); one whose header cannot be read is an image (and named as unreadable)."""
+    if path.suffix.lower() in slides.SLIDE_SUFFIXES:
+        return True
+    try:
+        size = slides.full_size(path)
+    except datasets.FormatError:
+        return False
+    return size is not None and size[0] * size[1] > max_pixels
+
+
 def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
-    """(input image files, their label PNGs' paths), after checking the predict.* keys and
-    that no existing prediction would be overwritten without predict.overwrite."""
+    """(input files, their label maps' paths: PNGs, for slides TIFFs), after checking the
+    predict.* keys and that no existing prediction would be overwritten without
+    predict.overwrite."""
     if not config.predict.input or not config.predict.output:
         raise train.ConfigError(
             "--mode=predict needs --config.predict.input and --config.predict.output"
         )
+    for key, least in (("slide_pixels", 1), ("slide_level", 0)):
+        value = _slide_key(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise train.ConfigError(f"predict.{key}={value!r} must be a whole number >= {least}")
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)
-    targets = [out / f"{f.stem}.png" for f in files]
-    written = targets + (geojson_paths(targets) if config.predict.get("geojson") else [])
+    slide = [_is_slide(f, _slide_key(config, "slide_pixels")) for f in files]
+    targets = [
+        out / f"{f.stem}{'.tif' if s else '.png'}" for f, s in zip(files, slide, strict=True)
+    ]
+    written = targets + (geojson_paths(targets) if _geojson(config) else [])
     existing = [str(t) for t in written if t.exists()]
     if existing and not config.predict.overwrite:
         raise FileExistsError(
@@ -316,7 +423,7 @@ def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:
     clashes = [names for names in stems.values() if len(names) > 1]
     if clashes:
         raise FileExistsError(
-            f"{files[0].parent}: inputs share a stem, so their label PNGs would overwrite each "
+            f"{files[0].parent}: inputs share a stem, so their label maps would overwrite each "
             f"other: {clashes}"
         )
 

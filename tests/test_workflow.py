@@ -749,6 +749,37 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
         inference.predict_workdir(config, str(two_step_run))
 
 
+def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data_dir, tmp_path):
+    """Over predict.slide_pixels a TIFF is read region by region and its label map written as
+    a tiled TIFF (with its GeoJSON); other inputs beside it still give label PNGs."""
+    config = _tiny(data_dir, num_steps=2)
+    config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
+    config.predict.geojson, config.predict.slide_pixels = True, 100_000
+    (tmp_path / "in").mkdir()
+    image = datasets.load_split(config.data, "test").images[0]  # 210x576: 120,960 pixels
+    contig = {"photometric": "minisblack", "planarconfig": "contig"}  # (H, W, 2) as YXS
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image, tile=(64, 64), **contig)
+    tifffile.imwrite(tmp_path / "in" / "b.tif", image[:100], **contig)  # 57,600 pixels
+    slide, png = inference.predict_workdir(config, str(two_step_run))
+    assert (slide.name, png.name) == ("a.tif", "b.png")
+    model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
+    expected, small = evaluate.predict_all(model, variables, [image, image[:100]], normalizer)
+    np.testing.assert_array_equal(tifffile.imread(slide), expected)  # in one 1024 window
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), small)
+    features = json.loads(slide.with_suffix(".geojson").read_text())["features"]
+    back, problems = annotations.label_map(features, expected.shape, datasets.DEMO_CLASSES)
+    assert problems == [] and (back == expected).all()
+    with pytest.raises(FileExistsError, match="4 prediction files exist already"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_level = 1
+    config.predict.overwrite = True
+    with pytest.raises(datasets.DatasetError, match=r"a.tif: has 1 level\(s\)"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_pixels = 0
+    with pytest.raises(train.ConfigError, match="predict.slide_pixels=0 must be a whole number"):
+        inference.predict_workdir(config, str(two_step_run))
+
+
 def test_training_refuses_a_cohort(tmp_path, data_dir):
     config = _tiny(data_dir, num_steps=2)
     config.eval.cohort = str(tmp_path)

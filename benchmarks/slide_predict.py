@@ -1,0 +1,132 @@
+"""What predicting a whole slide region by region costs (``segan_jax/slides.py``): seconds and
+peak memory of `slides.predict_slide` (label TIFF and GeoJSON) on a --size x --size RGB
+pyramidal JPEG TIFF, against reading the same slide whole and predicting it in the same
+windows (`evaluate.predict_all` with a tiling), each in a fresh process so that its peak
+memory is its own.
+
+The slide is a mosaic of CoNSeP's 1000x1000 H&E tiles (``../shared/data/consep``, real tissue;
+noise where it is absent), the network the demo's (ResNet-18 width 16, OS8) with random
+weights: the cost does not depend on what it learned (the number of regions, for GeoJSON,
+does a little).
+
+    python benchmarks/slide_predict.py --size 8192 [--geojson=0]
+"""
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONSEP = REPO.parent / "shared" / "data" / "consep" / "train" / "images"
+
+
+def write_slide(path: pathlib.Path, size: int) -> str:
+    """A size x size RGB pyramidal JPEG TIFF (levels down by 4) of CoNSeP tiles; returns what
+    it was made of."""
+    import tifffile
+    from PIL import Image
+
+    tiles = sorted(CONSEP.glob("*.jpg")) if CONSEP.is_dir() else []
+    n = -(-size // 1000)
+    image = np.empty((n * 1000, n * 1000, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    for i in range(n * n):
+        r, c = divmod(i, n)
+        block = (
+            np.asarray(Image.open(tiles[i % len(tiles)]).convert("RGB"))[:1000, :1000]
+            if tiles
+            else rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+        )
+        image[r * 1000 : (r + 1) * 1000, c * 1000 : (c + 1) * 1000] = block
+    image = image[:size, :size]
+    options = dict(tile=(256, 256), compression="jpeg", photometric="rgb")
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(image, subifds=2, **options)
+        for k in (4, 16):
+            tif.write(image[::k, ::k], subfiletype=1, **options)
+    return f"{len(tiles)} CoNSeP tiles" if tiles else "noise (CoNSeP absent)"
+
+
+def measure(mode: str, path: pathlib.Path, window: int, margin: int, with_geojson: bool) -> dict:
+    """One mode's seconds and peak resident memory (after the network is compiled on one
+    window, so the figures are the slide's)."""
+    import jax
+
+    from segan_jax import evaluate, input_pipeline, models, slides, tiles
+
+    model = models.DeepLabV3(num_classes=3, depth=18, width=16, aspp_features=64)
+    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32), train=False)
+    normalizer = input_pipeline.Normalizer(255.0, (0.5,) * 3, (0.25,) * 3, True)
+    tiling = tiles.Tiling(window, margin)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
+
+    predict(np.zeros((window, window, 3), np.uint8))  # compile
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    out = path.with_name(f"{mode}_labels.tif")
+    classes = ("background", "a", "b")
+    if mode == "bands":
+        geojson = (out.with_suffix(".geojson"), classes) if with_geojson else None
+        shape = slides.predict_slide(path, 0, tiling, predict, out, geojson).shape
+    else:
+        import tifffile
+
+        from segan_jax import annotations
+
+        image = tifffile.imread(path)
+        shape, labels = image.shape[:2], predict(image)
+        tifffile.imwrite(out, labels, tile=(256, 256), compression="zlib")
+        if with_geojson:
+            annotations.save_geojson(labels, classes, out.with_suffix(".geojson"))
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    pixels = shape[0] * shape[1]
+    return {
+        "mode": mode,
+        "geojson": with_geojson,
+        "size": list(shape),
+        "seconds": round(seconds, 1),
+        "megapixels_per_s": round(pixels / seconds / 1e6, 2),
+        "peak_rss_gb": round(peak / 2**30, 2),
+        "rss_before_gb": round(before / 2**30, 2),
+        "slide_rgb_gb": round(pixels * 3 / 2**30, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--margin", type=int, default=64)
+    parser.add_argument("--modes", nargs="+", default=["bands", "whole"])
+    parser.add_argument("--geojson", type=int, default=1, help="also write GeoJSON (1) or not")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: mode,path
+    args = parser.parse_args()
+    if args.one:
+        mode, path = args.one.split(",", 1)
+        figures = measure(mode, pathlib.Path(path), args.window, args.margin, bool(args.geojson))
+        print(json.dumps(figures))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "slide.tif"
+        made = write_slide(path, args.size)
+        print(f"slide {args.size}x{args.size} of {made}: {path.stat().st_size / 1e6:.1f} MB")
+        for mode in args.modes:
+            command = [sys.executable, __file__, f"--one={mode},{path}"]
+            command += [f"--window={args.window}", f"--margin={args.margin}"]
+            command += [f"--geojson={args.geojson}"]
+            out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+            print(out.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Whole-slide images (Aperio SVS, Hamamatsu NDPI, pyramidal or tiled TIFF) predicted region by
+region: a slide of 100,000 x 80,000 pixels (24 GB as RGB) is never read whole.
+
+The slide is read one band of rows at a time (a window's height, the whole width; through
+tifffile's Zarr store, which decodes only the TIFF tiles a region touches), each band predicted
+in overlapping windows (`tiles`, the same windows as for a whole image, so the labels are
+those of `evaluate.predict_all` with that tiling), and its kept rows written out at once:
+
+- a label map as a tiled, zlib-compressed single-channel TIFF (``<stem>.tif``, the class index
+  of each pixel of the level predicted);
+- with GeoJSON, each band's regions as QuPath annotations (`annotations`), in the slide's
+  full-resolution (level 0) pixels, so they land on the slide in QuPath. A region that spans
+  two bands (or two runs of `GEOJSON_COLUMNS` columns) comes as two polygons, cut between
+  pixels (in QuPath, Objects > Annotations > Merge selected joins them); each pixel still lies
+  in exactly one.
+
+Both are written to ``NAME.tmp`` and renamed when complete: a stopped run leaves no file a later
+run takes for a prediction.
+"""
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import tifffile
+import zarr
+
+from segan_jax import annotations, datasets, tiles
+
+# Suffixes of the TIFF-based formats read here (datasets read .tif and .tiff whole).
+SLIDE_SUFFIXES = (".svs", ".ndpi")
+TIFF_SUFFIXES = (".tif", ".tiff", *SLIDE_SUFFIXES)
+# Tiles of the label TIFF.
+LABEL_TILE = 256
+# Columns of a band traced for GeoJSON at a time: tracing takes about 29 bytes a pixel
+# (benchmarks/annotations_trace.py), so 1024 rows of 8192 columns about 0.25 GB.
+GEOJSON_COLUMNS = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideInfo:
+    """One level of a slide: (H, W) pixels of ``channels`` channels of ``dtype``;
+    ``downsample`` is (rows, columns) of level 0 per pixel of this level."""
+
+    path: pathlib.Path
+    level: int
+    shape: tuple[int, int]
+    channels: int
+    dtype: np.dtype
+    downsample: tuple[float, float]
+
+
+def full_size(path: pathlib.Path) -> tuple[int, int] | None:
+    """(H, W) of a TIFF-based file's full-resolution image, read from its header; None for
+    other files. Raises datasets.FormatError when a TIFF cannot be parsed."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _yx(tif.series[0].levels[0])
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError) as err:
+        raise datasets.FormatError(f"not a readable TIFF ({err})") from err
+
+
+def _yx(series) -> tuple[int, int]:
+    """(H, W) of a series of axes YX or YXS (RGB); FormatError for any other layout."""
+    if series.axes not in ("YX", "YXS"):
+        raise datasets.FormatError(
+            f"slide layout {series.axes} {series.shape} not supported: read region by region "
+            "are RGB (YXS) or single-channel (YX) images"
+        )
+    return int(series.shape[0]), int(series.shape[1])
+
+
+def slide_info(path: pathlib.Path, level: int) -> SlideInfo:
+    """The ``level`` (0: full resolution) of a slide, from its header, after decoding one pixel
+    (a codec missing for its tiles is found before any work). Raises datasets.FormatError."""
+    with open_level(path, level) as (info, array):
+        _ = array[:1, :1]
+    return info
+
+
+@contextlib.contextmanager
+def open_level(path: pathlib.Path, level: int) -> Iterator[tuple[SlideInfo, zarr.Array]]:
+    """Opens a slide's ``level`` as a read-only Zarr array of (H, W) or (H, W, C) that
+    decodes only the tiles a region touches; yields (its `SlideInfo`, the array). Raises
+    datasets.FormatError when the file cannot be opened so."""
+    with contextlib.ExitStack() as stack:
+        try:
+            info, array = _open(stack, path, level)
+        except datasets.FormatError:
+            raise
+        except (tifffile.TiffFileError, ValueError, KeyError) as err:
+            raise datasets.FormatError(f"not a readable slide ({err})") from err
+        yield info, array
+
+
+def _open(stack: contextlib.ExitStack, path: pathlib.Path, level: int):
+    """`open_level`'s (SlideInfo, array), the files it opens closed by ``stack``."""
+    series = stack.enter_context(tifffile.TiffFile(path)).series[0]
+    if not 0 <= level < len(series.levels):
+        raise datasets.FormatError(
+            f"has {len(series.levels)} level(s) (0 to {len(series.levels) - 1}); "
+            f"predict.slide_level={level} is not one"
+        )
+    (h0, w0), (h, w) = _yx(series.levels[0]), _yx(series.levels[level])
+    extra = getattr(series.levels[level].keyframe, "extrasamples", ())
+    if extra and extra[-1] in datasets.ALPHA_SAMPLES:
+        raise datasets.FormatError("has an alpha channel: save the slide without it")
+    array = zarr.open_array(stack.enter_context(series.aszarr(level=level)), mode="r")
+    channels = array.shape[2] if array.ndim == 3 else 1
+    return SlideInfo(path, level, (h, w), channels, array.dtype, (h0 / h, w0 / w)), array
+
+
+def read_rows(array: zarr.Array, top: int, height: int) -> np.ndarray:
+    """Rows ``[top, top + height)`` of an opened level as (height, W, C)."""
+    rows = np.asarray(array[top : top + height])
+    return rows[..., None] if rows.ndim == 2 else rows
+
+
+def band_labels(
+    array: zarr.Array,
+    shape: tuple[int, int],
+    tiling: tiles.Tiling,
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (first row, (rows, W) uint8 labels) of consecutive bands that together cover the
+    level's ``shape`` (H, W) once, top to bottom.
+
+    Each band is the kept rows of one row of windows: its ``tiling.size`` rows (fewer on a
+    shorter level) are read and given to ``predict`` ((size, W, C) raw -> (size, W) labels,
+    e.g. `evaluate.predict_all` with ``tiling`` on that one image).
+    """
+    for top, keep_start, keep_stop in tiles.axis_windows(shape[0], tiling.size, tiling.margin):
+        labels = predict(read_rows(array, top, min(shape[0], tiling.size)))
+        yield keep_start, labels[keep_start - top : keep_stop - top]
+
+
+def label_tiles(bands: Iterator[tuple[int, np.ndarray]], width: int) -> Iterator[np.ndarray]:
+    """The `LABEL_TILE`-square tiles, row-major, of the label map the consecutive ``bands``
+    cover (uint8, zero beyond the map's edges): what tifffile writes as a tiled TIFF."""
+    t = LABEL_TILE
+    columns = -(-width // t) * t
+    pending = np.zeros((0, columns), np.uint8)
+    for _, band in bands:
+        pending = np.concatenate([pending, np.pad(band, ((0, 0), (0, columns - width)))])
+        while len(pending) >= t:
+            yield from _row_of_tiles(pending[:t])
+            pending = pending[t:]
+    if len(pending):
+        yield from _row_of_tiles(np.pad(pending, ((0, t - len(pending)), (0, 0))))
+
+
+def _row_of_tiles(rows: np.ndarray) -> Iterator[np.ndarray]:
+    """The `LABEL_TILE`-square tiles of (LABEL_TILE, k * LABEL_TILE) rows, left to right."""
+    for left in range(0, rows.shape[1], LABEL_TILE):
+        yield np.ascontiguousarray(rows[:, left : left + LABEL_TILE])
+
+
+def write_label_tiff(path: pathlib.Path, bands, shape: tuple[int, int]) -> None:
+    """Writes the (H, W) label map of consecutive ``bands`` as a tiled zlib TIFF, atomically
+    (``NAME.tmp``, then renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tifffile.imwrite(
+        tmp,
+        label_tiles(bands, shape[1]),
+        shape=shape,
+        dtype=np.uint8,
+        tile=(LABEL_TILE, LABEL_TILE),
+        compression="zlib",
+        photometric="minisblack",
+        bigtiff=shape[0] * shape[1] >= 2**31,
+    )
+    tmp.replace(path)
+
+
+class GeoJSONWriter:
+    """Streams the regions of consecutive bands to a GeoJSON FeatureCollection file, in level-0
+    pixels (``downsample``: level-0 pixels per pixel, (rows, columns)). A context manager: the
+    file appears under its name on leaving it, complete, and never after an error."""
+
+    def __init__(self, path: pathlib.Path, classes: Sequence[str], downsample):
+        self.path, self.classes = path, classes
+        self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.count = 0
+
+    def __enter__(self) -> "GeoJSONWriter":
+        self.file = self.tmp.open("w")
+        self.file.write('{"type": "FeatureCollection", "features": [')
+        return self
+
+    def add(self, top: int, band: np.ndarray) -> None:
+        """Writes the regions of (rows, W) labels whose first row is ``top``, traced
+        `GEOJSON_COLUMNS` columns at a time."""
+        for left in range(0, band.shape[1], GEOJSON_COLUMNS):
+            part = band[:, left : left + GEOJSON_COLUMNS]
+            for feature in annotations.features(part, self.classes, (left, top), self.scale):
+                self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
+                self.count += 1
+
+    def __exit__(self, error_type, *_) -> None:
+        self.file.write("\n]}\n")
+        self.file.close()
+        if error_type is None:
+            self.tmp.replace(self.path)
+
+
+def predict_slide(
+    path: pathlib.Path,
+    level: int,
+    tiling: tiles.Tiling,
+    predict: Callable[[np.ndarray], np.ndarray],
+    label_path: pathlib.Path,
+    geojson: tuple[pathlib.Path, Sequence[str]] | None = None,
+) -> SlideInfo:
+    """Predicts a slide's ``level`` band by band (`band_labels`), writing its label TIFF to
+    ``label_path`` and, with ``geojson`` (path, class names), its regions (`GeoJSONWriter`)."""
+    with open_level(path, level) as (info, array), contextlib.ExitStack() as stack:
+        bands = band_labels(array, info.shape, tiling, predict)
+        if geojson is not None:
+            writer = stack.enter_context(GeoJSONWriter(*geojson, info.downsample))
+            bands = _tee(bands, writer.add)
+        write_label_tiff(label_path, bands, info.shape)
+    return info
+
+
+def _tee(bands, consume: Callable[[int, np.ndarray], None]):
+    """``bands`` passed on, each given to ``consume`` first."""
+    for top, band in bands:
+        consume(top, band)
+        yield top, band

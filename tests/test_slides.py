@@ -1,0 +1,142 @@
+"""Tests for segan_jax.slides: slides read band by band, label TIFFs and GeoJSON streamed."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+
+from segan_jax import annotations, datasets, evaluate, input_pipeline, models, slides, tiles
+
+CLASSES = ("background", "nucleus", "gland")
+NORMALIZER = input_pipeline.Normalizer(255.0, (0.5,) * 3, (0.25,) * 3, True)
+
+
+def _write_slide(path: pathlib.Path, image: np.ndarray, levels: int = 2) -> None:
+    """A pyramidal tiled TIFF (as scanners write, zlib instead of JPEG so pixels are exact):
+    ``image`` and ``levels - 1`` reductions by 2, as SubIFDs."""
+    photometric = "rgb" if image.ndim == 3 else "minisblack"
+    options = dict(tile=(64, 64), compression="zlib", photometric=photometric)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, subifds=levels - 1, **options)
+        for level in range(1, levels):
+            tif.write(image[:: 2**level, :: 2**level], subfiletype=1, **options)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory) -> tuple[pathlib.Path, np.ndarray]:
+    """A 300x410 RGB slide of two levels whose red channel holds class labels 0-2 in blobs."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    image[..., 0] = np.kron(rng.integers(0, 3, (30, 41)), np.ones((10, 10), int))
+    path = tmp_path_factory.mktemp("slides") / "slide.tif"
+    _write_slide(path, image)
+    return path, image
+
+
+def _red(rows: np.ndarray) -> np.ndarray:
+    """A stand-in network: the red channel as labels, (H, W, C) -> (H, W)."""
+    return rows[..., 0].astype(np.uint8)
+
+
+def test_a_level_is_described_from_its_header(slide):
+    path, image = slide
+    assert slides.full_size(path) == (300, 410)
+    info = slides.slide_info(path, 1)
+    assert (info.shape, info.channels, info.dtype) == ((150, 205), 3, np.uint8)
+    assert info.downsample == (2.0, 2.0)
+    assert slides.full_size(path.with_suffix(".png")) is None  # not TIFF-based: an image
+
+
+@pytest.mark.parametrize("size,margin", [(128, 16), (64, 0), (512, 64)])
+def test_bands_cover_the_level_once_and_the_label_tiff_holds_them(slide, tmp_path, size, margin):
+    path, image = slide
+    with slides.open_level(path, 0) as (info, array):
+        bands = list(slides.band_labels(array, info.shape, tiles.Tiling(size, margin), _red))
+        tops = [top for top, _ in bands]
+        assert tops[0] == 0 and all(
+            a + len(b) == c for (a, b), c in zip(bands[:-1], tops[1:], strict=True)
+        )
+        np.testing.assert_array_equal(np.concatenate([b for _, b in bands]), image[..., 0])
+        slides.write_label_tiff(tmp_path / "labels.tif", iter(bands), info.shape)
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
+        assert (
+            tif.pages[0].is_tiled and tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        )
+        np.testing.assert_array_equal(tif.asarray(), image[..., 0])
+    assert not (tmp_path / "labels.tif.tmp").exists()
+
+
+def test_a_slide_predicted_band_by_band_equals_the_whole_image_in_windows(slide, tmp_path):
+    """The bands' windows are the tiling's windows of the whole image: the same labels."""
+    path, image = slide
+    model = models.DeepLabV3(num_classes=3, depth=18, width=8, aspp_features=16)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    tiling = tiles.Tiling(128, 16)
+
+    def predict(rows):
+        return evaluate.predict_all(model, variables, [rows], NORMALIZER, tiling=tiling)[0]
+
+    slides.predict_slide(path, 0, tiling, predict, tmp_path / "slide.tif")
+    whole = evaluate.predict_all(model, variables, [image], NORMALIZER, tiling=tiling)[0]
+    assert len(np.unique(whole)) > 1  # something to compare
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "slide.tif"), whole)
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_slide_geojson_is_in_full_resolution_pixels_and_reads_back(
+    slide, tmp_path, monkeypatch, level
+):
+    """Regions cut between bands (and runs of columns) come as several polygons; every pixel
+    centre still lies in the one of its class, so reading the annotations back (at level 0
+    scaled down to the level) gives the label TIFF."""
+    monkeypatch.setattr(slides, "GEOJSON_COLUMNS", 96)
+    path, _ = slide
+    target, geojson = tmp_path / "slide.tif", tmp_path / "slide.geojson"
+    info = slides.predict_slide(path, level, tiles.Tiling(64, 8), _red, target, (geojson, CLASSES))
+    labels = tifffile.imread(target)
+    assert labels.shape == info.shape and len(np.unique(labels)) == 3
+    features = json.loads(geojson.read_text())["features"]
+    for f in features:
+        f["geometry"]["coordinates"] = [
+            (np.asarray(ring) / 2**level).tolist() for ring in f["geometry"]["coordinates"]
+        ]
+    back, problems = annotations.label_map(features, labels.shape, CLASSES)
+    assert problems == []
+    np.testing.assert_array_equal(back, labels)
+    whole = annotations.feature_collection(labels, CLASSES)["features"]
+    assert len(features) > len(whole)  # regions across bands are cut
+
+
+def test_a_failed_prediction_leaves_no_label_map_or_geojson(slide, tmp_path):
+    path, _ = slide
+    calls = []
+
+    def failing(rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return _red(rows)
+
+    target, geojson = tmp_path / "slide.tif", tmp_path / "slide.geojson"
+    with pytest.raises(RuntimeError, match="device lost"):
+        slides.predict_slide(path, 0, tiles.Tiling(64, 8), failing, target, (geojson, CLASSES))
+    assert not target.exists() and not geojson.exists()
+
+
+def test_unusable_slides_are_named_with_the_problem(slide, tmp_path):
+    path, image = slide
+    with pytest.raises(datasets.FormatError, match=r"has 2 level\(s\) \(0 to 1\); .*=2"):
+        slides.slide_info(path, 2)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(image, -1, 0), photometric="minisblack")
+    with pytest.raises(datasets.FormatError, match="layout"):
+        slides.slide_info(tmp_path / "planar.tif", 0)
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", tile=(64, 64))
+    with pytest.raises(datasets.FormatError, match="alpha"):
+        slides.slide_info(tmp_path / "rgba.tif", 0)
+    (tmp_path / "bad.svs").write_bytes(b"not a TIFF")
+    with pytest.raises(datasets.FormatError, match="not a readable"):
+        slides.slide_info(tmp_path / "bad.svs", 0)
