@@ -57,36 +57,11 @@ def write_slide(path: pathlib.Path, size: int) -> str:
 def measure(mode: str, path: pathlib.Path, window: int, margin: int, with_geojson: bool) -> dict:
     """One mode's seconds and peak resident memory (after the network is compiled on one
     window, so the figures are the slide's)."""
-    import jax
-
-    from segan_jax import evaluate, input_pipeline, models, slides, tiles
-
-    model = models.DeepLabV3(num_classes=3, depth=18, width=16, aspp_features=64)
-    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32), train=False)
-    normalizer = input_pipeline.Normalizer(255.0, (0.5,) * 3, (0.25,) * 3, True)
-    tiling = tiles.Tiling(window, margin)
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
-
+    predict = _demo_network(window, margin)
     predict(np.zeros((window, window, 3), np.uint8))  # compile
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    out = path.with_name(f"{mode}_labels.tif")
-    classes = ("background", "a", "b")
-    if mode == "bands":
-        geojson = (out.with_suffix(".geojson"), classes) if with_geojson else None
-        shape = slides.predict_slide(path, 0, tiling, predict, out, geojson).shape
-    else:
-        import tifffile
-
-        from segan_jax import annotations
-
-        image = tifffile.imread(path)
-        shape, labels = image.shape[:2], predict(image)
-        tifffile.imwrite(out, labels, tile=(256, 256), compression="zlib")
-        if with_geojson:
-            annotations.save_geojson(labels, classes, out.with_suffix(".geojson"))
+    shape = _predict(mode, path, predict, _tiling(window, margin), with_geojson)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     pixels = shape[0] * shape[1]
@@ -100,6 +75,50 @@ def measure(mode: str, path: pathlib.Path, window: int, margin: int, with_geojso
         "rss_before_gb": round(before / 2**30, 2),
         "slide_rgb_gb": round(pixels * 3 / 2**30, 2),
     }
+
+
+def _tiling(window: int, margin: int):
+    """The windows the slide is predicted in."""
+    from segan_jax import tiles
+
+    return tiles.Tiling(window, margin)
+
+
+def _demo_network(window: int, margin: int):
+    """(H, W, 3) uint8 -> (H, W) labels of the demo's network, random weights, in windows."""
+    import jax
+
+    from segan_jax import evaluate, input_pipeline, models
+
+    model = models.DeepLabV3(num_classes=3, depth=18, width=16, aspp_features=64)
+    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32), train=False)
+    normalizer = input_pipeline.Normalizer(255.0, (0.5,) * 3, (0.25,) * 3, True)
+    tiling = _tiling(window, margin)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
+
+    return predict
+
+
+def _predict(mode: str, path: pathlib.Path, predict, tiling, with_geojson: bool):
+    """Predicts the slide band by band or read whole, writing the label TIFF (and GeoJSON);
+    returns its (H, W)."""
+    import tifffile
+
+    from segan_jax import annotations, slides
+
+    out = path.with_name(f"{mode}_labels.tif")
+    classes = ("background", "a", "b")
+    if mode == "bands":
+        geojson = (out.with_suffix(".geojson"), classes) if with_geojson else None
+        return slides.predict_slide(path, 0, tiling, predict, out, geojson).shape
+    image = tifffile.imread(path)
+    labels = predict(image)
+    tifffile.imwrite(out, labels, tile=(256, 256), compression="zlib")
+    if with_geojson:
+        annotations.save_geojson(labels, classes, out.with_suffix(".geojson"))
+    return image.shape[:2]
 
 
 def main() -> None:

@@ -117,10 +117,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.predict.input = ""  # an image or slide file, or a folder of them
     c.predict.output = ""  # folder for one label PNG per input image (a label TIFF per slide)
     c.predict.overwrite = False  # never replace existing predictions unless asked
+    # or leave the inputs whose predictions all exist alone (a stopped run's, say: each file
+    # appears under its name only when complete) and predict the rest
+    c.predict.skip_existing = False
     # also <stem>.geojson: each predicted region of a foreground class as a polygon annotation,
     # to correct in QuPath (File > Import objects) instead of drawing from scratch
     c.predict.geojson = False
-    # Slides: .svs, .ndpi, and TIFFs of more pixels than this (2**26: 8192x8192) are read
+    # Slides: .svs, .ndpi, pyramidal TIFFs and TIFFs of more pixels than this (2**26:
+    # 8192x8192) are read
     # region by region, predicted in eval.tile_size windows (1024 when 0) at pyramid level
     # slide_level (0: full resolution; pick the one of the training tiles' magnification), and
     # written as tiled label TIFFs (segan_jax/slides.py).

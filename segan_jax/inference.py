@@ -4,12 +4,25 @@ import json
 import os
 import pathlib
 import re
+import time
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from segan_jax import annotations, checkpoints, datasets, evaluate, parallel, slides, tiles, train
+from segan_jax import (
+    annotations,
+    checkpoints,
+    datasets,
+    evaluate,
+    input_pipeline,
+    models,
+    parallel,
+    slides,
+    tiles,
+    train,
+)
 from segan_jax import workdir as workdir_lib
 
 
@@ -229,14 +242,20 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     """Writes one single-channel label PNG per input image (same stem) to predict.output
     (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`), and
     classes.json naming the label values (the folder dataset's format: corrected label
-    maps can become a dataset's masks/, with classes.json moved to its root). A slide (a
+    PNGs can become a dataset's masks/, with classes.json moved to its root). A slide (a
     TIFF-based input over predict.slide_pixels) is predicted region by region at
     predict.slide_level into a label TIFF, ``<stem>.tif`` (`slides`).
 
     With several processes each reads, predicts and writes its share of the inputs; any
     process's failed check stops all of them before anything is written. Returns the paths of
     all label maps."""
-    files, targets = parallel.on_every_process(lambda: _plan(config), "check inputs and outputs")
+    files, targets, skipped = parallel.on_every_process(
+        lambda: _plan(config), "check inputs and outputs"
+    )
+    if not targets:
+        if jax.process_index() == 0:
+            print(f"nothing to predict: all {len(skipped)} input(s) predicted already")
+        return []
     mine = slice(jax.process_index(), None, jax.process_count())
     files, mine_targets = files[mine], targets[mine]
     # Reads and checks all of this process's images, every problem at once, before restoring
@@ -256,13 +275,32 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
     out.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        workdir_lib.write_json(out / "classes.json", classes)  # first: a stopped run's too
+        _print_notes(config, targets, skipped)
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
-        workdir_lib.write_json(out / "classes.json", classes)
         also = " (and their regions as GeoJSON, <stem>.geojson)" * _geojson(config)
         print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
     return targets
+
+
+def _print_notes(
+    config: ml_collections.ConfigDict, targets: list[pathlib.Path], skipped: list[pathlib.Path]
+) -> None:
+    """Says which inputs predict.skip_existing leaves alone, and which are images that
+    predict.slide_level does not apply to."""
+    if skipped:
+        names = ", ".join(f.name for f in skipped[:5]) + (", ..." * (len(skipped) > 5))
+        print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
+    level, images = _slide_key(config, "slide_level"), [t for t in targets if t.suffix == ".png"]
+    if level and images:
+        names = ", ".join(t.stem for t in images[:5]) + (", ..." * (len(images) > 5))
+        print(
+            f"note: predict.slide_level={level} applies to slides; {len(images)} input(s) are "
+            f"images, predicted at their own resolution: {names}"
+        )
 
 
 def _geojson(config: ml_collections.ConfigDict) -> bool:
@@ -270,18 +308,30 @@ def _geojson(config: ml_collections.ConfigDict) -> bool:
     return config.predict.get("geojson", False)
 
 
-def _write_predictions(config, trained, info, files, images, targets) -> None:
+# The trained network as predict uses it: (model, variables, normalizer).
+Trained = tuple[models.DeepLabV3, Any, input_pipeline.Normalizer]
+
+
+def _write_predictions(
+    config: ml_collections.ConfigDict,
+    trained: Trained,
+    info: datasets.DatasetInfo,
+    files: list[pathlib.Path],
+    images: list[np.ndarray],
+    targets: list[pathlib.Path],
+) -> None:
     """Predicts this process's images together (label PNGs), then its slides one by one
-    (label TIFFs, `_predict_slide`), with the run's (model, variables, normalizer)."""
+    (label TIFFs, `_predict_slide`)."""
     model, variables, normalizer = trained
     whole = [i for i, t in enumerate(targets) if t.suffix == ".png"]
     parts = [images[i] for i in whole]
     tiling = tiles.from_config(config.eval)
     labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling)
+    geojson = geojson_paths(targets)
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
         if _geojson(config):
-            annotations.save_geojson(one, info.classes, geojson_paths(targets)[i])
+            annotations.save_geojson(one, info.classes, geojson[i])
     for i in sorted(set(range(len(files))) - set(whole)):
         _predict_slide(config, trained, files[i], targets[i], info)
 
@@ -299,21 +349,45 @@ def _slide_key(config: ml_collections.ConfigDict, key: str):
 SLIDE_WINDOW = 1024
 
 
-def _predict_slide(config, trained, path: pathlib.Path, target: pathlib.Path, info) -> None:
-    """Predicts one slide (`slides.predict_slide`) with the run's (model, variables,
-    normalizer) in ``trained``, in eval.tile_size windows (`SLIDE_WINDOW` when 0)."""
+def _slide_tiling(config: ml_collections.ConfigDict) -> tiles.Tiling:
+    """The windows of a slide: eval.tile_size (`SLIDE_WINDOW` when 0), eval.tile_margin."""
+    return tiles.from_config(config.eval) or tiles.Tiling(SLIDE_WINDOW, config.eval.tile_margin)
+
+
+def _predict_slide(
+    config: ml_collections.ConfigDict,
+    trained: Trained,
+    path: pathlib.Path,
+    target: pathlib.Path,
+    info: datasets.DatasetInfo,
+) -> None:
+    """Predicts one slide (`slides.predict_slide`) in `_slide_tiling`'s windows."""
     model, variables, normalizer = trained
-    tiling = tiles.from_config(config.eval) or tiles.Tiling(SLIDE_WINDOW, config.eval.tile_margin)
+    tiling = _slide_tiling(config)
 
     def predict(rows: np.ndarray) -> np.ndarray:
         return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
 
     geojson = (geojson_paths([target])[0], info.classes) if _geojson(config) else None
     level = _slide_key(config, "slide_level")
-    slide = slides.predict_slide(path, level, tiling, predict, target, geojson)
-    print(
-        f"{path}: level {level}, {slide.shape[0]}x{slide.shape[1]} pixels -> {target}", flush=True
-    )
+    slides.predict_slide(path, level, tiling, predict, target, geojson, _SlideProgress())
+    print(f"{path} -> {target}", flush=True)
+
+
+class _SlideProgress:
+    """Prints a slide's progress after each band: rows done, megapixels/s, ETA."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self, slide: slides.SlideInfo, rows: int) -> None:
+        (h, w), seconds = slide.shape, max(time.perf_counter() - self.start, 1e-9)
+        eta = workdir_lib.duration(seconds * (h - rows) / rows)
+        print(
+            f"{slide.path.name} level {slide.level} ({h}x{w}): rows {rows}/{h} | "
+            f"{rows * w / seconds / 1e6:.2f} megapixels/s | ETA {eta}",
+            flush=True,
+        )
 
 
 def _count_maps(targets: list[pathlib.Path]) -> str:
@@ -373,21 +447,22 @@ def _slide_probe(level: int):
 
 
 def _is_slide(path: pathlib.Path, max_pixels: int) -> bool:
-    """A TIFF-based file whose full-resolution image has more than ``max_pixels`` pixels (or
-    an .svs/.ndpi); one whose header cannot be read is an image (and named as unreadable)."""
+    """An .svs or .ndpi, or a TIFF that is a pyramid or whose full-resolution image has more
+    than ``max_pixels`` pixels; a TIFF whose header cannot be read is an image (and named as
+    unreadable)."""
     if path.suffix.lower() in slides.SLIDE_SUFFIXES:
         return True
     try:
-        size = slides.full_size(path)
+        found = slides.full_size(path)
     except datasets.FormatError:
         return False
-    return size is not None and size[0] * size[1] > max_pixels
+    return found is not None and (found[1] > 1 or found[0][0] * found[0][1] > max_pixels)
 
 
-def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
-    """(input files, their label maps' paths: PNGs, for slides TIFFs), after checking the
-    predict.* keys and that no existing prediction would be overwritten without
-    predict.overwrite."""
+def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
+    """(input files, their label maps' paths: PNGs, for slides TIFFs; the inputs left alone by
+    predict.skip_existing), after checking the predict.* keys and that no existing prediction
+    would be overwritten without predict.overwrite."""
     if not config.predict.input or not config.predict.output:
         raise train.ConfigError(
             "--mode=predict needs --config.predict.input and --config.predict.output"
@@ -400,17 +475,44 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list[pathlib.Path], list[p
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)
     slide = [_is_slide(f, _slide_key(config, "slide_pixels")) for f in files]
+    if any(slide):
+        try:
+            tiles.check(_slide_tiling(config), config.model.output_stride)
+        except ValueError as err:
+            raise train.ConfigError(f"slides' windows: {err}") from None
     targets = [
         out / f"{f.stem}{'.tif' if s else '.png'}" for f, s in zip(files, slide, strict=True)
     ]
-    written = targets + (geojson_paths(targets) if _geojson(config) else [])
-    existing = [str(t) for t in written if t.exists()]
+    return _existing_outputs(config, files, targets, out)
+
+
+def _existing_outputs(
+    config: ml_collections.ConfigDict,
+    files: list[pathlib.Path],
+    targets: list[pathlib.Path],
+    out: pathlib.Path,
+) -> tuple[list, list, list]:
+    """`_plan`'s (files, targets, skipped) given predictions already in ``out``: with
+    predict.skip_existing the inputs with all their outputs there are skipped (the others'
+    partial outputs replaced); else any is refused without predict.overwrite."""
+    outputs = [[t, *(geojson_paths([t]) if _geojson(config) else [])] for t in targets]
+    if config.predict.get("skip_existing", False):
+        if config.predict.overwrite:
+            raise train.ConfigError("predict.overwrite and predict.skip_existing: choose one")
+        done = [all(p.exists() for p in paths) for paths in outputs]
+        keep = [i for i, d in enumerate(done) if not d]
+        skipped = [f for f, d in zip(files, done, strict=True) if d]
+        files, targets = [files[i] for i in keep], [targets[i] for i in keep]
+        return files, targets, skipped  # the others' partial outputs are replaced
+    existing = [str(p) for paths in outputs for p in paths if p.exists()]
     if existing and not config.predict.overwrite:
+        n = len(existing)
         raise FileExistsError(
-            f"{out}: {len(existing)} prediction files exist already (e.g. {existing[0]}); "
-            "set --config.predict.overwrite=True to replace them"
+            f"{out}: {n} prediction file{'s' * (n != 1)} exist{'s' * (n == 1)} already (e.g. "
+            f"{existing[0]}); set --config.predict.overwrite=True to replace them, or "
+            "--config.predict.skip_existing=True to predict only the inputs without them"
         )
-    return files, targets
+    return files, targets, []
 
 
 def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:

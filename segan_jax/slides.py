@@ -53,26 +53,44 @@ class SlideInfo:
     downsample: tuple[float, float]
 
 
-def full_size(path: pathlib.Path) -> tuple[int, int] | None:
-    """(H, W) of a TIFF-based file's full-resolution image, read from its header; None for
-    other files. Raises datasets.FormatError when a TIFF cannot be parsed."""
+def full_size(path: pathlib.Path) -> tuple[tuple[int, int], int] | None:
+    """((H, W) of its full-resolution image, number of pyramid levels) of a TIFF-based file,
+    read from its header; None for other files. Raises datasets.FormatError when a TIFF cannot
+    be parsed."""
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return None
     try:
         with tifffile.TiffFile(path) as tif:
-            return _yx(tif.series[0].levels[0])
+            levels = tif.series[0].levels
+            axes, shape = levels[0].axes, levels[0].shape
+            height, width = shape[axes.index("Y")], shape[axes.index("X")]
     except (tifffile.TiffFileError, OSError, IndexError, ValueError) as err:
         raise datasets.FormatError(f"not a readable TIFF ({err})") from err
+    return (int(height), int(width)), len(levels)
 
 
 def _yx(series) -> tuple[int, int]:
     """(H, W) of a series of axes YX or YXS (RGB); FormatError for any other layout."""
     if series.axes not in ("YX", "YXS"):
         raise datasets.FormatError(
-            f"slide layout {series.axes} {series.shape} not supported: read region by region "
-            "are RGB (YXS) or single-channel (YX) images"
+            f"slide layout {series.axes} {series.shape} not supported: slides must be RGB "
+            "(YXS) or single-channel (YX) images"
         )
     return int(series.shape[0]), int(series.shape[1])
+
+
+def _check_complete(tif: tifffile.TiffFile, series) -> None:
+    """FormatError when a level's image data lie beyond the end of the file (a truncated copy:
+    found now, not after an hour of predicting)."""
+    size = tif.filehandle.size
+    for level, part in enumerate(series.levels):
+        for page in part.pages:
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+            if ends and max(ends) > size:
+                raise datasets.FormatError(
+                    f"truncated: level {level}'s image data end at byte {max(ends):,}, the file "
+                    f"at {size:,} (copy it again)"
+                )
 
 
 def slide_info(path: pathlib.Path, level: int) -> SlideInfo:
@@ -84,10 +102,13 @@ def slide_info(path: pathlib.Path, level: int) -> SlideInfo:
 
 
 @contextlib.contextmanager
-def open_level(path: pathlib.Path, level: int) -> Iterator[tuple[SlideInfo, zarr.Array]]:
-    """Opens a slide's ``level`` as a read-only Zarr array of (H, W) or (H, W, C) that
-    decodes only the tiles a region touches; yields (its `SlideInfo`, the array). Raises
-    datasets.FormatError when the file cannot be opened so."""
+def open_level(
+    path: pathlib.Path, level: int
+) -> Iterator[tuple[SlideInfo, zarr.Array | np.ndarray]]:
+    """Opens a slide's ``level`` as a read-only array of (H, W) or (H, W, C) that reads only
+    the TIFF tiles a region touches (`_open`); yields (its `SlideInfo`, the array). Raises
+    datasets.FormatError when the file cannot be opened so (errors in the block go on as
+    they are)."""
     with contextlib.ExitStack() as stack:
         try:
             info, array = _open(stack, path, level)
@@ -98,45 +119,65 @@ def open_level(path: pathlib.Path, level: int) -> Iterator[tuple[SlideInfo, zarr
         yield info, array
 
 
-def _open(stack: contextlib.ExitStack, path: pathlib.Path, level: int):
-    """`open_level`'s (SlideInfo, array), the files it opens closed by ``stack``."""
-    series = stack.enter_context(tifffile.TiffFile(path)).series[0]
-    if not 0 <= level < len(series.levels):
+def _open(
+    stack: contextlib.ExitStack, path: pathlib.Path, level: int
+) -> tuple[SlideInfo, zarr.Array | np.ndarray]:
+    """`open_level`'s (SlideInfo, array), the files it opens closed by ``stack``. An
+    uncompressed level is memory-mapped; others are read through tifffile's Zarr store, one
+    TIFF tile or strip at a time (a compressed image stored as one strip is decoded whole
+    for every band: save slides tiled)."""
+    tif = stack.enter_context(tifffile.TiffFile(path))
+    series = tif.series[0]
+    _check_complete(tif, series)
+    sizes = [_yx(part) for part in series.levels]
+    if not 0 <= level < len(sizes):
+        listed = ", ".join(f"{i}: {h}x{w}" for i, (h, w) in enumerate(sizes))
         raise datasets.FormatError(
-            f"has {len(series.levels)} level(s) (0 to {len(series.levels) - 1}); "
-            f"predict.slide_level={level} is not one"
+            f"has {len(sizes)} level(s) ({listed}); predict.slide_level={level} is not one"
         )
-    (h0, w0), (h, w) = _yx(series.levels[0]), _yx(series.levels[level])
-    extra = getattr(series.levels[level].keyframe, "extrasamples", ())
+    page = series.levels[level].keyframe
+    extra = getattr(page, "extrasamples", ())
     if extra and extra[-1] in datasets.ALPHA_SAMPLES:
         raise datasets.FormatError("has an alpha channel: save the slide without it")
-    array = zarr.open_array(stack.enter_context(series.aszarr(level=level)), mode="r")
+    if page.is_memmappable:  # uncompressed, contiguous: a single strip would be read whole
+        array = tifffile.memmap(path, series=0, level=level, mode="r")
+    else:
+        array = zarr.open_array(stack.enter_context(series.aszarr(level=level)), mode="r")
     channels = array.shape[2] if array.ndim == 3 else 1
+    (h0, w0), (h, w) = sizes[0], sizes[level]
     return SlideInfo(path, level, (h, w), channels, array.dtype, (h0 / h, w0 / w)), array
 
 
-def read_rows(array: zarr.Array, top: int, height: int) -> np.ndarray:
+def read_rows(array: zarr.Array | np.ndarray, top: int, height: int) -> np.ndarray:
     """Rows ``[top, top + height)`` of an opened level as (height, W, C)."""
     rows = np.asarray(array[top : top + height])
     return rows[..., None] if rows.ndim == 2 else rows
 
 
 def band_labels(
-    array: zarr.Array,
-    shape: tuple[int, int],
+    array: zarr.Array | np.ndarray,
+    info: SlideInfo,
     tiling: tiles.Tiling,
     predict: Callable[[np.ndarray], np.ndarray],
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (first row, (rows, W) uint8 labels) of consecutive bands that together cover the
-    level's ``shape`` (H, W) once, top to bottom.
+    level (``info.shape``, (H, W)) once, top to bottom.
 
     Each band is the kept rows of one row of windows: its ``tiling.size`` rows (fewer on a
     shorter level) are read and given to ``predict`` ((size, W, C) raw -> (size, W) labels,
-    e.g. `evaluate.predict_all` with ``tiling`` on that one image).
+    e.g. `evaluate.predict_all` with ``tiling`` on that one image). A band that cannot be
+    decoded raises datasets.DatasetError naming the file and the rows.
     """
-    for top, keep_start, keep_stop in tiles.axis_windows(shape[0], tiling.size, tiling.margin):
-        labels = predict(read_rows(array, top, min(shape[0], tiling.size)))
-        yield keep_start, labels[keep_start - top : keep_stop - top]
+    height = min(info.shape[0], tiling.size)
+    for top, keep_start, keep_stop in tiles.axis_windows(info.shape[0], tiling.size, tiling.margin):
+        try:
+            rows = read_rows(array, top, height)
+        except Exception as err:  # any decoder's failure: a damaged tile
+            problem = (
+                f"{info.path}: rows {top} to {top + height - 1} of level {info.level} unreadable"
+            )
+            raise datasets.DatasetError([f"{problem} ({err!r})"]) from err
+        yield keep_start, predict(rows)[keep_start - top : keep_stop - top]
 
 
 def label_tiles(bands: Iterator[tuple[int, np.ndarray]], width: int) -> Iterator[np.ndarray]:
@@ -160,21 +201,39 @@ def _row_of_tiles(rows: np.ndarray) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(rows[:, left : left + LABEL_TILE])
 
 
-def write_label_tiff(path: pathlib.Path, bands, shape: tuple[int, int]) -> None:
-    """Writes the (H, W) label map of consecutive ``bands`` as a tiled zlib TIFF, atomically
-    (``NAME.tmp``, then renamed)."""
+def write_label_tiff(
+    path: pathlib.Path,
+    bands: Iterator[tuple[int, np.ndarray]],
+    shape: tuple[int, int],
+    metadata: dict | None = None,
+) -> None:
+    """Writes the (H, W) label map of consecutive ``bands`` as a tiled zlib TIFF (``metadata``
+    in its JSON ImageDescription), atomically: as ``NAME.tmp``, renamed when complete, removed
+    on any error."""
     tmp = path.with_name(path.name + ".tmp")
-    tifffile.imwrite(
-        tmp,
-        label_tiles(bands, shape[1]),
-        shape=shape,
-        dtype=np.uint8,
-        tile=(LABEL_TILE, LABEL_TILE),
-        compression="zlib",
-        photometric="minisblack",
-        bigtiff=shape[0] * shape[1] >= 2**31,
-    )
+    with _removed_on_error(tmp):
+        tifffile.imwrite(
+            tmp,
+            label_tiles(bands, shape[1]),
+            shape=shape,
+            dtype=np.uint8,
+            tile=(LABEL_TILE, LABEL_TILE),
+            compression="zlib",
+            photometric="minisblack",
+            bigtiff=shape[0] * shape[1] >= 2**31,
+            metadata=metadata,
+        )
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: pathlib.Path) -> Iterator[None]:
+    """Removes ``path`` when the block raises (Ctrl-C included), and re-raises."""
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 class GeoJSONWriter:
@@ -182,7 +241,7 @@ class GeoJSONWriter:
     pixels (``downsample``: level-0 pixels per pixel, (rows, columns)). A context manager: the
     file appears under its name on leaving it, complete, and never after an error."""
 
-    def __init__(self, path: pathlib.Path, classes: Sequence[str], downsample):
+    def __init__(self, path: pathlib.Path, classes: Sequence[str], downsample: tuple[float, float]):
         self.path, self.classes = path, classes
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
         self.tmp = path.with_name(path.name + ".tmp")
@@ -203,10 +262,16 @@ class GeoJSONWriter:
                 self.count += 1
 
     def __exit__(self, error_type, *_) -> None:
-        self.file.write("\n]}\n")
-        self.file.close()
+        with _removed_on_error(self.tmp):  # a failed last write or close too
+            try:
+                if error_type is None:
+                    self.file.write("\n]}\n")
+            finally:
+                self.file.close()
         if error_type is None:
             self.tmp.replace(self.path)
+        else:  # the block's error goes on
+            self.tmp.unlink(missing_ok=True)
 
 
 def predict_slide(
@@ -216,19 +281,26 @@ def predict_slide(
     predict: Callable[[np.ndarray], np.ndarray],
     label_path: pathlib.Path,
     geojson: tuple[pathlib.Path, Sequence[str]] | None = None,
+    report: Callable[[SlideInfo, int], None] | None = None,
 ) -> SlideInfo:
     """Predicts a slide's ``level`` band by band (`band_labels`), writing its label TIFF to
-    ``label_path`` and, with ``geojson`` (path, class names), its regions (`GeoJSONWriter`)."""
+    ``label_path`` and, with ``geojson`` (path, class names), its regions (`GeoJSONWriter`);
+    ``report`` gets the rows done after each band."""
     with open_level(path, level) as (info, array), contextlib.ExitStack() as stack:
-        bands = band_labels(array, info.shape, tiling, predict)
+        bands = band_labels(array, info, tiling, predict)
         if geojson is not None:
             writer = stack.enter_context(GeoJSONWriter(*geojson, info.downsample))
-            bands = _tee(bands, writer.add)
-        write_label_tiff(label_path, bands, info.shape)
+            bands = _tee(bands, lambda top, band: writer.add(top, band))
+        if report is not None:
+            bands = _tee(bands, lambda top, band: report(info, top + len(band)))
+        metadata = {"source": path.name, "level": level, "downsample": list(info.downsample)}
+        write_label_tiff(label_path, bands, info.shape, metadata)
     return info
 
 
-def _tee(bands, consume: Callable[[int, np.ndarray], None]):
+def _tee(
+    bands: Iterator[tuple[int, np.ndarray]], consume: Callable[[int, np.ndarray], None]
+) -> Iterator[tuple[int, np.ndarray]]:
     """``bands`` passed on, each given to ``consume`` first."""
     for top, band in bands:
         consume(top, band)

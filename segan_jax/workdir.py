@@ -325,7 +325,7 @@ class Progress:
         parts += [f"{k} {v:.4f}" for k, v in means.items()]
         images = rate * self.batch_size
         parts += [f"{rate:.2f} steps/s ({images:.{0 if images >= 10 else 1}f} img/s)"]
-        parts += [f"ETA {_duration(eta)}" + (f" ({self.extra} included)" if self.extra else "")]
+        parts += [f"ETA {duration(eta)}" + (f" ({self.extra} included)" if self.extra else "")]
         self.extra = None
         return " | ".join(parts)
 
@@ -336,7 +336,8 @@ class Progress:
         return (step - before_step) / max(self.last_time - before, 1e-9)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Whole seconds as "1h02m03s", or "2m03s" under an hour."""
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

@@ -43,7 +43,7 @@ def _red(rows: np.ndarray) -> np.ndarray:
 
 def test_a_level_is_described_from_its_header(slide):
     path, image = slide
-    assert slides.full_size(path) == (300, 410)
+    assert slides.full_size(path) == ((300, 410), 2)
     info = slides.slide_info(path, 1)
     assert (info.shape, info.channels, info.dtype) == ((150, 205), 3, np.uint8)
     assert info.downsample == (2.0, 2.0)
@@ -54,7 +54,7 @@ def test_a_level_is_described_from_its_header(slide):
 def test_bands_cover_the_level_once_and_the_label_tiff_holds_them(slide, tmp_path, size, margin):
     path, image = slide
     with slides.open_level(path, 0) as (info, array):
-        bands = list(slides.band_labels(array, info.shape, tiles.Tiling(size, margin), _red))
+        bands = list(slides.band_labels(array, info, tiles.Tiling(size, margin), _red))
         tops = [top for top, _ in bands]
         assert tops[0] == 0 and all(
             a + len(b) == c for (a, b), c in zip(bands[:-1], tops[1:], strict=True)
@@ -123,14 +123,29 @@ def test_a_failed_prediction_leaves_no_label_map_or_geojson(slide, tmp_path):
     target, geojson = tmp_path / "slide.tif", tmp_path / "slide.geojson"
     with pytest.raises(RuntimeError, match="device lost"):
         slides.predict_slide(path, 0, tiles.Tiling(64, 8), failing, target, (geojson, CLASSES))
-    assert not target.exists() and not geojson.exists()
+    assert sorted(tmp_path.iterdir()) == []  # neither outputs nor their .tmp files
+
+
+def test_progress_is_reported_band_by_band_and_the_label_tiff_names_its_source(slide, tmp_path):
+    path, _ = slide
+    done = []
+    info = slides.predict_slide(
+        path, 1, tiles.Tiling(64, 8), _red, tmp_path / "s.tif", report=lambda i, r: done.append(r)
+    )
+    assert done == sorted(done) and done[-1] == info.shape[0] == 150 and len(done) > 2
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        described = json.loads(tif.pages[0].description)
+    assert described | {"source": "slide.tif", "level": 1, "downsample": [2.0, 2.0]} == described
 
 
 def test_unusable_slides_are_named_with_the_problem(slide, tmp_path):
     path, image = slide
-    with pytest.raises(datasets.FormatError, match=r"has 2 level\(s\) \(0 to 1\); .*=2"):
+    with pytest.raises(
+        datasets.FormatError, match=r"has 2 level\(s\) \(0: 300x410, 1: 150x205\); .*=2"
+    ):
         slides.slide_info(path, 2)
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(image, -1, 0), photometric="minisblack")
+    assert slides.full_size(tmp_path / "planar.tif") == ((300, 410), 1)  # large: a slide, then
     with pytest.raises(datasets.FormatError, match="layout"):
         slides.slide_info(tmp_path / "planar.tif", 0)
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
@@ -140,3 +155,50 @@ def test_unusable_slides_are_named_with_the_problem(slide, tmp_path):
     (tmp_path / "bad.svs").write_bytes(b"not a TIFF")
     with pytest.raises(datasets.FormatError, match="not a readable"):
         slides.slide_info(tmp_path / "bad.svs", 0)
+    data = path.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 2 // 3])  # a copy cut short
+    with pytest.raises(datasets.FormatError, match="truncated: level 0's image data end at"):
+        slides.slide_info(tmp_path / "cut.tif", 0)
+
+
+def test_a_damaged_tile_is_named_with_the_file_and_its_rows(slide, tmp_path):
+    """Complete but corrupt image data: found when its band is decoded, named with the rows."""
+    path, _ = slide
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[-1]  # the last tile of level 0
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64  # not zlib any more
+    (tmp_path / "damaged.tif").write_bytes(bytes(data))
+    message = r"damaged.tif: rows 236 to 299 of level 0 unreadable"
+    with pytest.raises(datasets.DatasetError, match=message):
+        slides.predict_slide(
+            tmp_path / "damaged.tif", 0, tiles.Tiling(64, 8), _red, tmp_path / "o.tif"
+        )
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.tif.tmp").exists()
+
+
+def test_geojson_scales_columns_and_rows_by_their_own_downsample(tmp_path):
+    """A level 4 times narrower and 2 times shorter than level 0: x scaled by 4, y by 2."""
+    labels = np.kron(np.random.default_rng(1).integers(0, 3, (6, 5)), np.ones((7, 9), int))
+    labels = labels.astype(np.uint8)  # 42 x 45
+    with slides.GeoJSONWriter(tmp_path / "a.geojson", CLASSES, (2.0, 4.0)) as writer:
+        writer.add(0, labels[:20])
+        writer.add(20, labels[20:])
+    features = json.loads((tmp_path / "a.geojson").read_text())["features"]
+    xs = np.concatenate([np.asarray(f["geometry"]["coordinates"][0])[:, 0] for f in features])
+    assert xs.max() > 2 * labels.shape[1]  # x in level-0 pixels
+    for f in features:
+        f["geometry"]["coordinates"] = [
+            (np.asarray(ring) / [4.0, 2.0]).tolist() for ring in f["geometry"]["coordinates"]
+        ]
+    back, problems = annotations.label_map(features, labels.shape, CLASSES)
+    assert problems == []
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_an_uncompressed_slide_is_memory_mapped_not_read_whole(slide, tmp_path):
+    path, image = slide
+    tifffile.imwrite(tmp_path / "plain.tif", image, photometric="rgb")  # one strip
+    with slides.open_level(tmp_path / "plain.tif", 0) as (info, array):
+        assert isinstance(array, np.memmap) and info.shape == (300, 410)
+        np.testing.assert_array_equal(slides.read_rows(array, 100, 50), image[100:150])

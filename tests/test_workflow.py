@@ -745,13 +745,14 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
     assert problems == []
     np.testing.assert_array_equal(back, labels)
     png.unlink()  # the GeoJSON alone is there: still a prediction not to overwrite
-    with pytest.raises(FileExistsError, match="1 prediction files exist already .*a.geojson"):
+    with pytest.raises(FileExistsError, match="1 prediction file exists already .*a.geojson"):
         inference.predict_workdir(config, str(two_step_run))
 
 
 def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data_dir, tmp_path):
     """Over predict.slide_pixels a TIFF is read region by region and its label map written as
-    a tiled TIFF (with its GeoJSON); other inputs beside it still give label PNGs."""
+    a tiled TIFF (with its GeoJSON); other inputs beside it still give label PNGs; a stopped
+    run goes on with predict.skip_existing."""
     config = _tiny(data_dir, num_steps=2)
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
     config.predict.geojson, config.predict.slide_pixels = True, 100_000
@@ -771,12 +772,25 @@ def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data
     assert problems == [] and (back == expected).all()
     with pytest.raises(FileExistsError, match="4 prediction files exist already"):
         inference.predict_workdir(config, str(two_step_run))
+    # A stopped run resumed: the inputs with every output there are left alone.
+    slide.unlink()
+    config.predict.skip_existing = True
+    assert inference.predict_workdir(config, str(two_step_run)) == [slide]
+    np.testing.assert_array_equal(tifffile.imread(slide), expected)
+    assert inference.predict_workdir(config, str(two_step_run)) == []
     config.predict.slide_level = 1
-    config.predict.overwrite = True
+    config.predict.skip_existing, config.predict.overwrite = False, True
     with pytest.raises(datasets.DatasetError, match=r"a.tif: has 1 level\(s\)"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.skip_existing = True
+    with pytest.raises(train.ConfigError, match="overwrite and predict.skip_existing: choose"):
         inference.predict_workdir(config, str(two_step_run))
     config.predict.slide_pixels = 0
     with pytest.raises(train.ConfigError, match="predict.slide_pixels=0 must be a whole number"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_pixels, config.predict.skip_existing = 100_000, False
+    config.eval.tile_margin = 300  # over a quarter of the slides' 1024-pixel windows
+    with pytest.raises(train.ConfigError, match="slides' windows: eval.tile_margin=300 must"):
         inference.predict_workdir(config, str(two_step_run))
 
 
