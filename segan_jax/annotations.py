@@ -57,32 +57,54 @@ def _without_straight_points(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([kept, kept[:1]])
 
 
+def regions(labels: np.ndarray, num_classes: int) -> list[tuple[int, list[np.ndarray]]]:
+    """(class, rings) of every connected region of the (H, W) label map's classes 1 to
+    ``num_classes - 1`` (not the background, 0), class by class (`class_polygons`)."""
+    return [(k, rings) for k in range(1, num_classes) for rings in class_polygons(labels, k)]
+
+
+def feature(
+    rings: list[np.ndarray],
+    name: str,
+    colour: Sequence[int],
+    origin: tuple[float, float] = (0, 0),
+    scale: np.ndarray | None = None,
+) -> dict:
+    """One GeoJSON Polygon annotation of class ``name`` (RGB ``colour``) with coordinates
+    ``((x, y) + origin) * scale`` of the rings' (N, 2) (x, y) points (`class_polygons`)."""
+    rings = [r + origin for r in rings]
+    rings = rings if scale is None else [r * scale for r in rings]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [r.tolist() for r in rings]},
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": name, "color": list(colour)},
+        },
+    }
+
+
+def class_colours(num_classes: int) -> list[list[int]]:
+    """RGB 0-255 of each class, the colours the figures give them
+    (``figures.label_palette(K, "classes")``)."""
+    return np.rint(figures.label_palette(num_classes, "classes") * 255).astype(int).tolist()
+
+
 def features(
     labels: np.ndarray,
     classes: Sequence[str],
-    origin: tuple[int, int] = (0, 0),
+    origin: tuple[float, float] = (0, 0),
     scale: np.ndarray | None = None,
 ) -> list[dict]:
-    """GeoJSON Polygon annotations of the (H, W) label map's regions of every class but the
-    background (label 0), classified by class name in the colour the figures give it
-    (``figures.label_palette(K, "classes")``). Coordinates are ``((x, y) + origin) * scale``:
-    the map's pixels by default; a part of a larger map gives its (x, y) position there as
-    ``origin``, and a map at a lower resolution its (x, y) pixel size as ``scale``."""
-    colours = np.rint(figures.label_palette(len(classes), "classes") * 255).astype(int).tolist()
-    out = []
-    for k in range(1, len(classes)):
-        classification = {"name": classes[k], "color": colours[k]}
-        for rings in class_polygons(labels, k):
-            rings = [r + origin for r in rings]
-            rings = rings if scale is None else [r * scale for r in rings]
-            out.append(
-                {
-                    "type": "Feature",
-                    "geometry": {"type": "Polygon", "coordinates": [r.tolist() for r in rings]},
-                    "properties": {"objectType": "annotation", "classification": classification},
-                }
-            )
-    return out
+    """GeoJSON Polygon annotations (`feature`) of the (H, W) label map's `regions`, classified
+    by class name in the colour the figures give it. Coordinates are ``((x, y) + origin) *
+    scale``: the map's pixels by default; a part of a larger map gives its (x, y) position
+    there as ``origin``, and a map at a lower resolution its (x, y) pixel size as ``scale``."""
+    colours = class_colours(len(classes))
+    return [
+        feature(rings, classes[k], colours[k], origin, scale)
+        for k, rings in regions(labels, len(classes))
+    ]
 
 
 def feature_collection(labels: np.ndarray, classes: Sequence[str]) -> dict:
@@ -115,7 +137,7 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     problems = []
     for i, feature in enumerate(features):
         problem, value, polygons = _read_feature(feature, values)
-        filled = [_fill(labels, rings, value) for rings in polygons]  # every one: no any()
+        filled = [fill(labels, rings, value) for rings in polygons]  # every one: no any()
         if polygons and not any(filled):
             problem = _outside(polygons, shape)
         if problem:
@@ -161,7 +183,7 @@ def _get(obj, key: str):
     return obj.get(key) if isinstance(obj, dict) else None
 
 
-def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
+def fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     """Sets the pixels of (H, W) ``labels`` whose centres lie inside the first ring and outside
     the others (its holes) to ``value``, searching the first ring's bounding box only; whether
     any pixel was set. Parts outside the image are left out."""

@@ -9,10 +9,11 @@ those of `evaluate.predict_all` with that tiling), and its kept rows written out
 - a label map as a tiled, zlib-compressed single-channel TIFF (``<stem>.tif``, the class index
   of each pixel of the level predicted);
 - with GeoJSON, each band's regions as QuPath annotations (`annotations`), in the slide's
-  full-resolution (level 0) pixels, so they land on the slide in QuPath. A region that spans
-  two bands (or two runs of `GEOJSON_COLUMNS` columns) comes as two polygons, cut between
-  pixels (in QuPath, Objects > Annotations > Merge selected joins them); each pixel still lies
-  in exactly one.
+  full-resolution (level 0) pixels, so they land on the slide in QuPath. A region reaching
+  into the next band is held back until it ends (`GeoJSONWriter`); one taller than
+  `MAX_CARRY_ROWS`, or across two runs of `GEOJSON_COLUMNS` columns, comes as several
+  polygons, cut between pixels (in QuPath, Objects > Annotations > Merge selected joins
+  them); each pixel still lies in exactly one.
 
 Both are written to ``NAME.tmp`` and renamed when complete: a stopped run leaves no file a later
 run takes for a prediction.
@@ -38,6 +39,9 @@ LABEL_TILE = 256
 # Columns of a band traced for GeoJSON at a time: tracing takes about 29 bytes a pixel
 # (benchmarks/annotations_trace.py), so 1024 rows of 8192 columns about 0.25 GB.
 GEOJSON_COLUMNS = 8192
+# Rows of regions held back for the next band at most (GeoJSONWriter): a region taller than
+# this is cut there.
+MAX_CARRY_ROWS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,13 +243,20 @@ def _removed_on_error(path: pathlib.Path) -> Iterator[None]:
 class GeoJSONWriter:
     """Streams the regions of consecutive bands to a GeoJSON FeatureCollection file, in level-0
     pixels (``downsample``: level-0 pixels per pixel, (rows, columns)). A context manager: the
-    file appears under its name on leaving it, complete, and never after an error."""
+    file appears under its name on leaving it, complete, and never after an error.
+
+    A region that reaches a band's last row is held back and traced again with the next band,
+    so it comes whole (unless it is over `MAX_CARRY_ROWS` tall: then it is cut there); a
+    region is still cut where the runs of `GEOJSON_COLUMNS` columns meet."""
 
     def __init__(self, path: pathlib.Path, classes: Sequence[str], downsample: tuple[float, float]):
         self.path, self.classes = path, classes
+        self.colours = annotations.class_colours(len(classes))
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
         self.tmp = path.with_name(path.name + ".tmp")
         self.count = 0
+        # held back: (first row, its labels, rows of them whose regions were written)
+        self.carry: tuple[int, np.ndarray, int] | None = None
 
     def __enter__(self) -> "GeoJSONWriter":
         self.file = self.tmp.open("w")
@@ -253,18 +264,55 @@ class GeoJSONWriter:
         return self
 
     def add(self, top: int, band: np.ndarray) -> None:
-        """Writes the regions of (rows, W) labels whose first row is ``top``, traced
-        `GEOJSON_COLUMNS` columns at a time."""
+        """Writes the regions of (rows, W) labels whose first row is ``top``, but those that
+        reach its last row: they are held back, with the rows from their first one down, and
+        traced again with the next band (then the regions that lay in those rows alone, and
+        so were written, are left out)."""
+        done = 0  # rows at the start of the band whose regions are all written, but held ones
+        if self.carry is not None:
+            (top, carried), done = self.carry[:2], self.carry[2]
+            band = np.concatenate([carried, band])
+        self.carry = None
+        held = self._trace(top, band, done, hold=True)
+        if held:
+            first = int(min(rings[0][:, 1].min() for _, rings in held))  # their first row
+            if len(band) - first > MAX_CARRY_ROWS:  # too tall to hold: written cut
+                self._write(top, held)
+            else:
+                self.carry = top + first, band[first:], len(band) - first
+
+    def _trace(self, top: int, band: np.ndarray, done: int, hold: bool) -> list:
+        """Writes the band's regions that reach its row ``done - 1`` or below, tracing
+        `GEOJSON_COLUMNS` columns at a time; with ``hold`` returns (and does not write) those
+        that reach its last row, as (class, rings in the band's pixels)."""
+        held = []
         for left in range(0, band.shape[1], GEOJSON_COLUMNS):
             part = band[:, left : left + GEOJSON_COLUMNS]
-            for feature in annotations.features(part, self.classes, (left, top), self.scale):
-                self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
-                self.count += 1
+            for k, rings in annotations.regions(part, len(self.classes)):
+                rings, bottom = [r + (left, 0) for r in rings], rings[0][:, 1].max()
+                if bottom < done:  # not in row done - 1 (where held ones reach): written
+                    continue
+                if hold and bottom == len(band):  # a pixel in the last row
+                    held.append((k, rings))
+                else:
+                    self._write(top, [(k, rings)])
+        return held
+
+    def _write(self, top: int, found: list) -> None:
+        """Writes (class, rings in the pixels of a band starting at row ``top``) features."""
+        for k, rings in found:
+            feature = annotations.feature(
+                rings, self.classes[k], self.colours[k], (0, top), self.scale
+            )
+            self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
+            self.count += 1
 
     def __exit__(self, error_type, *_) -> None:
         with _removed_on_error(self.tmp):  # a failed last write or close too
             try:
                 if error_type is None:
+                    if self.carry is not None:  # the last band's: nothing follows
+                        self._trace(*self.carry, hold=False)
                     self.file.write("\n]}\n")
             finally:
                 self.file.close()

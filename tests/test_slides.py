@@ -41,6 +41,18 @@ def _red(rows: np.ndarray) -> np.ndarray:
     return rows[..., 0].astype(np.uint8)
 
 
+def _read_back(geojson: pathlib.Path, shape, downsample=1.0) -> tuple[np.ndarray, int]:
+    """The label map of a slide's GeoJSON on a level ``downsample`` ((x, y) or both) times
+    smaller, and its number of features."""
+    features = json.loads(geojson.read_text())["features"]
+    for f in features:
+        rings = f["geometry"]["coordinates"]
+        f["geometry"]["coordinates"] = [(np.asarray(r) / downsample).tolist() for r in rings]
+    back, problems = annotations.label_map(features, shape, CLASSES)
+    assert problems == []
+    return back, len(features)
+
+
 def test_a_level_is_described_from_its_header(slide):
     path, image = slide
     assert slides.full_size(path) == ((300, 410), 2)
@@ -89,25 +101,18 @@ def test_a_slide_predicted_band_by_band_equals_the_whole_image_in_windows(slide,
 def test_slide_geojson_is_in_full_resolution_pixels_and_reads_back(
     slide, tmp_path, monkeypatch, level
 ):
-    """Regions cut between bands (and runs of columns) come as several polygons; every pixel
-    centre still lies in the one of its class, so reading the annotations back (at level 0
-    scaled down to the level) gives the label TIFF."""
+    """Regions cut where runs of columns meet come as several polygons; every pixel centre
+    still lies in the one of its class, so reading the annotations back (at level 0 scaled
+    down to the level) gives the label TIFF."""
     monkeypatch.setattr(slides, "GEOJSON_COLUMNS", 96)
     path, _ = slide
     target, geojson = tmp_path / "slide.tif", tmp_path / "slide.geojson"
     info = slides.predict_slide(path, level, tiles.Tiling(64, 8), _red, target, (geojson, CLASSES))
     labels = tifffile.imread(target)
     assert labels.shape == info.shape and len(np.unique(labels)) == 3
-    features = json.loads(geojson.read_text())["features"]
-    for f in features:
-        f["geometry"]["coordinates"] = [
-            (np.asarray(ring) / 2**level).tolist() for ring in f["geometry"]["coordinates"]
-        ]
-    back, problems = annotations.label_map(features, labels.shape, CLASSES)
-    assert problems == []
+    back, count = _read_back(geojson, labels.shape, 2**level)
     np.testing.assert_array_equal(back, labels)
-    whole = annotations.feature_collection(labels, CLASSES)["features"]
-    assert len(features) > len(whole)  # regions across bands are cut
+    assert count > len(annotations.feature_collection(labels, CLASSES)["features"])  # cut
 
 
 def test_a_failed_prediction_leaves_no_label_map_or_geojson(slide, tmp_path):
@@ -187,12 +192,7 @@ def test_geojson_scales_columns_and_rows_by_their_own_downsample(tmp_path):
     features = json.loads((tmp_path / "a.geojson").read_text())["features"]
     xs = np.concatenate([np.asarray(f["geometry"]["coordinates"][0])[:, 0] for f in features])
     assert xs.max() > 2 * labels.shape[1]  # x in level-0 pixels
-    for f in features:
-        f["geometry"]["coordinates"] = [
-            (np.asarray(ring) / [4.0, 2.0]).tolist() for ring in f["geometry"]["coordinates"]
-        ]
-    back, problems = annotations.label_map(features, labels.shape, CLASSES)
-    assert problems == []
+    back, _ = _read_back(tmp_path / "a.geojson", labels.shape, np.array([4.0, 2.0]))
     np.testing.assert_array_equal(back, labels)
 
 
@@ -202,3 +202,27 @@ def test_an_uncompressed_slide_is_memory_mapped_not_read_whole(slide, tmp_path):
     with slides.open_level(tmp_path / "plain.tif", 0) as (info, array):
         assert isinstance(array, np.memmap) and info.shape == (300, 410)
         np.testing.assert_array_equal(slides.read_rows(array, 100, 50), image[100:150])
+
+
+def test_regions_across_bands_come_whole(slide, tmp_path):
+    """Held back at a band's last row and traced with the next, every region is one polygon:
+    as many as the whole map's, reading back to it."""
+    path, image = slide
+    geojson = tmp_path / "s.geojson"
+    slides.predict_slide(path, 0, tiles.Tiling(64, 8), _red, tmp_path / "s.tif", (geojson, CLASSES))
+    back, count = _read_back(geojson, image.shape[:2])
+    np.testing.assert_array_equal(back, image[..., 0])
+    assert count == len(annotations.feature_collection(image[..., 0], CLASSES)["features"])
+
+
+def test_a_region_taller_than_the_carry_is_cut_there(tmp_path, monkeypatch):
+    """A 100-row stripe with MAX_CARRY_ROWS 30: cut into pieces, which still read back."""
+    monkeypatch.setattr(slides, "MAX_CARRY_ROWS", 30)
+    labels = np.zeros((100, 20), np.uint8)
+    labels[:, 5:9] = 1
+    with slides.GeoJSONWriter(tmp_path / "a.geojson", CLASSES, (1.0, 1.0)) as writer:
+        for top in range(0, 100, 10):
+            writer.add(top, labels[top : top + 10])
+    back, count = _read_back(tmp_path / "a.geojson", labels.shape)
+    np.testing.assert_array_equal(back, labels)
+    assert 2 <= count <= 5
