@@ -137,7 +137,7 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     problems = []
     for i, feature in enumerate(features):
         problem, value, polygons = _read_feature(feature, values)
-        filled = [fill(labels, rings, value) for rings in polygons]  # every one: no any()
+        filled = [_fill(labels, rings, value) for rings in polygons]  # every one: no any()
         if polygons and not any(filled):
             problem = _outside(polygons, shape)
         if problem:
@@ -183,7 +183,7 @@ def _get(obj, key: str):
     return obj.get(key) if isinstance(obj, dict) else None
 
 
-def fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
+def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     """Sets the pixels of (H, W) ``labels`` whose centres lie inside the first ring and outside
     the others (its holes) to ``value``, searching the first ring's bounding box only; whether
     any pixel was set. Parts outside the image are left out."""

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -199,10 +200,13 @@ def test_ctrl_c_on_one_process_stops_both_at_one_checkpoint(tmp_path, data_dir):
     )
     work = tmp_path / "run"
     procs = start(work, env, "--config.train.num_steps=1000")
+    stalled = threading.Timer(300, lambda: [p.kill() for p in procs])  # never wait forever
+    stalled.start()
     for line in procs[0].stdout:  # process 0 alone prints progress, every 2 steps
         if line.startswith("step 4/1000"):
             procs[1].send_signal(signal.SIGINT)
             break
+    stalled.cancel()
     steps = []
     for p in procs:
         _, err = p.communicate(timeout=300)
