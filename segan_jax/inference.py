@@ -248,9 +248,12 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
 
     With several processes each reads, predicts and writes its share of the inputs; any
     process's failed check stops all of them before anything is written. Returns the paths of
-    all label maps."""
+    the label maps written (none when predict.skip_existing found every input done)."""
     files, targets, skipped = parallel.on_every_process(
         lambda: _plan(config), "check inputs and outputs"
+    )
+    parallel.check_against_process_0(
+        json.dumps([str(t) for t in targets]), _same_plan, "plan the same predictions"
     )
     if not targets:
         if jax.process_index() == 0:
@@ -284,6 +287,16 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         also = " (and their regions as GeoJSON, <stem>.geojson)" * _geojson(config)
         print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
     return targets
+
+
+def _same_plan(mine: str, first: str) -> None:
+    """Refuses a plan (the label maps to write, as JSON) other than process 0's: the
+    processes would share out different inputs, or one stop while the others go on."""
+    if mine != first:
+        raise FileNotFoundError(
+            f"process {jax.process_index()} found other inputs or predictions than process 0 "
+            "in predict.input and predict.output: give every host the same folders"
+        )
 
 
 def _print_notes(
@@ -446,17 +459,20 @@ def _slide_probe(level: int):
     return probe
 
 
-def _is_slide(path: pathlib.Path, max_pixels: int) -> bool:
-    """An .svs or .ndpi, or a TIFF that is a pyramid or whose full-resolution image has more
-    than ``max_pixels`` pixels; a TIFF whose header cannot be read is an image (and named as
-    unreadable)."""
+def _is_slide(path: pathlib.Path, max_pixels: int, level: int) -> bool:
+    """An .svs or .ndpi, a TIFF whose full-resolution image has more than ``max_pixels``
+    pixels, or one with a pyramid ``level`` > 0 (a small TIFF with a thumbnail stays an image
+    at level 0); a TIFF whose header cannot be read is an image (and named as unreadable)."""
     if path.suffix.lower() in slides.SLIDE_SUFFIXES:
         return True
     try:
         found = slides.full_size(path)
     except datasets.FormatError:
         return False
-    return found is not None and (found[1] > 1 or found[0][0] * found[0][1] > max_pixels)
+    if found is None:
+        return False
+    (height, width), levels = found
+    return height * width > max_pixels or 0 < level < levels
 
 
 def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
@@ -474,7 +490,8 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)
-    slide = [_is_slide(f, _slide_key(config, "slide_pixels")) for f in files]
+    limit, level = _slide_key(config, "slide_pixels"), _slide_key(config, "slide_level")
+    slide = [_is_slide(f, limit, level) for f in files]
     if any(slide):
         try:
             tiles.check(_slide_tiling(config), config.model.output_stride)

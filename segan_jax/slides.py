@@ -37,10 +37,11 @@ TIFF_SUFFIXES = (".tif", ".tiff", *SLIDE_SUFFIXES)
 # Tiles of the label TIFF.
 LABEL_TILE = 256
 # Columns of a band traced for GeoJSON at a time: tracing takes about 29 bytes a pixel
-# (benchmarks/annotations_trace.py), so 1024 rows of 8192 columns about 0.25 GB.
+# (benchmarks/annotations_trace.py), so a band of 1024 rows below at most MAX_CARRY_ROWS held
+# back, 8192 columns wide, about 0.5 GB.
 GEOJSON_COLUMNS = 8192
-# Rows of regions held back for the next band at most (GeoJSONWriter): a region taller than
-# this is cut there.
+# Rows of one class's regions held back for the next band at most (GeoJSONWriter): held
+# regions that would span more are written cut there.
 MAX_CARRY_ROWS = 1024
 
 
@@ -143,9 +144,10 @@ def _open(
     extra = getattr(page, "extrasamples", ())
     if extra and extra[-1] in datasets.ALPHA_SAMPLES:
         raise datasets.FormatError("has an alpha channel: save the slide without it")
+    array = None
     if page.is_memmappable:  # uncompressed, contiguous: a single strip would be read whole
         array = tifffile.memmap(path, series=0, level=level, mode="r")
-    else:
+    if array is None or not array.dtype.isnative:  # the Zarr store swaps bytes (ImageJ's)
         array = zarr.open_array(stack.enter_context(series.aszarr(level=level)), mode="r")
     channels = array.shape[2] if array.ndim == 3 else 1
     (h0, w0), (h, w) = sizes[0], sizes[level]
@@ -176,6 +178,8 @@ def band_labels(
     for top, keep_start, keep_stop in tiles.axis_windows(info.shape[0], tiling.size, tiling.margin):
         try:
             rows = read_rows(array, top, height)
+        except MemoryError:
+            raise
         except Exception as err:  # any decoder's failure: a damaged tile
             problem = (
                 f"{info.path}: rows {top} to {top + height - 1} of level {info.level} unreadable"
@@ -245,9 +249,10 @@ class GeoJSONWriter:
     pixels (``downsample``: level-0 pixels per pixel, (rows, columns)). A context manager: the
     file appears under its name on leaving it, complete, and never after an error.
 
-    A region that reaches a band's last row is held back and traced again with the next band,
-    so it comes whole (unless it is over `MAX_CARRY_ROWS` tall: then it is cut there); a
-    region is still cut where the runs of `GEOJSON_COLUMNS` columns meet."""
+    Class by class, a region that reaches a band's last row is held back and traced again with
+    the next band, so it comes whole; only when the regions of one class held back would span
+    over `MAX_CARRY_ROWS` rows are they written cut there, and a region is cut where the runs
+    of `GEOJSON_COLUMNS` columns meet."""
 
     def __init__(self, path: pathlib.Path, classes: Sequence[str], downsample: tuple[float, float]):
         self.path, self.classes = path, classes
@@ -255,8 +260,9 @@ class GeoJSONWriter:
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
         self.tmp = path.with_name(path.name + ".tmp")
         self.count = 0
-        # held back: (first row, its labels, rows of them whose regions were written)
-        self.carry: tuple[int, np.ndarray, int] | None = None
+        # class -> (first row, its rows of the class's mask, how many of them hold only
+        # regions written already, besides the held ones)
+        self.carry: dict[int, tuple[int, np.ndarray, int]] = {}
 
     def __enter__(self) -> "GeoJSONWriter":
         self.file = self.tmp.open("w")
@@ -265,54 +271,48 @@ class GeoJSONWriter:
 
     def add(self, top: int, band: np.ndarray) -> None:
         """Writes the regions of (rows, W) labels whose first row is ``top``, but those that
-        reach its last row: they are held back, with the rows from their first one down, and
-        traced again with the next band (then the regions that lay in those rows alone, and
-        so were written, are left out)."""
-        done = 0  # rows at the start of the band whose regions are all written, but held ones
-        if self.carry is not None:
-            (top, carried), done = self.carry[:2], self.carry[2]
-            band = np.concatenate([carried, band])
-        self.carry = None
-        held = self._trace(top, band, done, hold=True)
-        if held:
-            first = int(min(rings[0][:, 1].min() for _, rings in held))  # their first row
-            if len(band) - first > MAX_CARRY_ROWS:  # too tall to hold: written cut
-                self._write(top, held)
-            else:
-                self.carry = top + first, band[first:], len(band) - first
+        reach its last row: held back, with the rows from their first one down, and traced
+        again with the next band (then the regions that lay in those rows alone, and so were
+        written, are left out)."""
+        for k in range(1, len(self.classes)):
+            first, rows, done = self.carry.pop(k, (top, band[:0] == k, 0))
+            self._add_class(k, first, np.concatenate([rows, band == k]), done, hold=True)
 
-    def _trace(self, top: int, band: np.ndarray, done: int, hold: bool) -> list:
-        """Writes the band's regions that reach its row ``done - 1`` or below, tracing
-        `GEOJSON_COLUMNS` columns at a time; with ``hold`` returns (and does not write) those
-        that reach its last row, as (class, rings in the band's pixels)."""
+    def _add_class(self, k: int, top: int, mask: np.ndarray, done: int, hold: bool) -> None:
+        """Writes class ``k``'s regions of a (rows, W) bool ``mask`` whose first row is
+        ``top`` that reach its row ``done - 1`` or below; with ``hold`` holds back those that
+        reach its last row (`add`)."""
         held = []
-        for left in range(0, band.shape[1], GEOJSON_COLUMNS):
-            part = band[:, left : left + GEOJSON_COLUMNS]
-            for k, rings in annotations.regions(part, len(self.classes)):
-                rings, bottom = [r + (left, 0) for r in rings], rings[0][:, 1].max()
+        for left in range(0, mask.shape[1], GEOJSON_COLUMNS):
+            for rings in annotations.class_polygons(mask[:, left : left + GEOJSON_COLUMNS], 1):
+                bottom = rings[0][:, 1].max()  # the lowest pixel's lower edge
+                rings = [r + (left, 0) for r in rings]
                 if bottom < done:  # not in row done - 1 (where held ones reach): written
                     continue
-                if hold and bottom == len(band):  # a pixel in the last row
-                    held.append((k, rings))
+                if hold and bottom == len(mask):  # a pixel in the last row
+                    held.append(rings)
                 else:
-                    self._write(top, [(k, rings)])
-        return held
+                    self._write(k, top, rings)
+        if held:
+            first = int(min(rings[0][:, 1].min() for rings in held))  # their first row
+            if len(mask) - first <= MAX_CARRY_ROWS:
+                self.carry[k] = top + first, mask[first:], len(mask) - first
+                return
+            for rings in held:  # too tall to hold: written cut
+                self._write(k, top, rings)
 
-    def _write(self, top: int, found: list) -> None:
-        """Writes (class, rings in the pixels of a band starting at row ``top``) features."""
-        for k, rings in found:
-            feature = annotations.feature(
-                rings, self.classes[k], self.colours[k], (0, top), self.scale
-            )
-            self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
-            self.count += 1
+    def _write(self, k: int, top: int, rings: list[np.ndarray]) -> None:
+        """Writes one class-``k`` region, rings in the pixels of a band starting at ``top``."""
+        feature = annotations.feature(rings, self.classes[k], self.colours[k], (0, top), self.scale)
+        self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
+        self.count += 1
 
     def __exit__(self, error_type, *_) -> None:
         with _removed_on_error(self.tmp):  # a failed last write or close too
             try:
                 if error_type is None:
-                    if self.carry is not None:  # the last band's: nothing follows
-                        self._trace(*self.carry, hold=False)
+                    for k, (top, mask, done) in sorted(self.carry.items()):  # nothing follows
+                        self._add_class(k, top, mask, done, hold=False)
                     self.file.write("\n]}\n")
             finally:
                 self.file.close()

@@ -2,7 +2,9 @@
 
 import pathlib
 
+import numpy as np
 import pytest
+import tifffile
 
 from segan_jax import inference
 
@@ -21,3 +23,19 @@ def test_a_folder_of_hidden_files_alone_has_no_images(tmp_path: pathlib.Path):
         inference.input_files(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither an image file nor a folder"):
         inference.input_files(tmp_path / "absent")
+
+
+def test_slides_are_large_tiffs_or_the_pyramid_level_asked_for(tmp_path: pathlib.Path):
+    """A small TIFF with a reduced-resolution page (a thumbnail) is an image at level 0 and
+    a slide only when predict.slide_level asks for that level; a large TIFF is a slide."""
+    image = np.zeros((64, 96, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "small.tif") as tif:
+        tif.write(image, subifds=1, photometric="rgb")
+        tif.write(image[::2, ::2], subfiletype=1, photometric="rgb")
+    assert not inference._is_slide(tmp_path / "small.tif", 10_000, 0)
+    assert inference._is_slide(tmp_path / "small.tif", 10_000, 1)
+    assert not inference._is_slide(tmp_path / "small.tif", 10_000, 2)  # no such level
+    assert inference._is_slide(tmp_path / "small.tif", 1_000, 0)  # 6,144 pixels: large
+    (tmp_path / "a.svs").write_bytes(b"any")
+    assert inference._is_slide(tmp_path / "a.svs", 10_000, 0)
+    assert not inference._is_slide(tmp_path / "a.png", 1, 1)

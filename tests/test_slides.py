@@ -215,14 +215,19 @@ def test_regions_across_bands_come_whole(slide, tmp_path):
     assert count == len(annotations.feature_collection(image[..., 0], CLASSES)["features"])
 
 
-def test_a_region_taller_than_the_carry_is_cut_there(tmp_path, monkeypatch):
-    """A 100-row stripe with MAX_CARRY_ROWS 30: cut into pieces, which still read back."""
+def test_a_region_taller_than_the_carry_is_cut_there_alone(tmp_path, monkeypatch):
+    """A 100-row stripe of class 1 with MAX_CARRY_ROWS 30: cut into pieces, which still read
+    back; the class-2 blobs across every band edge beside it come whole."""
     monkeypatch.setattr(slides, "MAX_CARRY_ROWS", 30)
     labels = np.zeros((100, 20), np.uint8)
     labels[:, 5:9] = 1
+    for edge in range(10, 100, 10):
+        labels[edge - 2 : edge + 2, 12:15] = 2
     with slides.GeoJSONWriter(tmp_path / "a.geojson", CLASSES, (1.0, 1.0)) as writer:
         for top in range(0, 100, 10):
             writer.add(top, labels[top : top + 10])
-    back, count = _read_back(tmp_path / "a.geojson", labels.shape)
+    back, _ = _read_back(tmp_path / "a.geojson", labels.shape)
     np.testing.assert_array_equal(back, labels)
-    assert 2 <= count <= 5
+    features = json.loads((tmp_path / "a.geojson").read_text())["features"]
+    names = [f["properties"]["classification"]["name"] for f in features]
+    assert 2 <= names.count("nucleus") <= 5 and names.count("gland") == 9
