@@ -187,6 +187,15 @@ def test_prediction_is_shared_out_over_processes(run, tmp_path):
     again = launch(work, env, *predict, f"--config.predict.output={tmp_path / 'two'}", check=False)
     for code, _, err in again:
         assert code != 0 and "overwrite" in err and "Traceback" not in err
+    # Hosts that see other inputs would share out different work: both stop, nothing written.
+    (tmp_path / "in_b").mkdir()
+    tifffile.imwrite(tmp_path / "in_b" / "slide_0.tif", image, **contig)
+    other = [[], [f"--config.predict.input={tmp_path / 'in_b'}"]]
+    out = f"--config.predict.output={tmp_path / 'three'}"
+    results = launch(work, env, *predict, out, per_process=other, check=False)
+    assert all(code != 0 for code, _, _ in results)
+    assert "process 1 found other inputs or predictions than process 0" in results[1][2]
+    assert not list((tmp_path / "three").glob("*.png"))
 
 
 def test_ctrl_c_on_one_process_stops_both_at_one_checkpoint(tmp_path, data_dir):
