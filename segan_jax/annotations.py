@@ -57,10 +57,30 @@ def _without_straight_points(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([kept, kept[:1]])
 
 
-def regions(labels: np.ndarray, num_classes: int) -> list[tuple[int, list[np.ndarray]]]:
+def regions(
+    labels: np.ndarray, num_classes: int, min_area: float = 0.0
+) -> list[tuple[int, list[np.ndarray]]]:
     """(class, rings) of every connected region of the (H, W) label map's classes 1 to
-    ``num_classes - 1`` (not the background, 0), class by class (`class_polygons`)."""
-    return [(k, rings) for k in range(1, num_classes) for rings in class_polygons(labels, k)]
+    ``num_classes - 1`` (not the background, 0), class by class (`class_polygons`), but those
+    whose polygon `area` is under ``min_area`` (specks: a lone pixel's is 0.5)."""
+    return [
+        (k, rings)
+        for k in range(1, num_classes)
+        for rings in class_polygons(labels, k)
+        if area(rings) >= min_area
+    ]
+
+
+def area(rings: list[np.ndarray]) -> float:
+    """Area in pixels of a polygon (`class_polygons`' rings: the outer ring, then holes). The
+    rings cut corners by half a pixel, so a lone pixel's is 0.5 and a 3x3 square's 8.5."""
+    return _ring_area(rings[0]) - sum(_ring_area(hole) for hole in rings[1:])
+
+
+def _ring_area(ring: np.ndarray) -> float:
+    """Unsigned shoelace area of a closed (N, 2) ring."""
+    x, y = ring[:, 0], ring[:, 1]
+    return abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))) / 2
 
 
 def feature(
@@ -95,26 +115,34 @@ def features(
     classes: Sequence[str],
     origin: tuple[float, float] = (0, 0),
     scale: np.ndarray | None = None,
+    min_area: float = 0.0,
 ) -> list[dict]:
     """GeoJSON Polygon annotations (`feature`) of the (H, W) label map's `regions`, classified
     by class name in the colour the figures give it. Coordinates are ``((x, y) + origin) *
     scale``: the map's pixels by default; a part of a larger map gives its (x, y) position
-    there as ``origin``, and a map at a lower resolution its (x, y) pixel size as ``scale``."""
+    there as ``origin``, and a map at a lower resolution its (x, y) pixel size as ``scale``.
+    Regions of a polygon `area` under ``min_area`` are left out."""
     colours = class_colours(len(classes))
     return [
         feature(rings, classes[k], colours[k], origin, scale)
-        for k, rings in regions(labels, len(classes))
+        for k, rings in regions(labels, len(classes), min_area)
     ]
 
 
-def feature_collection(labels: np.ndarray, classes: Sequence[str]) -> dict:
-    """A GeoJSON FeatureCollection of the (H, W) label map's `features`."""
-    return {"type": "FeatureCollection", "features": features(labels, classes)}
+def feature_collection(labels: np.ndarray, classes: Sequence[str], min_area: float = 0.0) -> dict:
+    """A GeoJSON FeatureCollection of the (H, W) label map's `features` (of polygon area at
+    least ``min_area``)."""
+    return {
+        "type": "FeatureCollection",
+        "features": features(labels, classes, min_area=min_area),
+    }
 
 
-def save_geojson(labels: np.ndarray, classes: Sequence[str], path: pathlib.Path) -> None:
+def save_geojson(
+    labels: np.ndarray, classes: Sequence[str], path: pathlib.Path, min_area: float = 0.0
+) -> None:
     """Writes `feature_collection` of an (H, W) label map to ``path``, atomically."""
-    workdir_lib.write_json(path, feature_collection(labels, classes))
+    workdir_lib.write_json(path, feature_collection(labels, classes, min_area))
 
 
 # ----------------------------------------------------------------------------- reading back

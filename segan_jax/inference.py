@@ -321,6 +321,11 @@ def _geojson(config: ml_collections.ConfigDict) -> bool:
     return config.predict.get("geojson", False)
 
 
+def _min_area(config: ml_collections.ConfigDict) -> float:
+    """predict.min_region_area (runs saved before the key lack it: 0, every region)."""
+    return config.predict.get("min_region_area", 0)
+
+
 # The trained network as predict uses it: (model, variables, normalizer).
 Trained = tuple[models.DeepLabV3, Any, input_pipeline.Normalizer]
 
@@ -344,7 +349,7 @@ def _write_predictions(
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
         if _geojson(config):
-            annotations.save_geojson(one, info.classes, geojson[i])
+            annotations.save_geojson(one, info.classes, geojson[i], _min_area(config))
     for i in sorted(set(range(len(files))) - set(whole)):
         _predict_slide(config, trained, files[i], targets[i], info)
 
@@ -383,7 +388,9 @@ def _predict_slide(
 
     geojson = (geojson_paths([target])[0], info.classes) if _geojson(config) else None
     level = _slide_key(config, "slide_level")
-    slides.predict_slide(path, level, tiling, predict, target, geojson, _SlideProgress())
+    slides.predict_slide(
+        path, level, tiling, predict, target, geojson, _SlideProgress(), _min_area(config)
+    )
     print(f"{path} -> {target}", flush=True)
 
 
@@ -487,6 +494,9 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
         value = _slide_key(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise train.ConfigError(f"predict.{key}={value!r} must be a whole number >= {least}")
+    area = _min_area(config)
+    if not isinstance(area, int | float) or isinstance(area, bool) or not 0 <= area < float("inf"):
+        raise train.ConfigError(f"predict.min_region_area={area!r} must be a number >= 0")
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)

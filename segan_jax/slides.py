@@ -254,8 +254,14 @@ class GeoJSONWriter:
     over `MAX_CARRY_ROWS` rows are they written cut there, and a region is cut where the runs
     of `GEOJSON_COLUMNS` columns meet."""
 
-    def __init__(self, path: pathlib.Path, classes: Sequence[str], downsample: tuple[float, float]):
-        self.path, self.classes = path, classes
+    def __init__(
+        self,
+        path: pathlib.Path,
+        classes: Sequence[str],
+        downsample: tuple[float, float],
+        min_area: float = 0.0,
+    ):
+        self.path, self.classes, self.min_area = path, classes, min_area
         self.colours = annotations.class_colours(len(classes))
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
         self.tmp = path.with_name(path.name + ".tmp")
@@ -302,7 +308,10 @@ class GeoJSONWriter:
                 self._write(k, top, rings)
 
     def _write(self, k: int, top: int, rings: list[np.ndarray]) -> None:
-        """Writes one class-``k`` region, rings in the pixels of a band starting at ``top``."""
+        """Writes one class-``k`` region, rings in the pixels of a band starting at ``top``,
+        unless its `annotations.area` is under ``min_area``."""
+        if annotations.area(rings) < self.min_area:
+            return
         feature = annotations.feature(rings, self.classes[k], self.colours[k], (0, top), self.scale)
         self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
         self.count += 1
@@ -330,14 +339,15 @@ def predict_slide(
     label_path: pathlib.Path,
     geojson: tuple[pathlib.Path, Sequence[str]] | None = None,
     report: Callable[[SlideInfo, int], None] | None = None,
+    min_area: float = 0.0,
 ) -> SlideInfo:
     """Predicts a slide's ``level`` band by band (`band_labels`), writing its label TIFF to
-    ``label_path`` and, with ``geojson`` (path, class names), its regions (`GeoJSONWriter`);
-    ``report`` gets the rows done after each band."""
+    ``label_path`` and, with ``geojson`` (path, class names), its regions of polygon area at
+    least ``min_area`` (`GeoJSONWriter`); ``report`` gets the rows done after each band."""
     with open_level(path, level) as (info, array), contextlib.ExitStack() as stack:
         bands = band_labels(array, info, tiling, predict)
         if geojson is not None:
-            writer = stack.enter_context(GeoJSONWriter(*geojson, info.downsample))
+            writer = stack.enter_context(GeoJSONWriter(*geojson, info.downsample, min_area))
             bands = _tee(bands, lambda top, band: writer.add(top, band))
         if report is not None:
             bands = _tee(bands, lambda top, band: report(info, top + len(band)))

@@ -220,3 +220,17 @@ def test_a_region_outside_the_image_is_named_not_dropped_silently():
     assert (labels == 1).sum() == 4 + 2  # both parts of the MultiPolygon
     assert "x 20000..20010, y 30000..30010" in problems[0]
     assert (labels == 2).sum() == 6 and labels[:2, :3].all()
+
+
+def test_specks_under_the_minimum_area_are_left_out():
+    """Polygon areas by hand: a lone pixel 0.5 (a diamond), a 3x3 square 9 - 4 corners of 1/8
+    = 8.5, less its centre pixel's diamond 8.0; only the speck falls under 1."""
+    labels = np.zeros((9, 9), np.uint8)
+    labels[1, 1] = 1
+    labels[4:7, 4:7] = 2
+    labels[5, 5] = 0
+    areas = sorted(annotations.area(r) for _, r in annotations.regions(labels, 3))
+    assert areas == [0.5, 8.0]
+    kept = annotations.feature_collection(labels, CLASSES, min_area=1.0)["features"]
+    assert [f["properties"]["classification"]["name"] for f in kept] == ["gland"]
+    assert len(annotations.feature_collection(labels, CLASSES)["features"]) == 2

@@ -231,3 +231,16 @@ def test_a_region_taller_than_the_carry_is_cut_there_alone(tmp_path, monkeypatch
     features = json.loads((tmp_path / "a.geojson").read_text())["features"]
     names = [f["properties"]["classification"]["name"] for f in features]
     assert 2 <= names.count("nucleus") <= 5 and names.count("gland") == 9
+
+
+def test_specks_are_left_out_of_a_slides_geojson_once_whole(tmp_path):
+    """The minimum area applies to whole regions: a 4-pixel region split over two bands (each
+    half 1.5 in area) is kept at a minimum of 2, a lone pixel is not."""
+    labels = np.zeros((10, 10), np.uint8)
+    labels[4:6, 2:4] = 1  # rows 4-5: across the bands' edge at row 5
+    labels[8, 8] = 2
+    with slides.GeoJSONWriter(tmp_path / "a.geojson", CLASSES, (1.0, 1.0), 2.0) as writer:
+        writer.add(0, labels[:5])
+        writer.add(5, labels[5:])
+    features = json.loads((tmp_path / "a.geojson").read_text())["features"]
+    assert [f["properties"]["classification"]["name"] for f in features] == ["nucleus"]

@@ -744,6 +744,15 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
     )
     assert problems == []
     np.testing.assert_array_equal(back, labels)
+    config.predict.min_region_area, config.predict.overwrite = 20.0, True  # specks left out
+    inference.predict_workdir(config, str(two_step_run))
+    fewer = json.loads(png.with_suffix(".geojson").read_text())["features"]
+    assert 0 < len(fewer) < len(collection["features"])
+    assert (
+        min(annotations.area([np.asarray(r) for r in f["geometry"]["coordinates"]]) for f in fewer)
+        >= 20
+    )
+    config.predict.min_region_area, config.predict.overwrite = 0.0, False
     png.unlink()  # the GeoJSON alone is there: still a prediction not to overwrite
     with pytest.raises(FileExistsError, match="1 prediction file exists already .*a.geojson"):
         inference.predict_workdir(config, str(two_step_run))
@@ -788,6 +797,10 @@ def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data
     config.predict.slide_pixels = 0
     with pytest.raises(train.ConfigError, match="predict.slide_pixels=0 must be a whole number"):
         inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_pixels, config.predict.min_region_area = 100_000, -1.0
+    with pytest.raises(train.ConfigError, match="predict.min_region_area=-1.0 must be a number"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.min_region_area = 0.0
     config.predict.slide_pixels, config.predict.skip_existing = 100_000, False
     config.eval.tile_margin = 300  # over a quarter of the slides' 1024-pixel windows
     with pytest.raises(train.ConfigError, match="slides' windows: eval.tile_margin=300 must"):
