@@ -237,9 +237,26 @@ def per_image_scores(
 ) -> list[dict]:
     """Foreground-mean F1 of every image, for finding the worst ones (the paper's Fig. 6)."""
     confusions = image_confusions(model, variables, split, normalizer, ignore_index, None, tiling)
+    return _named_scores(split.names, confusions)
+
+
+def prediction_scores(
+    predictions: list[np.ndarray], split: datasets.Split, num_classes: int, ignore_index: int
+) -> list[dict]:
+    """`per_image_scores` of label maps already predicted (each (H, W), ``split``'s order), on
+    the host: no second pass of the network."""
+    confusions = [
+        np.asarray(metrics.confusion_matrix(mask, labels, num_classes, ignore_index))
+        for mask, labels in zip(split.masks, predictions, strict=True)
+    ]
+    return _named_scores(split.names, confusions)
+
+
+def _named_scores(names: list[str], confusions) -> list[dict]:
+    """[{"name", "f1_foreground_mean"}] of each image's (K, K) confusion matrix."""
     return [
         {"name": name, "f1_foreground_mean": metrics.scores(cm)["f1_foreground_mean"]}
-        for name, cm in zip(split.names, confusions, strict=True)
+        for name, cm in zip(names, confusions, strict=True)
     ]
 
 

@@ -100,6 +100,8 @@ def test_one_image_and_per_image_scores_agree_with_the_batched_path(trained_like
     for row, cm in zip(rows, confusions, strict=True):
         expected = metrics.scores(cm)["f1_foreground_mean"]
         np.testing.assert_equal(row["f1_foreground_mean"], expected)
+    # From the predictions on the host (the notebook's way): the same rows.
+    np.testing.assert_equal(evaluate.prediction_scores(batched, split, NUM_CLASSES, IGNORE), rows)
 
 
 def test_tiled_evaluation_scores_the_stitched_tiled_prediction(trained_like):
