@@ -272,7 +272,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         lambda: _check_classes_file(out / "classes.json", classes, config.predict.overwrite),
         "check classes.json",
     )
-    level = _slide_key(config, "slide_level")
+    level = _predict_key(config, "slide_level")
     images = parallel.on_every_process(
         lambda: read_images(files, info, _slide_flags(mine_targets), level), "read its images"
     )
@@ -284,7 +284,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
-        also = " (and their regions as GeoJSON, <stem>.geojson)" * _geojson(config)
+        also = " (and their regions as GeoJSON, <stem>.geojson)" * _predict_key(config, "geojson")
         print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
     return targets
 
@@ -307,7 +307,7 @@ def _print_notes(
     if skipped:
         names = ", ".join(f.name for f in skipped[:5]) + (", ..." * (len(skipped) > 5))
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
-    level, images = _slide_key(config, "slide_level"), [t for t in targets if t.suffix == ".png"]
+    level, images = _predict_key(config, "slide_level"), [t for t in targets if t.suffix == ".png"]
     if level and images:
         names = ", ".join(t.stem for t in images[:5]) + (", ..." * (len(images) > 5))
         print(
@@ -316,14 +316,20 @@ def _print_notes(
         )
 
 
-def _geojson(config: ml_collections.ConfigDict) -> bool:
-    """predict.geojson (runs saved before the key lack it)."""
-    return config.predict.get("geojson", False)
+# The predict.* keys added since the first runs, with the values a config that lacks them
+# gets (configs/default.py's; configs/saved.py fills them in for a saved run's config).
+PREDICT_FALLBACKS = {
+    "geojson": False,
+    "min_region_area": 0.0,
+    "skip_existing": False,
+    "slide_pixels": 2**26,
+    "slide_level": 0,
+}
 
 
-def _min_area(config: ml_collections.ConfigDict) -> float:
-    """predict.min_region_area (runs saved before the key lack it: 0, every region)."""
-    return config.predict.get("min_region_area", 0)
+def _predict_key(config: ml_collections.ConfigDict, key: str):
+    """predict.<key>, or its `PREDICT_FALLBACKS` value where the config lacks it."""
+    return config.predict.get(key, PREDICT_FALLBACKS[key])
 
 
 # The trained network as predict uses it: (model, variables, normalizer).
@@ -348,19 +354,12 @@ def _write_predictions(
     geojson = geojson_paths(targets)
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
-        if _geojson(config):
-            annotations.save_geojson(one, info.classes, geojson[i], _min_area(config))
+        if _predict_key(config, "geojson"):
+            annotations.save_geojson(
+                one, info.classes, geojson[i], _predict_key(config, "min_region_area")
+            )
     for i in sorted(set(range(len(files))) - set(whole)):
         _predict_slide(config, trained, files[i], targets[i], info)
-
-
-# predict.slide_* where a config lacks them (configs/default.py; configs/saved.py fills them).
-SLIDE_DEFAULTS = {"slide_pixels": 2**26, "slide_level": 0}
-
-
-def _slide_key(config: ml_collections.ConfigDict, key: str):
-    """predict.<key> of the slide keys, or its `SLIDE_DEFAULTS` value."""
-    return config.predict.get(key, SLIDE_DEFAULTS[key])
 
 
 # Windows of a slide when eval.tile_size is 0 (whole images): a slide never fits whole.
@@ -386,10 +385,19 @@ def _predict_slide(
     def predict(rows: np.ndarray) -> np.ndarray:
         return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
 
-    geojson = (geojson_paths([target])[0], info.classes) if _geojson(config) else None
-    level = _slide_key(config, "slide_level")
+    geojson = (
+        (geojson_paths([target])[0], info.classes) if _predict_key(config, "geojson") else None
+    )
+    level = _predict_key(config, "slide_level")
     slides.predict_slide(
-        path, level, tiling, predict, target, geojson, _SlideProgress(), _min_area(config)
+        path,
+        level,
+        tiling,
+        predict,
+        target,
+        geojson,
+        _SlideProgress(),
+        _predict_key(config, "min_region_area"),
     )
     print(f"{path} -> {target}", flush=True)
 
@@ -491,16 +499,16 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
             "--mode=predict needs --config.predict.input and --config.predict.output"
         )
     for key, least in (("slide_pixels", 1), ("slide_level", 0)):
-        value = _slide_key(config, key)
+        value = _predict_key(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise train.ConfigError(f"predict.{key}={value!r} must be a whole number >= {least}")
-    area = _min_area(config)
+    area = _predict_key(config, "min_region_area")
     if not isinstance(area, int | float) or isinstance(area, bool) or not 0 <= area < float("inf"):
         raise train.ConfigError(f"predict.min_region_area={area!r} must be a number >= 0")
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)
-    limit, level = _slide_key(config, "slide_pixels"), _slide_key(config, "slide_level")
+    limit, level = _predict_key(config, "slide_pixels"), _predict_key(config, "slide_level")
     slide = [_is_slide(f, limit, level) for f in files]
     if any(slide):
         try:
@@ -522,8 +530,10 @@ def _existing_outputs(
     """`_plan`'s (files, targets, skipped) given predictions already in ``out``: with
     predict.skip_existing the inputs with all their outputs there are skipped (the others'
     partial outputs replaced); else any is refused without predict.overwrite."""
-    outputs = [[t, *(geojson_paths([t]) if _geojson(config) else [])] for t in targets]
-    if config.predict.get("skip_existing", False):
+    outputs = [
+        [t, *(geojson_paths([t]) if _predict_key(config, "geojson") else [])] for t in targets
+    ]
+    if _predict_key(config, "skip_existing"):
         if config.predict.overwrite:
             raise train.ConfigError("predict.overwrite and predict.skip_existing: choose one")
         done = [all(p.exists() for p in paths) for paths in outputs]

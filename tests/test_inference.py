@@ -39,3 +39,12 @@ def test_slides_are_large_tiffs_or_the_pyramid_level_asked_for(tmp_path: pathlib
     (tmp_path / "a.svs").write_bytes(b"any")
     assert inference._is_slide(tmp_path / "a.svs", 10_000, 0)
     assert not inference._is_slide(tmp_path / "a.png", 1, 1)
+
+
+def test_the_fallbacks_of_later_predict_keys_are_the_default_configs_values():
+    """A config that lacks a predict.* key added later behaves as configs/default.py."""
+    from configs import default
+
+    config = default.get_config()
+    for key, value in inference.PREDICT_FALLBACKS.items():
+        assert config.predict[key] == value and type(config.predict[key]) is type(value), key
