@@ -45,14 +45,15 @@ def load_trained(
         _check_same_run(config, workdir)
     info = info or run_info(config, workdir)
     ctx = train.validated_context(config, info, 1, resuming=True, axis_name=None, training=False)
+    mesh = parallel.make_mesh(jax.local_devices())
     if config.eval.get("checkpoint") == "best":
         variables, step = _best_network(workdir)
-        return ctx.model, variables, info, step, ctx.normalizer
+        # placed once here, not again by every predict_all call (a slide makes one a band)
+        return ctx.model, parallel.replicate(variables, mesh), info, step, ctx.normalizer
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
-    mesh = parallel.make_mesh(jax.local_devices())
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
