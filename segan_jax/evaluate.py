@@ -227,37 +227,17 @@ def confusion_over_processes(
     return counts[:-1].reshape(confusion.shape), int(counts[-1])
 
 
-def per_image_scores(
-    model: models.DeepLabV3,
-    variables: Any,
-    split: datasets.Split,
-    normalizer: input_pipeline.Normalizer,
-    ignore_index: int = 255,
-    tiling: tiles.Tiling | None = None,
-) -> list[dict]:
-    """Foreground-mean F1 of every image, for finding the worst ones (the paper's Fig. 6)."""
-    confusions = image_confusions(model, variables, split, normalizer, ignore_index, None, tiling)
-    return _named_scores(split.names, confusions)
-
-
 def prediction_scores(
     predictions: list[np.ndarray], split: datasets.Split, num_classes: int, ignore_index: int
 ) -> list[dict]:
-    """`per_image_scores` of label maps already predicted (each (H, W), ``split``'s order), on
-    the host: no second pass of the network."""
-    confusions = [
-        np.asarray(metrics.confusion_matrix(mask, labels, num_classes, ignore_index))
-        for mask, labels in zip(split.masks, predictions, strict=True)
-    ]
-    return _named_scores(split.names, confusions)
-
-
-def _named_scores(names: list[str], confusions) -> list[dict]:
-    """[{"name", "f1_foreground_mean"}] of each image's (K, K) confusion matrix."""
-    return [
-        {"name": name, "f1_foreground_mean": metrics.scores(cm)["f1_foreground_mean"]}
-        for name, cm in zip(names, confusions, strict=True)
-    ]
+    """Foreground-mean F1 of every image, for finding the worst ones (the paper's Fig. 6):
+    [{"name", "f1_foreground_mean"}] of label maps already predicted (each (H, W),
+    ``split``'s order), counted on the host: no second pass of the network."""
+    rows = []
+    for name, mask, labels in zip(split.names, split.masks, predictions, strict=True):
+        cm = metrics.host_confusion_matrix(mask, labels, num_classes, ignore_index)
+        rows.append({"name": name, "f1_foreground_mean": metrics.scores(cm)["f1_foreground_mean"]})
+    return rows
 
 
 def result_record(

@@ -389,7 +389,7 @@ def _score(row: Mapping) -> float:
 def worst_images(rows: Sequence[Mapping], n: int) -> list[Mapping]:
     """The ``n`` rows of lowest foreground-mean F1, worst first (ties keep input order).
 
-    Rows are those of ``evaluate.per_image_scores``: {name, f1_foreground_mean}. A NaN (or
+    Rows are those of ``evaluate.prediction_scores``: {name, f1_foreground_mean}. A NaN (or
     None) score sorts as best, after every number: it means no foreground class is in either
     the truth or the prediction, i.e. the image was correctly left all background.
     """

@@ -31,6 +31,16 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).astype(jnp.int32)
 
 
+def host_confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
+    """`confusion_matrix` in numpy, for label maps already on the host: no compile per image
+    shape, no transfer to a device. Returns (K, K) int64, rows truth."""
+    valid = labels != ignore_index
+    index = labels[valid].astype(np.int64) * num_classes + predictions[valid]
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)

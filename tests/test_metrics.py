@@ -42,6 +42,7 @@ def test_confusion_of_uint8_masks_with_many_classes_matches_sklearn(k):
     keep = truth != 255
     oracle = sk_confusion_matrix(truth[keep], pred[keep], labels=range(k))
     np.testing.assert_array_equal(cm, oracle)
+    np.testing.assert_array_equal(metrics.host_confusion_matrix(truth, pred, k), oracle)
 
 
 def test_confusion_ignores_the_ignore_label_and_accumulates():
