@@ -277,7 +277,7 @@ def synthetic_data(num_images, tile, classes, seed=0):
         is_rgb=True,
     )
     sizes = np.full((num_images, 2), tile, np.int32)
-    return info, input_pipeline.TrainData(images, masks, sizes, np.int32(num_images))
+    return info, input_pipeline.TrainData(images, masks, sizes)
 
 
 def make_config(case, batch=None):
@@ -634,7 +634,6 @@ def _annotate_one(r, args):
             jax.ShapeDtypeStruct((1, args.num_images, tile, tile, 3), jnp.uint8),
             jax.ShapeDtypeStruct((1, args.num_images, tile, tile), jnp.uint8),
             jax.ShapeDtypeStruct((1, args.num_images, 2), jnp.int32),
-            jax.ShapeDtypeStruct((1,), jnp.int32),
         )
         key = jax.eval_shape(lambda: jax.random.key(1))
         step_fn = train.compile_train_step(ctx, parallel.make_mesh(jax.devices()[:1]))

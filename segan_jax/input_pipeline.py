@@ -30,15 +30,14 @@ class TrainData:
 
     images: (N, H, W, C) raw pixel values (uint8 or uint16).
     masks: (N, H, W) uint8 labels, `ignore_index` outside each image.
-    sizes: (N, 2) int32 true (height, width) of each image.
-    count: () int32, how many of the N are images; crops are drawn from those alone (the
-      rest pad a shorter process shard to the other processes' shape: empty, size 0x0).
+    sizes: (N, 2) int32 true (height, width) of each image; 0x0 for the empty entries after
+      the images that pad a shorter process shard to the other processes' shape (never
+      cropped).
     """
 
     images: jax.Array
     masks: jax.Array
     sizes: jax.Array
-    count: jax.Array
 
 
 # A channel whose std over the training pixels is below this many grey levels (raw pixel
@@ -91,8 +90,8 @@ def stack_split(
 
     Args:
       shape: (N, H, W) to pad to, at least the split's own; with several processes every
-        process's shard gets one shape, and a shard with fewer images gets empty entries after
-        them (`TrainData.count`), which are never cropped.
+        process's shard gets one shape, and a shard with fewer images gets empty entries (size
+        0x0) after them, which are never cropped.
     """
     n, height, width = padded_shape(split, min_size, shape)
     c = split.images[0].shape[-1]
@@ -103,15 +102,16 @@ def stack_split(
         images[i, : img.shape[0], : img.shape[1]] = img
         masks[i, : msk.shape[0], : msk.shape[1]] = msk
         sizes[i] = msk.shape
-    return TrainData(images, masks, sizes, np.int32(len(split.images)))
+    return TrainData(images, masks, sizes)
 
 
 def _crop(data: TrainData, key: jax.Array, crop: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One random crop of one of the ``data.count`` images, each as likely: (crop, crop, C) raw
-    image, (crop, crop) labels and (crop, crop) bool, the pixels inside the image (False on the
-    padding of a smaller one)."""
+    """One random crop of one of the images (not the empty entries after them), each as likely:
+    (crop, crop, C) raw image, (crop, crop) labels and (crop, crop) bool, the pixels inside
+    the image (False on the padding of a smaller one)."""
     k_index, k_y, k_x = jax.random.split(key, 3)
-    i = jax.random.randint(k_index, (), 0, data.count)
+    count = jnp.sum(jnp.asarray(data.sizes)[:, 0] > 0)  # the images come first
+    i = jax.random.randint(k_index, (), 0, count)
     h, w = jnp.asarray(data.sizes)[i, 0], jnp.asarray(data.sizes)[i, 1]
     y = jax.random.randint(k_y, (), 0, jnp.maximum(h - crop, 0) + 1)
     x = jax.random.randint(k_x, (), 0, jnp.maximum(w - crop, 0) + 1)

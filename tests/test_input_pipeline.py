@@ -192,7 +192,7 @@ def test_a_shorter_shard_draws_its_own_images_each_as_often():
         ["a", "b", "c"],
     )
     data = input_pipeline.stack_split(split, 8, IGNORE, shape=(5, 8, 8))
-    assert data.images.shape == (5, 8, 8, 1) and int(data.count) == 3
+    assert data.images.shape == (5, 8, 8, 1) and (np.asarray(data.sizes)[3:] == 0).all()
     keys = jax.random.split(jax.random.key(0), 3000)
     aug = _aug(flips=False, rot90=False)
     images, masks = jax.vmap(
