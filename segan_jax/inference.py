@@ -275,7 +275,8 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     level = _predict_key(config, "slide_level")
     images = parallel.on_every_process(
-        lambda: read_images(files, info, _slide_flags(mine_targets), level), "read its images"
+        lambda: read_images(files, info, list(map(_is_slide_map, mine_targets)), level),
+        "read its images",
     )
     model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,8 @@ def _print_notes(
     if skipped:
         names = ", ".join(f.name for f in skipped[:5]) + (", ..." * (len(skipped) > 5))
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
-    level, images = _predict_key(config, "slide_level"), [t for t in targets if t.suffix == ".png"]
+    level = _predict_key(config, "slide_level")
+    images = [t for t in targets if not _is_slide_map(t)]
     if level and images:
         names = ", ".join(t.stem for t in images[:5]) + (", ..." * (len(images) > 5))
         print(
@@ -348,18 +350,17 @@ def _write_predictions(
     """Predicts this process's images together (label PNGs), then its slides one by one
     (label TIFFs, `_predict_slide`)."""
     model, variables, normalizer = trained
-    whole = [i for i, t in enumerate(targets) if t.suffix == ".png"]
+    whole = [i for i, t in enumerate(targets) if not _is_slide_map(t)]
     parts = [images[i] for i in whole]
     tiling = tiles.from_config(config.eval)
     labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling)
-    geojson = geojson_paths(targets)
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
         if _predict_key(config, "geojson"):
             annotations.save_geojson(
-                one, info.classes, geojson[i], _predict_key(config, "min_region_area")
+                one, info.classes, geojson_path(targets[i]), _predict_key(config, "min_region_area")
             )
-    for i in sorted(set(range(len(files))) - set(whole)):
+    for i in (i for i, t in enumerate(targets) if _is_slide_map(t)):
         _predict_slide(config, trained, files[i], targets[i], info)
 
 
@@ -386,9 +387,7 @@ def _predict_slide(
     def predict(rows: np.ndarray) -> np.ndarray:
         return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
 
-    geojson = (
-        (geojson_paths([target])[0], info.classes) if _predict_key(config, "geojson") else None
-    )
+    geojson = (geojson_path(target), info.classes) if _predict_key(config, "geojson") else None
     level = _predict_key(config, "slide_level")
     slides.predict_slide(
         path,
@@ -421,19 +420,19 @@ class _SlideProgress:
 
 def _count_maps(targets: list[pathlib.Path]) -> str:
     """ "3 label PNGs", "1 label PNG and 2 slide label TIFFs", ..."""
-    pngs = sum(t.suffix == ".png" for t in targets)
+    pngs = sum(not _is_slide_map(t) for t in targets)
     counts = [(pngs, "label PNG"), (len(targets) - pngs, "slide label TIFF")]
     return " and ".join(f"{n} {what}{'s' * (n != 1)}" for n, what in counts if n)
 
 
-def _slide_flags(targets: list[pathlib.Path]) -> list[bool]:
-    """Which inputs are slides: those whose label map is a TIFF (`_plan`)."""
-    return [t.suffix == ".tif" for t in targets]
+def _is_slide_map(target: pathlib.Path) -> bool:
+    """Whether a label map of `_plan`'s is a slide's (a TIFF; an image's is a PNG)."""
+    return target.suffix == ".tif"
 
 
-def geojson_paths(pngs: list[pathlib.Path]) -> list[pathlib.Path]:
-    """The GeoJSON annotations beside label maps (predict.geojson): ``<stem>.geojson``."""
-    return [png.with_suffix(".geojson") for png in pngs]
+def geojson_path(target: pathlib.Path) -> pathlib.Path:
+    """The GeoJSON annotations beside a label map (predict.geojson): ``<stem>.geojson``."""
+    return target.with_suffix(".geojson")
 
 
 def read_images(
@@ -511,8 +510,8 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
     _check_outputs(files, out)
     limit, level = _predict_key(config, "slide_pixels"), _predict_key(config, "slide_level")
     slide = [_is_slide(f, limit, level) for f in files]
-    if any(slide):
-        try:
+    if any(slide) and not tiles.from_config(config.eval):  # eval.tile_size's are checked
+        try:  # with the run's config; SLIDE_WINDOW's margin only here
             tiles.check(_slide_tiling(config), config.model.output_stride)
         except ValueError as err:
             raise train.ConfigError(f"slides' windows: {err}") from None
@@ -532,7 +531,7 @@ def _existing_outputs(
     predict.skip_existing the inputs with all their outputs there are skipped (the others'
     partial outputs replaced); else any is refused without predict.overwrite."""
     outputs = [
-        [t, *(geojson_paths([t]) if _predict_key(config, "geojson") else [])] for t in targets
+        [t, *([geojson_path(t)] if _predict_key(config, "geojson") else [])] for t in targets
     ]
     if _predict_key(config, "skip_existing"):
         if config.predict.overwrite:
