@@ -315,6 +315,5 @@ def table_from_record(record: dict) -> str:
 
 def save_label_png(labels: np.ndarray, path: pathlib.Path) -> None:
     """Writes an (H, W) uint8 label map as a single-channel PNG, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(labels, mode="L").save(tmp, format="PNG")
-    tmp.replace(path)
+    with workdir_lib.atomic_path(path) as tmp:
+        Image.fromarray(labels, mode="L").save(tmp, format="PNG")

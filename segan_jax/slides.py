@@ -30,6 +30,7 @@ import tifffile
 import zarr
 
 from segan_jax import annotations, datasets, tiles
+from segan_jax import workdir as workdir_lib
 
 # Suffixes of the TIFF-based formats read here (datasets read .tif and .tiff whole).
 SLIDE_SUFFIXES = (".svs", ".ndpi")
@@ -218,8 +219,7 @@ def write_label_tiff(
     """Writes the (H, W) label map of consecutive ``bands`` as a tiled zlib TIFF (``metadata``
     in its JSON ImageDescription), atomically: as ``NAME.tmp``, renamed when complete, removed
     on any error."""
-    tmp = path.with_name(path.name + ".tmp")
-    with _removed_on_error(tmp):
+    with workdir_lib.atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
             label_tiles(bands, shape[1]),
@@ -231,17 +231,6 @@ def write_label_tiff(
             bigtiff=shape[0] * shape[1] >= 2**31,
             metadata=metadata,
         )
-    tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _removed_on_error(path: pathlib.Path) -> Iterator[None]:
-    """Removes ``path`` when the block raises (Ctrl-C included), and re-raises."""
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 class GeoJSONWriter:
@@ -264,14 +253,15 @@ class GeoJSONWriter:
         self.path, self.classes, self.min_area = path, classes, min_area
         self.colours = annotations.class_colours(len(classes))
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
-        self.tmp = path.with_name(path.name + ".tmp")
         self.count = 0
         # class -> (first row, its rows of the class's mask, how many of them hold only
         # regions written already, besides the held ones)
         self.carry: dict[int, tuple[int, np.ndarray, int]] = {}
 
     def __enter__(self) -> "GeoJSONWriter":
-        self.file = self.tmp.open("w")
+        self.files = contextlib.ExitStack()  # the file, then its rename (workdir.atomic_path)
+        tmp = self.files.enter_context(workdir_lib.atomic_path(self.path))
+        self.file = self.files.enter_context(tmp.open("w"))
         self.file.write('{"type": "FeatureCollection", "features": [')
         return self
 
@@ -316,19 +306,14 @@ class GeoJSONWriter:
         self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
         self.count += 1
 
-    def __exit__(self, error_type, *_) -> None:
-        with _removed_on_error(self.tmp):  # a failed last write or close too
-            try:
-                if error_type is None:
-                    for k, (top, mask, done) in sorted(self.carry.items()):  # nothing follows
-                        self._add_class(k, top, mask, done, hold=False)
-                    self.file.write("\n]}\n")
-            finally:
-                self.file.close()
-        if error_type is None:
-            self.tmp.replace(self.path)
-        else:  # the block's error goes on
-            self.tmp.unlink(missing_ok=True)
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:  # the block's error: the file closed and removed, it goes on
+            self.files.__exit__(error_type, error, traceback)
+            return
+        with self.files:  # closes the file and renames it (removes it if this fails)
+            for k, (top, mask, done) in sorted(self.carry.items()):  # nothing follows
+                self._add_class(k, top, mask, done, hold=False)
+            self.file.write("\n]}\n")
 
 
 def predict_slide(

@@ -1,12 +1,13 @@
 """The workdir is the run: resolved config, metrics.jsonl, checkpoints, evaluation records."""
 
+import contextlib
 import json
 import math
 import pathlib
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -243,8 +244,20 @@ def write_json(path: pathlib.Path, obj) -> None:
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yields ``NAME.tmp`` beside ``path`` to write; renamed to ``path`` when the block ends,
+    removed when it raises (Ctrl-C included): ``path`` is complete or absent, never partial."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 

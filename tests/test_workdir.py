@@ -184,3 +184,15 @@ def test_progress_line_gives_steps_and_images_per_second_and_eta(monkeypatch):
     slow = workdir.Progress(0, 10, batch_size=2)
     slow.last_time = 100.0 - 8.0  # 2 steps in 8 s: 0.5 img/s, not "0 img/s"
     assert "0.25 steps/s (0.5 img/s)" in slow.line(2, {})
+
+
+def test_atomic_path_leaves_the_file_complete_or_absent(tmp_path):
+    target = tmp_path / "a.json"
+    with pytest.raises(KeyboardInterrupt):
+        with workdir.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with workdir.atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
