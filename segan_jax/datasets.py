@@ -176,9 +176,14 @@ def read_image(path: pathlib.Path) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     array = array.astype(array.dtype.newbyteorder("="), copy=False)
-    if array.dtype not in (np.uint8, np.uint16):
-        raise FormatError(f"pixel type {array.dtype} not supported (use 8- or 16-bit unsigned)")
+    check_pixel_type(array.dtype)
     return np.ascontiguousarray(array)
+
+
+def check_pixel_type(dtype: np.dtype) -> None:
+    """FormatError unless 8- or 16-bit unsigned, the pixel types read (images and slides)."""
+    if dtype not in (np.uint8, np.uint16):
+        raise FormatError(f"pixel type {dtype} not supported (use 8- or 16-bit unsigned)")
 
 
 def read_mask(path: pathlib.Path) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The evaluate and predict modes: a trained workdir applied to a split or to image files."""
 
+import functools
 import json
 import os
 import pathlib
@@ -181,7 +182,7 @@ def read_cohort(
         cohort = datasets.read_labelled_folder(
             folder,
             len(info.classes),
-            lambda f, image: _image_problems(f, image, info),
+            lambda f, image: _image_problems(f, image.shape[-1], image.dtype, info),
             ignore_index,
             shard,
         )
@@ -440,38 +441,36 @@ def read_images(
     info: datasets.DatasetInfo | None = None,
     is_slide: list[bool] | None = None,
     slide_level: int = 0,
-) -> list[np.ndarray]:
+) -> list[np.ndarray | slides.SlideInfo]:
     """Each file decoded, (H, W, C), but a slide (``is_slide``), whose ``slide_level`` is only
-    opened and one pixel decoded (its entry: an empty (0, 0, C) array of its pixel type);
-    DatasetError naming every file that is not a readable image (or slide) of a supported
-    pixel type or, given the training data's ``info``, whose channels or pixel type differ
-    from theirs."""
+    opened and one pixel decoded (its entry: its `slides.SlideInfo`); DatasetError naming
+    every file that is not a readable image (or slide) of a supported pixel type or, given
+    the training data's ``info``, whose channels or pixel type differ from theirs."""
     problems: list[str] = []
     images = [
-        datasets.try_read(_slide_probe(slide_level), [f], "slide", problems)
+        datasets.try_read(
+            functools.partial(_slide_probe, level=slide_level), [f], "slide", problems
+        )
         if slide
         else datasets.try_read(datasets.read_image, [f], "image", problems)
         for f, slide in zip(files, is_slide or [False] * len(files), strict=True)
     ]
     if info is not None:
         for f, image in zip(files, images, strict=True):
-            problems += [] if image is None else _image_problems(f, image, info)
+            if isinstance(image, slides.SlideInfo):
+                problems += _image_problems(f, image.channels, image.dtype, info)
+            elif image is not None:
+                problems += _image_problems(f, image.shape[-1], image.dtype, info)
     if problems:
         raise datasets.DatasetError(problems)
     return images
 
 
-def _slide_probe(level: int):
-    """A reader of a slide's ``level`` (`slides.slide_info`) returning an empty (0, 0, C)
-    array of its pixel type, for `_image_problems`."""
-
-    def probe(path: pathlib.Path) -> np.ndarray:
-        slide = slides.slide_info(path, level)
-        if slide.dtype not in (np.uint8, np.uint16):
-            raise datasets.FormatError(f"pixel type {slide.dtype} not supported (8 or 16 bits)")
-        return np.empty((0, 0, slide.channels), slide.dtype)
-
-    return probe
+def _slide_probe(path: pathlib.Path, level: int) -> slides.SlideInfo:
+    """`slides.slide_info` of a slide whose pixel type is one that is read."""
+    slide = slides.slide_info(path, level)
+    datasets.check_pixel_type(slide.dtype)
+    return slide
 
 
 def _is_slide(path: pathlib.Path, max_pixels: int, level: int) -> bool:
@@ -583,15 +582,17 @@ def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: 
         )
 
 
-def _image_problems(f: pathlib.Path, image: np.ndarray, info: datasets.DatasetInfo) -> list[str]:
-    """An image's channels or pixel type where they differ from the training data's: a 16-bit
-    image given to a model trained on 8-bit ones would be scaled by the wrong factor."""
+def _image_problems(
+    f: pathlib.Path, c: int, dtype: np.dtype, info: datasets.DatasetInfo
+) -> list[str]:
+    """An image's channels ``c`` or pixel type where they differ from the training data's: a
+    16-bit image given to a model trained on 8-bit ones would be scaled by the wrong factor."""
     bad = []
-    if (c := image.shape[-1]) != info.num_channels:
+    if c != info.num_channels:
         bad.append(f"{f}: {c} channel{'s' * (c != 1)}, the model takes {info.num_channels}")
-    if image.dtype != info.image_dtype:
+    if dtype != info.image_dtype:
         bad.append(
-            f"{f}: {image.dtype} pixels, the model was trained on {info.image_dtype} images "
+            f"{f}: {dtype} pixels, the model was trained on {info.image_dtype} images "
             f"divided by {info.scale:g}; convert it to {info.image_dtype} with the training "
             "images' intensity range first"
         )
