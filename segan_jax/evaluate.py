@@ -136,9 +136,8 @@ def predict_all(
       each (H, W) uint8 predicted labels, same order.
     """
     if tiling is not None:
+        windows, parts = tiles.cut(images, tiling)
         shapes = [image.shape[:2] for image in images]
-        windows = tiles.windows(shapes, tiling)
-        parts = [tiles.crop(images[w.owner], w) for w in windows]
         return tiles.stitch(
             predict_all(model, variables, parts, normalizer, devices), windows, shapes
         )
@@ -176,9 +175,9 @@ def image_confusions(
     stitched prediction's confusion matrix)."""
     out = np.zeros((len(split.images), *(model.num_classes,) * 2), np.int64)
     if tiling is not None:
-        windows = tiles.windows([mask.shape for mask in split.masks], tiling)
+        windows, parts = tiles.cut(split.images, tiling)
         pieces = datasets.Split(
-            [tiles.crop(split.images[w.owner], w) for w in windows],
+            parts,
             [tiles.kept_truth(split.masks[w.owner], w, ignore_index) for w in windows],
             [split.names[w.owner] for w in windows],
         )

@@ -99,6 +99,12 @@ def windows(shapes: Sequence[tuple[int, int]], tiling: Tiling) -> list[Window]:
     return out
 
 
+def cut(images: Sequence[np.ndarray], tiling: Tiling) -> tuple[list[Window], list[np.ndarray]]:
+    """The `windows` of (H, W, ...) images and each window's part of its image (views)."""
+    found = windows([image.shape[:2] for image in images], tiling)
+    return found, [crop(images[w.owner], w) for w in found]
+
+
 def crop(array: np.ndarray, window: Window) -> np.ndarray:
     """The window's (height, width, ...) part of an (H, W, ...) array (a view)."""
     return array[window.top : window.top + window.height, window.left : window.left + window.width]
