@@ -15,7 +15,6 @@ does a little).
 import argparse
 import json
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,30 +27,56 @@ CONSEP = REPO.parent / "shared" / "data" / "consep" / "train" / "images"
 
 
 def write_slide(path: pathlib.Path, size: int) -> str:
-    """A size x size RGB pyramidal JPEG TIFF (levels down by 4) of CoNSeP tiles; returns what
+    """A size x size RGB pyramidal JPEG TIFF of CoNSeP tiles (`consep_mosaic`); returns what
     it was made of."""
-    import tifffile
+    image, _, made = consep_mosaic(size)
+    write_pyramid(path, image)
+    return made
+
+
+def consep_mosaic(size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(size x size RGB mosaic of CoNSeP's training tiles, its labels from their masks or None,
+    what it was made of); noise without labels where CoNSeP is absent."""
     from PIL import Image
 
     tiles = sorted(CONSEP.glob("*.jpg")) if CONSEP.is_dir() else []
     n = -(-size // 1000)
     image = np.empty((n * 1000, n * 1000, 3), np.uint8)
+    labels = np.zeros(image.shape[:2], np.uint8) if tiles else None
     rng = np.random.default_rng(0)
     for i in range(n * n):
         r, c = divmod(i, n)
-        block = (
-            np.asarray(Image.open(tiles[i % len(tiles)]).convert("RGB"))[:1000, :1000]
-            if tiles
-            else rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
-        )
-        image[r * 1000 : (r + 1) * 1000, c * 1000 : (c + 1) * 1000] = block
-    image = image[:size, :size]
+        where = np.s_[r * 1000 : (r + 1) * 1000, c * 1000 : (c + 1) * 1000]
+        if not tiles:
+            image[where] = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+            continue
+        tile = tiles[i % len(tiles)]
+        image[where] = np.asarray(Image.open(tile).convert("RGB"))[:1000, :1000]
+        labels[where] = np.asarray(Image.open(CONSEP.parent / "masks" / f"{tile.stem}.png"))[
+            :1000, :1000
+        ]
+    made = f"{len(tiles)} CoNSeP tiles" if tiles else "noise (CoNSeP absent)"
+    return image[:size, :size], None if labels is None else labels[:size, :size], made
+
+
+def write_pyramid(path: pathlib.Path, image: np.ndarray) -> None:
+    """An RGB image as a pyramidal JPEG TIFF, tiled 256, levels down by 4 and 16."""
+    import tifffile
+
     options = dict(tile=(256, 256), compression="jpeg", photometric="rgb")
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         tif.write(image, subifds=2, **options)
         for k in (4, 16):
             tif.write(image[::k, ::k], subfiletype=1, **options)
-    return f"{len(tiles)} CoNSeP tiles" if tiles else "noise (CoNSeP absent)"
+
+
+def peak_rss() -> int:
+    """Bytes of this process's peak resident memory since it started (VmHWM): getrusage's
+    ru_maxrss would also count the parent's peak before it started this process (Linux keeps
+    it across fork and exec)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def measure(mode: str, path: pathlib.Path, window: int, margin: int, with_geojson: bool) -> dict:
@@ -59,11 +84,11 @@ def measure(mode: str, path: pathlib.Path, window: int, margin: int, with_geojso
     window, so the figures are the slide's)."""
     predict = _demo_network(window, margin)
     predict(np.zeros((window, window, 3), np.uint8))  # compile
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss()
     start = time.perf_counter()
     shape = _predict(mode, path, predict, _tiling(window, margin), with_geojson)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     pixels = shape[0] * shape[1]
     return {
         "mode": mode,
