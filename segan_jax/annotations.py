@@ -1,6 +1,6 @@
 """Predicted label maps as GeoJSON annotations, for an expert to correct in QuPath (File >
 Import objects, or drag the file onto the image) instead of drawing every region anew, and the
-corrected annotations back as label masks for retraining (`masks_from_geojson`, also
+corrected annotations back as label masks for retraining (`masks_from_annotations`, also
 ``python -m segan_jax.annotations``): the paper's human-in-the-loop cycle.
 
 Coordinates are the image's pixels, x to the right and y down, with pixel (row r, column c)
@@ -20,7 +20,7 @@ import contourpy
 import numpy as np
 from matplotlib.path import Path
 
-from segan_jax import datasets, evaluate, figures
+from segan_jax import datasets, evaluate, figures, imagescope
 from segan_jax import workdir as workdir_lib
 
 
@@ -104,12 +104,6 @@ def feature(
     }
 
 
-def class_colours(num_classes: int) -> list[list[int]]:
-    """RGB 0-255 of each class, the colours the figures give them
-    (``figures.label_palette(K, "classes")``)."""
-    return np.rint(figures.label_palette(num_classes, "classes") * 255).astype(int).tolist()
-
-
 def features(
     labels: np.ndarray,
     classes: Sequence[str],
@@ -122,7 +116,7 @@ def features(
     scale``: the map's pixels by default; a part of a larger map gives its (x, y) position
     there as ``origin``, and a map at a lower resolution its (x, y) pixel size as ``scale``.
     Regions of a polygon `area` under ``min_area`` are left out."""
-    colours = class_colours(len(classes))
+    colours = figures.class_colours(len(classes))
     return [
         feature(rings, classes[k], colours[k], origin, scale)
         for k, rings in regions(labels, len(classes), min_area)
@@ -148,6 +142,14 @@ def save_geojson(
 # ----------------------------------------------------------------------------- reading back
 
 IGNORE_CLASS = "Ignore*"  # QuPath's class for regions to leave out: unlabelled pixels
+# QuPath's class for an area of interest: here the area an expert reviewed. With any, the
+# pixels outside them are unlabelled (not background).
+REGION_CLASS = "Region*"
+REGION = -1  # the label value of a REGION_CLASS annotation (`read_features`)
+
+# A feature read: (its index among the file's features, its label value, its polygons: each a
+# list of (N, 2) (x, y) rings, the outer one first).
+Annotation = tuple[int, int, list[list[np.ndarray]]]
 
 
 def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequence[str]):
@@ -157,20 +159,52 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     Each Polygon or MultiPolygon feature fills the pixels whose centres lie inside it (outside
     its holes) with the label of its classification's name in ``classes``; QuPath's
     ``IGNORE_CLASS`` marks them unlabelled (``datasets.UNLABELLED``); a later feature
-    overwrites an earlier one; pixels in no feature are background (label 0). Features without
-    a class, of another class or another geometry are problems (and left out).
+    overwrites an earlier one; pixels in no feature are background (label 0), or unlabelled
+    when there are ``REGION_CLASS`` features and they lie outside all of them. Features
+    without a class, of another class or another geometry, or holding no pixel are problems
+    (and left out).
     """
-    labels = np.zeros(shape, np.uint8)
-    values = {name: k for k, name in enumerate(classes)} | {IGNORE_CLASS: datasets.UNLABELLED}
-    problems = []
+    read, problems = read_features(features, classes)
+    labels, empty = rasterise(read, shape)
+    polygons = {i: p for i, _, p in read}
+    problems += [(i, _outside(polygons[i], shape)) for i in empty]
+    return labels, [f"feature {i}: {problem}" for i, problem in sorted(problems)]
+
+
+def read_features(
+    features: Sequence[dict], classes: Sequence[str]
+) -> tuple[list[Annotation], list[tuple[int, str]]]:
+    """The `Annotation` of each usable GeoJSON feature (label values: the index of its class
+    name in ``classes``, ``datasets.UNLABELLED`` for ``IGNORE_CLASS``, ``REGION`` for
+    ``REGION_CLASS``) and (index, problem) of the others."""
+    values = {name: k for k, name in enumerate(classes)}
+    values |= {IGNORE_CLASS: datasets.UNLABELLED, REGION_CLASS: REGION}
+    read, problems = [], []
     for i, feature in enumerate(features):
         problem, value, polygons = _read_feature(feature, values)
-        filled = [_fill(labels, rings, value) for rings in polygons]  # every one: no any()
-        if polygons and not any(filled):
-            problem = _outside(polygons, shape)
         if problem:
-            problems.append(f"feature {i}: {problem}")
-    return labels, problems
+            problems.append((i, problem))
+        else:
+            read.append((i, value, polygons))
+    return read, problems
+
+
+def rasterise(
+    read: Sequence[Annotation], shape: tuple[int, int], origin: tuple[float, float] = (0, 0)
+) -> tuple[np.ndarray, list[int]]:
+    """The (H, W) uint8 label map of annotations (`label_map`'s rules) whose (x, y) point
+    ``origin`` is the map's top-left corner, and the indices of those holding no pixel of it."""
+    labels = np.zeros(shape, np.uint8)
+    reviewed = np.zeros(shape, bool) if any(v == REGION for _, v, _ in read) else None
+    empty = []
+    for i, value, polygons in read:
+        target, fill = (reviewed, True) if value == REGION else (labels, value)
+        filled = [_fill(target, [ring - origin for ring in rings], fill) for rings in polygons]
+        if not any(filled):  # every one filled: no any() on a generator
+            empty.append(i)
+    if reviewed is not None:
+        labels[~reviewed] = datasets.UNLABELLED
+    return labels, empty
 
 
 def _outside(polygons: list[list[np.ndarray]], shape: tuple[int, int]) -> str:
@@ -231,24 +265,23 @@ def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     return bool(inside.any())
 
 
-def masks_from_geojson(
-    geojson_dir: pathlib.Path,
+def masks_from_annotations(
+    annotations_dir: pathlib.Path,
     images_dir: pathlib.Path,
     classes_file: pathlib.Path,
     output: pathlib.Path,
     overwrite: bool = False,
 ) -> list[pathlib.Path]:
-    """Writes ``output/<stem>.png``, the `label_map` of each ``geojson_dir/<stem>.geojson`` (a
-    FeatureCollection, or the list of features QuPath may export) at the size of the image
-    ``images_dir/<stem>.*``, with the label values of ``classes_file`` (classes.json): masks
-    for a folder dataset's ``masks/``. Everything is read and checked first: DatasetError
-    naming every problem (and nothing written) otherwise. Returns the PNGs' paths."""
+    """Writes ``output/<stem>.png``, the `label_map` of each annotation file of
+    ``annotations_dir`` (`annotation_files`: QuPath GeoJSON or ImageScope XML) at the size of
+    the image ``images_dir/<stem>.*``, with the label values of ``classes_file``
+    (classes.json): masks for a folder dataset's ``masks/``. Everything is read and checked
+    first: DatasetError naming every problem (and nothing written) otherwise. Returns the PNGs'
+    paths."""
     problems: list[str] = []
     classes, missing = datasets.classes_problems(classes_file)
     problems += missing
-    files = sorted(geojson_dir.glob("*.geojson")) if geojson_dir.is_dir() else []
-    if not files:
-        problems.append(f"{geojson_dir}: no .geojson files")
+    files = annotation_files(annotations_dir, problems)
     images = datasets.images_by_stem(images_dir)
     masks = {}
     for path in files:
@@ -260,7 +293,7 @@ def masks_from_geojson(
             found = "no image" if not image else f"{len(image)} images ({[p.name for p in image]})"
             problems.append(f"{path}: {found} named {path.stem}.<png|jpg|tif> in {images_dir}")
             continue
-        features = _features(path, problems)
+        features = read_annotations(path, classes, problems)
         shape = datasets.try_read(datasets.read_image, image, "image", problems)
         if features is not None and shape is not None and classes:
             labels, bad = label_map(features, shape.shape[:2], classes)
@@ -274,8 +307,40 @@ def masks_from_geojson(
     return list(masks)
 
 
-def _features(path: pathlib.Path, problems: list[str]) -> list[dict] | None:
-    """The features of a GeoJSON file, or None (appending the problem)."""
+# Annotation files read back: QuPath's GeoJSON, Aperio ImageScope's XML (`imagescope`).
+ANNOTATION_SUFFIXES = (".geojson", ".xml")
+
+
+def annotation_files(folder: pathlib.Path, problems: list[str]) -> list[pathlib.Path]:
+    """The visible annotation files (`ANNOTATION_SUFFIXES`) of ``folder``, by stem; a stem
+    with two, or a folder with none, is a problem (appended)."""
+    found = datasets.files_by_stem(folder, ANNOTATION_SUFFIXES)
+    if not found:
+        problems.append(f"{folder}: no annotation files (.geojson or ImageScope .xml)")
+    for paths in found.values():
+        if len(paths) > 1:
+            names = " and ".join(p.name for p in paths)
+            problems.append(f"{folder}: {names} annotate the same image; keep one")
+    return [paths[0] for _, paths in sorted(found.items()) if len(paths) == 1]
+
+
+def read_annotations(
+    path: pathlib.Path, classes: Sequence[str] | None, problems: list[str]
+) -> list[dict] | None:
+    """The features of an annotation file, GeoJSON (`read_geojson`) or ImageScope XML
+    (`imagescope.read_xml`, as GeoJSON features), or None (appending the problem)."""
+    if path.suffix.lower() != ".xml":
+        return read_geojson(path, problems)
+    try:
+        return imagescope.read_xml(path, classes or ())
+    except datasets.FormatError as err:
+        problems.append(f"{path}: {err}")
+        return None
+
+
+def read_geojson(path: pathlib.Path, problems: list[str]) -> list[dict] | None:
+    """The features of a GeoJSON file (a FeatureCollection, or the list of features QuPath
+    may export), or None (appending the problem)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -289,21 +354,16 @@ def _features(path: pathlib.Path, problems: list[str]) -> list[dict] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m segan_jax.annotations``: corrected GeoJSON annotations to label masks."""
+    """``python -m segan_jax.annotations``: corrected annotations to label masks."""
     parser = argparse.ArgumentParser(
-        prog="python -m segan_jax.annotations", description=masks_from_geojson.__doc__
-    )
-    parser.add_argument(
-        "--geojson", required=True, type=pathlib.Path, help="folder of <stem>.geojson"
+        prog="python -m segan_jax.annotations", description=masks_from_annotations.__doc__
     )
     parser.add_argument("--images", required=True, type=pathlib.Path, help="folder of the images")
-    parser.add_argument("--classes", required=True, type=pathlib.Path, help="classes.json")
-    parser.add_argument("--output", required=True, type=pathlib.Path, help="folder for the masks")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    add_arguments(parser, "folder for the masks", "replace existing masks")
     args = parser.parse_args(argv)
     try:
-        written = masks_from_geojson(
-            args.geojson, args.images, args.classes, args.output, args.overwrite
+        written = masks_from_annotations(
+            args.annotations, args.images, args.classes, args.output, args.overwrite
         )
     except datasets.DatasetError as err:
         raise SystemExit(f"error: {err}") from None
@@ -311,7 +371,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     unannotated = sorted(datasets.images_by_stem(args.images).keys() - {p.stem for p in written})
     if unannotated:
         shown = ", ".join(unannotated[:5]) + (", ..." if len(unannotated) > 5 else "")
-        print(f"note: no GeoJSON, so no mask, for {len(unannotated)} of the images: {shown}")
+        print(f"note: no annotations, so no mask, for {len(unannotated)} of the images: {shown}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, output: str, overwrite: str) -> None:
+    """The arguments of the commands that read corrected annotations back: --annotations
+    (also --geojson), --classes, --output (``output`` its help), --overwrite."""
+    parser.add_argument(
+        "--annotations",
+        "--geojson",
+        required=True,
+        type=pathlib.Path,
+        help="folder of <stem>.geojson (QuPath) or <stem>.xml (ImageScope) files",
+    )
+    parser.add_argument("--classes", required=True, type=pathlib.Path, help="classes.json")
+    parser.add_argument("--output", required=True, type=pathlib.Path, help=output)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite)
 
 
 if __name__ == "__main__":

@@ -323,7 +323,12 @@ def _by_stem(paths: Sequence[pathlib.Path]) -> dict[str, list[pathlib.Path]]:
 
 def images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     """The visible image files of ``folder`` (`IMAGE_SUFFIXES`, any case) by stem, sorted."""
-    return _by_stem(visible_files(folder, IMAGE_SUFFIXES))
+    return files_by_stem(folder, IMAGE_SUFFIXES)
+
+
+def files_by_stem(folder: pathlib.Path, suffixes: Sequence[str]) -> dict[str, list[pathlib.Path]]:
+    """The visible files of ``folder`` whose suffix (any case) is in ``suffixes``, by stem."""
+    return _by_stem(visible_files(folder, suffixes))
 
 
 def _present_splits(root: pathlib.Path) -> tuple[str, ...]:

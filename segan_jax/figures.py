@@ -297,6 +297,12 @@ def label_palette(num_classes: int, palette: str) -> np.ndarray:
     return np.array([to_rgb(c) for c in colours])
 
 
+def class_colours(num_classes: int) -> list[list[int]]:
+    """RGB 0-255 of each class, then of unlabelled pixels: ``label_palette(K, "classes")``,
+    for annotation files."""
+    return np.rint(label_palette(num_classes, "classes") * 255).astype(int).tolist()
+
+
 def _class_legend(
     fig: Figure, classes: Sequence[str], unlabelled: bool = False, palette: str = "grey"
 ) -> None:

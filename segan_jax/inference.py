@@ -17,6 +17,7 @@ from segan_jax import (
     checkpoints,
     datasets,
     evaluate,
+    imagescope,
     input_pipeline,
     models,
     parallel,
@@ -242,7 +243,8 @@ def input_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pathlib.Path]:
     """Writes one single-channel label PNG per input image (same stem) to predict.output
-    (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`), and
+    (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`; with
+    predict.imagescope as ``<stem>.xml`` too, `imagescope`), and
     classes.json naming the label values (the folder dataset's format: corrected label
     PNGs can become a dataset's masks/, with classes.json moved to its root). A slide (a
     TIFF-based input over predict.slide_pixels) is predicted region by region at
@@ -287,7 +289,8 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
-        also = " (and their regions as GeoJSON, <stem>.geojson)" * _predict_key(config, "geojson")
+        also = [p.suffix for p in _annotation_paths(config, out / "x")]
+        also = f" (and their regions as <stem>{' and <stem>'.join(also)})" if also else ""
         print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
     return targets
 
@@ -324,6 +327,7 @@ def _print_notes(
 # gets (configs/default.py's; configs/saved.py fills them in for a saved run's config).
 PREDICT_FALLBACKS = {
     "geojson": False,
+    "imagescope": False,
     "min_region_area": 0.0,
     "skip_existing": False,
     "slide_pixels": 2**26,
@@ -355,12 +359,15 @@ def _write_predictions(
     parts = [images[i] for i in whole]
     tiling = tiles.from_config(config.eval)
     labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling)
+    min_area = _predict_key(config, "min_region_area")
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
-        if _predict_key(config, "geojson"):
-            annotations.save_geojson(
-                one, info.classes, geojson_path(targets[i]), _predict_key(config, "min_region_area")
-            )
+        if _annotation_paths(config, targets[i]):
+            features = annotations.features(one, info.classes, min_area=min_area)
+            collection = {"type": "FeatureCollection", "features": features}
+            workdir_lib.write_json(geojson_path(targets[i]), collection)
+            if _predict_key(config, "imagescope"):
+                imagescope.save_xml(features, info.classes, xml_path(targets[i]))
     for i in (i for i, t in enumerate(targets) if _is_slide_map(t)):
         _predict_slide(config, trained, files[i], targets[i], info)
 
@@ -388,7 +395,7 @@ def _predict_slide(
     def predict(rows: np.ndarray) -> np.ndarray:
         return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
 
-    geojson = (geojson_path(target), info.classes) if _predict_key(config, "geojson") else None
+    geojson = (geojson_path(target), info.classes) if _annotation_paths(config, target) else None
     level = _predict_key(config, "slide_level")
     slides.predict_slide(
         path,
@@ -400,6 +407,9 @@ def _predict_slide(
         _SlideProgress(),
         _predict_key(config, "min_region_area"),
     )
+    if _predict_key(config, "imagescope"):  # from the GeoJSON, read back whole
+        features = json.loads(geojson_path(target).read_text(encoding="utf-8"))["features"]
+        imagescope.save_xml(features, info.classes, xml_path(target))
     print(f"{path} -> {target}", flush=True)
 
 
@@ -434,6 +444,19 @@ def _is_slide_map(target: pathlib.Path) -> bool:
 def geojson_path(target: pathlib.Path) -> pathlib.Path:
     """The GeoJSON annotations beside a label map (predict.geojson): ``<stem>.geojson``."""
     return target.with_suffix(".geojson")
+
+
+def xml_path(target: pathlib.Path) -> pathlib.Path:
+    """The ImageScope XML annotations beside a label map (predict.imagescope): ``<stem>.xml``."""
+    return target.with_suffix(".xml")
+
+
+def _annotation_paths(config: ml_collections.ConfigDict, target: pathlib.Path) -> list:
+    """The annotation files written beside a label map: its GeoJSON with predict.geojson or
+    predict.imagescope (whose XML is made from it), then with predict.imagescope its XML."""
+    xml = _predict_key(config, "imagescope")
+    geojson = [geojson_path(target)] if _predict_key(config, "geojson") or xml else []
+    return geojson + ([xml_path(target)] if xml else [])
 
 
 def read_images(
@@ -529,9 +552,7 @@ def _existing_outputs(
     """`_plan`'s (files, targets, skipped) given predictions already in ``out``: with
     predict.skip_existing the inputs with all their outputs there are skipped (the others'
     partial outputs replaced); else any is refused without predict.overwrite."""
-    outputs = [
-        [t, *([geojson_path(t)] if _predict_key(config, "geojson") else [])] for t in targets
-    ]
+    outputs = [[t, *_annotation_paths(config, t)] for t in targets]
     if _predict_key(config, "skip_existing"):
         if config.predict.overwrite:
             raise train.ConfigError("predict.overwrite and predict.skip_existing: choose one")

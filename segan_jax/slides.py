@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from segan_jax import annotations, datasets, tiles
+from segan_jax import annotations, datasets, figures, tiles
 from segan_jax import workdir as workdir_lib
 
 # Suffixes of the TIFF-based formats read here (datasets read .tif and .tiff whole).
@@ -139,7 +139,7 @@ def _open(
     if not 0 <= level < len(sizes):
         listed = ", ".join(f"{i}: {h}x{w}" for i, (h, w) in enumerate(sizes))
         raise datasets.FormatError(
-            f"has {len(sizes)} level(s) ({listed}); predict.slide_level={level} is not one"
+            f"has {len(sizes)} level(s) ({listed}); level {level} was asked for"
         )
     page = series.levels[level].keyframe
     extra = getattr(page, "extrasamples", ())
@@ -153,12 +153,6 @@ def _open(
     channels = array.shape[2] if array.ndim == 3 else 1
     (h0, w0), (h, w) = sizes[0], sizes[level]
     return SlideInfo(path, level, (h, w), channels, array.dtype, (h0 / h, w0 / w)), array
-
-
-def read_rows(array: zarr.Array | np.ndarray, top: int, height: int) -> np.ndarray:
-    """Rows ``[top, top + height)`` of an opened level as (height, W, C)."""
-    rows = np.asarray(array[top : top + height])
-    return rows[..., None] if rows.ndim == 2 else rows
 
 
 def band_labels(
@@ -175,18 +169,33 @@ def band_labels(
     e.g. `evaluate.predict_all` with ``tiling`` on that one image). A band that cannot be
     decoded raises datasets.DatasetError naming the file and the rows.
     """
-    height = min(info.shape[0], tiling.size)
+    height, width = min(info.shape[0], tiling.size), info.shape[1]
     for top, keep_start, keep_stop in tiles.axis_windows(info.shape[0], tiling.size, tiling.margin):
-        try:
-            rows = read_rows(array, top, height)
-        except MemoryError:
-            raise
-        except Exception as err:  # any decoder's failure: a damaged tile
-            problem = (
-                f"{info.path}: rows {top} to {top + height - 1} of level {info.level} unreadable"
-            )
-            raise datasets.DatasetError([f"{problem} ({err!r})"]) from err
+        rows = read_window(array, info, (top, 0), (height, width))
         yield keep_start, predict(rows)[keep_start - top : keep_stop - top]
+
+
+def read_window(
+    array: zarr.Array | np.ndarray,
+    info: SlideInfo,
+    corner: tuple[int, int],
+    size: tuple[int, int],
+) -> np.ndarray:
+    """The (height, width, C) window of an opened level whose top-left pixel is ``corner``
+    (row, column) and whose (height, width) is ``size``. A window that cannot be decoded
+    raises datasets.DatasetError naming the file, the rows and (when not all) the columns."""
+    (top, left), (height, width) = corner, size
+    try:
+        window = np.asarray(array[top : top + height, left : left + width])
+    except MemoryError:
+        raise
+    except Exception as err:  # any decoder's failure: a damaged tile
+        where = f"rows {top} to {top + height - 1}"
+        if width < info.shape[1]:
+            where += f", columns {left} to {left + width - 1}"
+        problem = f"{info.path}: {where} of level {info.level} unreadable ({err!r})"
+        raise datasets.DatasetError([problem]) from err
+    return window[..., None] if window.ndim == 2 else window
 
 
 def label_tiles(bands: Iterator[tuple[int, np.ndarray]], width: int) -> Iterator[np.ndarray]:
@@ -251,7 +260,7 @@ class GeoJSONWriter:
         min_area: float = 0.0,
     ):
         self.path, self.classes, self.min_area = path, classes, min_area
-        self.colours = annotations.class_colours(len(classes))
+        self.colours = figures.class_colours(len(classes))
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
         self.count = 0
         # class -> (first row, its rows of the class's mask, how many of them hold only

@@ -55,3 +55,20 @@ def write_labelled_folder():
         return folder
 
     return write
+
+
+@pytest.fixture(scope="session")
+def write_slide():
+    """A function writing a pyramidal tiled TIFF (as scanners write, zlib instead of JPEG so
+    pixels are exact): an (H, W[, 3]) image and ``levels - 1`` reductions by 2, as SubIFDs."""
+    import tifffile
+
+    def write(path: pathlib.Path, image, levels: int = 2) -> None:
+        photometric = "rgb" if image.ndim == 3 else "minisblack"
+        options = dict(tile=(64, 64), compression="zlib", photometric=photometric)
+        with tifffile.TiffWriter(path) as tif:
+            tif.write(image, subifds=levels - 1, **options)
+            for level in range(1, levels):
+                tif.write(image[:: 2**level, :: 2**level], subfiletype=1, **options)
+
+    return write

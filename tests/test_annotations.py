@@ -146,7 +146,7 @@ def test_reading_back_follows_qupaths_conventions_and_names_problems():
     assert "'Tumor'" in problems[2]
 
 
-def test_masks_from_geojson_writes_masks_only_when_every_file_is_good(tmp_path):
+def test_masks_from_annotations_writes_masks_only_when_every_file_is_good(tmp_path):
     labels = _labels()
     (tmp_path / "images").mkdir()
     (tmp_path / "corrected").mkdir()
@@ -155,14 +155,14 @@ def test_masks_from_geojson_writes_masks_only_when_every_file_is_good(tmp_path):
     (tmp_path / "corrected" / "a.geojson").write_text(json.dumps(collection["features"]))
     (tmp_path / "classes.json").write_text(json.dumps(dict(enumerate(CLASSES))))
     args = [tmp_path / "corrected", tmp_path / "images", tmp_path / "classes.json"]
-    (mask,) = annotations.masks_from_geojson(*args, tmp_path / "masks")
+    (mask,) = annotations.masks_from_annotations(*args, tmp_path / "masks")
     np.testing.assert_array_equal(np.asarray(Image.open(mask)), labels)
     (tmp_path / "corrected" / "b.geojson").write_text("{not json")
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "images" / "b.png")
     (tmp_path / "corrected" / "c.geojson").write_text("[]")  # no image c.*
     before = (tmp_path / "masks" / "a.png").read_bytes()
     with pytest.raises(datasets.DatasetError) as err:
-        annotations.masks_from_geojson(*args, tmp_path / "masks")
+        annotations.masks_from_annotations(*args, tmp_path / "masks")
     assert [p.split(": ")[1][:22] for p in err.value.problems] == [
         "exists already; pass -",
         "unreadable (Expecting ",
@@ -173,10 +173,11 @@ def test_masks_from_geojson_writes_masks_only_when_every_file_is_good(tmp_path):
 
 
 def test_the_command_line_names_the_problem_without_a_traceback(tmp_path, capsys):
-    message = f"error: x.json: missing; .*\n{tmp_path / 'none'}: no .geojson files$"
+    message = f"error: x.json: missing; .*\n{tmp_path / 'none'}: no annotation files "
+    message += r"\(.geojson or ImageScope .xml\)$"
     with pytest.raises(SystemExit, match=message):
         annotations.main(
-            [f"--geojson={tmp_path / 'none'}", f"--images={tmp_path}", "--classes=x.json"]
+            [f"--annotations={tmp_path / 'none'}", f"--images={tmp_path}", "--classes=x.json"]
             + [f"--output={tmp_path / 'masks'}"]
         )
     labels = _labels()
@@ -191,10 +192,10 @@ def test_the_command_line_names_the_problem_without_a_traceback(tmp_path, capsys
     annotations.main([*argv, f"--output={tmp_path / 'masks'}"])
     out = capsys.readouterr().out
     assert f"wrote 1 mask to {tmp_path / 'masks'}" in out
-    assert "note: no GeoJSON, so no mask, for 0" not in out and "note:" not in out
+    assert "note: no annotations, so no mask, for 0" not in out and "note:" not in out
     Image.fromarray(labels).save(tmp_path / "b.png")  # an image nobody annotated
     annotations.main([*argv, f"--output={tmp_path / 'masks'}", "--overwrite"])
-    assert "note: no GeoJSON, so no mask, for 1 of the images: b" in capsys.readouterr().out
+    assert "note: no annotations, so no mask, for 1 of the images: b" in capsys.readouterr().out
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "a.png")), labels)
 
 
@@ -234,3 +235,25 @@ def test_specks_under_the_minimum_area_are_left_out():
     kept = annotations.feature_collection(labels, CLASSES, min_area=1.0)["features"]
     assert [f["properties"]["classification"]["name"] for f in kept] == ["gland"]
     assert len(annotations.feature_collection(labels, CLASSES)["features"]) == 2
+
+
+def test_region_annotations_mark_the_reviewed_area_the_rest_unlabelled():
+    """With QuPath's Region*, pixels outside every region are unlabelled, not background;
+    inside them the classes' rules hold (a region sets no class)."""
+
+    def square(name: str, x0: int, y0: int, x1: int, y1: int) -> dict:
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        geometry = {"type": "Polygon", "coordinates": [ring]}
+        return {"geometry": geometry, "properties": {"classification": {"name": name}}}
+
+    features = [square("gland", 2, 2, 6, 5), square(annotations.REGION_CLASS, 0, 0, 5, 8)]
+    features.append(square(annotations.REGION_CLASS, 8, 8, 10, 10))
+    labels, problems = annotations.label_map(features, (10, 10), CLASSES)
+    expected = np.full((10, 10), datasets.UNLABELLED, np.uint8)
+    expected[:8, :5] = 0
+    expected[8:, 8:] = 0
+    expected[2:5, 2:5] = 2  # the gland's column 5 lies outside the regions
+    assert problems == []
+    np.testing.assert_array_equal(labels, expected)
+    without, _ = annotations.label_map(features[:1], (10, 10), CLASSES)
+    assert (without == datasets.UNLABELLED).sum() == 0

@@ -14,25 +14,14 @@ CLASSES = ("background", "nucleus", "gland")
 NORMALIZER = input_pipeline.Normalizer(255.0, (0.5,) * 3, (0.25,) * 3, True)
 
 
-def _write_slide(path: pathlib.Path, image: np.ndarray, levels: int = 2) -> None:
-    """A pyramidal tiled TIFF (as scanners write, zlib instead of JPEG so pixels are exact):
-    ``image`` and ``levels - 1`` reductions by 2, as SubIFDs."""
-    photometric = "rgb" if image.ndim == 3 else "minisblack"
-    options = dict(tile=(64, 64), compression="zlib", photometric=photometric)
-    with tifffile.TiffWriter(path) as tif:
-        tif.write(image, subifds=levels - 1, **options)
-        for level in range(1, levels):
-            tif.write(image[:: 2**level, :: 2**level], subfiletype=1, **options)
-
-
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory) -> tuple[pathlib.Path, np.ndarray]:
+def slide(tmp_path_factory, write_slide) -> tuple[pathlib.Path, np.ndarray]:
     """A 300x410 RGB slide of two levels whose red channel holds class labels 0-2 in blobs."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
     image[..., 0] = np.kron(rng.integers(0, 3, (30, 41)), np.ones((10, 10), int))
     path = tmp_path_factory.mktemp("slides") / "slide.tif"
-    _write_slide(path, image)
+    write_slide(path, image)
     return path, image
 
 
@@ -146,7 +135,7 @@ def test_progress_is_reported_band_by_band_and_the_label_tiff_names_its_source(s
 def test_unusable_slides_are_named_with_the_problem(slide, tmp_path):
     path, image = slide
     with pytest.raises(
-        datasets.FormatError, match=r"has 2 level\(s\) \(0: 300x410, 1: 150x205\); .*=2"
+        datasets.FormatError, match=r"has 2 level\(s\) \(0: 300x410, 1: 150x205\); level 2 was"
     ):
         slides.slide_info(path, 2)
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(image, -1, 0), photometric="minisblack")
@@ -201,7 +190,8 @@ def test_an_uncompressed_slide_is_memory_mapped_not_read_whole(slide, tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", image, photometric="rgb")  # one strip
     with slides.open_level(tmp_path / "plain.tif", 0) as (info, array):
         assert isinstance(array, np.memmap) and info.shape == (300, 410)
-        np.testing.assert_array_equal(slides.read_rows(array, 100, 50), image[100:150])
+        window = slides.read_window(array, info, (100, 20), (50, 30))
+        np.testing.assert_array_equal(window, image[100:150, 20:50])
 
 
 def test_regions_across_bands_come_whole(slide, tmp_path):

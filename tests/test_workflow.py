@@ -23,6 +23,7 @@ from segan_jax import (
     datasets,
     evaluate,
     figures,
+    imagescope,
     inference,
     parallel,
     tiles,
@@ -752,7 +753,14 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
         min(annotations.area([np.asarray(r) for r in f["geometry"]["coordinates"]]) for f in fewer)
         >= 20
     )
-    config.predict.min_region_area, config.predict.overwrite = 0.0, False
+    config.predict.min_region_area = 0.0
+    config.predict.geojson, config.predict.imagescope = False, True  # the GeoJSON comes too
+    inference.predict_workdir(config, str(two_step_run))
+    features = imagescope.read_xml(png.with_suffix(".xml"), datasets.DEMO_CLASSES)
+    back, problems = annotations.label_map(features, labels.shape, datasets.DEMO_CLASSES)
+    assert problems == [] and (back == labels).all()
+    assert json.loads(png.with_suffix(".geojson").read_text()) == collection
+    config.predict.geojson, config.predict.imagescope, config.predict.overwrite = True, False, False
     png.unlink()  # the GeoJSON alone is there: still a prediction not to overwrite
     with pytest.raises(FileExistsError, match="1 prediction file exists already .*a.geojson"):
         inference.predict_workdir(config, str(two_step_run))
@@ -764,7 +772,7 @@ def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data
     run goes on with predict.skip_existing."""
     config = _tiny(data_dir, num_steps=2)
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
-    config.predict.geojson, config.predict.slide_pixels = True, 100_000
+    config.predict.imagescope, config.predict.slide_pixels = True, 100_000
     (tmp_path / "in").mkdir()
     image = datasets.load_split(config.data, "test").images[0]  # 210x576: 120,960 pixels
     contig = {"photometric": "minisblack", "planarconfig": "contig"}  # (H, W, 2) as YXS
@@ -779,7 +787,10 @@ def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data
     features = json.loads(slide.with_suffix(".geojson").read_text())["features"]
     back, problems = annotations.label_map(features, expected.shape, datasets.DEMO_CLASSES)
     assert problems == [] and (back == expected).all()
-    with pytest.raises(FileExistsError, match="4 prediction files exist already"):
+    features = imagescope.read_xml(slide.with_suffix(".xml"), datasets.DEMO_CLASSES)
+    back, problems = annotations.label_map(features, expected.shape, datasets.DEMO_CLASSES)
+    assert problems == [] and (back == expected).all()
+    with pytest.raises(FileExistsError, match="6 prediction files exist already"):
         inference.predict_workdir(config, str(two_step_run))
     # A stopped run resumed: the inputs with every output there are left alone.
     slide.unlink()

@@ -1,0 +1,141 @@
+"""Annotations as Aperio ImageScope XML, the format the paper's human-in-the-loop cycle corrected
+its predictions in (Lutnick et al. 2019), converted to and from this package's GeoJSON features
+(`annotations`), so that whatever reads GeoJSON reads XML too.
+
+Each class is one annotation layer (``<Annotation Name="<class>" Id="<label value>">``), each
+region one polygon ``<Region>`` of ``<Vertex X= Y=/>`` (the first repeated last), and a
+region's holes are regions of its layer marked ``NegativeROA="1"``. Coordinates are those of
+the GeoJSON: the slide's full-resolution pixels, pixel edges at whole numbers.
+
+Reading: a layer's class is its ``Name``, or, when it has none, the class whose label value is
+its ``Id`` (the cycle's original convention); a negative region cuts the positive regions of
+its layer that hold one of its vertices; rectangles (Type 1) are read as polygons, other shapes
+(ellipses, arrows, rulers) are named as problems.
+"""
+
+import pathlib
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from matplotlib.path import Path
+
+from segan_jax import datasets, figures
+from segan_jax import workdir as workdir_lib
+
+POLYGON, RECTANGLE = "0", "1"  # ImageScope's Region Type of a freehand polygon, a rectangle
+SHAPES = {"2": "an ellipse", "3": "an arrow", "4": "a ruler", "5": "a point"}
+
+
+def save_xml(features: Sequence[dict], classes: Sequence[str], path: pathlib.Path) -> None:
+    """Writes GeoJSON Polygon features classified by name in ``classes`` (`annotations`'
+    features) as ImageScope XML, one layer per class that has any, atomically."""
+    layers: dict[str, list[list]] = {}
+    for feature in features:
+        name = feature["properties"]["classification"]["name"]
+        layers.setdefault(name, []).append(feature["geometry"]["coordinates"])
+    colours = figures.class_colours(len(classes))
+    with workdir_lib.atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
+        file.write('<?xml version="1.0" encoding="utf-8"?>\n<Annotations>\n')
+        for k, name in enumerate(classes):
+            if name in layers:
+                _write_layer(file, (k, name, colours[k]), layers[name])
+        file.write("</Annotations>\n")
+
+
+def _write_layer(file, layer: tuple[int, str, list[int]], polygons: list[list]) -> None:
+    """One class's layer ((label value, name, RGB colour)): each polygon's outer ring a
+    region, its holes negative ones."""
+    value, name, (r, g, b) = layer
+    colour = r + 256 * g + 65536 * b  # a Windows COLORREF, 0x00BBGGRR
+    file.write(f'<Annotation Id="{value}" Name={quoteattr(name)} LineColor="{colour}">\n')
+    file.write("<Regions>\n")
+    region = 0
+    for rings in polygons:
+        for j, ring in enumerate(rings):
+            region += 1
+            file.write(f'<Region Id="{region}" Type="0" NegativeROA="{int(j > 0)}"><Vertices>')
+            file.write("".join(f'<Vertex X="{x:g}" Y="{y:g}"/>' for x, y in ring))
+            file.write("</Vertices></Region>\n")
+    file.write("</Regions>\n</Annotation>\n")
+
+
+def read_xml(path: pathlib.Path, classes: Sequence[str]) -> list[dict]:
+    """The GeoJSON features (Polygons classified by name) of an ImageScope XML file, layer by
+    layer (`save_xml`'s format; the module's reading rules). Raises datasets.FormatError when
+    the file is not ImageScope XML."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise datasets.FormatError(f"unreadable XML ({err})") from err
+    if root.tag != "Annotations":
+        raise datasets.FormatError(
+            f"not ImageScope XML: its root is <{root.tag}>, not <Annotations>"
+        )
+    return [f for layer in root.iter("Annotation") for f in _layer_features(layer, classes)]
+
+
+def _layer_features(layer: ET.Element, classes: Sequence[str]) -> list[dict]:
+    """The features of one layer: its positive regions, each with the negative ones it cuts;
+    regions of other shapes or unreadable vertices as features of that kind (problems)."""
+    name = layer.get("Name") or _class_of_id(layer.get("Id"), classes)
+    positive, negative, features = [], [], []
+    for region in layer.iter("Region"):
+        kind, ring = region.get("Type", POLYGON), _vertices(region)
+        if kind not in (POLYGON, RECTANGLE):
+            shape = SHAPES.get(kind, "an unknown shape")
+            features.append(_feature(name, f"Region of Type {kind} ({shape})", []))
+        elif ring is None:
+            features.append(_feature(name, "Region with unreadable vertices", []))
+        elif region.get("NegativeROA") == "1":
+            negative.append(ring)
+        else:
+            positive.append(ring)
+    boxes = np.array([[*r.min(0), *r.max(0)] for r in negative]).reshape(-1, 4)
+    for outer in positive:
+        features.append(_feature(name, "Polygon", [outer, *_holes(outer, negative, boxes)]))
+    return features
+
+
+def _holes(outer: np.ndarray, negative: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarray]:
+    """The negative rings (bounding ``boxes``, (N, 4) x0, y0, x1, y1) with a vertex inside
+    ``outer``."""
+    if len(outer) < 3:
+        return []
+    (x0, y0), (x1, y1) = outer.min(0), outer.max(0)
+    near = (boxes[:, 0] <= x1) & (boxes[:, 2] >= x0) & (boxes[:, 1] <= y1) & (boxes[:, 3] >= y0)
+    inside = Path(outer)
+    return [negative[j] for j in np.flatnonzero(near) if inside.contains_points(negative[j]).any()]
+
+
+def _class_of_id(value: str | None, classes: Sequence[str]) -> str:
+    """The class whose label value is a layer's Id; else a name no class has, for the
+    problem message."""
+    if value is not None and value.isdigit() and 0 < int(value) < len(classes):
+        return classes[int(value)]
+    return f"(unnamed layer of Id {value})"
+
+
+def _vertices(region: ET.Element) -> np.ndarray | None:
+    """(N, 2) float64 (x, y) of a region's vertices, closed (first repeated last); None when
+    one is missing or not a finite number."""
+    try:
+        points = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+    except (TypeError, ValueError):
+        return None
+    ring = np.array(points, np.float64).reshape(-1, 2)
+    if not np.isfinite(ring).all():
+        return None
+    if len(ring) and not np.array_equal(ring[0], ring[-1]):
+        ring = np.concatenate([ring, ring[:1]])
+    return ring
+
+
+def _feature(name: str, kind: str, rings: list[np.ndarray]) -> dict:
+    """A GeoJSON feature of class ``name``."""
+    return {
+        "type": "Feature",
+        "geometry": {"type": kind, "coordinates": [r.tolist() for r in rings]},
+        "properties": {"classification": {"name": name}},
+    }

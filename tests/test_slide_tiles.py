@@ -1,0 +1,173 @@
+"""Tests for segan_jax.slide_tiles: corrected slide annotations cut into training tiles."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from segan_jax import annotations, datasets, imagescope, slide_tiles, workdir
+
+CLASSES = ("background", "nucleus", "gland")
+
+
+@pytest.fixture
+def slide(tmp_path, write_slide) -> tuple[pathlib.Path, np.ndarray]:
+    """slides/s.tif, a 300x410 RGB slide of two levels whose red channel holds class labels
+    0-2 in 10x10 blobs, its GeoJSON of those labels (corrected/s.geojson) and classes.json."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    image[..., 0] = np.kron(rng.integers(0, 3, (30, 41)), np.ones((10, 10), int))
+    for folder in ("slides", "corrected"):
+        (tmp_path / folder).mkdir()
+    write_slide(tmp_path / "slides" / "s.tif", image)
+    annotations.save_geojson(image[..., 0], CLASSES, tmp_path / "corrected" / "s.geojson")
+    workdir.write_json(tmp_path / "classes.json", dict(enumerate(CLASSES)))
+    return tmp_path, image
+
+
+def _cut(root: pathlib.Path, **options) -> list[str]:
+    return slide_tiles.tiles_from_slides(
+        root / "slides", root / "corrected", root / "classes.json", root / "train", **options
+    )
+
+
+def _read(root: pathlib.Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(Image.open(root / "train" / "images" / f"{name}.png"))
+    return image, np.asarray(Image.open(root / "train" / "masks" / f"{name}.png"))
+
+
+def _features(labels: np.ndarray, extra: list[dict] = ()) -> dict:
+    return {
+        "type": "FeatureCollection",
+        "features": [*annotations.features(labels, CLASSES), *extra],
+    }
+
+
+def _rectangle(name: str, x0: float, y0: float, x1: float, y1: float) -> dict:
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": name}},
+    }
+
+
+def test_tiles_are_the_slide_and_its_annotations_on_a_grid_ending_at_its_edges(slide):
+    root, image = slide
+    names = _cut(root, tile_size=128)
+    rows, cols = (0, 128, 172), (0, 128, 256, 282)  # the last square ends at the edge
+    assert names == [f"s_L0_x{c}_y{r}" for r in rows for c in cols]
+    for r in rows:
+        for c in cols:
+            tile, mask = _read(root, f"s_L0_x{c}_y{r}")
+            np.testing.assert_array_equal(tile, image[r : r + 128, c : c + 128])
+            np.testing.assert_array_equal(mask, image[r : r + 128, c : c + 128, 0])
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["images", "masks"]  # no staging
+
+
+def test_a_lower_level_is_cut_in_its_own_pixels_and_named_in_full_resolution_ones(slide):
+    root, image = slide
+    names = _cut(root, level=1, tile_size=64)  # level 1: 150x205
+    assert names[:2] == ["s_L1_x0_y0", "s_L1_x128_y0"] and len(names) == 3 * 4
+    tile, mask = _read(root, "s_L1_x282_y172")  # level pixels (86, 141)
+    np.testing.assert_array_equal(tile, image[::2, ::2][86:150, 141:205])
+    np.testing.assert_array_equal(mask, image[::2, ::2, 0][86:150, 141:205])
+
+
+def test_only_squares_an_annotation_reaches_are_cut(slide):
+    root, image = slide
+    labels = np.zeros(image.shape[:2], np.uint8)
+    labels[140:150, 300:320] = 2  # rows of the square at 128 only; columns of 256's and 282's
+    (root / "corrected" / "s.geojson").write_text(json.dumps(_features(labels)))
+    assert _cut(root, tile_size=128) == ["s_L0_x256_y128", "s_L0_x282_y128"]
+    _, mask = _read(root, "s_L0_x282_y128")
+    np.testing.assert_array_equal(mask, labels[128:256, 282:410])
+
+
+def test_with_region_annotations_only_the_reviewed_area_is_cut_and_labelled(slide):
+    root, image = slide
+    region = _rectangle(annotations.REGION_CLASS, 20, 30, 100, 140)  # x 20-99, y 30-139
+    (root / "corrected" / "s.geojson").write_text(json.dumps(_features(image[..., 0], [region])))
+    assert _cut(root, tile_size=128) == ["s_L0_x0_y0", "s_L0_x0_y128"]
+    _, mask = _read(root, "s_L0_x0_y128")
+    expected = np.full((128, 128), datasets.UNLABELLED, np.uint8)
+    expected[:12, 20:100] = image[128:140, 20:100, 0]
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_every_problem_is_named_before_anything_is_written(slide):
+    root, image = slide
+    bad = _features(image[..., 0], [_rectangle("Tumour", 1, 1, 5, 5)])
+    bad["features"].append(_rectangle("gland", 5000, 100, 5010, 110))
+    (root / "corrected" / "s.geojson").write_text(json.dumps(bad))
+    (root / "corrected" / "lost.geojson").write_text("{}")
+    (root / "corrected" / "broken.geojson").write_text("{")
+    tifffile.imwrite(root / "slides" / "broken.tif", image[:8, :8], photometric="rgb")
+    with pytest.raises(datasets.DatasetError) as err:
+        _cut(root, level=1, tile_size=0)
+    text = str(err.value)
+    assert "tile size must be a whole number of pixels above 0, not 0" in text
+    assert "lost.geojson: no slide named lost.<svs|ndpi|tif|tiff>" in text
+    assert "broken.geojson: unreadable" in text and "broken.tif: has 1 level(s)" in text
+    assert "'Tumour' is not one of" in text
+    assert f"feature {len(bad['features']) - 1}: lies outside the 410x300 slide (x 5000" in text
+    assert not (root / "train").exists()
+
+
+def test_tiles_already_there_are_kept_unless_overwrite_replaces_them_all(slide):
+    root, image = slide
+    assert len(_cut(root, tile_size=128)) == 12
+    labels = np.zeros(image.shape[:2], np.uint8)
+    labels[:10, :10] = 1
+    (root / "corrected" / "s.geojson").write_text(json.dumps(_features(labels)))
+    with pytest.raises(datasets.DatasetError, match="holds 24 tile files of s.tif at level 0"):
+        _cut(root, tile_size=128)
+    assert len(list((root / "train" / "masks").iterdir())) == 12
+    assert _cut(root, tile_size=128, overwrite=True) == ["s_L0_x0_y0"]
+    for sub in ("images", "masks"):  # none stale is left
+        assert [p.name for p in (root / "train" / sub).iterdir()] == ["s_L0_x0_y0.png"]
+
+
+def test_a_damaged_tile_stops_the_cut_and_leaves_the_output_as_it_was(slide):
+    root, _ = slide
+    Image.new("L", (4, 4)).save(root / "keep.png")
+    (root / "train" / "masks").mkdir(parents=True)
+    (root / "keep.png").rename(root / "train" / "masks" / "other.png")
+    path = root / "slides" / "s.tif"
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[-1]  # level 0's last tile: rows 256-299, cols 384-409
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(datasets.DatasetError, match="rows 172 to 299, columns 282 to 409"):
+        _cut(root, tile_size=128)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["masks"]
+    assert [p.name for p in (root / "train" / "masks").iterdir()] == ["other.png"]
+
+
+def test_the_tiles_make_a_folder_dataset_and_the_command_says_what_it_wrote(slide, capsys):
+    root, _ = slide
+    argv = [f"--slides={root / 'slides'}", f"--geojson={root / 'corrected'}"]
+    argv += [f"--classes={root / 'classes.json'}", "--tile_size=150"]
+    for split in ("train", "test"):
+        slide_tiles.main([*argv, f"--output={root / split}"])
+    out = capsys.readouterr().out
+    assert "s.tif: 6 tiles of 150x150 at level 0" in out
+    assert f"wrote 6 tiles (images/ and masks/) to {root / 'test'}" in out
+    datasets.validate_folder(root)  # raises on any problem
+    with pytest.raises(SystemExit, match="holds 12 tile files"):
+        slide_tiles.main([*argv, f"--output={root / 'test'}"])
+
+
+def test_imagescope_xml_annotations_cut_the_same_tiles(slide):
+    root, image = slide
+    geojson = root / "corrected" / "s.geojson"
+    features = json.loads(geojson.read_text())["features"]
+    imagescope.save_xml(features, CLASSES, root / "corrected" / "s.xml")
+    geojson.unlink()
+    assert len(_cut(root, tile_size=128)) == 12
+    _, mask = _read(root, "s_L0_x282_y172")
+    np.testing.assert_array_equal(mask, image[172:300, 282:410, 0])
