@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import contourpy
 import numpy as np
-from matplotlib.path import Path
 
 from segan_jax import datasets, evaluate, figures, imagescope
 from segan_jax import workdir as workdir_lib
@@ -134,9 +133,12 @@ def feature_collection(labels: np.ndarray, classes: Sequence[str], min_area: flo
 
 def save_geojson(
     labels: np.ndarray, classes: Sequence[str], path: pathlib.Path, min_area: float = 0.0
-) -> None:
-    """Writes `feature_collection` of an (H, W) label map to ``path``, atomically."""
-    workdir_lib.write_json(path, feature_collection(labels, classes, min_area))
+) -> list[dict]:
+    """Writes `feature_collection` of an (H, W) label map to ``path``, atomically; returns its
+    features."""
+    collection = feature_collection(labels, classes, min_area)
+    workdir_lib.write_json(path, collection)
+    return collection["features"]
 
 
 # ----------------------------------------------------------------------------- reading back
@@ -168,7 +170,14 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     labels, empty = rasterise(read, shape)
     polygons = {i: p for i, _, p in read}
     problems += [(i, _outside(polygons[i], shape)) for i in empty]
-    return labels, [f"feature {i}: {problem}" for i, problem in sorted(problems)]
+    return labels, [f"{feature_name(features, i)}: {text}" for i, text in sorted(problems)]
+
+
+def feature_name(features: Sequence[dict], i: int) -> str:
+    """How problems name ``features[i]``: its ``properties.source`` where a converted file
+    gave one (`imagescope`: its layer and region), else ``feature i``."""
+    source = _get(_get(features[i], "properties"), "source")
+    return source if isinstance(source, str) else f"feature {i}"
 
 
 def read_features(
@@ -237,6 +246,8 @@ def _read_feature(feature, values: dict[str, int]) -> tuple[str, int, list[list[
         return f"unreadable {kind} coordinates ({err!r})", 0, []
     if not rings or any(not p or len(p[0]) < 3 for p in rings):
         return f"a {kind} without an outer ring of 3 points or more", 0, []
+    if not all(np.isfinite(ring).all() for p in rings for ring in p):
+        return f"a {kind} with coordinates that are not finite numbers", 0, []
     return "", values[name], rings
 
 
@@ -255,14 +266,31 @@ def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     cols = np.arange(max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), w))
     if not rows.size or not cols.size:
         return False
-    yy, xx = np.meshgrid(rows + 0.5, cols + 0.5, indexing="ij")
-    centres = np.stack([xx.ravel(), yy.ravel()], -1)
-    inside = Path(rings[0]).contains_points(centres)
+    inside = inside_centres(rings[0], rows, cols)
     for hole in rings[1:]:
-        inside &= ~Path(hole).contains_points(centres)
-    block = labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    block[inside.reshape(block.shape)] = value
+        inside &= ~inside_centres(hole, rows, cols)
+    labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1][inside] = value
     return bool(inside.any())
+
+
+def inside_centres(ring: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(R, C) bool: whether the centre of pixel (rows[i], cols[j]) lies inside a closed (N, 2)
+    (x, y) ring, by the even-odd rule (``rows`` and ``cols`` consecutive): each row's centre
+    line is crossed by the ring's edges at some x, and a centre is inside when an odd number of
+    those lie left of it. Time and memory grow with rows x edges, not with pixels x edges as a
+    point-in-polygon test's do (a 5,000-vertex outline over a 512x512 tile)."""
+    (xa, ya), (xb, yb) = ring[:-1].T, ring[1:].T
+    out = np.zeros((rows.size, cols.size), bool)
+    step = max(1, 2**21 // max(xa.size, 1))  # rows at a time: about 2M (row, edge) pairs
+    for start in range(0, rows.size, step):
+        y = rows[start : start + step, None] + 0.5
+        r, e = np.nonzero((ya <= y) != (yb <= y))  # edges across the line, ends half-open
+        x = xa[e] + (y[r, 0] - ya[e]) * (xb[e] - xa[e]) / (yb[e] - ya[e])
+        first = np.clip(np.floor(x - 0.5 - cols[0]).astype(int) + 1, 0, cols.size)  # centre > x
+        toggles = np.zeros((y.shape[0], cols.size + 1), np.int32)
+        np.add.at(toggles, (r, first), 1)
+        out[start : start + step] = np.cumsum(toggles, axis=1)[:, :-1] % 2 == 1
+    return out
 
 
 def masks_from_annotations(

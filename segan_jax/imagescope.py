@@ -9,8 +9,9 @@ the GeoJSON: the slide's full-resolution pixels, pixel edges at whole numbers.
 
 Reading: a layer's class is its ``Name``, or, when it has none, the class whose label value is
 its ``Id`` (the cycle's original convention); a negative region cuts the positive regions of
-its layer that hold one of its vertices; rectangles (Type 1) are read as polygons, other shapes
-(ellipses, arrows, rulers) are named as problems.
+its layer it overlaps, but those lying wholly inside it (so a region inside another's hole
+stays); rectangles (Type 1) are read as polygons, other shapes (ellipses, arrows, rulers) are
+named as problems.
 """
 
 import pathlib
@@ -49,64 +50,96 @@ def _write_layer(file, layer: tuple[int, str, list[int]], polygons: list[list]) 
     region, its holes negative ones."""
     value, name, (r, g, b) = layer
     colour = r + 256 * g + 65536 * b  # a Windows COLORREF, 0x00BBGGRR
-    file.write(f'<Annotation Id="{value}" Name={quoteattr(name)} LineColor="{colour}">\n')
+    attributes = f'Id="{value}" Name={quoteattr(name)} Type="4" Visible="1" LineColor="{colour}"'
+    file.write(f"<Annotation {attributes}>\n")
     file.write("<Regions>\n")
     region = 0
     for rings in polygons:
         for j, ring in enumerate(rings):
             region += 1
             file.write(f'<Region Id="{region}" Type="0" NegativeROA="{int(j > 0)}"><Vertices>')
-            file.write("".join(f'<Vertex X="{x:g}" Y="{y:g}"/>' for x, y in ring))
+            file.write("".join(f'<Vertex X="{float(x)!r}" Y="{float(y)!r}"/>' for x, y in ring))
             file.write("</Vertices></Region>\n")
     file.write("</Regions>\n</Annotation>\n")
 
 
 def read_xml(path: pathlib.Path, classes: Sequence[str]) -> list[dict]:
     """The GeoJSON features (Polygons classified by name) of an ImageScope XML file, layer by
-    layer (`save_xml`'s format; the module's reading rules). Raises datasets.FormatError when
-    the file is not ImageScope XML."""
+    layer (`save_xml`'s format; the module's reading rules). Parsed as a stream, each region
+    let go once read: a slide's file of millions of vertices is never held as XML elements.
+    Raises datasets.FormatError when the file is not ImageScope XML."""
+    features, regions, root = [], [], None
     try:
-        root = ET.parse(path).getroot()
+        for event, element in ET.iterparse(path, events=("start", "end")):
+            if root is None:
+                root = element
+                if root.tag != "Annotations":
+                    raise datasets.FormatError(
+                        f"not ImageScope XML: its root is <{root.tag}>, not <Annotations>"
+                    )
+            elif event == "start" and element.tag == "Annotation":
+                regions = []
+            elif event == "end" and element.tag == "Region":
+                regions.append(_region(element, len(regions) + 1))
+                element.clear()
+            elif event == "end" and element.tag == "Annotation":
+                features += _layer_features(element, regions, classes)
+                element.clear()
     except (ET.ParseError, OSError) as err:
         raise datasets.FormatError(f"unreadable XML ({err})") from err
-    if root.tag != "Annotations":
-        raise datasets.FormatError(
-            f"not ImageScope XML: its root is <{root.tag}>, not <Annotations>"
-        )
-    return [f for layer in root.iter("Annotation") for f in _layer_features(layer, classes)]
+    return features
 
 
-def _layer_features(layer: ET.Element, classes: Sequence[str]) -> list[dict]:
-    """The features of one layer: its positive regions, each with the negative ones it cuts;
-    regions of other shapes or unreadable vertices as features of that kind (problems)."""
+# A region read: (its name, its Type, whether it is negative, its closed (N, 2) ring or None).
+Region = tuple[str, str, bool, np.ndarray | None]
+
+
+def _region(element: ET.Element, number: int) -> Region:
+    """The `Region` of a <Region> element, the ``number``-th of its layer (its name where it
+    has no Id)."""
+    name = f"Id {element.get('Id')}" if element.get("Id") else f"number {number}"
+    negative = element.get("NegativeROA") == "1"
+    return name, element.get("Type", POLYGON), negative, _vertices(element)
+
+
+def _layer_features(
+    layer: ET.Element, regions: Sequence[Region], classes: Sequence[str]
+) -> list[dict]:
+    """The features of one layer's regions: the positive ones, each with the negative ones it
+    cuts; regions of other shapes or unreadable vertices as features of that kind
+    (problems)."""
     name = layer.get("Name") or _class_of_id(layer.get("Id"), classes)
     positive, negative, features = [], [], []
-    for region in layer.iter("Region"):
-        kind, ring = region.get("Type", POLYGON), _vertices(region)
+    for region, kind, is_negative, ring in regions:
+        where = f"layer {layer.get('Name') or ''!r} (Id {layer.get('Id')}), Region {region}"
         if kind not in (POLYGON, RECTANGLE):
             shape = SHAPES.get(kind, "an unknown shape")
-            features.append(_feature(name, f"Region of Type {kind} ({shape})", []))
+            features.append(_feature(name, f"Region of Type {kind} ({shape})", [], where))
         elif ring is None:
-            features.append(_feature(name, "Region with unreadable vertices", []))
-        elif region.get("NegativeROA") == "1":
+            features.append(_feature(name, "Region with unreadable vertices", [], where))
+        elif is_negative:
             negative.append(ring)
         else:
-            positive.append(ring)
+            positive.append((ring, where))
+    negative = [ring for ring in negative if len(ring) > 3]  # 3 points or more, and closed
     boxes = np.array([[*r.min(0), *r.max(0)] for r in negative]).reshape(-1, 4)
-    for outer in positive:
-        features.append(_feature(name, "Polygon", [outer, *_holes(outer, negative, boxes)]))
+    for outer, where in positive:
+        holes = _holes(outer, negative, boxes) if len(outer) > 3 else []
+        features.append(_feature(name, "Polygon", [outer, *holes], where))
     return features
 
 
 def _holes(outer: np.ndarray, negative: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarray]:
-    """The negative rings (bounding ``boxes``, (N, 4) x0, y0, x1, y1) with a vertex inside
-    ``outer``."""
-    if len(outer) < 3:
-        return []
+    """The negative rings (bounding ``boxes``, (N, 4) x0, y0, x1, y1) that cut ``outer``:
+    those whose box meets its box, but those it lies wholly inside (a region of the layer's
+    class inside another's hole). A ring that misses it cuts nothing, so no exact test."""
     (x0, y0), (x1, y1) = outer.min(0), outer.max(0)
     near = (boxes[:, 0] <= x1) & (boxes[:, 2] >= x0) & (boxes[:, 1] <= y1) & (boxes[:, 3] >= y0)
-    inside = Path(outer)
-    return [negative[j] for j in np.flatnonzero(near) if inside.contains_points(negative[j]).any()]
+    return [
+        negative[j]
+        for j in np.flatnonzero(near)
+        if not Path(negative[j]).contains_points(outer[:-1]).all()
+    ]
 
 
 def _class_of_id(value: str | None, classes: Sequence[str]) -> str:
@@ -132,10 +165,11 @@ def _vertices(region: ET.Element) -> np.ndarray | None:
     return ring
 
 
-def _feature(name: str, kind: str, rings: list[np.ndarray]) -> dict:
-    """A GeoJSON feature of class ``name``."""
+def _feature(name: str, kind: str, rings: list[np.ndarray], where: str) -> dict:
+    """A GeoJSON feature of class ``name``; ``where`` (its layer and region) names it in
+    problems (`annotations.feature_name`)."""
     return {
         "type": "Feature",
         "geometry": {"type": kind, "coordinates": [r.tolist() for r in rings]},
-        "properties": {"classification": {"name": name}},
+        "properties": {"classification": {"name": name}, "source": where},
     }

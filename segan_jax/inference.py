@@ -289,8 +289,8 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
-        also = [p.suffix for p in _annotation_paths(config, out / "x")]
-        also = f" (and their regions as <stem>{' and <stem>'.join(also)})" if also else ""
+        also = " and <stem>".join(_annotation_suffixes(config))
+        also = f" (and their regions as <stem>{also})" if also else ""
         print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
     return targets
 
@@ -363,9 +363,9 @@ def _write_predictions(
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
         if _annotation_paths(config, targets[i]):
-            features = annotations.features(one, info.classes, min_area=min_area)
-            collection = {"type": "FeatureCollection", "features": features}
-            workdir_lib.write_json(geojson_path(targets[i]), collection)
+            features = annotations.save_geojson(
+                one, info.classes, geojson_path(targets[i]), min_area
+            )
             if _predict_key(config, "imagescope"):
                 imagescope.save_xml(features, info.classes, xml_path(targets[i]))
     for i in (i for i, t in enumerate(targets) if _is_slide_map(t)):
@@ -452,11 +452,16 @@ def xml_path(target: pathlib.Path) -> pathlib.Path:
 
 
 def _annotation_paths(config: ml_collections.ConfigDict, target: pathlib.Path) -> list:
-    """The annotation files written beside a label map: its GeoJSON with predict.geojson or
-    predict.imagescope (whose XML is made from it), then with predict.imagescope its XML."""
+    """The annotation files written beside a label map (`_annotation_suffixes`)."""
+    return [target.with_suffix(suffix) for suffix in _annotation_suffixes(config)]
+
+
+def _annotation_suffixes(config: ml_collections.ConfigDict) -> list[str]:
+    """The suffixes of the annotation files written beside each label map: .geojson with
+    predict.geojson or predict.imagescope (whose XML is made from it), then with
+    predict.imagescope .xml."""
     xml = _predict_key(config, "imagescope")
-    geojson = [geojson_path(target)] if _predict_key(config, "geojson") or xml else []
-    return geojson + ([xml_path(target)] if xml else [])
+    return [".geojson"] * (_predict_key(config, "geojson") or xml) + [".xml"] * xml
 
 
 def read_images(

@@ -1,9 +1,9 @@
 """Training tiles cut from whole slides by their corrected annotations: the step that closes the
 paper's human-in-the-loop cycle for slides (``python -m segan_jax.slide_tiles``).
 
-predict writes a slide's regions as GeoJSON in level-0 pixels (`slides.GeoJSONWriter`); an
-expert corrects them on the slide in QuPath and exports them (File > Export objects as
-GeoJSON). Here each slide's chosen level is cut on a grid of squares (the last row and column
+predict writes a slide's regions as GeoJSON in level-0 pixels (`slides.GeoJSONWriter`; with
+predict.imagescope as ImageScope XML too); an expert corrects them on the slide in QuPath and
+exports them (File > Export objects as GeoJSON), or in ImageScope and saves them. Each slide's chosen level is cut on a grid of squares (the last row and column
 of the grid end at the level's edge), and each square an annotation reaches is written as an
 image and its mask, read by `annotations.label_map`'s rules, into a folder dataset's split:
 ``images/<stem>_L<level>_x<X>_y<Y>.<png|tif>`` and ``masks/<same>.png``, (X, Y) the square's
@@ -14,10 +14,12 @@ area the expert reviewed) those they reach, pixels outside them unlabelled; with
 any annotation reaches, the rest of each square background.
 
 Everything is read and checked first; the tiles are cut into a hidden folder in the output and
-moved into place only when all are cut, so a failure leaves no tile behind.
+swapped for the slides' old tiles only when all are cut, a swap undone on any error: a failure
+or Ctrl-C leaves the output as it was.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import pathlib
 import re
@@ -29,15 +31,15 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from segan_jax import annotations, datasets, evaluate, slides
+from segan_jax import annotations, datasets, evaluate, slides, tiles
 
 TILE_SIZE = 512
 
 
 @dataclasses.dataclass(frozen=True)
 class SlidePlan:
-    """A slide's level, its GeoJSON's annotations in that level's pixels, and which of them
-    choose the tiles (``key``: the ``Region*`` ones if any, else all)."""
+    """A slide's level, its annotation file's annotations in that level's pixels, and which
+    of them choose the tiles (``key``: the ``Region*`` ones if any, else all)."""
 
     source: pathlib.Path  # the annotation file
     info: slides.SlideInfo
@@ -85,14 +87,14 @@ def _plan(
     level: int,
     problems: list[str],
 ) -> SlidePlan | None:
-    """The `SlidePlan` of one GeoJSON file, or None (appending its problems)."""
+    """The `SlidePlan` of one annotation file, or None (appending its problems)."""
     slide = found.get(path.stem, [])
     if len(slide) != 1:
         what = "no slide" if not slide else f"{len(slide)} slides ({[p.name for p in slide]})"
         problems.append(f"{path}: {what} named {path.stem}.<svs|ndpi|tif|tiff> beside it")
         return None
     features = annotations.read_annotations(path, classes, problems)
-    info = datasets.try_read(lambda p: slides.slide_info(p, level), slide, "slide", problems)
+    info = datasets.try_read(lambda p: _slide_info(p, level), slide, "slide", problems)
     if features is None or info is None or classes is None:
         return None
     read, bad = annotations.read_features(features, classes)
@@ -102,9 +104,17 @@ def _plan(
     height, width = info.shape
     outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2:] <= 0).any(1)
     bad += [(read[j][0], _outside(boxes[j], scale, info)) for j in np.flatnonzero(outside)]
-    problems += [f"{path}: feature {i}: {problem}" for i, problem in sorted(bad)]
+    named = [(annotations.feature_name(features, i), problem) for i, problem in sorted(bad)]
+    problems += [f"{path}: {name}: {problem}" for name, problem in named]
     regions = np.array([v == annotations.REGION for _, v, _ in read], bool)
     return SlidePlan(path, info, read, boxes, regions if regions.any() else ~regions)
+
+
+def _slide_info(path: pathlib.Path, level: int) -> slides.SlideInfo:
+    """`slides.slide_info`, its pixel type checked as datasets check images'."""
+    info = slides.slide_info(path, level)
+    datasets.check_pixel_type(info.dtype)
+    return info
 
 
 def _box(polygons: list[list[np.ndarray]]) -> np.ndarray:
@@ -149,25 +159,59 @@ def _existing(plan: SlidePlan, output: pathlib.Path, overwrite: bool) -> list[st
 
 
 def _cut_all(plans: Sequence[SlidePlan], tile_size: int, output: pathlib.Path) -> list[str]:
-    """Cuts every plan's tiles into a hidden folder in ``output``, then replaces the slides'
-    old tiles there with them; on any error the hidden folder is removed, nothing else
-    touched."""
+    """Cuts every plan's tiles into a hidden folder in ``output``, then swaps them for the
+    slides' old tiles there (`_move_all`). On any error, Ctrl-C included, ``output`` is left
+    as it was (a folder it did not have removed)."""
+    created = [p for p in (output / "images", output / "masks", output, *output.parents)]
+    created = [p for p in created if not p.exists()]  # removed again on an error
     output.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".slide_tiles-", dir=output))
     try:
-        for sub in ("images", "masks"):
-            (staging / sub).mkdir()
-        names = [name for plan in plans for name in _cut(plan, tile_size, staging)]
+        for part in ("new/images", "new/masks", "old/images", "old/masks"):
+            (staging / part).mkdir(parents=True)
+        names = [name for plan in plans for name in _cut(plan, tile_size, staging / "new")]
+        moves = []
         for sub in ("images", "masks"):
             (output / sub).mkdir(exist_ok=True)
-            for plan in plans:
-                for old in _tiles_of(plan, output / sub):
-                    old.unlink()
-            for new in sorted((staging / sub).iterdir()):
-                new.replace(output / sub / new.name)
-    finally:
+            old = [p for plan in plans for p in _tiles_of(plan, output / sub)]
+            moves += [(p, staging / "old" / sub / p.name) for p in old]
+            moves += [(p, output / sub / p.name) for p in sorted((staging / "new" / sub).iterdir())]
+        _move_all(moves, staging)
+    except StrandedError:
+        raise  # the staging folder holds files of the output's: kept
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # if still empty
+        raise
+    shutil.rmtree(staging)
     return names
+
+
+class StrandedError(RuntimeError):
+    """Swapping tiles failed and so did undoing it: the files lie in the staging folder."""
+
+
+def _move_all(moves: Sequence[tuple[pathlib.Path, pathlib.Path]], staging: pathlib.Path) -> None:
+    """Renames each (source, target) in turn; on any error, Ctrl-C included, renames those
+    done back, last first, and raises it; `StrandedError` naming ``staging`` when that fails
+    too."""
+    done = []
+    try:
+        for source, target in moves:
+            source.replace(target)
+            done.append((source, target))
+    except BaseException as err:
+        try:
+            for source, target in reversed(done):
+                target.replace(source)
+        except BaseException as again:
+            raise StrandedError(
+                f"{staging}: swapping tiles failed ({err!r}), and so did undoing it ({again!r}); "
+                "the old tiles are in its old/ folder, the new in new/: move them back by hand"
+            ) from again
+        raise
 
 
 def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
@@ -192,21 +236,15 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
     return names
 
 
-def _starts(length: int, size: int) -> np.ndarray:
-    """First pixels of the squares along an axis: every ``size``, the last ending at the end."""
-    starts = list(range(0, length - size + 1, size))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return np.array(starts)
-
-
 def _candidates(plan: SlidePlan, size: tuple[int, int]) -> list[tuple[int, int]]:
     """(top, left) of the grid's squares that the bounding boxes of key annotations reach."""
-    rows, cols = _starts(plan.info.shape[0], size[0]), _starts(plan.info.shape[1], size[1])
+    (h, w), (th, tw) = plan.info.shape, size
+    rows = np.array([top for top, _, _ in tiles.axis_windows(h, th, 0)])
+    cols = np.array([left for left, _, _ in tiles.axis_windows(w, tw, 0)])
     found = set()
     for x0, y0, x1, y1 in plan.boxes[plan.key]:
-        r0, r1 = np.searchsorted(rows + size[0], y0, "right"), np.searchsorted(rows, y1)
-        c0, c1 = np.searchsorted(cols + size[1], x0, "right"), np.searchsorted(cols, x1)
+        r0, r1 = np.searchsorted(rows + th, y0, "right"), np.searchsorted(rows, y1)
+        c0, c1 = np.searchsorted(cols + tw, x0, "right"), np.searchsorted(cols, x1)
         found.update((int(r), int(c)) for r in rows[r0:r1] for c in cols[c0:c1])
     return sorted(found)
 
@@ -227,19 +265,25 @@ def _tile_labels(
 
 
 def _save_image(window: np.ndarray, folder: pathlib.Path, name: str) -> None:
-    """Writes an (h, w, C) window: 8-bit as PNG, 16-bit as a zlib TIFF (PNG holds no 16-bit
-    colour that Pillow writes). PNG's fastest compression: on H&E tiles 4x faster than the
-    default level, for 4 % more bytes."""
-    image = window[..., 0] if window.shape[-1] == 1 else window
-    if image.dtype == np.uint8:
+    """Writes an (h, w, C) window: 8-bit grey or RGB as PNG, any other (16-bit, or another
+    number of channels) as a zlib TIFF, channels last. PNG's fastest compression: on H&E
+    tiles 4x faster than the default level, for 4 % more bytes."""
+    if window.dtype == np.uint8 and window.shape[-1] in (1, 3):
+        image = window[..., 0] if window.shape[-1] == 1 else window
         Image.fromarray(image).save(folder / f"{name}.png", format="PNG", compress_level=1)
-    else:
-        photometric = "rgb" if image.ndim == 3 else "minisblack"
-        tifffile.imwrite(folder / f"{name}.tif", image, photometric=photometric, compression="zlib")
+        return
+    photometric = "rgb" if window.shape[-1] == 3 else "minisblack"
+    tifffile.imwrite(
+        folder / f"{name}.tif",
+        window[..., 0] if window.shape[-1] == 1 else window,
+        photometric=photometric,
+        planarconfig="contig",
+        compression="zlib",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m segan_jax.slide_tiles``: slides and their corrected GeoJSON to tiles."""
+    """``python -m segan_jax.slide_tiles``: slides and their corrected annotations to tiles."""
     parser = argparse.ArgumentParser(
         prog="python -m segan_jax.slide_tiles", description=tiles_from_slides.__doc__
     )

@@ -257,3 +257,27 @@ def test_region_annotations_mark_the_reviewed_area_the_rest_unlabelled():
     np.testing.assert_array_equal(labels, expected)
     without, _ = annotations.label_map(features[:1], (10, 10), CLASSES)
     assert (without == datasets.UNLABELLED).sum() == 0
+
+
+def test_coordinates_that_are_not_numbers_are_named():
+    """Python's json reads NaN and Infinity: named, not a crash while filling."""
+    features = json.loads(
+        '[{"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [NaN, 0], [2, 2], [0, 0]]]},'
+        ' "properties": {"classification": {"name": "gland"}}}]'
+    )
+    labels, problems = annotations.label_map(features, (4, 4), CLASSES)
+    assert problems == ["feature 0: a Polygon with coordinates that are not finite numbers"]
+    assert not labels.any()
+
+
+def test_inside_centres_agrees_with_matplotlibs_point_in_polygon():
+    """Random self-crossing rings (even-odd rule both), centres off their edges."""
+    rng = np.random.default_rng(5)
+    rows, cols = np.arange(3, 40), np.arange(-2, 50)
+    yy, xx = np.meshgrid(rows + 0.5, cols + 0.5, indexing="ij")
+    centres = np.stack([xx.ravel(), yy.ravel()], -1)
+    for n in (3, 4, 7, 30, 200):
+        ring = rng.uniform(-5, 55, (n, 2))
+        ring = np.concatenate([ring, ring[:1]])
+        expected = Path(ring).contains_points(centres).reshape(yy.shape)
+        np.testing.assert_array_equal(annotations.inside_centres(ring, rows, cols), expected)

@@ -83,10 +83,36 @@ def test_reading_follows_imagescopes_conventions_and_names_other_shapes(tmp_path
     expected[3:5, 3:5] = 0
     expected[0, 0:2] = 1  # a rectangle is a polygon; the layer's Name wins over its Id
     np.testing.assert_array_equal(labels, expected)
-    assert len(problems) == 3
-    assert "a Region of Type 2 (an ellipse), not a Polygon" in problems[0]
-    assert "a Region with unreadable vertices" in problems[1]
-    assert "class '(unnamed layer of Id 9)' is not one of" in problems[2]
+    assert len(problems) == 3  # each named by its layer and region
+    assert problems[0].startswith("layer 'nucleus' (Id 7), Region number 2: a Region of Type 2")
+    assert "(an ellipse), not a Polygon" in problems[0]
+    assert problems[1].startswith("layer 'nucleus' (Id 7), Region number 3: a Region with unr")
+    assert problems[2].startswith("layer '' (Id 9), Region number 1: class '(unnamed layer of")
+
+
+def test_a_negative_region_across_a_region_cuts_it(tmp_path):
+    """A negative strip across a positive one, no vertex inside it, and far coordinates kept
+    to the pixel (a slide over 100,000 pixels wide)."""
+    x = 123456.5
+    strip = [(x, 2), (x + 10, 2), (x + 10, 4), (x, 4)]  # rows 2-3
+    across = [(x + 4, 0), (x + 6, 0), (x + 6, 6), (x + 4, 6)]  # columns x + 4, x + 5
+    layers = f'<Annotation Id="1"><Regions>{_region(strip)}{_region(across, 1)}</Regions>'
+    (tmp_path / "a.xml").write_text(_xml(layers + "</Annotation>"))
+    features = imagescope.read_xml(tmp_path / "a.xml", CLASSES)
+    for f in features:
+        f["geometry"]["coordinates"] = [
+            (np.asarray(r) - (x, 0)).tolist() for r in f["geometry"]["coordinates"]
+        ]
+    labels, problems = annotations.label_map(features, (6, 12), CLASSES)
+    expected = np.zeros((6, 12), np.uint8)
+    expected[2:4, 0:10] = 1
+    expected[2:4, 4:6] = 0
+    assert problems == []
+    np.testing.assert_array_equal(labels, expected)
+    features[0]["geometry"]["coordinates"][0][0][0] = x  # written as exactly as read
+    imagescope.save_xml(features, CLASSES, tmp_path / "b.xml")
+    again = imagescope.read_xml(tmp_path / "b.xml", CLASSES)
+    assert again[0]["geometry"]["coordinates"][0][0][0] == x
 
 
 def test_files_that_are_not_imagescope_xml_are_named(tmp_path):
@@ -112,3 +138,14 @@ def test_masks_come_from_xml_as_from_geojson_and_one_file_per_image(tmp_path):
     (tmp_path / "corrected" / "a.geojson").write_text(json.dumps(features))
     with pytest.raises(datasets.DatasetError, match="a.geojson and a.xml annotate the same image"):
         annotations.masks_from_annotations(*args, tmp_path / "masks", overwrite=True)
+
+
+def test_degenerate_regions_are_named_or_left_out_not_a_crash(tmp_path):
+    """A positive region of one point is a problem; a negative one of none cuts nothing."""
+    layers = f'<Annotation Name="gland"><Regions>{_region([(1, 1)])}'
+    layers += f"{_region([(0, 0), (6, 0), (6, 6), (0, 6)])}{_region([], 1)}</Regions></Annotation>"
+    (tmp_path / "a.xml").write_text(_xml(layers))
+    features = imagescope.read_xml(tmp_path / "a.xml", CLASSES)
+    labels, problems = annotations.label_map(features, (8, 8), CLASSES)
+    assert len(problems) == 1 and "without an outer ring of 3 points or more" in problems[0]
+    assert (labels[:6, :6] == 2).all() and labels.sum() == 2 * 36

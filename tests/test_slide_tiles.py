@@ -171,3 +171,73 @@ def test_imagescope_xml_annotations_cut_the_same_tiles(slide):
     assert len(_cut(root, tile_size=128)) == 12
     _, mask = _read(root, "s_L0_x282_y172")
     np.testing.assert_array_equal(mask, image[172:300, 282:410, 0])
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_swap_stopped_halfway_is_undone(slide, monkeypatch, overwrite):
+    """Ctrl-C while the tiles are moved into place: the output is as it was."""
+    root, image = slide
+    if overwrite:
+        _cut(root, tile_size=128)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("train/*/*")}
+    replace, calls = pathlib.Path.replace, []
+
+    def stopped(self, target):
+        calls.append(self)
+        if len(calls) == 15:  # old tiles set aside (with overwrite), some new ones moved in
+            raise KeyboardInterrupt
+        return replace(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _cut(root, tile_size=128, overwrite=overwrite)
+    monkeypatch.undo()
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("train/*/*")}
+    assert after == before and len(calls) > 15
+    assert (root / "train").exists() == overwrite  # made for the cut, removed with it
+
+
+def test_a_square_the_bounds_reach_but_no_pixel_is_not_cut(slide):
+    """A diagonal of pixels (c, c), c = 100..156: its bounding box reaches four squares, its
+    pixels lie in two."""
+    root, image = slide
+    ring = [[100, 99.5], [157, 156.5], [157, 157.5], [100, 100.5], [100, 99.5]]
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": "gland"}},
+    }
+    (root / "corrected" / "s.geojson").write_text(json.dumps([feature]))
+    assert _cut(root, tile_size=128) == ["s_L0_x0_y0", "s_L0_x128_y128"]
+
+
+@pytest.mark.parametrize("channels, dtype", [(2, np.uint8), (3, np.uint16), (1, np.uint16)])
+def test_other_pixel_types_and_channels_give_tiff_tiles_the_datasets_read(
+    tmp_path, write_slide, channels, dtype
+):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, np.iinfo(dtype).max, (200, 150, channels)).astype(dtype)
+    for folder in ("slides", "corrected"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(
+        tmp_path / "slides" / "s.tif",
+        image if channels > 1 else image[..., 0],
+        photometric="rgb" if channels == 3 else "minisblack",
+        planarconfig="contig",
+        tile=(64, 64),
+    )
+    labels = np.zeros((200, 150), np.uint8)
+    labels[10:20, 10:20] = 1
+    annotations.save_geojson(labels, CLASSES, tmp_path / "corrected" / "s.geojson")
+    workdir.write_json(tmp_path / "classes.json", dict(enumerate(CLASSES)))
+    assert _cut(tmp_path, tile_size=64) == ["s_L0_x0_y0"]
+    tile = datasets.read_image(tmp_path / "train" / "images" / "s_L0_x0_y0.tif")
+    np.testing.assert_array_equal(tile.reshape(64, 64, channels), image[:64, :64])
+
+
+def test_a_slide_of_floats_is_refused_before_anything_is_cut(slide):
+    root, image = slide
+    tifffile.imwrite(root / "slides" / "s.tif", image.astype(np.float32), photometric="rgb")
+    with pytest.raises(datasets.DatasetError, match="s.tif: pixel type float32 not supported"):
+        _cut(root, tile_size=128)
+    assert not (root / "train").exists()
