@@ -3,9 +3,10 @@ paper's human-in-the-loop cycle for slides (``python -m segan_jax.slide_tiles``)
 
 predict writes a slide's regions as GeoJSON in level-0 pixels (`slides.GeoJSONWriter`; with
 predict.imagescope as ImageScope XML too); an expert corrects them on the slide in QuPath and
-exports them (File > Export objects as GeoJSON), or in ImageScope and saves them. Each slide's chosen level is cut on a grid of squares (the last row and column
-of the grid end at the level's edge), and each square an annotation reaches is written as an
-image and its mask, read by `annotations.label_map`'s rules, into a folder dataset's split:
+exports them (File > Export objects as GeoJSON), or in ImageScope and saves them. Each
+slide's chosen level is cut on a grid of squares (the last row and column of the grid end at
+the level's edge), and each square an annotation reaches is written as an image and its mask,
+read by `annotations.label_map`'s rules, into a folder dataset's split:
 ``images/<stem>_L<level>_x<X>_y<Y>.<png|tif>`` and ``masks/<same>.png``, (X, Y) the square's
 top-left corner in level-0 pixels (where QuPath shows it).
 
@@ -215,24 +216,34 @@ def _move_all(moves: Sequence[tuple[pathlib.Path, pathlib.Path]], staging: pathl
 
 
 def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
-    """Writes the plan's tiles to ``folder/images`` and ``folder/masks``; their names."""
-    info, names = plan.info, []
+    """Writes the plan's tiles to ``folder/images`` and ``folder/masks``; their names. Says
+    how many annotations hold no pixel of any tile (left out)."""
+    info, names, used = plan.info, [], set()
     size = (min(tile_size, info.shape[0]), min(tile_size, info.shape[1]))
     candidates = _candidates(plan, size)
     with slides.open_level(info.path, info.level) as (_, array):
         for top, left in candidates:
-            labels = _tile_labels(plan, (top, left), size)
+            labels, filled = _tile_labels(plan, (top, left), size)
             if labels is None:
                 continue
             name = _tile_name(plan, top, left)
             _save_image(slides.read_window(array, info, (top, left), size), folder / "images", name)
             evaluate.save_label_png(labels, folder / "masks" / f"{name}.png")
             names.append(name)
+            used |= filled
     print(
         f"{info.path.name}: {len(names)} tiles of {size[0]}x{size[1]} at level {info.level} "
         f"({len(candidates)} squares reached by the bounds of {plan.source.name}'s annotations)",
         flush=True,
     )
+    unused = len(plan.read) - len(used)
+    if unused:
+        print(
+            f"note: {unused} of the {len(plan.read)} annotations of {plan.source.name} hold no "
+            "pixel of a tile cut (they lie beyond every Region*'s squares, or are thinner than "
+            "a pixel at this level): left out",
+            flush=True,
+        )
     return names
 
 
@@ -251,17 +262,17 @@ def _candidates(plan: SlidePlan, size: tuple[int, int]) -> list[tuple[int, int]]
 
 def _tile_labels(
     plan: SlidePlan, corner: tuple[int, int], size: tuple[int, int]
-) -> np.ndarray | None:
+) -> tuple[np.ndarray | None, set[int]]:
     """The (h, w) labels of the square at ``corner`` (top, left), or None when no key
-    annotation holds a pixel of it."""
+    annotation holds a pixel of it; the indices of the annotations that hold one."""
     (top, left), (h, w) = corner, size
     x0, y0, x1, y1 = plan.boxes.T
     near = np.flatnonzero((x0 < left + w) & (x1 > left) & (y0 < top + h) & (y1 > top))
     labels, empty = annotations.rasterise([plan.read[j] for j in near], size, (left, top))
-    empty = set(empty)
-    if all(plan.read[j][0] in empty for j in near if plan.key[j]):
-        return None
-    return labels
+    filled = {plan.read[j][0] for j in near} - set(empty)
+    if not any(plan.read[j][0] in filled for j in near if plan.key[j]):
+        return None, filled
+    return labels, filled
 
 
 def _save_image(window: np.ndarray, folder: pathlib.Path, name: str) -> None:

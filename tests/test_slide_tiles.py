@@ -87,11 +87,19 @@ def test_only_squares_an_annotation_reaches_are_cut(slide):
     np.testing.assert_array_equal(mask, labels[128:256, 282:410])
 
 
-def test_with_region_annotations_only_the_reviewed_area_is_cut_and_labelled(slide):
+def test_with_region_annotations_only_the_reviewed_area_is_cut_and_labelled(slide, capsys):
     root, image = slide
     region = _rectangle(annotations.REGION_CLASS, 20, 30, 100, 140)  # x 20-99, y 30-139
-    (root / "corrected" / "s.geojson").write_text(json.dumps(_features(image[..., 0], [region])))
+    collection = _features(image[..., 0], [region])
+    (root / "corrected" / "s.geojson").write_text(json.dumps(collection))
     assert _cut(root, tile_size=128) == ["s_L0_x0_y0", "s_L0_x0_y128"]
+    in_tiles = [  # the regions with a pixel in rows 0-255, columns 0-127
+        annotations.label_map([f], image.shape[:2], CLASSES)[0][:256, :128].any()
+        for f in collection["features"]
+    ]
+    out = capsys.readouterr().out
+    total, unused = len(in_tiles), len(in_tiles) - sum(in_tiles)
+    assert f"note: {unused} of the {total} annotations of s.geojson hold no pixel" in out
     _, mask = _read(root, "s_L0_x0_y128")
     expected = np.full((128, 128), datasets.UNLABELLED, np.uint8)
     expected[:12, 20:100] = image[128:140, 20:100, 0]
