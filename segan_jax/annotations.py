@@ -259,7 +259,8 @@ def _get(obj, key: str):
 def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     """Sets the pixels of (H, W) ``labels`` whose centres lie inside the first ring and outside
     the others (its holes) to ``value``, searching the first ring's bounding box only; whether
-    any pixel was set. Parts outside the image are left out."""
+    the first ring holds any pixel (its holes may take them all: a region an expert erased
+    with ImageScope's negative regions). Parts outside the image are left out."""
     (x0, y0), (x1, y1) = rings[0].min(0), rings[0].max(0)
     h, w = labels.shape
     rows = np.arange(max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), h))
@@ -267,10 +268,11 @@ def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
     if not rows.size or not cols.size:
         return False
     inside = inside_centres(rings[0], rows, cols)
+    holds = bool(inside.any())
     for hole in rings[1:]:
         inside &= ~inside_centres(hole, rows, cols)
     labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1][inside] = value
-    return bool(inside.any())
+    return holds
 
 
 def inside_centres(ring: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -325,7 +327,7 @@ def masks_from_annotations(
         shape = datasets.try_read(datasets.read_image, image, "image", problems)
         if features is not None and shape is not None and classes:
             labels, bad = label_map(features, shape.shape[:2], classes)
-            problems += [f"{path}: {line}" for line in bad]
+            problems += file_problems(path, bad)
             masks[target] = labels
     if problems:
         raise datasets.DatasetError(problems)
@@ -333,6 +335,19 @@ def masks_from_annotations(
     for target, labels in masks.items():
         evaluate.save_label_png(labels, target)
     return list(masks)
+
+
+# Problems listed per annotation file at most: a file of another image's coordinates would
+# otherwise give one line per feature (thousands).
+MAX_FILE_PROBLEMS = 10
+
+
+def file_problems(path: pathlib.Path, lines: Sequence[str]) -> list[str]:
+    """``<path>: <line>`` for a file's first `MAX_FILE_PROBLEMS` problem lines, then one
+    saying how many more there are."""
+    shown = [f"{path}: {line}" for line in lines[:MAX_FILE_PROBLEMS]]
+    more = len(lines) - MAX_FILE_PROBLEMS
+    return shown + ([f"{path}: ... and {more} more problems like these"] if more > 0 else [])
 
 
 # Annotation files read back: QuPath's GeoJSON, Aperio ImageScope's XML (`imagescope`).
@@ -381,10 +396,16 @@ def read_geojson(path: pathlib.Path, problems: list[str]) -> list[dict] | None:
     return features
 
 
+DESCRIPTION = """Turns corrected annotations into label masks: for each <stem>.geojson
+(QuPath) or <stem>.xml (ImageScope) in --annotations, writes --output/<stem>.png at the size of
+the image --images/<stem>.*, label values from --classes (a folder dataset's masks/). Every
+file is checked before any mask is written; existing masks are kept unless --overwrite."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m segan_jax.annotations``: corrected annotations to label masks."""
     parser = argparse.ArgumentParser(
-        prog="python -m segan_jax.annotations", description=masks_from_annotations.__doc__
+        prog="python -m segan_jax.annotations", description=DESCRIPTION
     )
     parser.add_argument("--images", required=True, type=pathlib.Path, help="folder of the images")
     add_arguments(parser, "folder for the masks", "replace existing masks")

@@ -4,13 +4,14 @@ its predictions in (Lutnick et al. 2019), converted to and from this package's G
 
 Each class is one annotation layer (``<Annotation Name="<class>" Id="<label value>">``), each
 region one polygon ``<Region>`` of ``<Vertex X= Y=/>`` (the first repeated last), and a
-region's holes are regions of its layer marked ``NegativeROA="1"``. Coordinates are those of
-the GeoJSON: the slide's full-resolution pixels, pixel edges at whole numbers.
+region's holes are regions of its layer marked ``NegativeROA="1"``. A negative region takes its
+area out of every region of its layer, as ImageScope draws it: so a region lying in a hole of
+another of its class goes in a further layer of that class (Id + 1000). Coordinates are those
+of the GeoJSON: the slide's full-resolution pixels, pixel edges at whole numbers.
 
 Reading: a layer's class is its ``Name``, or, when it has none, the class whose label value is
-its ``Id`` (the cycle's original convention); a negative region cuts the positive regions of
-its layer it overlaps, but those lying wholly inside it (so a region inside another's hole
-stays); rectangles (Type 1) are read as polygons, other shapes (ellipses, arrows, rulers) are
+its ``Id`` (the cycle's original convention); a negative region cuts every region of its
+layer; rectangles (Type 1) are read as polygons, other shapes (ellipses, arrows, rulers) are
 named as problems.
 """
 
@@ -31,23 +32,51 @@ SHAPES = {"2": "an ellipse", "3": "an arrow", "4": "a ruler", "5": "a point"}
 
 def save_xml(features: Sequence[dict], classes: Sequence[str], path: pathlib.Path) -> None:
     """Writes GeoJSON Polygon features classified by name in ``classes`` (`annotations`'
-    features) as ImageScope XML, one layer per class that has any, atomically."""
-    layers: dict[str, list[list]] = {}
-    for feature in features:
-        name = feature["properties"]["classification"]["name"]
-        layers.setdefault(name, []).append(feature["geometry"]["coordinates"])
+    features; others left out) as ImageScope XML, atomically: one layer per class that has any,
+    and a further one of that class for each depth of regions lying in another's hole
+    (`_depths`), so that no hole, a negative region of its layer, cuts them."""
+    layers: dict[tuple[str, int], list[list]] = {}
+    for name in classes:
+        polygons = [
+            f["geometry"]["coordinates"]
+            for f in features
+            if f["properties"]["classification"]["name"] == name
+        ]
+        for polygon, depth in zip(polygons, _depths(polygons), strict=True):
+            layers.setdefault((name, depth), []).append(polygon)
     colours = figures.class_colours(len(classes))
     with workdir_lib.atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
         file.write('<?xml version="1.0" encoding="utf-8"?>\n<Annotations>\n')
-        for k, name in enumerate(classes):
-            if name in layers:
-                _write_layer(file, (k, name, colours[k]), layers[name])
+        for (name, depth), polygons in sorted(layers.items(), key=lambda kv: kv[0][1]):
+            k = classes.index(name)
+            _write_layer(file, (k + LAYER_STRIDE * depth, name, colours[k]), polygons)
         file.write("</Annotations>\n")
 
 
+# Layer Ids: a class's label value, plus this for each depth of regions in another's hole.
+LAYER_STRIDE = 1000
+
+
+def _depths(polygons: Sequence[list]) -> list[int]:
+    """For each polygon (rings as nested lists, outer first) how many holes of the others it
+    lies in (one of its vertices does): 0 for all but islands in a hole of their own class."""
+    holes = [np.asarray(ring, np.float64) for rings in polygons for ring in rings[1:]]
+    if not holes:
+        return [0] * len(polygons)
+    boxes = np.array([[*h.min(0), *h.max(0)] for h in holes])
+    depths = []
+    for rings in polygons:
+        x, y = rings[0][0]
+        near = (boxes[:, 0] <= x) & (boxes[:, 2] >= x) & (boxes[:, 1] <= y) & (boxes[:, 3] >= y)
+        depths.append(
+            sum(bool(Path(holes[j]).contains_point((x, y))) for j in np.flatnonzero(near))
+        )
+    return depths
+
+
 def _write_layer(file, layer: tuple[int, str, list[int]], polygons: list[list]) -> None:
-    """One class's layer ((label value, name, RGB colour)): each polygon's outer ring a
-    region, its holes negative ones."""
+    """One layer ((Id, class name, RGB colour)): each polygon's outer ring a region, its holes
+    negative ones."""
     value, name, (r, g, b) = layer
     colour = r + 256 * g + 65536 * b  # a Windows COLORREF, 0x00BBGGRR
     attributes = f'Id="{value}" Name={quoteattr(name)} Type="4" Visible="1" LineColor="{colour}"'
@@ -130,16 +159,11 @@ def _layer_features(
 
 
 def _holes(outer: np.ndarray, negative: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarray]:
-    """The negative rings (bounding ``boxes``, (N, 4) x0, y0, x1, y1) that cut ``outer``:
-    those whose box meets its box, but those it lies wholly inside (a region of the layer's
-    class inside another's hole). A ring that misses it cuts nothing, so no exact test."""
+    """The negative rings (bounding ``boxes``, (N, 4) x0, y0, x1, y1) whose box meets
+    ``outer``'s: every one that may cut it (one that misses it cuts nothing)."""
     (x0, y0), (x1, y1) = outer.min(0), outer.max(0)
     near = (boxes[:, 0] <= x1) & (boxes[:, 2] >= x0) & (boxes[:, 1] <= y1) & (boxes[:, 3] >= y0)
-    return [
-        negative[j]
-        for j in np.flatnonzero(near)
-        if not Path(negative[j]).contains_points(outer[:-1]).all()
-    ]
+    return [negative[j] for j in np.flatnonzero(near)]
 
 
 def _class_of_id(value: str | None, classes: Sequence[str]) -> str:

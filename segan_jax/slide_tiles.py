@@ -25,7 +25,9 @@ import dataclasses
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +35,7 @@ import tifffile
 from PIL import Image
 
 from segan_jax import annotations, datasets, evaluate, slides, tiles
+from segan_jax import workdir as workdir_lib
 
 TILE_SIZE = 512
 
@@ -78,7 +81,29 @@ def tiles_from_slides(
     problems += [p for plan in plans for p in _existing(plan, output, overwrite)]
     if problems:
         raise datasets.DatasetError(problems)
+    _print_notes(plans, found, output)
     return _cut_all(plans, tile_size, output)
+
+
+def _print_notes(
+    plans: Sequence[SlidePlan], found: dict[str, list[pathlib.Path]], output: pathlib.Path
+) -> None:
+    """Notes on the slides without annotations, and on tiles of other levels of these slides
+    in ``output`` (a split of mixed magnifications)."""
+    bare = sorted(found.keys() - {plan.source.stem for plan in plans})
+    if bare:
+        shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
+        print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
+    for plan in plans:
+        pattern = re.escape(plan.source.stem) + r"_L(\d+)_x\d+_y\d+\.(png|tif)"
+        names = [p.name for p in (output / "images").glob("*")] if output.is_dir() else []
+        levels = {int(m[1]) for n in names if (m := re.fullmatch(pattern, n))}
+        if levels - {plan.info.level}:
+            others = ", ".join(map(str, sorted(levels - {plan.info.level})))
+            print(
+                f"note: {output} holds tiles of {plan.info.path.name} at level {others} too: "
+                f"with these of level {plan.info.level}, one split of two magnifications"
+            )
 
 
 def _plan(
@@ -105,8 +130,8 @@ def _plan(
     height, width = info.shape
     outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2:] <= 0).any(1)
     bad += [(read[j][0], _outside(boxes[j], scale, info)) for j in np.flatnonzero(outside)]
-    named = [(annotations.feature_name(features, i), problem) for i, problem in sorted(bad)]
-    problems += [f"{path}: {name}: {problem}" for name, problem in named]
+    named = [f"{annotations.feature_name(features, i)}: {text}" for i, text in sorted(bad)]
+    problems += annotations.file_problems(path, named)
     regions = np.array([v == annotations.REGION for _, v, _ in read], bool)
     return SlidePlan(path, info, read, boxes, regions if regions.any() else ~regions)
 
@@ -150,12 +175,12 @@ def _tiles_of(plan: SlidePlan, folder: pathlib.Path) -> list[pathlib.Path]:
 def _existing(plan: SlidePlan, output: pathlib.Path, overwrite: bool) -> list[str]:
     """The problem of tiles of the plan's slide and level already in ``output`` (none with
     ``overwrite``)."""
-    old = [p for sub in ("images", "masks") for p in _tiles_of(plan, output / sub)]
+    old = sorted({p.stem for sub in ("images", "masks") for p in _tiles_of(plan, output / sub)})
     if not old or overwrite:
         return []
     return [
-        f"{output}: holds {len(old)} tile files of {plan.info.path.name} at level "
-        f"{plan.info.level} already ({old[0].name}, ...); pass --overwrite to replace them all"
+        f"{output}: holds {len(old)} tiles of {plan.info.path.name} at level {plan.info.level} "
+        f"already ({old[0]}, ...); pass --overwrite to replace them all"
     ]
 
 
@@ -221,8 +246,10 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
     info, names, used = plan.info, [], set()
     size = (min(tile_size, info.shape[0]), min(tile_size, info.shape[1]))
     candidates = _candidates(plan, size)
+    progress = _Progress(info.path.name, len(candidates))
     with slides.open_level(info.path, info.level) as (_, array):
         for top, left in candidates:
+            progress(len(names))
             labels, filled = _tile_labels(plan, (top, left), size)
             if labels is None:
                 continue
@@ -245,6 +272,29 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
             flush=True,
         )
     return names
+
+
+class _Progress:
+    """Prints a slide's progress every `PROGRESS_S` seconds: squares done, tiles, ETA."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done = name, total, 0
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, tiles: int) -> None:
+        """Called before each square: ``tiles`` written so far."""
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_S and self.done:
+            eta = workdir_lib.duration((now - self.start) * (self.total - self.done) / self.done)
+            print(
+                f"{self.name}: squares {self.done}/{self.total} | {tiles} tiles | ETA {eta}",
+                flush=True,
+            )
+            self.last = now
+        self.done += 1
+
+
+PROGRESS_S = 10.0
 
 
 def _candidates(plan: SlidePlan, size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -293,14 +343,31 @@ def _save_image(window: np.ndarray, folder: pathlib.Path, name: str) -> None:
     )
 
 
+DESCRIPTION = """Cuts whole slides into training tiles by their corrected annotations: each
+slide in --slides with a <stem>.geojson (QuPath, full-resolution pixels) or <stem>.xml
+(ImageScope) in --annotations is cut at --level into --tile_size squares, and each square an
+annotation reaches is written to --output/images and --output/masks (a folder dataset's
+split), label values from --classes. With Region* annotations only the squares they reach,
+unlabelled outside them. Every file is checked before anything is written; tiles of a slide
+and level already there are refused unless --overwrite (which replaces them all)."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m segan_jax.slide_tiles``: slides and their corrected annotations to tiles."""
     parser = argparse.ArgumentParser(
-        prog="python -m segan_jax.slide_tiles", description=tiles_from_slides.__doc__
+        prog="python -m segan_jax.slide_tiles",
+        description=DESCRIPTION,
     )
     parser.add_argument("--slides", required=True, type=pathlib.Path, help="folder of slides")
-    parser.add_argument("--level", type=int, default=0, help="pyramid level (0: full resolution)")
-    parser.add_argument("--tile_size", type=int, default=TILE_SIZE, help="pixels of the level")
+    parser.add_argument(
+        "--level", type=int, default=0, help="pyramid level (default 0: full resolution)"
+    )
+    parser.add_argument(
+        "--tile_size",
+        type=int,
+        default=TILE_SIZE,
+        help=f"square side in pixels of the level (default {TILE_SIZE})",
+    )
     annotations.add_arguments(parser, "a dataset split's folder", "replace those slides' tiles")
     args = parser.parse_args(argv)
     try:
@@ -315,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except datasets.DatasetError as err:
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        print(f"stopped (Ctrl-C): {args.output} is as it was", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"wrote {len(names)} tiles (images/ and masks/) to {args.output}")
 
 

@@ -149,3 +149,30 @@ def test_degenerate_regions_are_named_or_left_out_not_a_crash(tmp_path):
     labels, problems = annotations.label_map(features, (8, 8), CLASSES)
     assert len(problems) == 1 and "without an outer ring of 3 points or more" in problems[0]
     assert (labels[:6, :6] == 2).all() and labels.sum() == 2 * 36
+
+
+def test_a_region_in_a_hole_of_its_class_goes_in_a_further_layer(tmp_path):
+    """ImageScope takes a negative region out of every region of its layer: the gland island
+    in the ring's hole is written in a second gland layer, which the hole does not cut."""
+    imagescope.save_xml(annotations.features(_labels(), CLASSES), CLASSES, tmp_path / "a.xml")
+    layers = ET.parse(tmp_path / "a.xml").getroot().findall("Annotation")
+    assert [(a.get("Name"), a.get("Id")) for a in layers][-1] == ("gland", "1002")
+    (island,) = layers[-1].findall("Regions/Region")
+    xs = [float(v.get("X")) for v in island.findall("Vertices/Vertex")]
+    assert 36 <= min(xs) and max(xs) <= 40  # columns 36-39
+
+
+def test_a_negative_region_erases_every_region_of_its_layer_under_it(tmp_path):
+    """An expert's negative rectangle over two nuclei, one wholly inside, one across its edge."""
+    inside, across = [(2, 2), (4, 2), (4, 4), (2, 4)], [(6, 2), (10, 2), (10, 4), (6, 4)]
+    erase = [(1, 1), (8, 1), (8, 6), (1, 6)]
+    regions = _region(inside) + _region(across) + _region(erase, 1)
+    (tmp_path / "a.xml").write_text(
+        _xml(f'<Annotation Id="1"><Regions>{regions}</Regions></Annotation>')
+    )
+    features = imagescope.read_xml(tmp_path / "a.xml", CLASSES)
+    labels, problems = annotations.label_map(features, (8, 12), CLASSES)
+    expected = np.zeros((8, 12), np.uint8)
+    expected[2:4, 8:10] = 1
+    assert problems == []  # the nucleus erased whole is no problem
+    np.testing.assert_array_equal(labels, expected)

@@ -131,7 +131,7 @@ def test_tiles_already_there_are_kept_unless_overwrite_replaces_them_all(slide):
     labels = np.zeros(image.shape[:2], np.uint8)
     labels[:10, :10] = 1
     (root / "corrected" / "s.geojson").write_text(json.dumps(_features(labels)))
-    with pytest.raises(datasets.DatasetError, match="holds 24 tile files of s.tif at level 0"):
+    with pytest.raises(datasets.DatasetError, match="holds 12 tiles of s.tif at level 0"):
         _cut(root, tile_size=128)
     assert len(list((root / "train" / "masks").iterdir())) == 12
     assert _cut(root, tile_size=128, overwrite=True) == ["s_L0_x0_y0"]
@@ -166,7 +166,7 @@ def test_the_tiles_make_a_folder_dataset_and_the_command_says_what_it_wrote(slid
     assert "s.tif: 6 tiles of 150x150 at level 0" in out
     assert f"wrote 6 tiles (images/ and masks/) to {root / 'test'}" in out
     datasets.validate_folder(root)  # raises on any problem
-    with pytest.raises(SystemExit, match="holds 12 tile files"):
+    with pytest.raises(SystemExit, match="holds 6 tiles of s.tif"):
         slide_tiles.main([*argv, f"--output={root / 'test'}"])
 
 
@@ -249,3 +249,47 @@ def test_a_slide_of_floats_is_refused_before_anything_is_cut(slide):
     with pytest.raises(datasets.DatasetError, match="s.tif: pixel type float32 not supported"):
         _cut(root, tile_size=128)
     assert not (root / "train").exists()
+
+
+def test_another_slides_annotations_give_a_few_lines_not_one_per_feature(slide):
+    root, image = slide
+    features = annotations.features(image[..., 0], CLASSES)
+    for f in features:  # every coordinate 5000 pixels off: another slide's
+        f["geometry"]["coordinates"] = [
+            (np.asarray(r) + 5000).tolist() for r in f["geometry"]["coordinates"]
+        ]
+    (root / "corrected" / "s.geojson").write_text(json.dumps(features))
+    with pytest.raises(datasets.DatasetError) as err:
+        _cut(root, tile_size=128)
+    assert len(err.value.problems) == annotations.MAX_FILE_PROBLEMS + 1
+    more = len(features) - annotations.MAX_FILE_PROBLEMS
+    assert err.value.problems[-1].endswith(f"s.geojson: ... and {more} more problems like these")
+
+
+def test_notes_and_progress_say_what_the_cut_leaves_out_and_how_far_it_is(
+    slide, capsys, monkeypatch
+):
+    root, image = slide
+    tifffile.imwrite(root / "slides" / "bare.tif", image[:10, :10], photometric="rgb")
+    _cut(root, level=1, tile_size=64)
+    monkeypatch.setattr(slide_tiles, "PROGRESS_S", 0.0)
+    _cut(root, tile_size=128)
+    out = capsys.readouterr().out
+    assert out.count("note: no annotations, so no tiles, for 1 of the slides: bare") == 2
+    assert "holds tiles of s.tif at level 1 too: with these of level 0, one split of two" in out
+    assert "s.tif: squares 11/12 | 11 tiles | ETA" in out
+
+
+def test_ctrl_c_says_the_output_is_as_it_was(slide, capsys, monkeypatch):
+    root, _ = slide
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slide_tiles, "tiles_from_slides", interrupted)
+    argv = [f"--slides={root / 'slides'}", f"--annotations={root / 'corrected'}"]
+    argv += [f"--classes={root / 'classes.json'}", f"--output={root / 'train'}"]
+    with pytest.raises(SystemExit) as stop:
+        slide_tiles.main(argv)
+    assert stop.value.code == 130
+    assert f"stopped (Ctrl-C): {root / 'train'} is as it was" in capsys.readouterr().err
