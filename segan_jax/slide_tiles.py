@@ -95,7 +95,7 @@ def _print_notes(
         shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
     for plan in plans:
-        pattern = re.escape(plan.source.stem) + r"_L(\d+)_x\d+_y\d+\.(png|tif)"
+        pattern = _tile_pattern(plan.source.stem, r"(\d+)")
         names = [p.name for p in (output / "images").glob("*")] if output.is_dir() else []
         levels = {int(m[1]) for n in names if (m := re.fullmatch(pattern, n))}
         if levels - {plan.info.level}:
@@ -117,7 +117,7 @@ def _plan(
     slide = found.get(path.stem, [])
     if len(slide) != 1:
         what = "no slide" if not slide else f"{len(slide)} slides ({[p.name for p in slide]})"
-        problems.append(f"{path}: {what} named {path.stem}.<svs|ndpi|tif|tiff> beside it")
+        problems.append(f"{path}: {what} named {path.stem}.<svs|ndpi|tif|tiff> among the slides")
         return None
     features = annotations.read_annotations(path, classes, problems)
     info = datasets.try_read(lambda p: _slide_info(p, level), slide, "slide", problems)
@@ -168,8 +168,14 @@ def _tile_name(plan: SlidePlan, top: int, left: int) -> str:
 
 def _tiles_of(plan: SlidePlan, folder: pathlib.Path) -> list[pathlib.Path]:
     """The files in ``folder`` named as tiles of the plan's slide and level."""
-    pattern = re.escape(plan.source.stem) + rf"_L{plan.info.level}_x\d+_y\d+\.(png|tif)"
+    pattern = _tile_pattern(plan.source.stem, str(plan.info.level))
     return sorted(p for p in folder.glob("*") if re.fullmatch(pattern, p.name))
+
+
+def _tile_pattern(stem: str, level: str) -> str:
+    """The regular expression of a tile file's name (`_tile_name`) of slide ``stem`` at
+    ``level`` (a number, or a pattern)."""
+    return re.escape(stem) + rf"_L{level}_x\d+_y\d+\.(png|tif)"
 
 
 def _existing(plan: SlidePlan, output: pathlib.Path, overwrite: bool) -> list[str]:
