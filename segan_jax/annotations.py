@@ -167,9 +167,9 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     (and left out).
     """
     read, problems = read_features(features, classes)
-    labels, empty = rasterise(read, shape)
+    labels, outside, _ = rasterise(read, shape)
     polygons = {i: p for i, _, p in read}
-    problems += [(i, _outside(polygons[i], shape)) for i in empty]
+    problems += [(i, _outside(polygons[i], shape)) for i in outside]
     return labels, [f"{feature_name(features, i)}: {text}" for i, text in sorted(problems)]
 
 
@@ -200,20 +200,23 @@ def read_features(
 
 def rasterise(
     read: Sequence[Annotation], shape: tuple[int, int], origin: tuple[float, float] = (0, 0)
-) -> tuple[np.ndarray, list[int]]:
+) -> tuple[np.ndarray, list[int], list[int]]:
     """The (H, W) uint8 label map of annotations (`label_map`'s rules) whose (x, y) point
-    ``origin`` is the map's top-left corner, and the indices of those holding no pixel of it."""
+    ``origin`` is the map's top-left corner; the indices of those whose outline holds no pixel
+    of it (beyond it, say), and of those that set none (their holes may take every pixel)."""
     labels = np.zeros(shape, np.uint8)
     reviewed = np.zeros(shape, bool) if any(v == REGION for _, v, _ in read) else None
-    empty = []
+    outside, unset = [], []
     for i, value, polygons in read:
         target, fill = (reviewed, True) if value == REGION else (labels, value)
-        filled = [_fill(target, [ring - origin for ring in rings], fill) for rings in polygons]
-        if not any(filled):  # every one filled: no any() on a generator
-            empty.append(i)
+        done = [_fill(target, [ring - origin for ring in rings], fill) for rings in polygons]
+        if not any(holds for holds, _ in done):
+            outside.append(i)
+        if not any(set_any for _, set_any in done):
+            unset.append(i)
     if reviewed is not None:
         labels[~reviewed] = datasets.UNLABELLED
-    return labels, empty
+    return labels, outside, unset
 
 
 def _outside(polygons: list[list[np.ndarray]], shape: tuple[int, int]) -> str:
@@ -256,23 +259,24 @@ def _get(obj, key: str):
     return obj.get(key) if isinstance(obj, dict) else None
 
 
-def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> bool:
+def _fill(labels: np.ndarray, rings: list[np.ndarray], value: int) -> tuple[bool, bool]:
     """Sets the pixels of (H, W) ``labels`` whose centres lie inside the first ring and outside
-    the others (its holes) to ``value``, searching the first ring's bounding box only; whether
-    the first ring holds any pixel (its holes may take them all: a region an expert erased
-    with ImageScope's negative regions). Parts outside the image are left out."""
+    the others (its holes) to ``value``, searching the first ring's bounding box only; returns
+    whether the first ring holds any pixel, and whether any was set (the holes may take them
+    all: a region an expert erased with ImageScope's negative regions). Parts outside the
+    image are left out."""
     (x0, y0), (x1, y1) = rings[0].min(0), rings[0].max(0)
     h, w = labels.shape
     rows = np.arange(max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), h))
     cols = np.arange(max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), w))
     if not rows.size or not cols.size:
-        return False
+        return False, False
     inside = inside_centres(rings[0], rows, cols)
     holds = bool(inside.any())
     for hole in rings[1:]:
         inside &= ~inside_centres(hole, rows, cols)
     labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1][inside] = value
-    return holds
+    return holds, bool(inside.any())
 
 
 def inside_centres(ring: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -347,7 +351,7 @@ def file_problems(path: pathlib.Path, lines: Sequence[str]) -> list[str]:
     saying how many more there are."""
     shown = [f"{path}: {line}" for line in lines[:MAX_FILE_PROBLEMS]]
     more = len(lines) - MAX_FILE_PROBLEMS
-    return shown + ([f"{path}: ... and {more} more problems like these"] if more > 0 else [])
+    return shown + ([f"{path}: ... and {more} more"] if more > 0 else [])
 
 
 # Annotation files read back: QuPath's GeoJSON, Aperio ImageScope's XML (`imagescope`).

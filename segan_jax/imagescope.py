@@ -59,19 +59,23 @@ LAYER_STRIDE = 1000
 
 def _depths(polygons: Sequence[list]) -> list[int]:
     """For each polygon (rings as nested lists, outer first) how many holes of the others it
-    lies in (one of its vertices does): 0 for all but islands in a hole of their own class."""
-    holes = [np.asarray(ring, np.float64) for rings in polygons for ring in rings[1:]]
-    if not holes:
-        return [0] * len(polygons)
-    boxes = np.array([[*h.min(0), *h.max(0)] for h in holes])
-    depths = []
+    lies in (its first vertex does): 0 for all but islands in a hole of their own class. Hole
+    by hole, over the first vertices in its bounding box."""
+    if not polygons:
+        return []
+    depths = np.zeros(len(polygons), int)
+    firsts = np.array([rings[0][0] for rings in polygons], np.float64)
+    order = np.argsort(firsts[:, 0], kind="stable")
+    xs = firsts[order, 0]
     for rings in polygons:
-        x, y = rings[0][0]
-        near = (boxes[:, 0] <= x) & (boxes[:, 2] >= x) & (boxes[:, 1] <= y) & (boxes[:, 3] >= y)
-        depths.append(
-            sum(bool(Path(holes[j]).contains_point((x, y))) for j in np.flatnonzero(near))
-        )
-    return depths
+        for ring in rings[1:]:
+            hole = np.asarray(ring, np.float64)
+            (x0, y0), (x1, y1) = hole.min(0), hole.max(0)
+            near = order[np.searchsorted(xs, x0) : np.searchsorted(xs, x1, "right")]
+            near = near[(firsts[near, 1] >= y0) & (firsts[near, 1] <= y1)]
+            if near.size:
+                depths[near] += Path(hole).contains_points(firsts[near])
+    return depths.tolist()
 
 
 def _write_layer(file, layer: tuple[int, str, list[int]], polygons: list[list]) -> None:
@@ -169,8 +173,8 @@ def _holes(outer: np.ndarray, negative: list[np.ndarray], boxes: np.ndarray) -> 
 def _class_of_id(value: str | None, classes: Sequence[str]) -> str:
     """The class whose label value is a layer's Id; else a name no class has, for the
     problem message."""
-    if value is not None and value.isdigit() and 0 < int(value) < len(classes):
-        return classes[int(value)]
+    if value is not None and value.isdigit() and 0 < int(value) % LAYER_STRIDE < len(classes):
+        return classes[int(value) % LAYER_STRIDE]  # a further layer's too (`save_xml`)
     return f"(unnamed layer of Id {value})"
 
 

@@ -94,9 +94,9 @@ def _print_notes(
     if bare:
         shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
+    names = [p.name for p in (output / "images").glob("*")] if output.is_dir() else []
     for plan in plans:
         pattern = _tile_pattern(plan.source.stem, r"(\d+)")
-        names = [p.name for p in (output / "images").glob("*")] if output.is_dir() else []
         levels = {int(m[1]) for n in names if (m := re.fullmatch(pattern, n))}
         if levels - {plan.info.level}:
             others = ", ".join(map(str, sorted(levels - {plan.info.level})))
@@ -217,7 +217,10 @@ def _cut_all(plans: Sequence[SlidePlan], tile_size: int, output: pathlib.Path) -
             with contextlib.suppress(OSError):
                 folder.rmdir()  # if still empty
         raise
-    shutil.rmtree(staging)
+    try:  # the tiles are in place: a Ctrl-C now leaves only the hidden folder, not them
+        shutil.rmtree(staging)
+    except KeyboardInterrupt:
+        shutil.rmtree(staging, ignore_errors=True)
     return names
 
 
@@ -273,8 +276,8 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
     if unused:
         print(
             f"note: {unused} of the {len(plan.read)} annotations of {plan.source.name} hold no "
-            "pixel of a tile cut (they lie beyond every Region*'s squares, or are thinner than "
-            "a pixel at this level): left out",
+            "pixel of a tile cut (beyond every Region*'s squares, beyond the slide's edge, "
+            "or holding no pixel centre at this level): left out",
             flush=True,
         )
     return names
@@ -324,8 +327,8 @@ def _tile_labels(
     (top, left), (h, w) = corner, size
     x0, y0, x1, y1 = plan.boxes.T
     near = np.flatnonzero((x0 < left + w) & (x1 > left) & (y0 < top + h) & (y1 > top))
-    labels, empty = annotations.rasterise([plan.read[j] for j in near], size, (left, top))
-    filled = {plan.read[j][0] for j in near} - set(empty)
+    labels, _, unset = annotations.rasterise([plan.read[j] for j in near], size, (left, top))
+    filled = {plan.read[j][0] for j in near} - set(unset)
     if not any(plan.read[j][0] in filled for j in near if plan.key[j]):
         return None, filled
     return labels, filled

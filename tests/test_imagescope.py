@@ -160,6 +160,15 @@ def test_a_region_in_a_hole_of_its_class_goes_in_a_further_layer(tmp_path):
     (island,) = layers[-1].findall("Regions/Region")
     xs = [float(v.get("X")) for v in island.findall("Vertices/Vertex")]
     assert 36 <= min(xs) and max(xs) <= 40  # columns 36-39
+    for layer in layers:  # read by Id alone, as the cycle's own scripts name layers
+        del layer.attrib["Name"]
+    root = ET.Element("Annotations")
+    root.extend(layers)
+    ET.ElementTree(root).write(tmp_path / "b.xml")
+    features = imagescope.read_xml(tmp_path / "b.xml", CLASSES)
+    back, problems = annotations.label_map(features, _labels().shape, CLASSES)
+    assert problems == []
+    np.testing.assert_array_equal(back, _labels())
 
 
 def test_a_negative_region_erases_every_region_of_its_layer_under_it(tmp_path):

@@ -263,7 +263,7 @@ def test_another_slides_annotations_give_a_few_lines_not_one_per_feature(slide):
         _cut(root, tile_size=128)
     assert len(err.value.problems) == annotations.MAX_FILE_PROBLEMS + 1
     more = len(features) - annotations.MAX_FILE_PROBLEMS
-    assert err.value.problems[-1].endswith(f"s.geojson: ... and {more} more problems like these")
+    assert err.value.problems[-1].endswith(f"s.geojson: ... and {more} more")
 
 
 def test_notes_and_progress_say_what_the_cut_leaves_out_and_how_far_it_is(
@@ -293,3 +293,31 @@ def test_ctrl_c_says_the_output_is_as_it_was(slide, capsys, monkeypatch):
         slide_tiles.main(argv)
     assert stop.value.code == 130
     assert f"stopped (Ctrl-C): {root / 'train'} is as it was" in capsys.readouterr().err
+
+
+def test_a_square_inside_a_regions_hole_is_not_cut(slide):
+    """A Region* ring: the square wholly in its hole holds none of its pixels."""
+    root, image = slide
+    outer = [[0, 0], [410, 0], [410, 300], [0, 300], [0, 0]]
+    hole = [[120, 120], [270, 120], [270, 270], [120, 270], [120, 120]]  # holds x/y 128-255
+    region = _rectangle(annotations.REGION_CLASS, 0, 0, 1, 1)
+    region["geometry"]["coordinates"] = [outer, hole]
+    (root / "corrected" / "s.geojson").write_text(json.dumps([region]))
+    names = _cut(root, tile_size=128)
+    assert "s_L0_x128_y128" not in names and len(names) == 11
+
+
+def test_ctrl_c_after_the_swap_keeps_the_tiles_it_put_in_place(slide, monkeypatch):
+    root, _ = slide
+    rmtree, calls = slide_tiles.shutil.rmtree, []
+
+    def stopped(path, ignore_errors=False):
+        calls.append(path)
+        if len(calls) == 1:  # removing the hidden folder once the tiles are in place
+            raise KeyboardInterrupt
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(slide_tiles.shutil, "rmtree", stopped)
+    assert len(_cut(root, tile_size=128)) == 12
+    assert len(list((root / "train" / "masks").iterdir())) == 12
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["images", "masks"]
