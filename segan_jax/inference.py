@@ -477,7 +477,7 @@ def read_images(
     problems: list[str] = []
     images = [
         datasets.try_read(
-            functools.partial(_slide_probe, level=slide_level), [f], "slide", problems
+            functools.partial(slides.slide_info, level=slide_level), [f], "slide", problems
         )
         if slide
         else datasets.try_read(datasets.read_image, [f], "image", problems)
@@ -492,13 +492,6 @@ def read_images(
     if problems:
         raise datasets.DatasetError(problems)
     return images
-
-
-def _slide_probe(path: pathlib.Path, level: int) -> slides.SlideInfo:
-    """`slides.slide_info` of a slide whose pixel type is one that is read."""
-    slide = slides.slide_info(path, level)
-    datasets.check_pixel_type(slide.dtype)
-    return slide
 
 
 def _is_slide(path: pathlib.Path, max_pixels: int, level: int) -> bool:

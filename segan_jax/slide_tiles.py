@@ -22,6 +22,7 @@ or Ctrl-C leaves the output as it was.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import pathlib
 import re
 import shutil
@@ -120,7 +121,8 @@ def _plan(
         problems.append(f"{path}: {what} named {path.stem}.<svs|ndpi|tif|tiff> among the slides")
         return None
     features = annotations.read_annotations(path, classes, problems)
-    info = datasets.try_read(lambda p: _slide_info(p, level), slide, "slide", problems)
+    probe = functools.partial(slides.slide_info, level=level)
+    info = datasets.try_read(probe, slide, "slide", problems)
     if features is None or info is None or classes is None:
         return None
     read, bad = annotations.read_features(features, classes)
@@ -134,13 +136,6 @@ def _plan(
     problems += annotations.file_problems(path, named)
     regions = np.array([v == annotations.REGION for _, v, _ in read], bool)
     return SlidePlan(path, info, read, boxes, regions if regions.any() else ~regions)
-
-
-def _slide_info(path: pathlib.Path, level: int) -> slides.SlideInfo:
-    """`slides.slide_info`, its pixel type checked as datasets check images'."""
-    info = slides.slide_info(path, level)
-    datasets.check_pixel_type(info.dtype)
-    return info
 
 
 def _box(polygons: list[list[np.ndarray]]) -> np.ndarray:

@@ -101,9 +101,11 @@ def _check_complete(tif: tifffile.TiffFile, series) -> None:
 
 def slide_info(path: pathlib.Path, level: int) -> SlideInfo:
     """The ``level`` (0: full resolution) of a slide, from its header, after decoding one pixel
-    (a codec missing for its tiles is found before any work). Raises datasets.FormatError."""
+    (a codec missing for its tiles is found before any work), its pixel type checked as an
+    image's (`datasets.check_pixel_type`). Raises datasets.FormatError."""
     with open_level(path, level) as (info, array):
         _ = array[:1, :1]
+    datasets.check_pixel_type(info.dtype)
     return info
 
 
