@@ -339,7 +339,7 @@ def _present_splits(root: pathlib.Path) -> tuple[str, ...]:
 def _split_pairs(split_dir: pathlib.Path) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
     """(stem, image path, mask path) of a validated split, sorted by stem."""
     images = images_by_stem(split_dir / "images")
-    masks = _by_stem(visible_files(split_dir / "masks", (".png",)))
+    masks = files_by_stem(split_dir / "masks", (".png",))
     return [(stem, images[stem][0], masks[stem][0]) for stem in sorted(images)]
 
 
@@ -428,7 +428,7 @@ def _split_listing(split_dir: pathlib.Path) -> tuple[_Listing, _Listing, list[st
     if missing:
         return {}, {}, missing
     images = images_by_stem(folders[0])
-    masks = _by_stem(visible_files(folders[1], (".png",)))
+    masks = files_by_stem(folders[1], (".png",))
     return images, masks, _listing_problems(folders, images, masks)
 
 
