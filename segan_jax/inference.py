@@ -362,7 +362,7 @@ def _write_predictions(
     min_area = _predict_key(config, "min_region_area")
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
-        if _annotation_paths(config, targets[i]):
+        if _annotation_suffixes(config):
             features = annotations.save_geojson(
                 one, info.classes, geojson_path(targets[i]), min_area
             )
@@ -395,20 +395,20 @@ def _predict_slide(
     def predict(rows: np.ndarray) -> np.ndarray:
         return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
 
-    geojson = (geojson_path(target), info.classes) if _annotation_paths(config, target) else None
-    level = _predict_key(config, "slide_level")
+    geojson = (geojson_path(target), info.classes) if _annotation_suffixes(config) else None
+    features = [] if _predict_key(config, "imagescope") else None  # the GeoJSON's, for the XML
     slides.predict_slide(
         path,
-        level,
+        _predict_key(config, "slide_level"),
         tiling,
         predict,
         target,
         geojson,
         _SlideProgress(),
         _predict_key(config, "min_region_area"),
+        features,
     )
-    if _predict_key(config, "imagescope"):  # from the GeoJSON, read back whole
-        features = json.loads(geojson_path(target).read_text(encoding="utf-8"))["features"]
+    if features is not None:
         imagescope.save_xml(features, info.classes, xml_path(target))
     print(f"{path} -> {target}", flush=True)
 

@@ -260,8 +260,10 @@ class GeoJSONWriter:
         classes: Sequence[str],
         downsample: tuple[float, float],
         min_area: float = 0.0,
+        features: list[dict] | None = None,
     ):
         self.path, self.classes, self.min_area = path, classes, min_area
+        self.features = features  # when given, each feature written is appended to it too
         self.colours = figures.class_colours(len(classes))
         self.scale = np.array([downsample[1], downsample[0]])  # (x, y)
         self.count = 0
@@ -316,6 +318,8 @@ class GeoJSONWriter:
         feature = annotations.feature(rings, self.classes[k], self.colours[k], (0, top), self.scale)
         self.file.write((",\n" if self.count else "\n") + json.dumps(feature))
         self.count += 1
+        if self.features is not None:
+            self.features.append(feature)
 
     def __exit__(self, error_type, error, traceback) -> None:
         if error_type is not None:  # the block's error: the file closed and removed, it goes on
@@ -336,14 +340,17 @@ def predict_slide(
     geojson: tuple[pathlib.Path, Sequence[str]] | None = None,
     report: Callable[[SlideInfo, int], None] | None = None,
     min_area: float = 0.0,
+    features: list[dict] | None = None,
 ) -> SlideInfo:
     """Predicts a slide's ``level`` band by band (`band_labels`), writing its label TIFF to
     ``label_path`` and, with ``geojson`` (path, class names), its regions of polygon area at
-    least ``min_area`` (`GeoJSONWriter`); ``report`` gets the rows done after each band."""
+    least ``min_area`` (`GeoJSONWriter`; appended to ``features`` too when given);
+    ``report`` gets the rows done after each band."""
     with open_level(path, level) as (info, array), contextlib.ExitStack() as stack:
         bands = band_labels(array, info, tiling, predict)
         if geojson is not None:
-            writer = stack.enter_context(GeoJSONWriter(*geojson, info.downsample, min_area))
+            writer = GeoJSONWriter(*geojson, info.downsample, min_area, features)
+            stack.enter_context(writer)
             bands = _tee(bands, lambda top, band: writer.add(top, band))
         if report is not None:
             bands = _tee(bands, lambda top, band: report(info, top + len(band)))

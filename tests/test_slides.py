@@ -96,9 +96,13 @@ def test_slide_geojson_is_in_full_resolution_pixels_and_reads_back(
     monkeypatch.setattr(slides, "GEOJSON_COLUMNS", 96)
     path, _ = slide
     target, geojson = tmp_path / "slide.tif", tmp_path / "slide.geojson"
-    info = slides.predict_slide(path, level, tiles.Tiling(64, 8), _red, target, (geojson, CLASSES))
+    kept: list[dict] = []  # the features written, also handed back (predict.imagescope)
+    info = slides.predict_slide(
+        path, level, tiles.Tiling(64, 8), _red, target, (geojson, CLASSES), features=kept
+    )
     labels = tifffile.imread(target)
     assert labels.shape == info.shape and len(np.unique(labels)) == 3
+    assert json.loads(geojson.read_text())["features"] == kept
     back, count = _read_back(geojson, labels.shape, 2**level)
     np.testing.assert_array_equal(back, labels)
     assert count > len(annotations.feature_collection(labels, CLASSES)["features"])  # cut
