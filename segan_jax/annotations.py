@@ -170,7 +170,12 @@ def label_map(features: Sequence[dict], shape: tuple[int, int], classes: Sequenc
     labels, outside, _ = rasterise(read, shape)
     polygons = {i: p for i, _, p in read}
     problems += [(i, _outside(polygons[i], shape)) for i in outside]
-    return labels, [f"{feature_name(features, i)}: {text}" for i, text in sorted(problems)]
+    return labels, named_problems(features, problems)
+
+
+def named_problems(features: Sequence[dict], problems: Sequence[tuple[int, str]]) -> list[str]:
+    """``<feature_name>: <problem>`` of (index, problem) pairs, in the features' order."""
+    return [f"{feature_name(features, i)}: {text}" for i, text in sorted(problems)]
 
 
 def feature_name(features: Sequence[dict], i: int) -> str:
@@ -221,12 +226,17 @@ def rasterise(
 
 def _outside(polygons: list[list[np.ndarray]], shape: tuple[int, int]) -> str:
     """The problem of polygons that hold no pixel centre of an (H, W) image."""
-    points = np.concatenate([rings[0] for rings in polygons])
-    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    x0, y0, x1, y1 = outer_box(polygons)
     return (
         f"holds no pixel of the {shape[1]}x{shape[0]} image (x {x0:g}..{x1:g}, y {y0:g}..{y1:g}; "
         "coordinates are the image's pixels: for a tile of a slide, subtract its position)"
     )
+
+
+def outer_box(polygons: list[list[np.ndarray]]) -> np.ndarray:
+    """(x0, y0, x1, y1) bounding the outer rings of polygons (each a list of (N, 2) rings)."""
+    points = np.concatenate([rings[0] for rings in polygons])
+    return np.concatenate([points.min(0), points.max(0)])
 
 
 def _read_feature(feature, values: dict[str, int]) -> tuple[str, int, list[list[np.ndarray]]]:

@@ -128,20 +128,13 @@ def _plan(
     read, bad = annotations.read_features(features, classes)
     scale = np.array([info.downsample[1], info.downsample[0]])  # level-0 pixels per (x, y)
     read = [(i, v, [[ring / scale for ring in rings] for rings in p]) for i, v, p in read]
-    boxes = np.array([_box(polygons) for _, _, polygons in read]).reshape(-1, 4)
+    boxes = np.array([annotations.outer_box(p) for _, _, p in read]).reshape(-1, 4)
     height, width = info.shape
     outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2:] <= 0).any(1)
     bad += [(read[j][0], _outside(boxes[j], scale, info)) for j in np.flatnonzero(outside)]
-    named = [f"{annotations.feature_name(features, i)}: {text}" for i, text in sorted(bad)]
-    problems += annotations.file_problems(path, named)
+    problems += annotations.file_problems(path, annotations.named_problems(features, bad))
     regions = np.array([v == annotations.REGION for _, v, _ in read], bool)
     return SlidePlan(path, info, read, boxes, regions if regions.any() else ~regions)
-
-
-def _box(polygons: list[list[np.ndarray]]) -> np.ndarray:
-    """(x0, y0, x1, y1) bounding the outer rings of polygons."""
-    points = np.concatenate([rings[0] for rings in polygons])
-    return np.concatenate([points.min(0), points.max(0)])
 
 
 def _outside(box: np.ndarray, scale: np.ndarray, info: slides.SlideInfo) -> str:
