@@ -79,23 +79,27 @@ def tiles_from_slides(
     found = datasets.files_by_stem(slides_dir, slides.TIFF_SUFFIXES)
     plans = [_plan(path, found, classes, level, problems) for path in files]
     plans = [plan for plan in plans if plan is not None]
-    problems += [p for plan in plans for p in _existing(plan, output, overwrite)]
+    listings = [_listing(output / sub) for sub in ("images", "masks")]
+    problems += [p for plan in plans for p in _existing(plan, listings, output, overwrite)]
     if problems:
         raise datasets.DatasetError(problems)
-    _print_notes(plans, found, output)
+    _print_notes(plans, found, output, listings[0])
     return _cut_all(plans, tile_size, output)
 
 
 def _print_notes(
-    plans: Sequence[SlidePlan], found: dict[str, list[pathlib.Path]], output: pathlib.Path
+    plans: Sequence[SlidePlan],
+    found: dict[str, list[pathlib.Path]],
+    output: pathlib.Path,
+    images: list[pathlib.Path],
 ) -> None:
     """Notes on the slides without annotations, and on tiles of other levels of these slides
-    in ``output`` (a split of mixed magnifications)."""
+    among ``images`` (the listing of ``output/images``: a split of mixed magnifications)."""
     bare = sorted(found.keys() - {plan.source.stem for plan in plans})
     if bare:
         shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
-    names = [p.name for p in (output / "images").glob("*")] if output.is_dir() else []
+    names = [p.name for p in images]
     for plan in plans:
         pattern = _tile_pattern(plan.source.stem, r"(\d+)")
         levels = {int(m[1]) for n in names if (m := re.fullmatch(pattern, n))}
@@ -154,10 +158,15 @@ def _tile_name(plan: SlidePlan, top: int, left: int) -> str:
     return f"{plan.source.stem}_L{info.level}_x{x}_y{y}"
 
 
-def _tiles_of(plan: SlidePlan, folder: pathlib.Path) -> list[pathlib.Path]:
-    """The files in ``folder`` named as tiles of the plan's slide and level."""
+def _listing(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The sorted entries of ``folder`` (none when it is not there)."""
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def _tiles_of(plan: SlidePlan, listing: list[pathlib.Path]) -> list[pathlib.Path]:
+    """The files of a folder's ``listing`` named as tiles of the plan's slide and level."""
     pattern = _tile_pattern(plan.source.stem, str(plan.info.level))
-    return sorted(p for p in folder.glob("*") if re.fullmatch(pattern, p.name))
+    return [p for p in listing if re.fullmatch(pattern, p.name)]
 
 
 def _tile_pattern(stem: str, level: str) -> str:
@@ -166,10 +175,12 @@ def _tile_pattern(stem: str, level: str) -> str:
     return re.escape(stem) + rf"_L{level}_x\d+_y\d+\.(png|tif)"
 
 
-def _existing(plan: SlidePlan, output: pathlib.Path, overwrite: bool) -> list[str]:
-    """The problem of tiles of the plan's slide and level already in ``output`` (none with
-    ``overwrite``)."""
-    old = sorted({p.stem for sub in ("images", "masks") for p in _tiles_of(plan, output / sub)})
+def _existing(
+    plan: SlidePlan, listings: list[list[pathlib.Path]], output: pathlib.Path, overwrite: bool
+) -> list[str]:
+    """The problem of tiles of the plan's slide and level already in ``output`` (``listings``:
+    its images/ and masks/; none with ``overwrite``)."""
+    old = sorted({p.stem for listing in listings for p in _tiles_of(plan, listing)})
     if not old or overwrite:
         return []
     return [
@@ -193,7 +204,8 @@ def _cut_all(plans: Sequence[SlidePlan], tile_size: int, output: pathlib.Path) -
         moves = []
         for sub in ("images", "masks"):
             (output / sub).mkdir(exist_ok=True)
-            old = [p for plan in plans for p in _tiles_of(plan, output / sub)]
+            listing = _listing(output / sub)  # now: files made while cutting are replaced too
+            old = [p for plan in plans for p in _tiles_of(plan, listing)]
             moves += [(p, staging / "old" / sub / p.name) for p in old]
             moves += [(p, output / sub / p.name) for p in sorted((staging / "new" / sub).iterdir())]
         _move_all(moves, staging)
