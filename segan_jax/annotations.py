@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {len(written)} mask{'s' * (len(written) != 1)} to {args.output}")
     unannotated = sorted(datasets.images_by_stem(args.images).keys() - {p.stem for p in written})
     if unannotated:
-        shown = ", ".join(unannotated[:5]) + (", ..." if len(unannotated) > 5 else "")
+        shown = workdir_lib.first_names(unannotated)
         print(f"note: no annotations, so no mask, for {len(unannotated)} of the images: {shown}")
 
 

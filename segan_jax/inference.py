@@ -311,12 +311,12 @@ def _print_notes(
     """Says which inputs predict.skip_existing leaves alone, and which are images that
     predict.slide_level does not apply to."""
     if skipped:
-        names = ", ".join(f.name for f in skipped[:5]) + (", ..." * (len(skipped) > 5))
+        names = workdir_lib.first_names([f.name for f in skipped])
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
     level = _predict_key(config, "slide_level")
     images = [t for t in targets if not _is_slide_map(t)]
     if level and images:
-        names = ", ".join(t.stem for t in images[:5]) + (", ..." * (len(images) > 5))
+        names = workdir_lib.first_names([t.stem for t in images])
         print(
             f"note: predict.slide_level={level} applies to slides; {len(images)} input(s) are "
             f"images, predicted at their own resolution: {names}"

@@ -97,7 +97,7 @@ def _print_notes(
     among ``images`` (the listing of ``output/images``: a split of mixed magnifications)."""
     bare = sorted(found.keys() - {plan.source.stem for plan in plans})
     if bare:
-        shown = ", ".join(bare[:5]) + (", ..." if len(bare) > 5 else "")
+        shown = workdir_lib.first_names(bare)
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
     names = [p.name for p in images]
     for plan in plans:

@@ -7,7 +7,7 @@ import pathlib
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -355,3 +355,8 @@ def duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def first_names(names: Sequence[str], most: int = 5) -> str:
+    """The first ``most`` of ``names`` joined by commas, then ", ..." if there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")

@@ -196,3 +196,9 @@ def test_atomic_path_leaves_the_file_complete_or_absent(tmp_path):
     with workdir.atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+
+
+def test_first_names_lists_five_then_an_ellipsis():
+    assert workdir.first_names(["a", "b"]) == "a, b"
+    assert workdir.first_names(list("abcdef")) == "a, b, c, d, e, ..."
+    assert workdir.first_names(list("abcde")) == "a, b, c, d, e"
