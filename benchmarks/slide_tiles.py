@@ -57,8 +57,8 @@ def prepare(folder: pathlib.Path, size: int) -> np.ndarray:
     features = json.loads((folder / "corrected" / "mosaic.geojson").read_text())["features"]
     imagescope.save_xml(features, classes, xml)
     print(
-        f"as ImageScope XML (predict.imagescope's conversion): {xml.stat().st_size / 1e6:.1f} "
-        f"MB in {time.perf_counter() - start:.1f} s",
+        f"as ImageScope XML (imagescope.save_xml, reading the GeoJSON back included): "
+        f"{xml.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s",
         flush=True,
     )
     np.save(folder / "labels.npy", labels)
