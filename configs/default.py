@@ -112,6 +112,11 @@ def get_config() -> ml_collections.ConfigDict:
     # window's prediction is kept tile_margin pixels or more inside it (segan_jax/tiles.py).
     c.eval.tile_size = 0
     c.eval.tile_margin = 64
+    # Test-time augmentation: "none", or the class probabilities averaged over the image's
+    # "flips" (4 views: flipped left-right, upside down, both) or "d4" (8: also quarter turns),
+    # each view's mapped back; 4 or 8 times the network's work wherever eval.* applies
+    # (training's evaluations too).
+    c.eval.tta = "none"
 
     c.predict = ml_collections.ConfigDict()
     c.predict.input = ""  # an image or slide file, or a folder of them

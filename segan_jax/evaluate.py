@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -34,15 +35,66 @@ EVAL_KEYS = (
 )
 
 
-def _labels(model: models.DeepLabV3, variables: Any, images: jax.Array) -> jax.Array:
-    """(B, H, W, C) normalised images -> (B, H, W) uint8 predicted labels."""
-    logits = model.apply(variables, images, train=False)
-    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+# Test-time augmentation (eval.tta): the (quarter turns, columns flipped) of each view whose
+# class probabilities are averaged. "flips": the image, flipped left-right, upside down and
+# both (a half turn); "d4": also the quarter turns of each, the square's eight symmetries.
+TTA_VIEWS = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, False), (2, True)),
+    "d4": tuple((k, flip) for k in range(4) for flip in (False, True)),
+}
 
 
-def _confusions(model, ignore_index: int, variables, images, labels) -> jax.Array:
+def check_tta(tta: str) -> None:
+    """Raises ValueError unless `tta` is a key of `TTA_VIEWS`."""
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"eval.tta={tta!r} must be one of {tuple(TTA_VIEWS)}")
+
+
+def tta_from_config(eval_config: ml_collections.ConfigDict) -> str:
+    """eval.tta, checked; "none" for a run saved before the key."""
+    tta = eval_config.get("tta", "none")
+    check_tta(tta)
+    return tta
+
+
+def _view(x: jax.Array, k: int, flip: bool) -> jax.Array:
+    """(B, H, W, ...) -> its columns reversed if `flip`, then turned `k` quarter turns."""
+    return jnp.rot90(x[:, :, ::-1] if flip else x, k, axes=(1, 2))
+
+
+def _unview(x: jax.Array, k: int, flip: bool) -> jax.Array:
+    """The inverse of `_view`: maps a view's output back onto the image."""
+    x = jnp.rot90(x, -k, axes=(1, 2))
+    return x[:, :, ::-1] if flip else x
+
+
+def tta_probabilities(
+    model: models.DeepLabV3, variables: Any, images: jax.Array, tta: str
+) -> jax.Array:
+    """(B, H, W, C) normalised images -> (B, H, W, K) float32 class probabilities: the softmax
+    of the network's logits averaged over the views of `TTA_VIEWS[tta]`, each mapped back.
+    Equivariant under the views' transforms (up to float rounding) where no padding is added."""
+    total = 0.0
+    for k, flip in TTA_VIEWS[tta]:
+        logits = model.apply(variables, _view(images, k, flip), train=False)
+        total = total + _unview(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), k, flip)
+    return total / len(TTA_VIEWS[tta])
+
+
+def _labels(model: models.DeepLabV3, tta: str, variables: Any, images: jax.Array) -> jax.Array:
+    """(B, H, W, C) normalised images -> (B, H, W) uint8 predicted labels (with "none", the
+    argmax of the logits themselves)."""
+    if tta == "none":
+        scores = model.apply(variables, images, train=False)
+    else:
+        scores = tta_probabilities(model, variables, images, tta)
+    return jnp.argmax(scores, axis=-1).astype(jnp.uint8)
+
+
+def _confusions(model, tta: str, ignore_index: int, variables, images, labels) -> jax.Array:
     """(B, H, W, C) images, (B, H, W) truth -> (B, K, K) int32 confusion matrices."""
-    predictions = _labels(model, variables, images)
+    predictions = _labels(model, tta, variables, images)
     count = functools.partial(
         metrics.confusion_matrix, num_classes=model.num_classes, ignore_index=ignore_index
     )
@@ -50,14 +102,14 @@ def _confusions(model, ignore_index: int, variables, images, labels) -> jax.Arra
 
 
 @functools.lru_cache(maxsize=4)
-def _program(model: models.DeepLabV3, mesh: Mesh, what: str, ignore_index: int):
+def _program(model: models.DeepLabV3, mesh: Mesh, what: str, ignore_index: int, tta: str):
     """jit(shard_map) of `_labels` (what="labels": (variables, images)) or of `_confusions`
     (what="confusions": (variables, images, truth)): variables replicated, the rest split over
     the mesh's devices. Compiles once per padded image shape."""
     if what == "labels":
-        fn, batched = functools.partial(_labels, model), 1
+        fn, batched = functools.partial(_labels, model, tta), 1
     else:
-        fn, batched = functools.partial(_confusions, model, ignore_index), 2
+        fn, batched = functools.partial(_confusions, model, tta, ignore_index), 2
     specs = (P(), *[P(parallel.AXIS)] * batched)
     return jax.jit(parallel.shard_map(fn, mesh, in_specs=specs, out_specs=P(parallel.AXIS)))
 
@@ -99,15 +151,16 @@ def _stack(arrays: list[np.ndarray], size: int, fill) -> np.ndarray:
     return out
 
 
-def _outputs(model, variables, images, masks, normalizer, ignore_index: int, devices):
+def _outputs(model, variables, images, masks, normalizer, ignore_index: int, devices, tta: str):
     """Yields (indices, host outputs of those images): (n, H, W) padded labels when `masks` is
-    None, else (n, K, K) confusion matrices, n = len(indices). Each batch is prepared and
+    None, else (n, K, K) confusion matrices, n = len(indices), with `tta`'s views averaged.
+    Each batch is prepared and
     dispatched before the previous one's outputs are fetched, so the host's padding and copying
     overlap the devices' work."""
     mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
     variables = parallel.replicate(variables, mesh)  # no copy when already there
     what = "labels" if masks is None else "confusions"
-    program = _program(model, mesh, what, ignore_index)
+    program = _program(model, mesh, what, ignore_index, tta)
     pending = None
     for idx, args in _batches(model, images, masks, normalizer, ignore_index, mesh):
         result = program(variables, *args)  # asynchronous
@@ -125,9 +178,11 @@ def predict_all(
     normalizer: input_pipeline.Normalizer,
     devices: list | None = None,
     tiling: tiles.Tiling | None = None,
+    tta: str = "none",
 ) -> list[np.ndarray]:
     """Label maps of whole images, one image per device at a time (`devices`: default this
-    process's), or with `tiling` one window per device at a time, stitched (`tiles`).
+    process's), or with `tiling` one window per device at a time, stitched (`tiles`); with
+    `tta` the class probabilities of its views (`TTA_VIEWS`) averaged.
 
     Args:
       images: each (H, W, C) raw pixel values; sizes may differ.
@@ -139,10 +194,10 @@ def predict_all(
         windows, parts = tiles.cut(images, tiling)
         shapes = [image.shape[:2] for image in images]
         return tiles.stitch(
-            predict_all(model, variables, parts, normalizer, devices), windows, shapes
+            predict_all(model, variables, parts, normalizer, devices, None, tta), windows, shapes
         )
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
-    for idx, labels in _outputs(model, variables, images, None, normalizer, 0, devices):
+    for idx, labels in _outputs(model, variables, images, None, normalizer, 0, devices, tta):
         for j, i in enumerate(idx):
             h, w = images[i].shape[:2]
             out[i] = labels[j, :h, :w].copy()  # not a view keeping the padded batch alive
@@ -168,11 +223,12 @@ def image_confusions(
     ignore_index: int = 255,
     devices: list | None = None,
     tiling: tiles.Tiling | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """(N, K, K) int64 confusion matrix (rows truth) of each of the N images of `split`, one
     image per device at a time (`devices`: default this process's), or with `tiling` one
     window per device at a time (each window's truth outside its kept part ignored: the
-    stitched prediction's confusion matrix)."""
+    stitched prediction's confusion matrix); with `tta`'s views averaged."""
     out = np.zeros((len(split.images), *(model.num_classes,) * 2), np.int64)
     if tiling is not None:
         windows, parts = tiles.cut(split.images, tiling)
@@ -181,11 +237,13 @@ def image_confusions(
             [tiles.kept_truth(split.masks[w.owner], w, ignore_index) for w in windows],
             [split.names[w.owner] for w in windows],
         )
-        per_window = image_confusions(model, variables, pieces, normalizer, ignore_index, devices)
+        per_window = image_confusions(
+            model, variables, pieces, normalizer, ignore_index, devices, None, tta
+        )
         np.add.at(out, [w.owner for w in windows], per_window)
         return out
     batches = _outputs(
-        model, variables, split.images, split.masks, normalizer, ignore_index, devices
+        model, variables, split.images, split.masks, normalizer, ignore_index, devices, tta
     )
     for idx, confusions in batches:
         out[idx] = confusions
@@ -200,11 +258,13 @@ def split_confusion(
     ignore_index: int = 255,
     devices: list | None = None,
     tiling: tiles.Tiling | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`, one
-    image (or with `tiling` window) per device at a time (`devices`: default this process's)."""
+    image (or with `tiling` window) per device at a time (`devices`: default this process's),
+    with `tta`'s views averaged."""
     confusions = image_confusions(
-        model, variables, split, normalizer, ignore_index, devices, tiling
+        model, variables, split, normalizer, ignore_index, devices, tiling, tta
     )
     return confusions.sum(0)
 
@@ -216,11 +276,14 @@ def confusion_over_processes(
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
     tiling: tiles.Tiling | None = None,
+    tta: str = "none",
 ) -> tuple[np.ndarray, int]:
     """((K, K) int64 confusion matrix, number of images) of every process's shard of a split,
-    each process evaluating its own `shard` on its devices (with `tiling`, window by window);
-    exact sums, the same on all."""
-    confusion = split_confusion(model, variables, shard, normalizer, ignore_index, None, tiling)
+    each process evaluating its own `shard` on its devices (with `tiling`, window by window;
+    with `tta`'s views averaged); exact sums, the same on all."""
+    confusion = split_confusion(
+        model, variables, shard, normalizer, ignore_index, None, tiling, tta
+    )
     counts = np.append(confusion.ravel(), len(shard.images))  # one exchange for both
     counts = parallel.sum_over_processes(counts)
     return counts[:-1].reshape(confusion.shape), int(counts[-1])
@@ -240,12 +303,19 @@ def prediction_scores(
 
 
 def result_record(
-    step: int, split: str, classes, confusion: np.ndarray, tiling: tiles.Tiling | None = None
+    step: int,
+    split: str,
+    classes,
+    confusion: np.ndarray,
+    tiling: tiles.Tiling | None = None,
+    tta: str = "none",
 ) -> dict:
-    """The evaluation record with exactly `EVAL_KEYS`, and ``tiling`` ({"size", "margin"})
-    when the images were evaluated in windows; NaN becomes None (JSON null)."""
+    """The evaluation record with exactly `EVAL_KEYS`, ``tiling`` ({"size", "margin"}) when
+    the images were evaluated in windows and ``tta`` when views were averaged; NaN becomes
+    None (JSON null)."""
     result = metrics.scores(confusion)
     windows = {} if tiling is None else {"tiling": dataclasses.asdict(tiling)}
+    views = {} if tta == "none" else {"tta": tta}
     return {
         "step": int(step),
         "split": split,
@@ -256,15 +326,17 @@ def result_record(
         "iou_foreground_mean": workdir_lib.nan_to_null(result["iou_foreground_mean"]),
         "confusion_matrix": np.asarray(confusion).astype(int).tolist(),
         **windows,
+        **views,
     }
 
 
 def describe(record: dict) -> str:
-    """The record's split and step, and its windows if any: "test split, step 600[, in
-    256-pixel windows (margin 32)]"."""
+    """The record's split and step, its windows and views if any: "test split, step 600[, in
+    256-pixel windows (margin 32)][, views averaged: d4]"."""
     tiling = record.get("tiling")
     windows = f", in {tiling['size']}-pixel windows (margin {tiling['margin']})" if tiling else ""
-    return f"{record['split']} split, step {record['step']}{windows}"
+    views = f", views averaged: {record['tta']}" if record.get("tta") else ""
+    return f"{record['split']} split, step {record['step']}{windows}{views}"
 
 
 def record_path(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
@@ -290,11 +362,12 @@ def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Pat
 
 def save_record(workdir: pathlib.Path, record: dict) -> str:
     """Writes `record` as the next `-n` record of its split and step, unless one of them holds
-    the same figures (of the same cohort folder, ``data``, if any); returns what was done."""
+    the same figures (of the same cohort folder, ``data``, windows and views, if any); returns
+    what was done."""
     n, same = 1, None
     while record_path(workdir, record, n).exists():
         kept = json.loads(record_path(workdir, record, n).read_text())
-        keys = ("confusion_matrix", "data", "tiling")
+        keys = ("confusion_matrix", "data", "tiling", "tta")
         if all(kept.get(k) == record.get(k) for k in keys):
             same = record_path(workdir, record, n)
         n += 1

@@ -86,6 +86,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES, unnoted=use)
     try:  # before any image is read (load_trained checks every key again)
         tiles.check(tiles.from_config(config.eval), config.model.output_stride)
+        evaluate.tta_from_config(config.eval)
     except ValueError as err:
         raise train.ConfigError(f"config: {err}") from None
     if note and jax.process_index() == 0:
@@ -124,11 +125,11 @@ def _scored(
     """(record named ``name``, number of images) of the checkpoint eval.checkpoint names on
     every process's ``shard``, in eval.tile_size windows if set."""
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
-    tiling = tiles.from_config(config.eval)
+    tiling, tta = tiles.from_config(config.eval), evaluate.tta_from_config(config.eval)
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, shard, normalizer, config.data.ignore_index, tiling
+        model, variables, shard, normalizer, config.data.ignore_index, tiling, tta
     )
-    return evaluate.result_record(step, name, info.classes, confusion, tiling), num_images
+    return evaluate.result_record(step, name, info.classes, confusion, tiling, tta), num_images
 
 
 COHORT_PREFIX = "cohort-"  # of the split names of cohorts' evaluation records
@@ -357,8 +358,8 @@ def _write_predictions(
     model, variables, normalizer = trained
     whole = [i for i, t in enumerate(targets) if not _is_slide_map(t)]
     parts = [images[i] for i in whole]
-    tiling = tiles.from_config(config.eval)
-    labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling)
+    tiling, tta = tiles.from_config(config.eval), evaluate.tta_from_config(config.eval)
+    labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling, tta=tta)
     min_area = _predict_key(config, "min_region_area")
     for i, one in zip(whole, labels, strict=True):
         evaluate.save_label_png(one, targets[i])
@@ -390,10 +391,10 @@ def _predict_slide(
 ) -> None:
     """Predicts one slide (`slides.predict_slide`) in `_slide_tiling`'s windows."""
     model, variables, normalizer = trained
-    tiling = _slide_tiling(config)
+    tiling, tta = _slide_tiling(config), evaluate.tta_from_config(config.eval)
 
     def predict(rows: np.ndarray) -> np.ndarray:
-        return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling)[0]
+        return evaluate.predict_all(model, variables, [rows], normalizer, None, tiling, tta)[0]
 
     geojson = (geojson_path(target), info.classes) if _annotation_suffixes(config) else None
     features = [] if _predict_key(config, "imagescope") else None  # the GeoJSON's, for the XML

@@ -426,6 +426,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
     if checkpoint not in EVAL_CHECKPOINTS:
         raise ValueError(f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS}")
     tiles.check(tiles.from_config(config.eval), config.model.output_stride)
+    evaluate.tta_from_config(config.eval)
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:
@@ -1086,11 +1087,12 @@ class _Loop:
         ignore = self.ctx.config.data.ignore_index
         start = time.perf_counter()
         tiling = tiles.from_config(self.ctx.config.eval)
+        tta = evaluate.tta_from_config(self.ctx.config.eval)
         confusion, count = evaluate.confusion_over_processes(
-            model, variables, split, self.ctx.normalizer, ignore, tiling
+            model, variables, split, self.ctx.normalizer, ignore, tiling, tta
         )
         took = f"{count} images in {time.perf_counter() - start:.2f} s"
-        record = evaluate.result_record(step, name, self.info.classes, confusion, tiling)
+        record = evaluate.result_record(step, name, self.info.classes, confusion, tiling, tta)
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
         best = self.managers[1]
         if step not in best.all_steps() and checkpoints.improves(best, f1):  # see evaluation_missed

@@ -1,6 +1,9 @@
 """Tests for segan_jax.evaluate: whole images batched by shape over the local devices."""
 
+import functools
+
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
@@ -67,7 +70,8 @@ def test_each_padded_shape_compiles_once(trained_like):
     devices = jax.local_devices()[:2]
     for _ in range(2):
         evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, devices)
-    program = evaluate._program(model, parallel.make_mesh(devices), "confusions", IGNORE)
+    mesh = parallel.make_mesh(devices)
+    program = evaluate._program(model, mesh, "confusions", IGNORE, "none")
     # (40, 48), (40, 41) pad to 40x48 and (33, 29) to 40x32: two shapes, whatever the order
     assert program._cache_size() == 2
 
@@ -137,3 +141,96 @@ def test_tiled_evaluation_scores_the_stitched_tiled_prediction(trained_like):
         evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, None, big),
         evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE),
     )
+
+
+@pytest.mark.parametrize("tta", sorted(evaluate.TTA_VIEWS))
+def test_tta_views_are_a_group_of_distinct_transforms_each_undone(tta):
+    """Each view is undone by `_unview`; the views are distinct transforms of an image with no
+    symmetry, and closed under composition (so their average is equivariant under each)."""
+    x = np.arange(2 * 6 * 6).reshape(2, 6, 6, 1)
+    views = evaluate.TTA_VIEWS[tta]
+    seen = {np.asarray(evaluate._view(x, k, f)).tobytes() for k, f in views}
+    assert len(seen) == len(views)
+    for k, flip in views:
+        np.testing.assert_array_equal(evaluate._unview(evaluate._view(x, k, flip), k, flip), x)
+        for k2, flip2 in views:
+            twice = evaluate._view(evaluate._view(x, k, flip), k2, flip2)
+            assert np.asarray(twice).tobytes() in seen
+
+
+@functools.cache
+def _compiled(model, tta):
+    if tta == "plain":
+        return jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
+    return jax.jit(functools.partial(evaluate.tta_probabilities, model, tta=tta))
+
+
+def _probabilities(model, variables, images, tta):
+    """Compiled, as evaluation runs them: at XLA's optimisation level 0 (conftest) the tiny
+    network's op-by-op probabilities differ from its compiled ones by up to 4e-3 on one view."""
+    x = input_pipeline.normalize_host(images, NORMALIZER)
+    return np.asarray(_compiled(model, tta)(variables, x))
+
+
+def test_tta_probabilities_are_equivariant_under_their_views_and_plain_ones_are_not(trained_like):
+    """Averaged over "flips", the probabilities of a flipped image are the flipped
+    probabilities; over "d4" also for quarter turns. The network alone (and "flips" for a
+    quarter turn) is not equivariant, so the comparison can fail."""
+    model, variables, _ = trained_like
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 48, 3)).astype(np.uint8)
+    flips = [lambda a: a[:, :, ::-1], lambda a: a[:, ::-1], lambda a: a[:, ::-1, ::-1]]
+    turn = [lambda a: np.rot90(a, 1, axes=(1, 2)), lambda a: np.rot90(a, 3, axes=(1, 2))]
+    cases = {"flips": (flips, turn), "d4": (flips + turn, []), "plain": ([], flips + turn)}
+    for tta, (equivariant, not_equivariant) in cases.items():
+        probs = _probabilities(model, variables, images, tta)
+        assert probs.shape == (2, 32, 48, NUM_CLASSES)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+        for g in equivariant:
+            moved = _probabilities(model, variables, np.ascontiguousarray(g(images)), tta)
+            np.testing.assert_allclose(moved, g(probs), atol=2e-6)
+        for g in not_equivariant:
+            moved = _probabilities(model, variables, np.ascontiguousarray(g(images)), tta)
+            assert np.abs(moved - g(probs)).max() > 1e-3, tta
+
+
+def test_tta_labels_are_the_argmax_of_the_averaged_probabilities(trained_like):
+    """With views, each label map is the argmax of `tta_probabilities` on the padded image,
+    cropped back, differs from the plain prediction, and the confusion matrices are those of
+    these labels (sklearn), whole or in windows."""
+    model, variables, split = trained_like
+    plain = evaluate.predict_all(model, variables, split.images, NORMALIZER)
+    labels = evaluate.predict_all(model, variables, split.images, NORMALIZER, tta="d4")
+    for image, got in zip(split.images, labels, strict=True):
+        padded, _ = input_pipeline.pad_for_eval(image, None, model.output_stride, IGNORE)
+        probs = _probabilities(model, variables, padded[None], "d4")[0, : len(got), : got.shape[1]]
+        top2 = np.sort(probs, axis=-1)[..., -2:]
+        clear = (
+            top2[..., 1] - top2[..., 0] > 1e-5
+        )  # not a tie up to the compiled program's rounding
+        assert clear.mean() > 0.95
+        np.testing.assert_array_equal(got[clear], probs.argmax(-1)[clear])
+    assert any((a != b).any() for a, b in zip(labels, plain, strict=True))
+    tiling = tiles.Tiling(24, 4)  # windows' confusions come from `_outputs` as whole images'
+    labels = evaluate.predict_all(model, variables, split.images, NORMALIZER, None, tiling, "flips")
+    confusions = evaluate.image_confusions(
+        model, variables, split, NORMALIZER, IGNORE, None, tiling, "flips"
+    )
+    for cm, truth, pred in zip(confusions, split.masks, labels, strict=True):
+        keep = truth != IGNORE
+        oracle = confusion_matrix(truth[keep], pred[keep], labels=range(NUM_CLASSES))
+        np.testing.assert_array_equal(cm, oracle)
+
+
+def test_tta_is_checked_and_recorded(tmp_path):
+    with pytest.raises(ValueError, match=r"eval.tta='d8' must be one of \('none', 'flips', 'd4'\)"):
+        evaluate.check_tta("d8")
+    assert evaluate.tta_from_config(ml_collections.ConfigDict({"tile_size": 0})) == "none"
+    confusion = np.array([[5, 1], [2, 3]])
+    plain = evaluate.result_record(7, "test", ["bg", "fg"], confusion)
+    views = evaluate.result_record(7, "test", ["bg", "fg"], confusion, None, "d4")
+    assert "tta" not in plain and views["tta"] == "d4"
+    assert evaluate.describe(views) == "test split, step 7, views averaged: d4"
+    evaluate.save_record(tmp_path, plain)
+    said = evaluate.save_record(tmp_path, views)  # the same matrix, but another prediction
+    assert said.endswith("test_7-2.json (its figures differ from those in test_7.json)")
+    assert "already there" in evaluate.save_record(tmp_path, views)

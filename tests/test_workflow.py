@@ -498,6 +498,7 @@ BAD_KEYS = [
     ("critic.features", (), "critic.features=()"),
     ("critic.features", (8,) * 7, "data.crop_size=64 is too small .* at least 128"),
     ("eval.checkpoint", "final", "eval.checkpoint='final' must be one of"),
+    ("eval.tta", "rot90", "eval.tta='rot90' must be one of"),
     ("loss.lambda_mae", -1.0, "loss.lambda_mae=-1.0 must be a number, at least 0"),
     ("loss.lambda_ce", float("nan"), "loss.lambda_ce=nan must be a number"),
     ("optimizer.warmup_steps", -10, "optimizer.warmup_steps=-10 must be"),
@@ -727,6 +728,36 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     (png,) = inference.predict_workdir(config, str(two_step_run))
     tiled = evaluate.predict_all(model, variables, split.images[:1], normalizer, tiling=tiling)
     np.testing.assert_array_equal(np.asarray(Image.open(png)), tiled[0])
+
+
+def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir, tmp_path):
+    """eval.tta: a bad value stops before any image is read; the record's figures (marked
+    with it) and the label PNG and slide TIFF are those of the views averaged."""
+    config = _tiny(data_dir, num_steps=2)
+    config.eval.tta = "d8"
+    with pytest.raises(train.ConfigError, match=r"eval.tta='d8' must be one of \("):
+        inference.evaluate_trained(config, two_step_run)
+    config.eval.tta = "flips"
+    record, _ = inference.evaluate_trained(config, two_step_run)
+    model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
+    split = datasets.load_split(config.data, "test")
+    confusion = evaluate.split_confusion(
+        model, variables, split, normalizer, 255, None, None, "flips"
+    )
+    assert record["confusion_matrix"] == confusion.tolist() and record["tta"] == "flips"
+    plain = evaluate.split_confusion(model, variables, split, normalizer, 255)
+    assert (confusion != plain).any()  # the views changed the prediction
+    config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
+    config.predict.slide_pixels = 100_000
+    (tmp_path / "in").mkdir()
+    contig = {"photometric": "minisblack", "planarconfig": "contig"}
+    tifffile.imwrite(tmp_path / "in" / "a.tif", split.images[0], tile=(64, 64), **contig)
+    tifffile.imwrite(tmp_path / "in" / "b.tif", split.images[0][:100], **contig)
+    slide, png = inference.predict_workdir(config, str(two_step_run))
+    views = [split.images[0], split.images[0][:100]]
+    expected = evaluate.predict_all(model, variables, views, normalizer, tta="flips")
+    np.testing.assert_array_equal(tifffile.imread(slide), expected[0])
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), expected[1])
 
 
 def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tmp_path):
