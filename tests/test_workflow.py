@@ -760,6 +760,19 @@ def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir
     np.testing.assert_array_equal(np.asarray(Image.open(png)), expected[1])
 
 
+def test_the_views_benchmark_without_views_gives_trainings_own_figures(two_step_run, capsys):
+    """benchmarks/tta.py on a finished run: with "none", the figures training recorded."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tta as benchmark
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    result = benchmark.measure(str(two_step_run), "none")
+    recorded = json.loads((two_step_run / "eval" / "test_2.json").read_text())
+    assert result["confusion_matrix"] == recorded["confusion_matrix"] and "tta" not in result
+    assert benchmark.row(result).startswith(f"| {two_step_run} | none | 2 | ")
+
+
 def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tmp_path):
     config = _tiny(data_dir, num_steps=2)
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
