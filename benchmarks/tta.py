@@ -1,8 +1,8 @@
 """Test-time augmentation (eval.tta) on finished runs: the figures and seconds of each choice.
 
-Evaluates each run's latest checkpoint on its evaluation split with every choice of views
-("none", "flips", "d4"), and prints one markdown table (per-class F1, foreground means, the
-seconds of each evaluation, compiling included); it writes nothing into the runs.
+Evaluates each run's latest checkpoint on its evaluation split (eval.split) with every choice
+of views ("none", "flips", "d4"), and prints one markdown table (per-class F1, foreground
+means, the seconds of each evaluation, compiling included); it writes nothing into the runs.
 
   python benchmarks/tta.py --workdirs=runs/demo,runs/consep [--out=tta.json]
 """
@@ -29,12 +29,17 @@ def measure(workdir: str, tta: str) -> dict:
     return {"workdir": workdir, "images": count, "s": time.perf_counter() - start, **record}
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"  # None: a class in neither truth nor labels
+
+
 def row(result: dict) -> str:
-    f1 = " | ".join("-" if v is None else f"{v:.3f}" for v in result["f1"])
+    """One markdown table row of a `measure` result."""
+    f1 = " | ".join(map(_figure, result["f1"]))
+    means = (_figure(result[k]) for k in ("f1_foreground_mean", "iou_foreground_mean"))
     return (
         f"| {result['workdir']} | {result.get('tta', 'none')} | {result['step']} | {f1} "
-        f"| {result['f1_foreground_mean']:.3f} | {result['iou_foreground_mean']:.3f} "
-        f"| {result['images']} | {result['s']:.1f} |"
+        f"| {' | '.join(means)} | {result['images']} | {result['s']:.1f} |"
     )
 
 

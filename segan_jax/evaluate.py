@@ -51,20 +51,27 @@ def check_tta(tta: str) -> None:
         raise ValueError(f"eval.tta={tta!r} must be one of {tuple(TTA_VIEWS)}")
 
 
-def tta_from_config(eval_config: ml_collections.ConfigDict) -> str:
-    """eval.tta, checked; "none" for a run saved before the key."""
+def settings(
+    eval_config: ml_collections.ConfigDict, output_stride: int
+) -> tuple[tiles.Tiling | None, str]:
+    """(tiling, tta) of eval.*, checked (ValueError): the windows of eval.tile_size and
+    eval.tile_margin, and eval.tta ("none" for a run saved before the key)."""
+    tiling = tiles.from_config(eval_config)
+    tiles.check(tiling, output_stride)
     tta = eval_config.get("tta", "none")
     check_tta(tta)
-    return tta
+    return tiling, tta
 
 
 def _view(x: jax.Array, k: int, flip: bool) -> jax.Array:
-    """(B, H, W, ...) -> its columns reversed if `flip`, then turned `k` quarter turns."""
+    """(B, H, W, ...) -> its columns reversed if `flip`, then turned `k` quarter turns:
+    (B, H, W, ...) for even k, (B, W, H, ...) for odd k."""
     return jnp.rot90(x[:, :, ::-1] if flip else x, k, axes=(1, 2))
 
 
 def _unview(x: jax.Array, k: int, flip: bool) -> jax.Array:
-    """The inverse of `_view`: maps a view's output back onto the image."""
+    """The inverse of `_view`: a view's (B, H', W', ...) output mapped back onto the image
+    ((B, W', H', ...) for odd k)."""
     x = jnp.rot90(x, -k, axes=(1, 2))
     return x[:, :, ::-1] if flip else x
 
@@ -74,11 +81,22 @@ def tta_probabilities(
 ) -> jax.Array:
     """(B, H, W, C) normalised images -> (B, H, W, K) float32 class probabilities: the softmax
     of the network's logits averaged over the views of `TTA_VIEWS[tta]`, each mapped back.
-    Equivariant under the views' transforms (up to float rounding) where no padding is added."""
+    Equivariant under the views' transforms (up to float rounding) where no padding is added.
+
+    The views of one orientation (upright, or turned a quarter) run one after another through
+    one traced network (`lax.map`): two traces at most, and one view's activations at a time.
+    """
+
+    def probabilities(x: jax.Array) -> jax.Array:
+        logits = model.apply(variables, x, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
     total = 0.0
-    for k, flip in TTA_VIEWS[tta]:
-        logits = model.apply(variables, _view(images, k, flip), train=False)
-        total = total + _unview(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), k, flip)
+    for turned in (0, 1):
+        views = [(k, flip) for k, flip in TTA_VIEWS[tta] if k % 2 == turned]
+        if views:
+            outputs = jax.lax.map(probabilities, jnp.stack([_view(images, *v) for v in views]))
+            total = total + sum(_unview(out, *v) for v, out in zip(views, outputs, strict=True))
     return total / len(TTA_VIEWS[tta])
 
 
@@ -154,9 +172,8 @@ def _stack(arrays: list[np.ndarray], size: int, fill) -> np.ndarray:
 def _outputs(model, variables, images, masks, normalizer, ignore_index: int, devices, tta: str):
     """Yields (indices, host outputs of those images): (n, H, W) padded labels when `masks` is
     None, else (n, K, K) confusion matrices, n = len(indices), with `tta`'s views averaged.
-    Each batch is prepared and
-    dispatched before the previous one's outputs are fetched, so the host's padding and copying
-    overlap the devices' work."""
+    Each batch is prepared and dispatched before the previous one's outputs are fetched, so the
+    host's padding and copying overlap the devices' work."""
     mesh = parallel.make_mesh(jax.local_devices() if devices is None else devices)
     variables = parallel.replicate(variables, mesh)  # no copy when already there
     what = "labels" if masks is None else "confusions"
@@ -177,6 +194,7 @@ def predict_all(
     images: list[np.ndarray],
     normalizer: input_pipeline.Normalizer,
     devices: list | None = None,
+    *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> list[np.ndarray]:
@@ -194,7 +212,7 @@ def predict_all(
         windows, parts = tiles.cut(images, tiling)
         shapes = [image.shape[:2] for image in images]
         return tiles.stitch(
-            predict_all(model, variables, parts, normalizer, devices, None, tta), windows, shapes
+            predict_all(model, variables, parts, normalizer, devices, tta=tta), windows, shapes
         )
     out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
     for idx, labels in _outputs(model, variables, images, None, normalizer, 0, devices, tta):
@@ -222,6 +240,7 @@ def image_confusions(
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
     devices: list | None = None,
+    *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> np.ndarray:
@@ -238,7 +257,7 @@ def image_confusions(
             [split.names[w.owner] for w in windows],
         )
         per_window = image_confusions(
-            model, variables, pieces, normalizer, ignore_index, devices, None, tta
+            model, variables, pieces, normalizer, ignore_index, devices, tta=tta
         )
         np.add.at(out, [w.owner for w in windows], per_window)
         return out
@@ -257,6 +276,7 @@ def split_confusion(
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
     devices: list | None = None,
+    *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> np.ndarray:
@@ -264,7 +284,7 @@ def split_confusion(
     image (or with `tiling` window) per device at a time (`devices`: default this process's),
     with `tta`'s views averaged."""
     confusions = image_confusions(
-        model, variables, split, normalizer, ignore_index, devices, tiling, tta
+        model, variables, split, normalizer, ignore_index, devices, tiling=tiling, tta=tta
     )
     return confusions.sum(0)
 
@@ -275,6 +295,7 @@ def confusion_over_processes(
     shard: datasets.Split,
     normalizer: input_pipeline.Normalizer,
     ignore_index: int = 255,
+    *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> tuple[np.ndarray, int]:
@@ -282,7 +303,7 @@ def confusion_over_processes(
     each process evaluating its own `shard` on its devices (with `tiling`, window by window;
     with `tta`'s views averaged); exact sums, the same on all."""
     confusion = split_confusion(
-        model, variables, shard, normalizer, ignore_index, None, tiling, tta
+        model, variables, shard, normalizer, ignore_index, tiling=tiling, tta=tta
     )
     counts = np.append(confusion.ravel(), len(shard.images))  # one exchange for both
     counts = parallel.sum_over_processes(counts)
@@ -307,6 +328,7 @@ def result_record(
     split: str,
     classes,
     confusion: np.ndarray,
+    *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> dict:
@@ -375,7 +397,7 @@ def save_record(workdir: pathlib.Path, record: dict) -> str:
         return f"{same} (already there: the same figures)"
     path = write_record(workdir, record, n)
     last = record_path(workdir, record, n - 1).name
-    return str(path) if n == 1 else f"{path} (its figures differ from those in {last})"
+    return str(path) if n == 1 else f"{path} (its figures or settings differ from {last}'s)"
 
 
 def table_from_record(record: dict) -> str:

@@ -77,6 +77,11 @@ def _best_network(workdir: pathlib.Path) -> tuple[dict, int]:
 
 
 def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Refuses a config other than the run's (eval.* and predict.* may differ) or, with
+    several processes, other than process 0's (but for predict.*: each host writes its own),
+    and bad eval.* values, before any image is read. Every process calls it."""
+    mine = json.dumps(workdir_lib.config_dict(config))  # processes given other eval.tta, say
+    parallel.check_against_process_0(mine, train.check_same_config, "check the config")
     path = workdir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
@@ -85,8 +90,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     use = ("eval.", "predict.")
     note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES, unnoted=use)
     try:  # before any image is read (load_trained checks every key again)
-        tiles.check(tiles.from_config(config.eval), config.model.output_stride)
-        evaluate.tta_from_config(config.eval)
+        evaluate.settings(config.eval, config.model.output_stride)
     except ValueError as err:
         raise train.ConfigError(f"config: {err}") from None
     if note and jax.process_index() == 0:
@@ -125,11 +129,12 @@ def _scored(
     """(record named ``name``, number of images) of the checkpoint eval.checkpoint names on
     every process's ``shard``, in eval.tile_size windows if set."""
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
-    tiling, tta = tiles.from_config(config.eval), evaluate.tta_from_config(config.eval)
+    tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
     confusion, num_images = evaluate.confusion_over_processes(
-        model, variables, shard, normalizer, config.data.ignore_index, tiling, tta
+        model, variables, shard, normalizer, config.data.ignore_index, tiling=tiling, tta=tta
     )
-    return evaluate.result_record(step, name, info.classes, confusion, tiling, tta), num_images
+    record = evaluate.result_record(step, name, info.classes, confusion, tiling=tiling, tta=tta)
+    return record, num_images
 
 
 COHORT_PREFIX = "cohort-"  # of the split names of cohorts' evaluation records
@@ -358,7 +363,7 @@ def _write_predictions(
     model, variables, normalizer = trained
     whole = [i for i, t in enumerate(targets) if not _is_slide_map(t)]
     parts = [images[i] for i in whole]
-    tiling, tta = tiles.from_config(config.eval), evaluate.tta_from_config(config.eval)
+    tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
     labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling, tta=tta)
     min_area = _predict_key(config, "min_region_area")
     for i, one in zip(whole, labels, strict=True):
@@ -391,10 +396,11 @@ def _predict_slide(
 ) -> None:
     """Predicts one slide (`slides.predict_slide`) in `_slide_tiling`'s windows."""
     model, variables, normalizer = trained
-    tiling, tta = _slide_tiling(config), evaluate.tta_from_config(config.eval)
+    tiling = _slide_tiling(config)
+    _, tta = evaluate.settings(config.eval, config.model.output_stride)
 
     def predict(rows: np.ndarray) -> np.ndarray:
-        return evaluate.predict_all(model, variables, [rows], normalizer, None, tiling, tta)[0]
+        return evaluate.predict_all(model, variables, [rows], normalizer, tiling=tiling, tta=tta)[0]
 
     geojson = (geojson_path(target), info.classes) if _annotation_suffixes(config) else None
     features = [] if _predict_key(config, "imagescope") else None  # the GeoJSON's, for the XML

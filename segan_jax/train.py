@@ -44,7 +44,6 @@ from segan_jax import (
     models,
     optim,
     parallel,
-    tiles,
 )
 from segan_jax import workdir as workdir_lib
 
@@ -425,8 +424,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
     checkpoint = config.eval.get("checkpoint", "latest")  # runs saved before the key lack it
     if checkpoint not in EVAL_CHECKPOINTS:
         raise ValueError(f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS}")
-    tiles.check(tiles.from_config(config.eval), config.model.output_stride)
-    evaluate.tta_from_config(config.eval)
+    evaluate.settings(config.eval, config.model.output_stride)
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:
@@ -522,7 +520,7 @@ def _with_eval_split(
     return config
 
 
-def _check_same_config(mine: str, first: str) -> None:
+def check_same_config(mine: str, first: str) -> None:
     """Refuses a config (``mine``, as JSON) that differs from process 0's (``first``) in any
     key but ``workdir.PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a
     loss weight) or wait for each other forever (a step count)."""
@@ -804,10 +802,14 @@ def train_and_evaluate(
         raise ConfigError(
             "config: eval.cohort is for --mode=evaluate; training evaluates eval.split"
         )
+    try:  # the windows and views too (validated_context checks them again, with the rest)
+        evaluate.settings(config.eval, config.model.output_stride)
+    except ValueError as err:
+        raise ConfigError(f"config: {err}") from None
     config = _with_absolute_data_paths(config)
     # Every process must run process 0's config (before anything that could fail on some).
     mine = json.dumps(workdir_lib.config_dict(config))
-    parallel.check_against_process_0(mine, _check_same_config, "check the config")
+    parallel.check_against_process_0(mine, check_same_config, "check the config")
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)
@@ -1086,13 +1088,13 @@ class _Loop:
         model = self.ctx.model.clone(bn_axis_name=None)
         ignore = self.ctx.config.data.ignore_index
         start = time.perf_counter()
-        tiling = tiles.from_config(self.ctx.config.eval)
-        tta = evaluate.tta_from_config(self.ctx.config.eval)
+        tiling, tta = evaluate.settings(self.ctx.config.eval, model.output_stride)
         confusion, count = evaluate.confusion_over_processes(
-            model, variables, split, self.ctx.normalizer, ignore, tiling, tta
+            model, variables, split, self.ctx.normalizer, ignore, tiling=tiling, tta=tta
         )
         took = f"{count} images in {time.perf_counter() - start:.2f} s"
-        record = evaluate.result_record(step, name, self.info.classes, confusion, tiling, tta)
+        classes = self.info.classes
+        record = evaluate.result_record(step, name, classes, confusion, tiling=tiling, tta=tta)
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
         best = self.managers[1]
         if step not in best.all_steps() and checkpoints.improves(best, f1):  # see evaluation_missed

@@ -19,7 +19,7 @@ import ml_collections
 # data.data_dir only where the data lie (moved, or named another way): a resumed run refuses
 # data whose facts changed (train.check_same_data).
 # Keys each host of a multi-host run may set for itself (where its copy of the data lies, where
-# it writes predictions); every other key must be process 0's (train._check_same_config).
+# it writes predictions); every other key must be process 0's (train.check_same_config).
 PER_HOST_PREFIXES = ("data.path", "data.data_dir", "predict.")
 MUTABLE_PREFIXES = (
     *PER_HOST_PREFIXES,
@@ -34,6 +34,12 @@ MUTABLE_PREFIXES = (
 # A resumed training run must keep evaluating on one split: best/ compares its F1 scores.
 # eval.checkpoint only chooses what --mode=evaluate and --mode=predict read.
 TRAIN_MUTABLE_PREFIXES = tuple(p for p in MUTABLE_PREFIXES if p != "eval.") + ("eval.checkpoint",)
+
+
+# Options added to segan_jax after runs had started whose absence from a run's saved config
+# meant this value, compared as it: a resumed training run may not switch eval.tta on, since
+# best/ compares F1 scores made without views.
+ABSENT_MEANT = {"eval.tta": "none"}
 
 
 class ConfigMismatchError(ValueError):
@@ -56,9 +62,10 @@ def config_differences(
     """Keys (dotted) whose values differ, ignoring those that start with one of `mutable`.
 
     Keys the saved config lacks (options added to segan_jax after that run started) are not
-    compared: the run trained with their defaults.
+    compared, the run trained with their defaults, except those of `ABSENT_MEANT`, compared as
+    the values their absence meant.
     """
-    a, b = _flatten(saved), _flatten(current)
+    a, b = {**ABSENT_MEANT, **_flatten(saved)}, _flatten(current)
     keys = sorted(a)
     return [
         f"{k}: {a.get(k)!r} in the workdir, {b.get(k)!r} now"

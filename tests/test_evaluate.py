@@ -117,7 +117,7 @@ def test_tiled_evaluation_scores_the_stitched_tiled_prediction(trained_like):
     tiling = tiles.Tiling(24, 4)  # 40x48 images: 2 x 3 windows
     labels = evaluate.predict_all(model, variables, split.images, NORMALIZER, tiling=tiling)
     confusions = evaluate.image_confusions(
-        model, variables, split, NORMALIZER, IGNORE, None, tiling
+        model, variables, split, NORMALIZER, IGNORE, tiling=tiling
     )
     for cm, truth, pred in zip(confusions, split.masks, labels, strict=True):
         keep = truth != IGNORE
@@ -138,7 +138,7 @@ def test_tiled_evaluation_scores_the_stitched_tiled_prediction(trained_like):
     ):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(
-        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, None, big),
+        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, tiling=big),
         evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE),
     )
 
@@ -211,9 +211,11 @@ def test_tta_labels_are_the_argmax_of_the_averaged_probabilities(trained_like):
         np.testing.assert_array_equal(got[clear], probs.argmax(-1)[clear])
     assert any((a != b).any() for a, b in zip(labels, plain, strict=True))
     tiling = tiles.Tiling(24, 4)  # windows' confusions come from `_outputs` as whole images'
-    labels = evaluate.predict_all(model, variables, split.images, NORMALIZER, None, tiling, "flips")
+    labels = evaluate.predict_all(
+        model, variables, split.images, NORMALIZER, tiling=tiling, tta="flips"
+    )
     confusions = evaluate.image_confusions(
-        model, variables, split, NORMALIZER, IGNORE, None, tiling, "flips"
+        model, variables, split, NORMALIZER, IGNORE, tiling=tiling, tta="flips"
     )
     for cm, truth, pred in zip(confusions, split.masks, labels, strict=True):
         keep = truth != IGNORE
@@ -224,13 +226,14 @@ def test_tta_labels_are_the_argmax_of_the_averaged_probabilities(trained_like):
 def test_tta_is_checked_and_recorded(tmp_path):
     with pytest.raises(ValueError, match=r"eval.tta='d8' must be one of \('none', 'flips', 'd4'\)"):
         evaluate.check_tta("d8")
-    assert evaluate.tta_from_config(ml_collections.ConfigDict({"tile_size": 0})) == "none"
+    old_run = ml_collections.ConfigDict({"tile_size": 0, "tile_margin": 64})  # saved before tta
+    assert evaluate.settings(old_run, 8) == (None, "none")
     confusion = np.array([[5, 1], [2, 3]])
     plain = evaluate.result_record(7, "test", ["bg", "fg"], confusion)
-    views = evaluate.result_record(7, "test", ["bg", "fg"], confusion, None, "d4")
+    views = evaluate.result_record(7, "test", ["bg", "fg"], confusion, tta="d4")
     assert "tta" not in plain and views["tta"] == "d4"
     assert evaluate.describe(views) == "test split, step 7, views averaged: d4"
     evaluate.save_record(tmp_path, plain)
     said = evaluate.save_record(tmp_path, views)  # the same matrix, but another prediction
-    assert said.endswith("test_7-2.json (its figures differ from those in test_7.json)")
+    assert said.endswith("test_7-2.json (its figures or settings differ from test_7.json's)")
     assert "already there" in evaluate.save_record(tmp_path, views)

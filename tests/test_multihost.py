@@ -165,6 +165,11 @@ def test_evaluation_is_sharded_over_processes_and_sums_to_one_process(run):
     assert "(3 images)" in evaluated[0][1] and "nucleus" in evaluated[0][1]
     assert "nucleus" not in evaluated[1][1]  # process 0 alone prints the table
     assert _record(work) == whole
+    # Processes given other views would sum two kinds of prediction: both stop, naming it.
+    views = [["--config.eval.tta=flips"], ["--config.eval.tta=d4"]]
+    results = launch(work, env, "--mode=evaluate", per_process=views, check=False)
+    assert all(code != 0 for code, _, _ in results)
+    assert "process 1 was given other values than process 0 for eval.tta" in results[1][2]
 
 
 def test_prediction_is_shared_out_over_processes(run, tmp_path):

@@ -44,6 +44,22 @@ def test_check_notes_the_keys_an_older_run_lacks(tmp_path):
     assert "predict.geojson" not in unnoted and "augment.hue=0.0" in unnoted
 
 
+def test_a_run_saved_before_views_resumes_without_them_and_evaluates_with_them(tmp_path):
+    """eval.tta, absent from an older run's config, meant "none": training may not switch it
+    on (best/ compares F1 scores), evaluation may; the note names the value used."""
+    saved = workdir.config_dict(tiny.get_config())
+    del saved["eval"]["tta"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert "eval.tta='none'" in workdir.check(tmp_path, tiny.get_config())
+    views = tiny.get_config()
+    views.eval.tta = "d4"
+    with pytest.raises(workdir.ConfigMismatchError, match="eval.tta: 'none' in the workdir"):
+        workdir.check(tmp_path, views)
+    assert (
+        workdir.check(tmp_path, views, mutable=workdir.MUTABLE_PREFIXES, unnoted=("eval.",)) is None
+    )
+
+
 def test_training_keeps_its_evaluation_split_but_evaluate_may_change_it(tmp_path):
     workdir.prepare(tmp_path, tiny.get_config())
     other_split = tiny.get_config()

@@ -309,12 +309,17 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_a_file_as_workdir_is_refused_before_the_data_are_built(tmp_path):
+def test_a_file_as_workdir_or_bad_views_are_refused_before_the_data_are_built(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     with pytest.raises(NotADirectoryError, match="notes.txt: --workdir is a file"):
         train.train_and_evaluate(_tiny(tmp_path / "tfds", num_steps=2), str(a_file))
     assert a_file.read_text() == "mine" and not (tmp_path / "tfds").exists()
+    views = _tiny(tmp_path / "tfds", num_steps=2)
+    views.eval.tta = "d8"  # the evaluation keys are checked before the data are built too
+    with pytest.raises(train.ConfigError, match="eval.tta='d8' must be one of"):
+        train.train_and_evaluate(views, str(tmp_path / "run"))
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()
 
 
 def test_a_different_config_in_the_same_workdir_is_refused(tmp_path, data_dir):
@@ -633,7 +638,7 @@ def test_evaluate_mode_never_replaces_a_record(two_step_run, data_dir, tmp_path,
     training["confusion_matrix"][0][0] -= 1  # as if made with other evaluation keys
     first.write_text(json.dumps(training))
     record = inference.evaluate_workdir(config, str(work))
-    assert "differ from those in test_2.json" in capsys.readouterr().out
+    assert "differ from test_2.json's" in capsys.readouterr().out
     assert json.loads(first.read_text()) == training  # left as it was
     assert json.loads((work / "eval" / "test_2-2.json").read_text()) == record
     assert figures.latest_record(work) == record  # the last written of that step
@@ -718,7 +723,7 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     model, variables, info, _, normalizer = inference.load_trained(config, two_step_run)
     split = datasets.load_split(config.data, "test")
     tiling = tiles.Tiling(128, 2)
-    confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, None, tiling)
+    confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, tiling=tiling)
     assert record["confusion_matrix"] == confusion.tolist()
     assert record["tiling"] == {"size": 128, "margin": 2}  # told apart from whole images
     config.predict.input = str(tmp_path / "in")
@@ -741,9 +746,7 @@ def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir
     record, _ = inference.evaluate_trained(config, two_step_run)
     model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
     split = datasets.load_split(config.data, "test")
-    confusion = evaluate.split_confusion(
-        model, variables, split, normalizer, 255, None, None, "flips"
-    )
+    confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, tta="flips")
     assert record["confusion_matrix"] == confusion.tolist() and record["tta"] == "flips"
     plain = evaluate.split_confusion(model, variables, split, normalizer, 255)
     assert (confusion != plain).any()  # the views changed the prediction
