@@ -289,7 +289,7 @@ def split_confusion(
     return confusions.sum(0)
 
 
-def confusion_over_processes(
+def confusions_over_processes(
     model: models.DeepLabV3,
     variables: Any,
     shard: datasets.Split,
@@ -298,16 +298,14 @@ def confusion_over_processes(
     *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
-) -> tuple[np.ndarray, int]:
-    """((K, K) int64 confusion matrix, number of images) of every process's shard of a split,
-    each process evaluating its own `shard` on its devices (with `tiling`, window by window;
-    with `tta`'s views averaged); exact sums, the same on all."""
-    confusion = split_confusion(
+) -> np.ndarray:
+    """(N, K, K) int64 confusion matrices of the N images of every process's shard of a split
+    (process 0's first), each process evaluating its own `shard` on its devices (with
+    `tiling`, window by window; with `tta`'s views averaged); exact, the same on all."""
+    confusions = image_confusions(
         model, variables, shard, normalizer, ignore_index, tiling=tiling, tta=tta
     )
-    counts = np.append(confusion.ravel(), len(shard.images))  # one exchange for both
-    counts = parallel.sum_over_processes(counts)
-    return counts[:-1].reshape(confusion.shape), int(counts[-1])
+    return parallel.rows_over_processes(confusions)
 
 
 def prediction_scores(
@@ -327,14 +325,17 @@ def result_record(
     step: int,
     split: str,
     classes,
-    confusion: np.ndarray,
+    confusions: np.ndarray,
     *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> dict:
-    """The evaluation record with exactly `EVAL_KEYS`, ``tiling`` ({"size", "margin"}) when
-    the images were evaluated in windows and ``tta`` when views were averaged; NaN becomes
-    None (JSON null)."""
+    """The evaluation record of a split's (N, K, K) per-image confusion matrices: exactly
+    `EVAL_KEYS` (the figures of their sum), ``intervals`` (`metrics.bootstrap_intervals` over
+    the images, with their ``level``, ``samples`` and number of ``images``), ``tiling``
+    ({"size", "margin"}) when the images were evaluated in windows and ``tta`` when views were
+    averaged; NaN becomes None (JSON null)."""
+    confusion = np.asarray(confusions).sum(0)
     result = metrics.scores(confusion)
     windows = {} if tiling is None else {"tiling": dataclasses.asdict(tiling)}
     views = {} if tta == "none" else {"tta": tta}
@@ -347,8 +348,20 @@ def result_record(
         "f1_foreground_mean": workdir_lib.nan_to_null(result["f1_foreground_mean"]),
         "iou_foreground_mean": workdir_lib.nan_to_null(result["iou_foreground_mean"]),
         "confusion_matrix": np.asarray(confusion).astype(int).tolist(),
+        "intervals": _intervals(confusions),
         **windows,
         **views,
+    }
+
+
+def _intervals(confusions: np.ndarray) -> dict:
+    """The ``intervals`` of a record: JSON lists, NaN as None."""
+    bounds = metrics.bootstrap_intervals(confusions)
+    return {
+        "level": metrics.INTERVAL_LEVEL,
+        "samples": metrics.BOOTSTRAP_SAMPLES,
+        "images": len(confusions),
+        **{k: workdir_lib.nan_to_null(v.tolist()) for k, v in bounds.items()},
     }
 
 
@@ -401,10 +414,24 @@ def save_record(workdir: pathlib.Path, record: dict) -> str:
 
 
 def table_from_record(record: dict) -> str:
-    """The per-class table (Label | Type | F1 | IoU) of an evaluation record."""
+    """The per-class table (Label | Type | F1 | IoU) of an evaluation record, and the
+    foreground means' bootstrap intervals when it holds them."""
     keys = ("f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
     result = {k: workdir_lib.null_to_nan(record[k]) for k in keys}
-    return metrics.format_table(record["classes"], result)
+    table = metrics.format_table(record["classes"], result)
+    intervals = record.get("intervals")  # records written before they were added lack them
+    if not intervals:
+        return table
+    f1, iou = (_bounds(intervals[k]) for k in keys[2:])
+    return (
+        f"{table}\nforeground mean, {intervals['level']:.0%} interval (bootstrap over the "
+        f"{intervals['images']} images): F1 {f1}, IoU {iou}"
+    )
+
+
+def _bounds(pair: list) -> str:
+    """ "0.262-0.335" of [lower, upper] ("n/a" for a missing bound)."""
+    return "-".join("n/a" if x is None else f"{x:.3f}" for x in pair)
 
 
 def save_label_png(labels: np.ndarray, path: pathlib.Path) -> None:

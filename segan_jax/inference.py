@@ -130,11 +130,11 @@ def _scored(
     every process's ``shard``, in eval.tile_size windows if set."""
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
-    confusion, num_images = evaluate.confusion_over_processes(
+    confusions = evaluate.confusions_over_processes(
         model, variables, shard, normalizer, config.data.ignore_index, tiling=tiling, tta=tta
     )
-    record = evaluate.result_record(step, name, info.classes, confusion, tiling=tiling, tta=tta)
-    return record, num_images
+    record = evaluate.result_record(step, name, info.classes, confusions, tiling=tiling, tta=tta)
+    return record, len(confusions)
 
 
 COHORT_PREFIX = "cohort-"  # of the split names of cohorts' evaluation records

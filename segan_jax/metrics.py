@@ -5,6 +5,8 @@ class 0, excluded as in the paper). A class absent from both truth and predictio
 IoU (NaN), and averages skip it (nanmean).
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,18 +58,66 @@ def scores(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
       {"f1": (K,), "iou": (K,), "f1_foreground_mean": float, "iou_foreground_mean": float};
       NaN where a class is absent from truth and prediction.
     """
-    cm = np.asarray(confusion, np.float64)
-    tp = np.diag(cm)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    f1 = _safe_ratio(2 * tp, 2 * tp + fp + fn)
-    iou = _safe_ratio(tp, tp + fp + fn)
+    f1, iou = _f1_iou(confusion)
     return {
         "f1": f1,
         "iou": iou,
         "f1_foreground_mean": _nanmean(f1[1:]),
         "iou_foreground_mean": _nanmean(iou[1:]),
     }
+
+
+def _f1_iou(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., K, K) counts (rows truth) -> per-class (F1, IoU), each (..., K); NaN where a class
+    is absent from truth and prediction."""
+    cm = np.asarray(confusion, np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    fp = cm.sum(axis=-2) - tp
+    fn = cm.sum(axis=-1) - tp
+    return _safe_ratio(2 * tp, 2 * tp + fp + fn), _safe_ratio(tp, tp + fp + fn)
+
+
+# A split's figures are of its images: resampling them (percentile bootstrap) says how far the
+# figures could move on another sample of images like them.
+BOOTSTRAP_SAMPLES = 1000
+INTERVAL_LEVEL = 0.95
+
+
+def bootstrap_intervals(
+    confusions: np.ndarray,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = INTERVAL_LEVEL,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Percentile bootstrap intervals of `scores` over images: the N images drawn N times with
+    replacement, `samples` times, each draw's matrices summed and scored. The images' order
+    does not matter (they are sorted first), so any split of them over processes agrees.
+
+    Args:
+      confusions: (N, K, K) counts of each image, N >= 1.
+
+    Returns:
+      {"f1": (K, 2), "iou": (K, 2), "f1_foreground_mean": (2,), "iou_foreground_mean": (2,)}:
+      the bounds of the central `level` interval; NaN where a class (or every foreground
+      class) is absent from truth and prediction in every draw.
+    """
+    confusions = np.asarray(confusions, np.int64)
+    n = len(confusions)
+    flat = confusions.reshape(n, -1)
+    flat = flat[np.lexsort(flat.T[::-1])]  # a canonical order: rows sorted lexicographically
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples)
+    totals = (draws @ flat).reshape(samples, *confusions.shape[1:])  # (S, K, K), exact int64
+    f1, iou = _f1_iou(totals)
+    with warnings.catch_warnings():  # all-NaN slices: classes absent from every draw
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = {
+            "f1": f1,
+            "iou": iou,
+            "f1_foreground_mean": np.nanmean(f1[:, 1:], axis=1),
+            "iou_foreground_mean": np.nanmean(iou[:, 1:], axis=1),
+        }
+        q = (50 * (1 - level), 50 * (1 + level))
+        return {k: np.moveaxis(np.nanpercentile(v, q, axis=0), 0, -1) for k, v in values.items()}
 
 
 def _nanmean(x: np.ndarray) -> float:

@@ -144,6 +144,18 @@ def sum_over_processes(counts: np.ndarray) -> np.ndarray:
     return from_halves(np.asarray(gathered, np.int64).sum(axis=0))
 
 
+def rows_over_processes(rows: np.ndarray) -> np.ndarray:
+    """Every process's int64 ``rows`` ((n_p, ...), n_p may differ) stacked in process order,
+    exactly; with one process, ``rows``."""
+    if jax.process_count() == 1:
+        return rows
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(rows))))
+    padded = np.zeros((int(counts.max()), *rows.shape[1:]), np.int64)
+    padded[: len(rows)] = rows
+    gathered = np.asarray(multihost_utils.process_allgather(to_halves(padded)), np.int64)
+    return np.concatenate([from_halves(g)[:n] for g, n in zip(gathered, counts, strict=True)])
+
+
 def to_halves(counts: np.ndarray) -> np.ndarray:
     """(2, ...) int32: the bits above the lowest 30 and the lowest 30 of int64 ``counts`` in
     [0, 2**61). Without jax_enable_x64 jax gathers int32, so counts travel as halves and the

@@ -228,7 +228,7 @@ def test_tta_is_checked_and_recorded(tmp_path):
         evaluate.check_tta("d8")
     old_run = ml_collections.ConfigDict({"tile_size": 0, "tile_margin": 64})  # saved before tta
     assert evaluate.settings(old_run, 8) == (None, "none")
-    confusion = np.array([[5, 1], [2, 3]])
+    confusion = np.array([[[5, 1], [2, 3]]])  # one image's
     plain = evaluate.result_record(7, "test", ["bg", "fg"], confusion)
     views = evaluate.result_record(7, "test", ["bg", "fg"], confusion, tta="d4")
     assert "tta" not in plain and views["tta"] == "d4"

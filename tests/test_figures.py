@@ -310,7 +310,7 @@ def test_the_class_palette_tells_classes_apart_in_their_curves_colours():
 
 def test_per_class_table_reuses_the_evaluate_table():
     confusion = np.array([[50, 2, 0], [3, 30, 1], [0, 4, 10]])
-    record = evaluate.result_record(120, "test", CLASSES, confusion)
+    record = evaluate.result_record(120, "test", CLASSES, confusion[None])
     table = figures.per_class_table(record)
     assert table.splitlines()[0] == "test split, step 120"
     tiled = figures.per_class_table({**record, "tiling": {"size": 256, "margin": 32}})

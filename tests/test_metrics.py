@@ -79,3 +79,44 @@ def test_all_foreground_absent_gives_nan_mean_and_table_says_n_a():
     assert np.isnan(result["f1_foreground_mean"])
     table = metrics.format_table(("background", "nucleus"), result)
     assert "n/a" in table and "background" in table and "1.000" in table
+
+
+def _image(tp_fg: int, fp_fg: int, fn_fg: int, background: int = 100) -> np.ndarray:
+    """A (2, 2) confusion matrix: background right, and the foreground's counts."""
+    return np.array([[background, fp_fg], [fn_fg, tp_fg]])
+
+
+def test_bootstrap_of_two_images_spans_their_three_possible_draws():
+    """Two images give three draws (A+A, A+B, B+B, with chances 1/4, 1/2, 1/4): the 95 %
+    interval runs from the lowest of their scores to the highest, computed by hand."""
+    a, b = _image(10, 0, 0), _image(2, 6, 2)  # foreground F1 1 and 4/12; IoU 1 and 2/10
+    both = metrics.scores(a + b)["f1_foreground_mean"]  # 24 / (24 + 8) = 0.75
+    assert both == pytest.approx(0.75)
+    bounds = metrics.bootstrap_intervals(np.stack([a, b]))
+    np.testing.assert_allclose(bounds["f1_foreground_mean"], [1 / 3, 1.0])
+    np.testing.assert_allclose(bounds["f1"][1], [1 / 3, 1.0])
+    np.testing.assert_allclose(bounds["iou_foreground_mean"], [2 / 10, 1.0])
+    assert bounds["f1"].shape == bounds["iou"].shape == (2, 2)
+
+
+def test_bootstrap_of_alike_images_is_a_point_and_ignores_their_order():
+    same = np.stack([_image(5, 1, 2)] * 4)
+    point = metrics.scores(same.sum(0))["f1_foreground_mean"]
+    np.testing.assert_allclose(metrics.bootstrap_intervals(same)["f1_foreground_mean"], point)
+    np.testing.assert_allclose(metrics.bootstrap_intervals(same[:1])["f1"][1], [point, point])
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 50, (9, 3, 3))
+    shuffled = many[rng.permutation(9)]
+    for key, bounds in metrics.bootstrap_intervals(many).items():
+        np.testing.assert_array_equal(bounds, metrics.bootstrap_intervals(shuffled)[key])
+        if key.endswith("mean"):  # the split's own figure lies inside, the bounds apart
+            low, high = bounds
+            assert low < metrics.scores(many.sum(0))[key] < high
+
+
+def test_bootstrap_of_a_class_absent_everywhere_is_nan():
+    absent = np.zeros((3, 3, 3), np.int64)
+    absent[:, 0, 0], absent[:, 1, 1] = 40, [3, 5, 7]  # class 2 never there
+    bounds = metrics.bootstrap_intervals(absent)
+    assert np.isnan(bounds["f1"][2]).all() and np.isfinite(bounds["f1"][:2]).all()
+    np.testing.assert_allclose(bounds["f1_foreground_mean"], 1.0)  # class 1 alone, always 1

@@ -83,8 +83,10 @@ def launch(work: pathlib.Path, env: dict, *extra: str, check: bool = True, **kwa
     return [(p.returncode, out, err) for p, out, err in results]
 
 
-def _record(work: pathlib.Path) -> list:
-    return json.loads((work / "eval" / "test_3.json").read_text())["confusion_matrix"]
+def _record(work: pathlib.Path) -> tuple[list, dict]:
+    """(confusion matrix, bootstrap intervals) of the run's test record of step 3."""
+    record = json.loads((work / "eval" / "test_3.json").read_text())
+    return record["confusion_matrix"], record["intervals"]
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +156,8 @@ def test_processes_given_other_overrides_stop_before_any_work(tmp_path, data_dir
 def test_evaluation_is_sharded_over_processes_and_sums_to_one_process(run):
     work, env, _, _ = run
     during_training = _record(work)  # each process evaluated its shard of the test split
-    assert np.sum(during_training) == 3 * 210 * 576  # every pixel of the demo test split, once
+    assert np.sum(during_training[0]) == 3 * 210 * 576  # every pixel of the demo test split, once
+    assert during_training[1]["images"] == 3  # the intervals are over every process's images
     (work / "eval" / "test_3.json").unlink()
     launch(work, env, "--mode=evaluate", processes=1)
     whole = _record(work)

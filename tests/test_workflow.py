@@ -81,10 +81,13 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     # JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 lets even these quick compiles in.
     assert any(cache.iterdir())
     record = json.loads((work / "eval" / "test_2.json").read_text())
-    assert tuple(record) == evaluate.EVAL_KEYS
+    assert tuple(record) == (*evaluate.EVAL_KEYS, "intervals")
     assert record["classes"] == ["background", "cytoplasm", "nucleus"]
     assert np.asarray(record["confusion_matrix"]).sum() == 3 * 210 * 576
     assert "Label | Type" in out and "nucleus" in out
+    low, high = record["intervals"]["f1_foreground_mean"]
+    assert low <= record["f1_foreground_mean"] <= high and record["intervals"]["images"] == 3
+    assert f"95% interval (bootstrap over the 3 images): F1 {low:.3f}-{high:.3f}" in out
     assert "already there: the same figures" in out  # training's record of step 2
 
     inputs = tmp_path / "in"
