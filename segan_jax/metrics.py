@@ -105,8 +105,13 @@ def bootstrap_intervals(
     n = len(confusions)
     flat = confusions.reshape(n, -1)
     flat = flat[np.lexsort(flat.T[::-1])]  # a canonical order: rows sorted lexicographically
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples)
-    totals = (draws @ flat).reshape(samples, *confusions.shape[1:])  # (S, K, K), exact int64
+    rng, chunk = np.random.default_rng(seed), max(1, 2**22 // n)  # draws of 32 MiB at most
+    totals = np.concatenate(  # (S, K*K): each draw's times-drawn counts @ the images, exact
+        [
+            rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - i)) @ flat
+            for i in range(0, samples, chunk)
+        ]
+    ).reshape(samples, *confusions.shape[1:])
     f1, iou = _f1_iou(totals)
     with warnings.catch_warnings():  # all-NaN slices: classes absent from every draw
         warnings.simplefilter("ignore", RuntimeWarning)
