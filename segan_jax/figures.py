@@ -63,7 +63,8 @@ def read_metrics(workdir: str | pathlib.Path) -> tuple[list[dict], list[dict]]:
     """(train rows, eval rows) of ``workdir/metrics.jsonl``, each in file order.
 
     Train rows: {step, loss, ce, [l_mae], grad_norm, steps_per_s, ...}; eval rows: {step, split,
-    f1 (K,), iou (K,), f1_foreground_mean, iou_foreground_mean}. JSON null becomes NaN. Blank
+    f1 (K,), iou (K,), f1_foreground_mean, iou_foreground_mean, [their ``_interval``s (2,):
+    the bootstrap bounds, in runs since 2026-11-28]}. JSON null becomes NaN. Blank
     lines and a last line torn by a kill are skipped; a missing file gives two empty lists.
     """
     train_rows: list[dict] = []
@@ -132,10 +133,19 @@ def _class_colors(num_classes: int) -> list:
 
 
 def _metric_panel(
-    ax: Axes, steps: np.ndarray, values: np.ndarray, means: np.ndarray, classes: Sequence[str]
+    ax: Axes,
+    steps: np.ndarray,
+    values: np.ndarray,
+    means: np.ndarray,
+    classes: Sequence[str],
+    bands: np.ndarray,
 ) -> None:
-    """Per-class lines of one metric (values (N, K)) and the foreground mean (N,) thick."""
+    """Per-class lines of one metric (values (N, K)), the foreground mean (N,) thick, and its
+    bootstrap interval over images (bands (N, 2), NaN where a row has none) shaded."""
     marker = "o" if len(steps) <= 30 else None
+    if np.isfinite(bands).any():
+        label = "95% interval over images"
+        ax.fill_between(steps, *bands.T, color="black", alpha=0.15, lw=0, label=label)
     for k, (name, color) in enumerate(zip(classes, _class_colors(len(classes)), strict=True)):
         style = "--" if k == 0 else "-"
         ax.plot(steps, values[:, k], style, color=color, marker=marker, ms=3, lw=1.2, label=name)
@@ -158,7 +168,8 @@ def training_curves(
     """Per-class F1 (left) and IoU (right) against iteration: the paper's Figs. 4 and 5.
 
     Each panel has K class lines (background dashed) and the foreground mean as a thick black
-    line (K + 1 lines).
+    line (K + 1 lines), shaded over its 95 % bootstrap interval over the split's images where
+    the rows hold one (``f1_foreground_mean_interval``, ...).
 
     Args:
       eval_rows: eval rows of :func:`read_metrics`; f1 and iou (K,) lists (NaN allowed).
@@ -176,7 +187,9 @@ def training_curves(
         for ax, key, label in zip(axes, ("f1", "iou"), ("F1", "IoU"), strict=True):
             values = np.array([r[key] for r in rows], np.float64).reshape(len(rows), len(classes))
             means = np.array([r[f"{key}_foreground_mean"] for r in rows], np.float64)
-            _metric_panel(ax, steps, values, means, classes)
+            bands = [r.get(f"{key}_foreground_mean_interval") or (None, None) for r in rows]
+            bands = np.array(bands, np.float64)  # runs from before the intervals: none
+            _metric_panel(ax, steps, values, means, classes, bands)
             ax.set_ylabel(label)
             ax.set_title(f"Per-class {label} on the {shown} split")
         axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)

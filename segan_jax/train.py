@@ -1109,6 +1109,8 @@ class _Loop:
         evaluate.save_record(self.workdir, record)  # beside --mode=evaluate's of the step
         keys = ("step", "split", "f1", "iou", "f1_foreground_mean", "iou_foreground_mean")
         line = {"kind": "eval", **{k: record[k] for k in keys}}
+        for key in keys[-2:]:  # the curves' bands
+            line[f"{key}_interval"] = record["intervals"][key]
         workdir_lib.append_jsonl(self.workdir / "metrics.jsonl", line)
         print(
             f"eval {record['split']} step {record['step']}: "
