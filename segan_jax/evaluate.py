@@ -397,17 +397,20 @@ def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Pat
 
 def save_record(workdir: pathlib.Path, record: dict) -> str:
     """Writes `record` as the next `-n` record of its split and step, unless one of them holds
-    the same figures (of the same cohort folder, ``data``, windows and views, if any); returns
-    what was done."""
+    the same figures (of the same cohort folder, ``data``, windows and views, if any): a record
+    of those written before the bootstrap intervals gets them added; returns what was done."""
     n, same = 1, None
     while record_path(workdir, record, n).exists():
         kept = json.loads(record_path(workdir, record, n).read_text())
         keys = ("confusion_matrix", "data", "tiling", "tta")
         if all(kept.get(k) == record.get(k) for k in keys):
-            same = record_path(workdir, record, n)
+            same, same_record = record_path(workdir, record, n), kept
         n += 1
     if same is not None:
-        return f"{same} (already there: the same figures)"
+        if "intervals" in same_record or "intervals" not in record:
+            return f"{same} (already there: the same figures)"
+        workdir_lib.write_json(same, {**same_record, "intervals": record["intervals"]})
+        return f"{same} (already there: the same figures; its bootstrap intervals added)"
     path = write_record(workdir, record, n)
     last = record_path(workdir, record, n - 1).name
     return str(path) if n == 1 else f"{path} (its figures or settings differ from {last}'s)"
@@ -420,7 +423,7 @@ def table_from_record(record: dict) -> str:
     result = {k: workdir_lib.null_to_nan(record[k]) for k in keys}
     table = metrics.format_table(record["classes"], result)
     intervals = record.get("intervals")  # records written before they were added lack them
-    if not intervals:
+    if not intervals or intervals["images"] < 2:  # one image: nothing to resample
         return table
     f1, iou = (_bounds(intervals[k]) for k in keys[2:])
     return (

@@ -41,7 +41,8 @@ def load_trained(
 ):
     """(model, variables on this process's devices, dataset info, step, normalizer) of the
     workdir's latest checkpoint, or with eval.checkpoint="best" of its best/. `config` must be
-    the run's (eval.* and predict.* may differ; `checked`: the caller checked that).
+    the run's (eval.* and predict.* may differ; `checked`: the caller checked that; if not,
+    every process must call it: the check compares the processes' configs).
     `info`: the run's `run_info`, when the caller read it (else read here)."""
     if not checked:
         _check_same_run(config, workdir)
@@ -80,8 +81,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     """Refuses a config other than the run's (eval.* and predict.* may differ) or, with
     several processes, other than process 0's (but for predict.*: each host writes its own),
     and bad eval.* values, before any image is read. Every process calls it."""
-    mine = json.dumps(workdir_lib.config_dict(config))  # processes given other eval.tta, say
-    parallel.check_against_process_0(mine, train.check_same_config, "check the config")
+    train.check_processes_agree(config)  # processes given other eval.tta, say
     path = workdir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
@@ -89,10 +89,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     # eval.* and predict.* are this call's choices, not the run's: no note names them.
     use = ("eval.", "predict.")
     note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES, unnoted=use)
-    try:  # before any image is read (load_trained checks every key again)
-        evaluate.settings(config.eval, config.model.output_stride)
-    except ValueError as err:
-        raise train.ConfigError(f"config: {err}") from None
+    train.eval_settings(config)  # before any image is read (load_trained checks all again)
     if note and jax.process_index() == 0:
         print(note, flush=True)
 

@@ -93,8 +93,11 @@ def bootstrap_intervals(
     replacement, `samples` times, each draw's matrices summed and scored. The images' order
     does not matter (they are sorted first), so any split of them over processes agrees.
 
+    Images cut from one slide are not independent: over such tiles the intervals come out too
+    narrow.
+
     Args:
-      confusions: (N, K, K) counts of each image, N >= 1.
+      confusions: (N, K, K) counts of each image (N = 0: every bound NaN).
 
     Returns:
       {"f1": (K, 2), "iou": (K, 2), "f1_foreground_mean": (2,), "iou_foreground_mean": (2,)}:
@@ -102,16 +105,18 @@ def bootstrap_intervals(
       class) is absent from truth and prediction in every draw.
     """
     confusions = np.asarray(confusions, np.int64)
-    n = len(confusions)
-    flat = confusions.reshape(n, -1)
+    n, shape = len(confusions), confusions.shape[1:]
+    flat = confusions.reshape(n, int(np.prod(shape)))
     flat = flat[np.lexsort(flat.T[::-1])]  # a canonical order: rows sorted lexicographically
-    rng, chunk = np.random.default_rng(seed), max(1, 2**22 // n)  # draws of 32 MiB at most
-    totals = np.concatenate(  # (S, K*K): each draw's times-drawn counts @ the images, exact
-        [
-            rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - i)) @ flat
-            for i in range(0, samples, chunk)
-        ]
-    ).reshape(samples, *confusions.shape[1:])
+    # float64 products (BLAS) are exact while every sum stays below 2**53
+    if n and flat.sum(0).max() * n >= 2**53:
+        raise ValueError(f"{flat.sum(0).max()} pixels x {n} images: too many to resample exactly")
+    rng, chunk = np.random.default_rng(seed), max(1, 2**22 // max(n, 1))  # draws of <= 32 MiB
+    draws = (
+        rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - i)) @ flat.astype(float)
+        for i in range(0, samples, chunk)
+    )
+    totals = np.concatenate(list(draws)).reshape(samples, *shape) if n else np.zeros((1, *shape))
     f1, iou = _f1_iou(totals)
     with warnings.catch_warnings():  # all-NaN slices: classes absent from every draw
         warnings.simplefilter("ignore", RuntimeWarning)

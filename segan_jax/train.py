@@ -44,6 +44,7 @@ from segan_jax import (
     models,
     optim,
     parallel,
+    tiles,
 )
 from segan_jax import workdir as workdir_lib
 
@@ -520,6 +521,21 @@ def _with_eval_split(
     return config
 
 
+def check_processes_agree(config: ml_collections.ConfigDict) -> None:
+    """Every process stops unless all were given process 0's config (`check_same_config`).
+    Every process calls it."""
+    mine = json.dumps(workdir_lib.config_dict(config))
+    parallel.check_against_process_0(mine, check_same_config, "check the config")
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> tuple[tiles.Tiling | None, str]:
+    """`evaluate.settings` of the config (windows, views), a bad value a ConfigError."""
+    try:
+        return evaluate.settings(config.eval, config.model.output_stride)
+    except ValueError as err:
+        raise ConfigError(f"config: {err}") from None
+
+
 def check_same_config(mine: str, first: str) -> None:
     """Refuses a config (``mine``, as JSON) that differs from process 0's (``first``) in any
     key but ``workdir.PER_HOST_PREFIXES``: processes given different overrides would mix two runs (a
@@ -798,18 +814,13 @@ def train_and_evaluate(
         raise NotADirectoryError(f"{workdir}: --workdir is a file, not a folder")
     if max_steps_this_run is not None and max_steps_this_run < 0:
         raise ConfigError(f"--max_steps_this_run={max_steps_this_run} must be 0 or more")
+    config = _with_absolute_data_paths(config)
+    check_processes_agree(config)  # before anything that could fail on some processes only
     if config.eval.get("cohort"):  # before the data are built
         raise ConfigError(
             "config: eval.cohort is for --mode=evaluate; training evaluates eval.split"
         )
-    try:  # the windows and views too (validated_context checks them again, with the rest)
-        evaluate.settings(config.eval, config.model.output_stride)
-    except ValueError as err:
-        raise ConfigError(f"config: {err}") from None
-    config = _with_absolute_data_paths(config)
-    # Every process must run process 0's config (before anything that could fail on some).
-    mine = json.dumps(workdir_lib.config_dict(config))
-    parallel.check_against_process_0(mine, check_same_config, "check the config")
+    eval_settings(config)  # the windows and views too (validated_context checks all again)
     # Validates the data (building them) and the config before the workdir is touched.
     info, splits = _load_data(config)
     config = _with_eval_split(config, info.splits)

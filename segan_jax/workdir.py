@@ -18,9 +18,10 @@ import ml_collections
 # padding_taps, atrous and batch_norm only the floating-point rounding; data.path and
 # data.data_dir only where the data lie (moved, or named another way): a resumed run refuses
 # data whose facts changed (train.check_same_data).
-# Keys each host of a multi-host run may set for itself (where its copy of the data lies, where
-# it writes predictions); every other key must be process 0's (train.check_same_config).
-PER_HOST_PREFIXES = ("data.path", "data.data_dir", "predict.")
+# Keys each host of a multi-host run may set for itself (where its copy of the data or of a
+# cohort lies, where it writes predictions); every other key must be process 0's
+# (train.check_same_config).
+PER_HOST_PREFIXES = ("data.path", "data.data_dir", "predict.", "eval.cohort")
 MUTABLE_PREFIXES = (
     *PER_HOST_PREFIXES,
     "eval.",

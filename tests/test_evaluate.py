@@ -1,6 +1,7 @@
 """Tests for segan_jax.evaluate: whole images batched by shape over the local devices."""
 
 import functools
+import json
 
 import jax
 import ml_collections
@@ -237,3 +238,27 @@ def test_tta_is_checked_and_recorded(tmp_path):
     said = evaluate.save_record(tmp_path, views)  # the same matrix, but another prediction
     assert said.endswith("test_7-2.json (its figures or settings differ from test_7.json's)")
     assert "already there" in evaluate.save_record(tmp_path, views)
+
+
+def test_a_record_from_before_the_intervals_gets_them_and_tables_show_them(tmp_path):
+    """The same figures saved again: an older record (no intervals) gets them added, nothing
+    else changed; the table prints the means' bounds for two images or more, "n/a" for a
+    missing bound, and nothing for one image or an older record."""
+    confusions = np.array([[[50, 2], [3, 30]], [[40, 9], [6, 10]]])
+    record = evaluate.result_record(7, "test", ["bg", "fg"], confusions)
+    older = {k: v for k, v in record.items() if k != "intervals"}
+    path = evaluate.write_record(tmp_path, older)
+    said = evaluate.save_record(tmp_path, record)
+    assert said.endswith("(already there: the same figures; its bootstrap intervals added)")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(record))
+    assert "already there: the same figures)" in evaluate.save_record(tmp_path, record)
+    low, high = record["intervals"]["f1_foreground_mean"]
+    line = evaluate.table_from_record(record).splitlines()[-1]
+    assert line.startswith("foreground mean, 95% interval (bootstrap over the 2 images): F1 ")
+    assert f"F1 {low:.3f}-{high:.3f}, IoU " in line
+    missing = {**record, "intervals": {**record["intervals"], "iou_foreground_mean": [None, 0.5]}}
+    assert evaluate.table_from_record(missing).endswith("IoU n/a-0.500")
+    table = evaluate.table_from_record(older)
+    assert table.splitlines()[-1].endswith(f"{record['iou_foreground_mean']:6.3f}")
+    one = evaluate.result_record(7, "test", ["bg", "fg"], confusions[:1])
+    assert "interval" not in evaluate.table_from_record(one)

@@ -120,3 +120,22 @@ def test_bootstrap_of_a_class_absent_everywhere_is_nan():
     bounds = metrics.bootstrap_intervals(absent)
     assert np.isnan(bounds["f1"][2]).all() and np.isfinite(bounds["f1"][:2]).all()
     np.testing.assert_allclose(bounds["f1_foreground_mean"], 1.0)  # class 1 alone, always 1
+
+
+def test_bootstrap_skips_draws_without_a_class_and_averages_each_draw():
+    """A class in one image of three has bounds from the draws that hold it (NaN in the
+    others is skipped, not spread); the foreground mean is taken within each draw, so two
+    classes doing well in opposite images give a narrower mean interval than their own."""
+    images = np.zeros((3, 4, 4), np.int64)
+    images[:, 0, 0] = 100
+    images[0, 1, 1], images[0, 1, 0] = 9, 1  # class 1 good in image 0
+    images[0, 2, 2], images[0, 2, 0] = 1, 9  # class 2 poor in image 0
+    images[1, 1, 1], images[1, 1, 0] = 1, 9  # and the other way round in image 1
+    images[1, 2, 2], images[1, 2, 0] = 9, 1
+    images[2, 3, 3], images[2, 3, 0] = 5, 5  # class 3 in image 2 alone
+    bounds = metrics.bootstrap_intervals(images)
+    assert np.isfinite(bounds["f1"][3]).all() and bounds["f1"][3][0] == bounds["f1"][3][1]
+    widths = np.diff(bounds["f1"][1:3], axis=1).mean()
+    assert np.diff(bounds["f1_foreground_mean"])[0] < 0.5 * widths
+    empty = metrics.bootstrap_intervals(np.zeros((0, 4, 4), np.int64))
+    assert all(np.isnan(v).all() for v in empty.values())
