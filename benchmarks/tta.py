@@ -2,7 +2,9 @@
 
 Evaluates each run's latest checkpoint on its evaluation split (eval.split) with every choice
 of views ("none", "flips", "d4"), and prints one markdown table (per-class F1, foreground
-means, the seconds of each evaluation, compiling included); it writes nothing into the runs.
+means, the seconds of each evaluation, compiling included) and, for each choice against
+"none", the paired bootstrap interval of the foreground-mean F1's change (the same draws of
+the images for both); it writes nothing into the runs.
 
   python benchmarks/tta.py --workdirs=runs/demo,runs/consep [--out=tta.json]
 """
@@ -13,20 +15,25 @@ import pathlib
 import sys
 import time
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import saved  # noqa: E402
-from segan_jax import evaluate, inference  # noqa: E402
+from segan_jax import evaluate, inference, metrics  # noqa: E402
 
 
 def measure(workdir: str, tta: str) -> dict:
-    """The evaluation record of `workdir`'s latest checkpoint with `tta`, and its seconds."""
+    """The evaluation record of `workdir`'s latest checkpoint with `tta`, its seconds, and
+    its images' (N, K, K) confusion matrices (``confusions``, split order)."""
     config = saved.get_config(workdir)
     config.eval.tta = tta
     start = time.perf_counter()
-    record, count = inference.evaluate_trained(config, pathlib.Path(workdir))
-    return {"workdir": workdir, "images": count, "s": time.perf_counter() - start, **record}
+    record, confusions = inference.evaluate_trained(config, pathlib.Path(workdir))
+    seconds = time.perf_counter() - start
+    extra = {"images": len(confusions), "s": seconds, "confusions": confusions}
+    return {"workdir": workdir, **record, **extra}
 
 
 def _figure(value: float | None) -> str:
@@ -43,22 +50,34 @@ def row(result: dict) -> str:
     )
 
 
+def paired(plain: dict, views: dict) -> str:
+    """The change of foreground-mean F1 from `plain` to `views` (two `measure` results of one
+    run), with its paired bootstrap interval."""
+    change = views["f1_foreground_mean"] - plain["f1_foreground_mean"]
+    low, high = metrics.paired_bootstrap_difference(plain["confusions"], views["confusions"])
+    interval = f"95% paired interval {low:+.3f} to {high:+.3f}"
+    return f"{views['tta']} - none: F1 {change:+.3f} ({interval})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdirs", required=True, help="comma-separated run folders")
-    p.add_argument("--tta", default=",".join(evaluate.TTA_VIEWS))
+    p.add_argument("--tta", default=",".join(evaluate.TTA_VIEWS), help="'none' first")
     p.add_argument("--out", default="", help="also write every record here (JSON)")
     args = p.parse_args()
     results = []
     for workdir in args.workdirs.split(","):
-        for tta in args.tta.split(","):
-            results.append(measure(workdir, tta))
-            if len(results) == 1 or results[-2]["workdir"] != workdir:
-                names = " | ".join(f"F1 {c}" for c in results[-1]["classes"])
-                print(f"\n| run | views | step | {names} | F1 fg | IoU fg | images | s |")
-                print("|---" * (7 + len(results[-1]["classes"])) + "|")
-            print(row(results[-1]), flush=True)
+        runs = [measure(workdir, tta) for tta in args.tta.split(",")]
+        names = " | ".join(f"F1 {c}" for c in runs[0]["classes"])
+        print(f"\n| run | views | step | {names} | F1 fg | IoU fg | images | s |")
+        print("|---" * (7 + len(runs[0]["classes"])) + "|")
+        print("\n".join(map(row, runs)))
+        for views in runs[1:]:
+            print(paired(runs[0], views), flush=True)
+        results += runs
     if args.out:
+        for result in results:
+            result["confusions"] = np.asarray(result["confusions"]).tolist()
         pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 

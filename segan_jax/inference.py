@@ -100,10 +100,13 @@ EVALUATE_ADVICE = (
 )
 
 
-def evaluate_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, int]:
-    """(evaluation record, number of images) of the checkpoint eval.checkpoint names (the
-    latest by default) on eval.split, of the data the run trained on (moved or not); writes
-    nothing. Each process evaluates its shard of the split; the counts are summed."""
+def evaluate_trained(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path
+) -> tuple[dict, np.ndarray]:
+    """(evaluation record, (N, K, K) confusion matrices of its N images) of the checkpoint
+    eval.checkpoint names (the latest by default) on eval.split, of the data the run trained
+    on (moved or not); writes nothing. Each process evaluates its shard of the split; the
+    matrices are gathered (process 0's first: with one process, the split's order)."""
     _check_same_run(config, workdir)
     data_info = train.load_info(config)  # the cheap checks first: the data, then the split
 
@@ -122,28 +125,32 @@ def _scored(
     info: datasets.DatasetInfo,
     shard: datasets.Split,
     name: str,
-) -> tuple[dict, int]:
-    """(record named ``name``, number of images) of the checkpoint eval.checkpoint names on
-    every process's ``shard``, in eval.tile_size windows if set."""
+) -> tuple[dict, np.ndarray]:
+    """(record named ``name``, (N, K, K) confusion matrices of every process's images) of the
+    checkpoint eval.checkpoint names on every process's ``shard``, in eval.tile_size windows
+    if set."""
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
     confusions = evaluate.confusions_over_processes(
         model, variables, shard, normalizer, config.data.ignore_index, tiling=tiling, tta=tta
     )
     record = evaluate.result_record(step, name, info.classes, confusions, tiling=tiling, tta=tta)
-    return record, len(confusions)
+    return record, confusions
 
 
 COHORT_PREFIX = "cohort-"  # of the split names of cohorts' evaluation records
 
 
-def evaluate_cohort(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, int]:
-    """(evaluation record, number of images) of the checkpoint eval.checkpoint names on every
+def evaluate_cohort(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path
+) -> tuple[dict, np.ndarray]:
+    """(evaluation record, (N, K, K) confusion matrices of its images) of the checkpoint
+    eval.checkpoint names on every
     image of the labelled folder eval.cohort (another cohort: ``images/``, ``masks/`` and
     optionally ``classes.json``, as one split of a folder dataset); writes nothing. The
     record's split is `cohort_name` of the folder and its ``data`` the folder's path. Each
     process reads and checks its share of the images (every problem at once) before the
-    network is restored, and evaluates it; the counts are summed."""
+    network is restored, and evaluates it; the matrices are gathered."""
     _check_same_run(config, workdir)
     info = run_info(config, workdir)
     folder = cohort_folder(config.eval.cohort)
@@ -151,8 +158,8 @@ def evaluate_cohort(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     shard = parallel.on_every_process(
         lambda: read_cohort(folder, info, ignore, mine), "read the cohort"
     )
-    record, num_images = _scored(config, workdir, info, shard, cohort_name(folder))
-    return {**record, "data": str(folder)}, num_images
+    record, confusions = _scored(config, workdir, info, shard, cohort_name(folder))
+    return {**record, "data": str(folder)}, confusions
 
 
 def cohort_folder(path: str) -> pathlib.Path:
@@ -216,10 +223,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     <split>_<step>-2.json, -3, ...: no record is replaced. Returns the record."""
     workdir = pathlib.Path(workdir)
     cohort = config.eval.get("cohort", "")  # runs saved before the key lack it
-    record, num_images = (evaluate_cohort if cohort else evaluate_trained)(config, workdir)
+    record, confusions = (evaluate_cohort if cohort else evaluate_trained)(config, workdir)
     if jax.process_index() == 0:
         where = f" of {record['data']}" if cohort else ""
-        print(f"{evaluate.describe(record)}{where} ({num_images} images)")
+        print(f"{evaluate.describe(record)}{where} ({len(confusions)} images)")
         print(evaluate.table_from_record(record), flush=True)
         print(f"-> {evaluate.save_record(workdir, record)}", flush=True)
     return record

@@ -92,7 +92,6 @@ def bootstrap_intervals(
     """Percentile bootstrap intervals of `scores` over images: the N images drawn N times with
     replacement, `samples` times, each draw's matrices summed and scored. The images' order
     does not matter (they are sorted first), so any split of them over processes agrees.
-
     Images cut from one slide are not independent: over such tiles the intervals come out too
     narrow.
 
@@ -104,30 +103,75 @@ def bootstrap_intervals(
       the bounds of the central `level` interval; NaN where a class (or every foreground
       class) is absent from truth and prediction in every draw.
     """
-    confusions = np.asarray(confusions, np.int64)
-    n, shape = len(confusions), confusions.shape[1:]
-    flat = confusions.reshape(n, int(np.prod(shape)))
-    flat = flat[np.lexsort(flat.T[::-1])]  # a canonical order: rows sorted lexicographically
-    # float64 products (BLAS) are exact while every sum stays below 2**53
+    totals = _drawn_totals(confusions, samples, seed)  # (S, K, K)
+    f1, iou = _f1_iou(totals)
+    values = {
+        "f1": f1,
+        "iou": iou,
+        "f1_foreground_mean": _nanmeans(f1[:, 1:]),
+        "iou_foreground_mean": _nanmeans(iou[:, 1:]),
+    }
+    return {k: _central(v, level) for k, v in values.items()}
+
+
+def paired_bootstrap_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    key: str = "f1_foreground_mean",
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = INTERVAL_LEVEL,
+    seed: int = 0,
+) -> np.ndarray:
+    """(2,) bounds of the central `level` interval of `second`'s foreground mean (`key`: F1 or
+    IoU) minus `first`'s, both scored on the same draws of the images (a paired bootstrap:
+    two predictions of one split compared image for image).
+
+    Args:
+      first, second: (N, K, K) counts of the same N images, in the same order.
+    """
+    if np.shape(first) != np.shape(second):
+        raise ValueError(f"{np.shape(first)} and {np.shape(second)}: not the same images")
+    totals = _drawn_totals(np.concatenate([first, second], axis=1), samples, seed)
+    k = np.shape(first)[1]
+    f1_iou = [_f1_iou(totals[:, :k]), _f1_iou(totals[:, k:])]  # (S, K) each
+    which = ("f1_foreground_mean", "iou_foreground_mean").index(key)
+    a, b = (_nanmeans(scores[which][:, 1:]) for scores in f1_iou)
+    return _central(b - a, level)
+
+
+def _drawn_totals(rows: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """(S, ...) sums of `samples` draws of the N `rows` ((N, ...) counts) with replacement,
+    N each, sorted first (a canonical order); float64, exact (checked) below 2**53."""
+    rows = np.asarray(rows, np.int64)
+    n, shape = len(rows), rows.shape[1:]
+    flat = rows.reshape(n, int(np.prod(shape)))
+    flat = flat[np.lexsort(flat.T[::-1])]  # rows sorted lexicographically
     if n and flat.sum(0).max() * n >= 2**53:
         raise ValueError(f"{flat.sum(0).max()} pixels x {n} images: too many to resample exactly")
-    rng, chunk = np.random.default_rng(seed), max(1, 2**22 // max(n, 1))  # draws of <= 32 MiB
+    if not n:
+        return np.zeros((1, *shape))  # scores NaN
+    rng, chunk = np.random.default_rng(seed), max(1, 2**22 // n)  # draws of <= 32 MiB
     draws = (
         rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - i)) @ flat.astype(float)
         for i in range(0, samples, chunk)
     )
-    totals = np.concatenate(list(draws)).reshape(samples, *shape) if n else np.zeros((1, *shape))
-    f1, iou = _f1_iou(totals)
-    with warnings.catch_warnings():  # all-NaN slices: classes absent from every draw
+    return np.concatenate(list(draws)).reshape(samples, *shape)
+
+
+def _nanmeans(values: np.ndarray) -> np.ndarray:
+    """(S, K') -> (S,) nanmean of each row; NaN for a row of NaN only."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        values = {
-            "f1": f1,
-            "iou": iou,
-            "f1_foreground_mean": np.nanmean(f1[:, 1:], axis=1),
-            "iou_foreground_mean": np.nanmean(iou[:, 1:], axis=1),
-        }
-        q = (50 * (1 - level), 50 * (1 + level))
-        return {k: np.moveaxis(np.nanpercentile(v, q, axis=0), 0, -1) for k, v in values.items()}
+        return np.nanmean(values, axis=1)
+
+
+def _central(values: np.ndarray, level: float) -> np.ndarray:
+    """(S, ...) -> (..., 2): the bounds of the central `level` of each column, NaN skipped
+    (NaN where a column is NaN only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        bounds = np.nanpercentile(values, (50 * (1 - level), 50 * (1 + level)), axis=0)
+    return np.moveaxis(bounds, 0, -1)
 
 
 def _nanmean(x: np.ndarray) -> float:

@@ -139,3 +139,21 @@ def test_bootstrap_skips_draws_without_a_class_and_averages_each_draw():
     assert np.diff(bounds["f1_foreground_mean"])[0] < 0.5 * widths
     empty = metrics.bootstrap_intervals(np.zeros((0, 4, 4), np.int64))
     assert all(np.isnan(v).all() for v in empty.values())
+
+
+def test_paired_bootstrap_of_two_images_spans_their_three_draws_differences():
+    """The second prediction mends image B only: the draws A+A, A+B, B+B differ by 0, by
+    F1(A+B') - F1(A+B) and by F1(B') - F1(B), so the 95 % interval runs from 0 to the
+    largest, computed by hand; a prediction against itself differs by 0 exactly."""
+    a, b, mended = _image(10, 0, 0), _image(2, 6, 2), _image(6, 2, 2)
+    first, second = np.stack([a, b]), np.stack([a, mended])
+    f1 = lambda cm: metrics.scores(cm)["f1_foreground_mean"]  # noqa: E731
+    gains = [0.0, f1(a + mended) - f1(a + b), f1(mended) - f1(b)]
+    bounds = metrics.paired_bootstrap_difference(first, second)
+    np.testing.assert_allclose(bounds, [min(gains), max(gains)])
+    np.testing.assert_allclose(metrics.paired_bootstrap_difference(second, first), -bounds[::-1])
+    np.testing.assert_array_equal(metrics.paired_bootstrap_difference(first, first), [0, 0])
+    iou = metrics.paired_bootstrap_difference(first, second, "iou_foreground_mean")
+    assert iou[0] == 0 and iou[1] == pytest.approx(6 / 10 - 2 / 10)
+    with pytest.raises(ValueError, match="not the same images"):
+        metrics.paired_bootstrap_difference(first, second[:1])

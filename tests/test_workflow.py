@@ -777,6 +777,10 @@ def test_the_views_benchmark_without_views_gives_trainings_own_figures(two_step_
     recorded = json.loads((two_step_run / "eval" / "test_2.json").read_text())
     assert result["confusion_matrix"] == recorded["confusion_matrix"] and "tta" not in result
     assert benchmark.row(result).startswith(f"| {two_step_run} | none | 2 | ")
+    flips = {**result, "tta": "flips"}  # the same matrices: no change, an interval of 0
+    assert benchmark.paired(result, flips) == (
+        "flips - none: F1 +0.000 (95% paired interval +0.000 to +0.000)"
+    )
 
 
 def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tmp_path):
