@@ -365,6 +365,12 @@ def _intervals(confusions: np.ndarray) -> dict:
     }
 
 
+def record_settings(record: dict) -> tuple[tiles.Tiling | None, str]:
+    """(tiling, tta) an evaluation record was made with (windows, views)."""
+    tiling = record.get("tiling")
+    return (tiles.Tiling(**tiling) if tiling else None), record.get("tta", "none")
+
+
 def describe(record: dict) -> str:
     """The record's split and step, its windows and views if any: "test split, step 600[, in
     256-pixel windows (margin 32)][, views averaged: d4]"."""

@@ -301,7 +301,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     if jax.process_index() == 0:
         also = " and <stem>".join(_annotation_suffixes(config))
         also = f" (and their regions as <stem>{also})" if also else ""
-        print(f"wrote {_count_maps(targets)} to {out}{also}", flush=True)
+        _, tta = evaluate.settings(config.eval, config.model.output_stride)
+        views = "" if tta == "none" else f", views averaged: {tta}"
+        print(f"wrote {_count_maps(targets)} to {out}{also}{views}", flush=True)
     return targets
 
 

@@ -66,7 +66,7 @@ def config_differences(
     compared, the run trained with their defaults, except those of `ABSENT_MEANT`, compared as
     the values their absence meant.
     """
-    a, b = {**ABSENT_MEANT, **_flatten(saved)}, _flatten(current)
+    a, b = ({**ABSENT_MEANT, **_flatten(config)} for config in (saved, current))
     keys = sorted(a)
     return [
         f"{k}: {a.get(k)!r} in the workdir, {b.get(k)!r} now"
@@ -144,6 +144,8 @@ def check(
     flat.update({k: v for k, v in (resolved or {}).items() if flat.get(k) == ""})
     diffs = config_differences(flat, config_dict(config), mutable)
     if diffs:
+        if any(d.startswith("eval.") for d in diffs):
+            mismatch += " (--mode=evaluate and --mode=predict take other eval.* values)"
         raise ConfigMismatchError(f"{path}: {mismatch}. Differences:\n  " + "\n  ".join(diffs))
     return _options_note(path, saved, config, unnoted)
 

@@ -234,6 +234,9 @@ def test_tta_is_checked_and_recorded(tmp_path):
     views = evaluate.result_record(7, "test", ["bg", "fg"], confusion, tta="d4")
     assert "tta" not in plain and views["tta"] == "d4"
     assert evaluate.describe(views) == "test split, step 7, views averaged: d4"
+    assert evaluate.record_settings(plain) == (None, "none")
+    windows = {**views, "tiling": {"size": 256, "margin": 32}}
+    assert evaluate.record_settings(windows) == (tiles.Tiling(256, 32), "d4")
     evaluate.save_record(tmp_path, plain)
     said = evaluate.save_record(tmp_path, views)  # the same matrix, but another prediction
     assert said.endswith("test_7-2.json (its figures or settings differ from test_7.json's)")

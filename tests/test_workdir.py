@@ -53,8 +53,11 @@ def test_a_run_saved_before_views_resumes_without_them_and_evaluates_with_them(t
     assert "eval.tta='none'" in workdir.check(tmp_path, tiny.get_config())
     views = tiny.get_config()
     views.eval.tta = "d4"
-    with pytest.raises(workdir.ConfigMismatchError, match="eval.tta: 'none' in the workdir"):
+    with pytest.raises(workdir.ConfigMismatchError, match="take other eval.* values") as err:
         workdir.check(tmp_path, views)
+    assert "eval.tta: 'none' in the workdir, 'd4' now" in str(err.value)
+    # A config without the key is the same as itself (the notebook's, read from config.json)
+    train.check_same_config(json.dumps(saved), json.dumps(saved))
     assert (
         workdir.check(tmp_path, views, mutable=workdir.MUTABLE_PREFIXES, unnoted=("eval.",)) is None
     )

@@ -738,7 +738,7 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     np.testing.assert_array_equal(np.asarray(Image.open(png)), tiled[0])
 
 
-def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir, tmp_path):
+def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir, tmp_path, capsys):
     """eval.tta: a bad value stops before any image is read; the record's figures (marked
     with it) and the label PNG and slide TIFF are those of the views averaged."""
     config = _tiny(data_dir, num_steps=2)
@@ -760,6 +760,7 @@ def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir
     tifffile.imwrite(tmp_path / "in" / "a.tif", split.images[0], tile=(64, 64), **contig)
     tifffile.imwrite(tmp_path / "in" / "b.tif", split.images[0][:100], **contig)
     slide, png = inference.predict_workdir(config, str(two_step_run))
+    assert "views averaged: flips" in capsys.readouterr().out
     views = [split.images[0], split.images[0][:100]]
     expected = evaluate.predict_all(model, variables, views, normalizer, tta="flips")
     np.testing.assert_array_equal(tifffile.imread(slide), expected[0])
