@@ -326,6 +326,16 @@ def images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     return files_by_stem(folder, IMAGE_SUFFIXES)
 
 
+# The names `slide_tiles` gives the tiles it cuts from a slide: <slide>_L<level>_x<X>_y<Y>.
+TILE_NAME = re.compile(r"(?P<slide>.+)_L(?P<level>\d+)_x(?P<x>\d+)_y(?P<y>\d+)")
+
+
+def slide_of(name: str) -> str:
+    """The slide an image named `name` was cut from (`TILE_NAME`), else the name itself."""
+    match = TILE_NAME.fullmatch(name)
+    return match["slide"] if match else name
+
+
 def files_by_stem(folder: pathlib.Path, suffixes: Sequence[str]) -> dict[str, list[pathlib.Path]]:
     """The visible files of ``folder`` whose suffix (any case) is in ``suffixes``, by stem."""
     return _by_stem(visible_files(folder, suffixes))

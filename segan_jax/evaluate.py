@@ -298,14 +298,14 @@ def confusions_over_processes(
     *,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
-) -> np.ndarray:
-    """(N, K, K) int64 confusion matrices of the N images of every process's shard of a split
-    (process 0's first), each process evaluating its own `shard` on its devices (with
-    `tiling`, window by window; with `tta`'s views averaged); exact, the same on all."""
+) -> tuple[np.ndarray, list[str]]:
+    """((N, K, K) int64 confusion matrices, N names) of the N images of every process's shard
+    of a split (process 0's first), each process evaluating its own `shard` on its devices
+    (with `tiling`, window by window; with `tta`'s views averaged); exact, the same on all."""
     confusions = image_confusions(
         model, variables, shard, normalizer, ignore_index, tiling=tiling, tta=tta
     )
-    return parallel.rows_over_processes(confusions)
+    return parallel.rows_over_processes(confusions), parallel.texts_over_processes(shard.names)
 
 
 def prediction_scores(
@@ -327,14 +327,16 @@ def result_record(
     classes,
     confusions: np.ndarray,
     *,
+    names: list[str] | None = None,
     tiling: tiles.Tiling | None = None,
     tta: str = "none",
 ) -> dict:
     """The evaluation record of a split's (N, K, K) per-image confusion matrices: exactly
     `EVAL_KEYS` (the figures of their sum), ``intervals`` (`metrics.bootstrap_intervals` over
-    the images, with their ``level``, ``samples`` and number of ``images``), ``tiling``
-    ({"size", "margin"}) when the images were evaluated in windows and ``tta`` when views were
-    averaged; NaN becomes None (JSON null)."""
+    the images, or over the slides their `names` say they were cut from, with their ``level``,
+    ``samples``, number of ``images`` and, when fewer, of ``slides``), ``tiling`` ({"size",
+    "margin"}) when the images were evaluated in windows and ``tta`` when views were averaged;
+    NaN becomes None (JSON null)."""
     confusion = np.asarray(confusions).sum(0)
     result = metrics.scores(confusion)
     windows = {} if tiling is None else {"tiling": dataclasses.asdict(tiling)}
@@ -348,19 +350,23 @@ def result_record(
         "f1_foreground_mean": workdir_lib.nan_to_null(result["f1_foreground_mean"]),
         "iou_foreground_mean": workdir_lib.nan_to_null(result["iou_foreground_mean"]),
         "confusion_matrix": np.asarray(confusion).astype(int).tolist(),
-        "intervals": _intervals(confusions),
+        "intervals": _intervals(confusions, names),
         **windows,
         **views,
     }
 
 
-def _intervals(confusions: np.ndarray) -> dict:
-    """The ``intervals`` of a record: JSON lists, NaN as None."""
-    bounds = metrics.bootstrap_intervals(confusions)
+def _intervals(confusions: np.ndarray, names: list[str] | None) -> dict:
+    """The ``intervals`` of a record (the tiles of one slide drawn together): JSON lists, NaN
+    as None."""
+    slides = None if names is None else [datasets.slide_of(name) for name in names]
+    bounds = metrics.bootstrap_intervals(confusions, groups=slides)
+    grouped = slides is not None and len(set(slides)) < len(confusions)
     return {
         "level": metrics.INTERVAL_LEVEL,
         "samples": metrics.BOOTSTRAP_SAMPLES,
         "images": len(confusions),
+        **({"slides": len(set(slides))} if grouped else {}),
         **{k: workdir_lib.nan_to_null(v.tolist()) for k, v in bounds.items()},
     }
 
@@ -429,12 +435,16 @@ def table_from_record(record: dict) -> str:
     result = {k: workdir_lib.null_to_nan(record[k]) for k in keys}
     table = metrics.format_table(record["classes"], result)
     intervals = record.get("intervals")  # records written before they were added lack them
-    if not intervals or intervals["images"] < 2:  # one image: nothing to resample
+    drawn = intervals and intervals.get("slides", intervals["images"])
+    if not drawn or drawn < 2:  # one image or slide: nothing to resample
         return table
     f1, iou = (_bounds(intervals[k]) for k in keys[2:])
+    over = f"the {intervals['images']} images"
+    if "slides" in intervals:
+        over = f"the {drawn} slides of {over}"
     return (
-        f"{table}\nforeground mean, {intervals['level']:.0%} interval (bootstrap over the "
-        f"{intervals['images']} images): F1 {f1}, IoU {iou}"
+        f"{table}\nforeground mean, {intervals['level']:.0%} interval (bootstrap over "
+        f"{over}): F1 {f1}, IoU {iou}"
     )
 
 

@@ -131,10 +131,12 @@ def _scored(
     if set."""
     model, variables, info, step, normalizer = load_trained(config, workdir, info, True)
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
-    confusions = evaluate.confusions_over_processes(
+    confusions, names = evaluate.confusions_over_processes(
         model, variables, shard, normalizer, config.data.ignore_index, tiling=tiling, tta=tta
     )
-    record = evaluate.result_record(step, name, info.classes, confusions, tiling=tiling, tta=tta)
+    record = evaluate.result_record(
+        step, name, info.classes, confusions, names=names, tiling=tiling, tta=tta
+    )
     return record, confusions
 
 

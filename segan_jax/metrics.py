@@ -6,6 +6,7 @@ IoU (NaN), and averages skip it (nanmean).
 """
 
 import warnings
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,22 +89,24 @@ def bootstrap_intervals(
     samples: int = BOOTSTRAP_SAMPLES,
     level: float = INTERVAL_LEVEL,
     seed: int = 0,
+    groups: Sequence | None = None,
 ) -> dict[str, np.ndarray]:
     """Percentile bootstrap intervals of `scores` over images: the N images drawn N times with
     replacement, `samples` times, each draw's matrices summed and scored. The images' order
     does not matter (they are sorted first), so any split of them over processes agrees.
-    Images cut from one slide are not independent: over such tiles the intervals come out too
-    narrow.
+    Images cut from one slide are not independent: with `groups` (N labels, e.g. each tile's
+    slide) whole groups are drawn instead, G times from the G groups.
 
     Args:
       confusions: (N, K, K) counts of each image (N = 0: every bound NaN).
+      groups: None, or (N,) hashable labels: images of one label are drawn together.
 
     Returns:
       {"f1": (K, 2), "iou": (K, 2), "f1_foreground_mean": (2,), "iou_foreground_mean": (2,)}:
       the bounds of the central `level` interval; NaN where a class (or every foreground
       class) is absent from truth and prediction in every draw.
     """
-    totals = _drawn_totals(confusions, samples, seed)  # (S, K, K)
+    totals = _drawn_totals(_group_sums(confusions, groups), samples, seed)  # (S, K, K)
     f1, iou = _f1_iou(totals)
     values = {
         "f1": f1,
@@ -137,6 +140,20 @@ def paired_bootstrap_difference(
     which = ("f1_foreground_mean", "iou_foreground_mean").index(key)
     a, b = (_nanmeans(scores[which][:, 1:]) for scores in f1_iou)
     return _central(b - a, level)
+
+
+def _group_sums(confusions: np.ndarray, groups: Sequence | None) -> np.ndarray:
+    """(G, K, K) sums of the (N, K, K) `confusions` by label of `groups` ((N,); None: each
+    image its own group)."""
+    confusions = np.asarray(confusions, np.int64)
+    if groups is None:
+        return confusions
+    if len(groups) != len(confusions):
+        raise ValueError(f"{len(groups)} group labels for {len(confusions)} images")
+    _, ids = np.unique(np.asarray(groups, str), return_inverse=True)
+    sums = np.zeros((len(set(groups)), *confusions.shape[1:]), np.int64)
+    np.add.at(sums, ids.ravel(), confusions)
+    return sums
 
 
 def _drawn_totals(rows: np.ndarray, samples: int, seed: int) -> np.ndarray:

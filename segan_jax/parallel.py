@@ -4,6 +4,7 @@ A run uses every device of every process (after `jax.distributed.initialize`); e
 this process's devices only. Functions here are the same on one host and on many.
 """
 
+import json
 from typing import Any
 
 import jax
@@ -154,6 +155,17 @@ def rows_over_processes(rows: np.ndarray) -> np.ndarray:
     padded[: len(rows)] = rows
     gathered = np.asarray(multihost_utils.process_allgather(to_halves(padded)), np.int64)
     return np.concatenate([from_halves(g)[:n] for g, n in zip(gathered, counts, strict=True)])
+
+
+def texts_over_processes(texts: list[str]) -> list[str]:
+    """Every process's ``texts`` joined in process order; with one process, ``texts``."""
+    if jax.process_count() == 1:
+        return list(texts)
+    line = (json.dumps(texts) + "\n").encode()  # JSON escapes newlines: one line a process
+    stream = rows_over_processes(np.frombuffer(line, np.uint8).astype(np.int64))
+    return [
+        t for part in bytes(stream.astype(np.uint8)).decode().splitlines() for t in json.loads(part)
+    ]
 
 
 def to_halves(counts: np.ndarray) -> np.ndarray:

@@ -1100,12 +1100,13 @@ class _Loop:
         ignore = self.ctx.config.data.ignore_index
         start = time.perf_counter()
         tiling, tta = evaluate.settings(self.ctx.config.eval, model.output_stride)
-        confusions = evaluate.confusions_over_processes(
+        confusions, names = evaluate.confusions_over_processes(
             model, variables, split, self.ctx.normalizer, ignore, tiling=tiling, tta=tta
         )
         took = f"{len(confusions)} images in {time.perf_counter() - start:.2f} s"
-        classes = self.info.classes
-        record = evaluate.result_record(step, name, classes, confusions, tiling=tiling, tta=tta)
+        record = evaluate.result_record(
+            step, name, self.info.classes, confusions, names=names, tiling=tiling, tta=tta
+        )
         f1 = {"f1_foreground_mean": workdir_lib.null_to_nan(record["f1_foreground_mean"])}
         best = self.managers[1]
         if step not in best.all_steps() and checkpoints.improves(best, f1):  # see evaluation_missed

@@ -265,3 +265,18 @@ def test_a_record_from_before_the_intervals_gets_them_and_tables_show_them(tmp_p
     assert table.splitlines()[-1].endswith(f"{record['iou_foreground_mean']:6.3f}")
     one = evaluate.result_record(7, "test", ["bg", "fg"], confusions[:1])
     assert "interval" not in evaluate.table_from_record(one)
+
+
+def test_intervals_draw_the_tiles_of_one_slide_together():
+    """Tiles named as slide_tiles names them are resampled by slide; the table says so."""
+    confusions = np.array([[[50, 2], [3, 30]], [[40, 9], [6, 10]], [[45, 1], [1, 20]]] * 2)
+    names = ["s1_L0_x0_y0", "s1_L0_x512_y0", "s2_L1_x0_y0", "s2_L1_x0_y512", "s3_L0_x0_y0", "x"]
+    record = evaluate.result_record(3, "test", ["bg", "fg"], confusions, names=names)
+    assert record["intervals"]["images"] == 6 and record["intervals"]["slides"] == 4
+    slides = ["s1", "s1", "s2", "s2", "s3", "x"]
+    expected = metrics.bootstrap_intervals(confusions, groups=slides)["f1_foreground_mean"]
+    np.testing.assert_allclose(record["intervals"]["f1_foreground_mean"], expected)
+    assert "(bootstrap over the 4 slides of the 6 images)" in evaluate.table_from_record(record)
+    own = evaluate.result_record(3, "test", ["bg", "fg"], confusions, names=list("abcdef"))
+    assert "slides" not in own["intervals"]
+    assert "(bootstrap over the 6 images)" in evaluate.table_from_record(own)

@@ -157,3 +157,20 @@ def test_paired_bootstrap_of_two_images_spans_their_three_draws_differences():
     assert iou[0] == 0 and iou[1] == pytest.approx(6 / 10 - 2 / 10)
     with pytest.raises(ValueError, match="not the same images"):
         metrics.paired_bootstrap_difference(first, second[:1])
+
+
+def test_bootstrap_by_groups_draws_each_groups_images_together():
+    """With group labels (the slides tiles were cut from) a group's images are drawn as one:
+    the same as bootstrapping the groups' summed matrices; one label per image changes
+    nothing; labels of another length are refused."""
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 60, (6, 3, 3))
+    slides = ["b", "a", "b", "c", "a", "b"]
+    sums = np.stack([images[[1, 4]].sum(0), images[[0, 2, 5]].sum(0), images[3]])
+    grouped = metrics.bootstrap_intervals(images, groups=slides)
+    for key, bounds in metrics.bootstrap_intervals(sums).items():
+        np.testing.assert_array_equal(grouped[key], bounds)
+    alone = metrics.bootstrap_intervals(images, groups=[str(i) for i in range(6)])
+    np.testing.assert_array_equal(alone["f1"], metrics.bootstrap_intervals(images)["f1"])
+    with pytest.raises(ValueError, match="5 group labels for 6 images"):
+        metrics.bootstrap_intervals(images, groups=slides[:5])

@@ -60,6 +60,7 @@ def test_tiles_are_the_slide_and_its_annotations_on_a_grid_ending_at_its_edges(s
     names = _cut(root, tile_size=128)
     rows, cols = (0, 128, 172), (0, 128, 256, 282)  # the last square ends at the edge
     assert names == [f"s_L0_x{c}_y{r}" for r in rows for c in cols]
+    assert {datasets.slide_of(name) for name in names} == {"s"}  # evaluation's slide groups
     for r in rows:
         for c in cols:
             tile, mask = _read(root, f"s_L0_x{c}_y{r}")
