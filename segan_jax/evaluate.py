@@ -410,7 +410,8 @@ def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Pat
 def save_record(workdir: pathlib.Path, record: dict) -> str:
     """Writes `record` as the next `-n` record of its split and step, unless one of them holds
     the same figures (of the same cohort folder, ``data``, windows and views, if any): a record
-    of those written before the bootstrap intervals gets them added; returns what was done."""
+    of those whose bootstrap intervals are missing or were drawn otherwise (per image, before
+    slides were drawn whole) gets these; returns what was done."""
     n, same = 1, None
     while record_path(workdir, record, n).exists():
         kept = json.loads(record_path(workdir, record, n).read_text())
@@ -419,10 +420,12 @@ def save_record(workdir: pathlib.Path, record: dict) -> str:
             same, same_record = record_path(workdir, record, n), kept
         n += 1
     if same is not None:
-        if "intervals" in same_record or "intervals" not in record:
+        kept_intervals = same_record.get("intervals")
+        if "intervals" not in record or kept_intervals == record["intervals"]:
             return f"{same} (already there: the same figures)"
         workdir_lib.write_json(same, {**same_record, "intervals": record["intervals"]})
-        return f"{same} (already there: the same figures; its bootstrap intervals added)"
+        done = "added" if kept_intervals is None else "drawn again"
+        return f"{same} (already there: the same figures; its bootstrap intervals {done})"
     path = write_record(workdir, record, n)
     last = record_path(workdir, record, n - 1).name
     return str(path) if n == 1 else f"{path} (its figures or settings differ from {last}'s)"

@@ -141,10 +141,11 @@ def _metric_panel(
     bands: np.ndarray,
 ) -> None:
     """Per-class lines of one metric (values (N, K)), the foreground mean (N,) thick, and its
-    bootstrap interval over images (bands (N, 2), NaN where a row has none) shaded."""
+    bootstrap interval (over images or slides; bands (N, 2), NaN where a row has none)
+    shaded."""
     marker = "o" if len(steps) <= 30 else None
     if np.isfinite(bands).any():
-        label = "95% interval over images"
+        label = "95% bootstrap interval"
         ax.fill_between(steps, *bands.T, color="black", alpha=0.15, lw=0, label=label)
     for k, (name, color) in enumerate(zip(classes, _class_colors(len(classes)), strict=True)):
         style = "--" if k == 0 else "-"

@@ -124,17 +124,20 @@ def paired_bootstrap_difference(
     samples: int = BOOTSTRAP_SAMPLES,
     level: float = INTERVAL_LEVEL,
     seed: int = 0,
+    groups: Sequence | None = None,
 ) -> np.ndarray:
     """(2,) bounds of the central `level` interval of `second`'s foreground mean (`key`: F1 or
     IoU) minus `first`'s, both scored on the same draws of the images (a paired bootstrap:
-    two predictions of one split compared image for image).
+    two predictions of one split compared image for image; with `groups`, as in
+    `bootstrap_intervals`, group for group).
 
     Args:
       first, second: (N, K, K) counts of the same N images, in the same order.
     """
     if np.shape(first) != np.shape(second):
         raise ValueError(f"{np.shape(first)} and {np.shape(second)}: not the same images")
-    totals = _drawn_totals(np.concatenate([first, second], axis=1), samples, seed)
+    pairs = _group_sums(np.concatenate([first, second], axis=1), groups)
+    totals = _drawn_totals(pairs, samples, seed)
     k = np.shape(first)[1]
     f1_iou = [_f1_iou(totals[:, :k]), _f1_iou(totals[:, k:])]  # (S, K) each
     which = ("f1_foreground_mean", "iou_foreground_mean").index(key)
@@ -150,9 +153,10 @@ def _group_sums(confusions: np.ndarray, groups: Sequence | None) -> np.ndarray:
         return confusions
     if len(groups) != len(confusions):
         raise ValueError(f"{len(groups)} group labels for {len(confusions)} images")
-    _, ids = np.unique(np.asarray(groups, str), return_inverse=True)
-    sums = np.zeros((len(set(groups)), *confusions.shape[1:]), np.int64)
-    np.add.at(sums, ids.ravel(), confusions)
+    index: dict = {}  # label -> group number, in first-seen order (the draws sort them anyway)
+    ids = np.array([index.setdefault(label, len(index)) for label in groups], np.intp)
+    sums = np.zeros((len(index), *confusions.shape[1:]), np.int64)
+    np.add.at(sums, ids, confusions)
     return sums
 
 

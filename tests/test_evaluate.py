@@ -267,7 +267,7 @@ def test_a_record_from_before_the_intervals_gets_them_and_tables_show_them(tmp_p
     assert "interval" not in evaluate.table_from_record(one)
 
 
-def test_intervals_draw_the_tiles_of_one_slide_together():
+def test_intervals_draw_the_tiles_of_one_slide_together(tmp_path):
     """Tiles named as slide_tiles names them are resampled by slide; the table says so."""
     confusions = np.array([[[50, 2], [3, 30]], [[40, 9], [6, 10]], [[45, 1], [1, 20]]] * 2)
     names = ["s1_L0_x0_y0", "s1_L0_x512_y0", "s2_L1_x0_y0", "s2_L1_x0_y512", "s3_L0_x0_y0", "x"]
@@ -280,3 +280,9 @@ def test_intervals_draw_the_tiles_of_one_slide_together():
     own = evaluate.result_record(3, "test", ["bg", "fg"], confusions, names=list("abcdef"))
     assert "slides" not in own["intervals"]
     assert "(bootstrap over the 6 images)" in evaluate.table_from_record(own)
+    # A record of the same figures whose intervals were drawn per image gets these instead.
+    evaluate.save_record(tmp_path, own)
+    said = evaluate.save_record(tmp_path, record)
+    assert said.endswith("(already there: the same figures; its bootstrap intervals drawn again)")
+    kept = json.loads((tmp_path / "eval" / "test_3.json").read_text())
+    assert kept["intervals"] == json.loads(json.dumps(record["intervals"]))

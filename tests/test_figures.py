@@ -128,7 +128,7 @@ def test_training_curves_has_class_lines_and_a_thick_mean():
         row["f1_foreground_mean_interval"] = [low, 0.3]
         row["iou_foreground_mean_interval"] = [low / 2, None]  # a bound may be missing (NaN)
     (band,) = figures.training_curves(banded, CLASSES).axes[0].collections
-    assert band.get_label() == "95% interval over images"
+    assert band.get_label() == "95% bootstrap interval"
     np.testing.assert_allclose(band.get_paths()[0].vertices.min(0), [20, 0.05])
     close = [_eval_row(s, [0.5, 0.2, 0.1]) for s in (100, 1000, 1010)]  # a final odd step
     assert list(figures.training_curves(close, CLASSES).axes[0].get_xticks()) != [100, 1000, 1010]

@@ -174,3 +174,10 @@ def test_bootstrap_by_groups_draws_each_groups_images_together():
     np.testing.assert_array_equal(alone["f1"], metrics.bootstrap_intervals(images)["f1"])
     with pytest.raises(ValueError, match="5 group labels for 6 images"):
         metrics.bootstrap_intervals(images, groups=slides[:5])
+    mixed = metrics.bootstrap_intervals(images[:4], groups=[1, "1", 2, 2])  # 3 labels
+    three = np.stack([images[0], images[1], images[2] + images[3]])
+    np.testing.assert_array_equal(mixed["f1"], metrics.bootstrap_intervals(three)["f1"])
+    second = images[:, ::-1]  # another "prediction" of the same images, paired slide by slide
+    paired = metrics.paired_bootstrap_difference(images, second, groups=slides)
+    summed = [np.stack([m[[1, 4]].sum(0), m[[0, 2, 5]].sum(0), m[3]]) for m in (images, second)]
+    np.testing.assert_array_equal(paired, metrics.paired_bootstrap_difference(*summed))
