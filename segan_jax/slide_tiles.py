@@ -193,8 +193,8 @@ def _cut_all(plans: Sequence[SlidePlan], tile_size: int, output: pathlib.Path) -
     """Cuts every plan's tiles into a hidden folder in ``output``, then swaps them for the
     slides' old tiles there (`_move_all`). On any error, Ctrl-C included, ``output`` is left
     as it was (a folder it did not have removed)."""
-    created = [p for p in (output / "images", output / "masks", output, *output.parents)]
-    created = [p for p in created if not p.exists()]  # removed again on an error
+    folders = (output / "images", output / "masks", output, *output.parents)
+    created = [p for p in folders if not p.exists()]  # removed again on an error
     output.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".slide_tiles-", dir=output))
     try:
