@@ -63,8 +63,8 @@ def scores(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
     return {
         "f1": f1,
         "iou": iou,
-        "f1_foreground_mean": _nanmean(f1[1:]),
-        "iou_foreground_mean": _nanmean(iou[1:]),
+        "f1_foreground_mean": float(_nanmeans(f1[None, 1:])[0]),
+        "iou_foreground_mean": float(_nanmeans(iou[None, 1:])[0]),
     }
 
 
@@ -193,10 +193,6 @@ def _central(values: np.ndarray, level: float) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)
         bounds = np.nanpercentile(values, (50 * (1 - level), 50 * (1 + level)), axis=0)
     return np.moveaxis(bounds, 0, -1)
-
-
-def _nanmean(x: np.ndarray) -> float:
-    return float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
 
 
 def format_table(classes: list[str] | tuple[str, ...], result: dict) -> str:
