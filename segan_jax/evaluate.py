@@ -45,12 +45,6 @@ TTA_VIEWS = {
 }
 
 
-def check_tta(tta: str) -> None:
-    """Raises ValueError unless `tta` is a key of `TTA_VIEWS`."""
-    if tta not in TTA_VIEWS:
-        raise ValueError(f"eval.tta={tta!r} must be one of {tuple(TTA_VIEWS)}")
-
-
 def settings(
     eval_config: ml_collections.ConfigDict, output_stride: int
 ) -> tuple[tiles.Tiling | None, str]:
@@ -59,7 +53,8 @@ def settings(
     tiling = tiles.from_config(eval_config)
     tiles.check(tiling, output_stride)
     tta = eval_config.get("tta", "none")
-    check_tta(tta)
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"eval.tta={tta!r} must be one of {tuple(TTA_VIEWS)}")
     return tiling, tta
 
 
@@ -269,26 +264,6 @@ def image_confusions(
     return out
 
 
-def split_confusion(
-    model: models.DeepLabV3,
-    variables: Any,
-    split: datasets.Split,
-    normalizer: input_pipeline.Normalizer,
-    ignore_index: int = 255,
-    devices: list | None = None,
-    *,
-    tiling: tiles.Tiling | None = None,
-    tta: str = "none",
-) -> np.ndarray:
-    """(K, K) int64 confusion matrix (rows truth) accumulated over every image of `split`, one
-    image (or with `tiling` window) per device at a time (`devices`: default this process's),
-    with `tta`'s views averaged."""
-    confusions = image_confusions(
-        model, variables, split, normalizer, ignore_index, devices, tiling=tiling, tta=tta
-    )
-    return confusions.sum(0)
-
-
 def confusions_over_processes(
     model: models.DeepLabV3,
     variables: Any,
@@ -361,12 +336,12 @@ def _intervals(confusions: np.ndarray, names: list[str] | None) -> dict:
     as None."""
     slides = None if names is None else [datasets.slide_of(name) for name in names]
     bounds = metrics.bootstrap_intervals(confusions, groups=slides)
-    grouped = slides is not None and len(set(slides)) < len(confusions)
+    count = len(confusions) if slides is None else len(set(slides))
     return {
         "level": metrics.INTERVAL_LEVEL,
         "samples": metrics.BOOTSTRAP_SAMPLES,
         "images": len(confusions),
-        **({"slides": len(set(slides))} if grouped else {}),
+        **({"slides": count} if count < len(confusions) else {}),
         **{k: workdir_lib.nan_to_null(v.tolist()) for k, v in bounds.items()},
     }
 
@@ -377,12 +352,17 @@ def record_settings(record: dict) -> tuple[tiles.Tiling | None, str]:
     return (tiles.Tiling(**tiling) if tiling else None), record.get("tta", "none")
 
 
+def views_note(tta: str) -> str:
+    """ ", views averaged: d4" for `tta` "d4"; "" for "none" (captions and messages)."""
+    return "" if tta == "none" else f", views averaged: {tta}"
+
+
 def describe(record: dict) -> str:
     """The record's split and step, its windows and views if any: "test split, step 600[, in
     256-pixel windows (margin 32)][, views averaged: d4]"."""
     tiling = record.get("tiling")
     windows = f", in {tiling['size']}-pixel windows (margin {tiling['margin']})" if tiling else ""
-    views = f", views averaged: {record['tta']}" if record.get("tta") else ""
+    views = views_note(record.get("tta", "none"))
     return f"{record['split']} split, step {record['step']}{windows}{views}"
 
 

@@ -304,8 +304,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         also = " and <stem>".join(_annotation_suffixes(config))
         also = f" (and their regions as <stem>{also})" if also else ""
         _, tta = evaluate.settings(config.eval, config.model.output_stride)
-        views = "" if tta == "none" else f", views averaged: {tta}"
-        print(f"wrote {_count_maps(targets)} to {out}{also}{views}", flush=True)
+        print(f"wrote {_count_maps(targets)} to {out}{also}{evaluate.views_note(tta)}", flush=True)
     return targets
 
 

@@ -52,8 +52,6 @@ def test_confusions_match_sklearn_on_the_predicted_labels(trained_like):
         keep = truth != IGNORE
         oracle = confusion_matrix(truth[keep], pred[keep], labels=range(NUM_CLASSES))
         np.testing.assert_array_equal(cm, oracle)
-    total = evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE)
-    np.testing.assert_array_equal(total, confusions.sum(0))
 
 
 def test_batched_labels_equal_the_model_applied_to_each_padded_image(trained_like):
@@ -70,7 +68,7 @@ def test_each_padded_shape_compiles_once(trained_like):
     model, variables, split = trained_like
     devices = jax.local_devices()[:2]
     for _ in range(2):
-        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, devices)
+        evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE, devices)
     mesh = parallel.make_mesh(devices)
     program = evaluate._program(model, mesh, "confusions", IGNORE, "none")
     # (40, 48), (40, 41) pad to 40x48 and (33, 29) to 40x32: two shapes, whatever the order
@@ -139,8 +137,8 @@ def test_tiled_evaluation_scores_the_stitched_tiled_prediction(trained_like):
     ):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(
-        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE, tiling=big),
-        evaluate.split_confusion(model, variables, split, NORMALIZER, IGNORE),
+        evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE, tiling=big),
+        evaluate.image_confusions(model, variables, split, NORMALIZER, IGNORE),
     )
 
 
@@ -226,7 +224,7 @@ def test_tta_labels_are_the_argmax_of_the_averaged_probabilities(trained_like):
 
 def test_tta_is_checked_and_recorded(tmp_path):
     with pytest.raises(ValueError, match=r"eval.tta='d8' must be one of \('none', 'flips', 'd4'\)"):
-        evaluate.check_tta("d8")
+        evaluate.settings(ml_collections.ConfigDict({"tile_size": 0, "tta": "d8"}), 8)
     old_run = ml_collections.ConfigDict({"tile_size": 0, "tile_margin": 64})  # saved before tta
     assert evaluate.settings(old_run, 8) == (None, "none")
     confusion = np.array([[[5, 1], [2, 3]]])  # one image's

@@ -726,7 +726,8 @@ def test_evaluate_and_predict_tile_large_images_as_configured(two_step_run, data
     model, variables, info, _, normalizer = inference.load_trained(config, two_step_run)
     split = datasets.load_split(config.data, "test")
     tiling = tiles.Tiling(128, 2)
-    confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, tiling=tiling)
+    confusions = evaluate.image_confusions(model, variables, split, normalizer, 255, tiling=tiling)
+    confusion = confusions.sum(0)
     assert record["confusion_matrix"] == confusion.tolist()
     assert record["tiling"] == {"size": 128, "margin": 2}  # told apart from whole images
     config.predict.input = str(tmp_path / "in")
@@ -749,9 +750,11 @@ def test_evaluate_and_predict_average_views_as_configured(two_step_run, data_dir
     record, _ = inference.evaluate_trained(config, two_step_run)
     model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
     split = datasets.load_split(config.data, "test")
-    confusion = evaluate.split_confusion(model, variables, split, normalizer, 255, tta="flips")
+    confusion = evaluate.image_confusions(
+        model, variables, split, normalizer, 255, tta="flips"
+    ).sum(0)
     assert record["confusion_matrix"] == confusion.tolist() and record["tta"] == "flips"
-    plain = evaluate.split_confusion(model, variables, split, normalizer, 255)
+    plain = evaluate.image_confusions(model, variables, split, normalizer, 255).sum(0)
     assert (confusion != plain).any()  # the views changed the prediction
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
     config.predict.slide_pixels = 100_000
