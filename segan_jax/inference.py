@@ -80,8 +80,17 @@ def _best_network(workdir: pathlib.Path) -> tuple[dict, int]:
 def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Refuses a config other than the run's (eval.* and predict.* may differ) or, with
     several processes, other than process 0's (but for predict.*: each host writes its own),
-    and bad eval.* values, before any image is read. Every process calls it."""
+    and bad eval.* values, before any image is read. Every process calls it; a refusal on
+    any stops all of them (a host given another workdir does not leave the others waiting)."""
     train.check_processes_agree(config)  # processes given other eval.tta, say
+    note = parallel.on_every_process(lambda: _run_note(config, workdir), "check the run")
+    if note and jax.process_index() == 0:
+        print(note, flush=True)
+
+
+def _run_note(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str | None:
+    """`_check_same_run`'s checks on this process: the note on keys the config adds or
+    fills in for the run's (`workdir.check`)."""
     path = workdir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a segan_jax run (no config.json); train first")
@@ -90,8 +99,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     use = ("eval.", "predict.")
     note = workdir_lib.check(workdir, config, mismatch, workdir_lib.MUTABLE_PREFIXES, unnoted=use)
     train.eval_settings(config)  # before any image is read (load_trained checks all again)
-    if note and jax.process_index() == 0:
-        print(note, flush=True)
+    return note
 
 
 EVALUATE_ADVICE = (

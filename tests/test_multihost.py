@@ -173,6 +173,17 @@ def test_evaluation_is_sharded_over_processes_and_sums_to_one_process(run):
     results = launch(work, env, "--mode=evaluate", per_process=views, check=False)
     assert all(code != 0 for code, _, _ in results)
     assert "process 1 was given other values than process 0 for eval.tta" in results[1][2]
+    # A host given another workdir (no run there) stops both, not leaving process 0 waiting.
+    elsewhere = [[], [f"--workdir={work.parent / 'nowhere'}"]]
+    procs = start(work, env, "--mode=evaluate", per_process=elsewhere)
+    try:
+        errors = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode != 0 for p in procs)
+    assert "nowhere/config.json: not a segan_jax run" in errors[1], errors[1][-2000:]
+    assert "process 1 failed to check the run" in errors[0], errors[0][-2000:]
 
 
 def test_prediction_is_shared_out_over_processes(run, tmp_path):
