@@ -266,7 +266,8 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`; with
     predict.imagescope as ``<stem>.xml`` too, `imagescope`), and
     classes.json naming the label values (the folder dataset's format: corrected label
-    PNGs can become a dataset's masks/, with classes.json moved to its root). A slide (a
+    PNGs can become a dataset's masks/, with classes.json moved to its root), and
+    `MADE_WITH` naming the checkpoint and settings that made them. A slide (a
     TIFF-based input over predict.slide_pixels) is predicted region by region at
     predict.slide_level into a label TIFF, ``<stem>.tif`` (`slides`).
 
@@ -279,6 +280,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     parallel.check_against_process_0(
         json.dumps([str(t) for t in targets]), _same_plan, "plan the same predictions"
     )
+    run, out = pathlib.Path(workdir), pathlib.Path(config.predict.output)
+    _check_same_run(config, run)  # a run, this one: before reading (or building) any data
+    made = _checked_made_with(config, run, skipped)  # before "nothing to predict"
     if not targets:
         if jax.process_index() == 0:
             print(f"nothing to predict: all {len(skipped)} input(s) predicted already")
@@ -287,10 +291,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     files, mine_targets = files[mine], targets[mine]
     # Reads and checks all of this process's images, every problem at once, before restoring
     # the network and writing anything.
-    run = pathlib.Path(workdir)
-    _check_same_run(config, run)  # a run, this one: before reading (or building) any data
     info = run_info(config, run)
-    out = pathlib.Path(config.predict.output)
     classes = {str(k): name for k, name in enumerate(info.classes)}
     parallel.on_every_process(
         lambda: _check_classes_file(out / "classes.json", classes, config.predict.overwrite),
@@ -305,6 +306,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         workdir_lib.write_json(out / "classes.json", classes)  # first: a stopped run's too
+        workdir_lib.write_json(out / MADE_WITH, made)
         _print_notes(config, targets, skipped)
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
@@ -605,6 +607,75 @@ def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:
             f"{files[0].parent}: inputs share a stem, so their label maps would overwrite each "
             f"other: {clashes}"
         )
+
+
+MADE_WITH = "prediction.json"  # in predict.output: what made its label maps (`_made_with`)
+
+
+def _made_with(config: ml_collections.ConfigDict, run: pathlib.Path) -> dict:
+    """What makes this call's label maps: the checkpoint's step folder (run, latest or best,
+    step) and the eval.* and predict.* keys that change a map or its regions; written to
+    predict.output as `MADE_WITH`."""
+    folder = run / "best" if config.eval.get("checkpoint") == "best" else run / "checkpoints"
+    found = checkpoints.has_checkpoint_in(folder)  # if not, load_trained says so, later
+    return {
+        "checkpoint": str(checkpoints.locate(folder)) if found else None,
+        "eval.tile_size": config.eval.get("tile_size", 0),
+        "eval.tile_margin": config.eval.get("tile_margin", 0),
+        "eval.tta": config.eval.get("tta", "none"),
+        "predict.slide_level": _predict_key(config, "slide_level"),
+        "predict.min_region_area": _predict_key(config, "min_region_area"),
+    }
+
+
+def _checked_made_with(
+    config: ml_collections.ConfigDict, run: pathlib.Path, skipped: list[pathlib.Path]
+) -> dict:
+    """`_made_with`, checked against predict.output's `MADE_WITH` on every process
+    (`_check_made_with`; process 0 prints its note)."""
+
+    def checked() -> tuple[dict, str]:
+        made = _made_with(config, run)
+        out = pathlib.Path(config.predict.output)
+        return made, _check_made_with(out, made, config.predict.overwrite, skipped)
+
+    made, note = parallel.on_every_process(checked, f"check {MADE_WITH}")
+    if note and jax.process_index() == 0:
+        print(note, flush=True)
+    return made
+
+
+def _check_made_with(
+    out: pathlib.Path, made: dict, overwrite: bool, skipped: list[pathlib.Path]
+) -> str:
+    """Refuses to predict into a folder whose `MADE_WITH` names another checkpoint or other
+    settings without predict.overwrite: its maps (with predict.skip_existing, those left
+    alone) and this call's would differ unseen. Returns a note where predict.skip_existing
+    leaves alone maps that no record vouches for (made before the record), else ""."""
+    path = out / MADE_WITH
+    if overwrite:
+        return ""
+    if not path.exists():
+        return (
+            f"note: {path} is absent, so the {len(skipped)} input(s) left alone may have been "
+            "predicted by another checkpoint or with other settings"
+        ) * bool(skipped)
+    try:
+        saved = json.loads(path.read_text())
+        differ = [
+            f"{k}={saved.get(k)!r} (now {made.get(k)!r})"
+            for k in sorted({*saved, *made})
+            if saved.get(k) != made.get(k)
+        ]
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        differ = [f"unreadable ({err})"]
+    if differ:
+        raise FileExistsError(
+            f"{path}: the predictions in {out} were made with another checkpoint or other "
+            f"settings: {'; '.join(differ)}; set --config.predict.overwrite=True to replace "
+            "them, or choose another predict.output"
+        )
+    return ""
 
 
 def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: bool) -> None:

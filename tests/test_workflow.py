@@ -824,6 +824,51 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
         inference.predict_workdir(config, str(two_step_run))
 
 
+def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
+    two_step_run, data_dir, tmp_path, capsys
+):
+    """predict.output's prediction.json names what made its maps; going on with
+    predict.skip_existing (or predicting into the folder again) with another checkpoint or
+    other views is refused before anything is written, so one folder never mixes the two."""
+    config = _tiny(data_dir, num_steps=2)
+    out = tmp_path / "out"
+    config.predict.input, config.predict.output = str(tmp_path / "in"), str(out)
+    (tmp_path / "in").mkdir()
+    image = datasets.load_split(config.data, "test").images[0]
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", image, photometric="minisblack")
+    inference.predict_workdir(config, str(two_step_run))
+    made = json.loads((out / "prediction.json").read_text())
+    assert made["checkpoint"] == str(two_step_run / "checkpoints" / "2")
+    assert made["eval.tta"] == "none" and made["eval.tile_size"] == 0
+    (out / "b.png").unlink()  # a stopped run
+    config.predict.skip_existing, config.eval.tta = True, "flips"
+    with pytest.raises(
+        FileExistsError, match=r"prediction.json: .*eval.tta='none' \(now 'flips'\)"
+    ):
+        inference.predict_workdir(config, str(two_step_run))
+    assert not (out / "b.png").exists()  # nothing written
+    config.eval.checkpoint, config.eval.tta = "best", "none"  # best/ holds step 2 too
+    with pytest.raises(FileExistsError, match=r"checkpoint='.*checkpoints/2' \(now '.*best/2'\)"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.eval.checkpoint = "latest"
+    assert inference.predict_workdir(config, str(two_step_run)) == [out / "b.png"]
+    # predict.overwrite replaces the predictions and the record.
+    config.predict.skip_existing, config.predict.overwrite, config.eval.tta = False, True, "flips"
+    inference.predict_workdir(config, str(two_step_run))
+    assert json.loads((out / "prediction.json").read_text()) == {**made, "eval.tta": "flips"}
+    # Predictions made before the record: going on says the maps left alone are unchecked.
+    (out / "prediction.json").unlink()
+    (out / "b.png").unlink()
+    config.predict.skip_existing, config.predict.overwrite = True, False
+    capsys.readouterr()
+    assert inference.predict_workdir(config, str(two_step_run)) == [out / "b.png"]
+    assert "prediction.json is absent, so the 1 input(s) left alone" in capsys.readouterr().out
+    (out / "prediction.json").write_text("{")
+    with pytest.raises(FileExistsError, match="prediction.json: .*unreadable"):
+        inference.predict_workdir(config, str(two_step_run))
+
+
 def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data_dir, tmp_path):
     """Over predict.slide_pixels a TIFF is read region by region and its label map written as
     a tiled TIFF (with its GeoJSON); other inputs beside it still give label PNGs; a stopped
