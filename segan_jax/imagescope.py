@@ -30,11 +30,18 @@ POLYGON, RECTANGLE = "0", "1"  # ImageScope's Region Type of a freehand polygon,
 SHAPES = {"2": "an ellipse", "3": "an arrow", "4": "a ruler", "5": "a point"}
 
 
-def save_xml(features: Sequence[dict], classes: Sequence[str], path: pathlib.Path) -> None:
+def save_xml(
+    features: Sequence[dict],
+    classes: Sequence[str],
+    path: pathlib.Path,
+    microns_per_pixel: float | None = None,
+) -> None:
     """Writes GeoJSON Polygon features classified by name in ``classes`` (`annotations`'
     features; others left out) as ImageScope XML, atomically: one layer per class that has any,
     and a further one of that class for each depth of regions lying in another's hole
-    (`_depths`), so that no hole, a negative region of its layer, cuts them."""
+    (`_depths`), so that no hole, a negative region of its layer, cuts them. With
+    ``microns_per_pixel`` (a level-0 pixel's width, the coordinates' unit) the Annotations
+    element says it as ImageScope's MicronsPerPixel (its lengths and areas in micrometres)."""
     layers: dict[tuple[str, int], list[list]] = {}
     for name in classes:
         polygons = [
@@ -46,7 +53,8 @@ def save_xml(features: Sequence[dict], classes: Sequence[str], path: pathlib.Pat
             layers.setdefault((name, depth), []).append(polygon)
     colours = figures.class_colours(len(classes))
     with workdir_lib.atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as file:
-        file.write('<?xml version="1.0" encoding="utf-8"?>\n<Annotations>\n')
+        scale = f' MicronsPerPixel="{microns_per_pixel:.6g}"' if microns_per_pixel else ""
+        file.write(f'<?xml version="1.0" encoding="utf-8"?>\n<Annotations{scale}>\n')
         for (name, depth), polygons in sorted(layers.items(), key=lambda kv: kv[0][1]):
             k = classes.index(name)
             _write_layer(file, (k + LAYER_STRIDE * depth, name, colours[k]), polygons)

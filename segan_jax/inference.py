@@ -302,6 +302,10 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         lambda: read_images(files, info, list(map(_is_slide_map, mine_targets)), level),
         "read its images",
     )
+    microns = _predict_key(config, "microns_per_pixel")
+    mine_slides = [image for image in images if isinstance(image, slides.SlideInfo)]
+    for note in filter(None, (slides.resolution_note(i, microns) for i in mine_slides)):
+        print(note, flush=True)  # each process its own slides'
     model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -351,6 +355,7 @@ def _print_notes(
 PREDICT_FALLBACKS = {
     "geojson": False,
     "imagescope": False,
+    "microns_per_pixel": 0.0,
     "min_region_area": 0.0,
     "skip_existing": False,
     "slide_pixels": 2**26,
@@ -392,7 +397,7 @@ def _write_predictions(
             if _predict_key(config, "imagescope"):
                 imagescope.save_xml(features, info.classes, xml_path(targets[i]))
     for i in (i for i, t in enumerate(targets) if _is_slide_map(t)):
-        _predict_slide(config, trained, files[i], targets[i], info)
+        _predict_slide(config, trained, images[i], targets[i], info)
 
 
 # Windows of a slide when eval.tile_size is 0 (whole images): a slide never fits whole.
@@ -407,11 +412,12 @@ def _slide_tiling(config: ml_collections.ConfigDict) -> tiles.Tiling:
 def _predict_slide(
     config: ml_collections.ConfigDict,
     trained: Trained,
-    path: pathlib.Path,
+    slide: slides.SlideInfo,
     target: pathlib.Path,
     info: datasets.DatasetInfo,
 ) -> None:
-    """Predicts one slide (`slides.predict_slide`) in `_slide_tiling`'s windows."""
+    """Predicts one slide (its level `read_images` opened; `slides.predict_slide`) in
+    `_slide_tiling`'s windows."""
     model, variables, normalizer = trained
     tiling = _slide_tiling(config)
     _, tta = evaluate.settings(config.eval, config.model.output_stride)
@@ -422,8 +428,8 @@ def _predict_slide(
     geojson = (geojson_path(target), info.classes) if _annotation_suffixes(config) else None
     features = [] if _predict_key(config, "imagescope") else None  # the GeoJSON's, for the XML
     slides.predict_slide(
-        path,
-        _predict_key(config, "slide_level"),
+        slide.path,
+        slide.level,
         tiling,
         predict,
         target,
@@ -433,8 +439,8 @@ def _predict_slide(
         features,
     )
     if features is not None:
-        imagescope.save_xml(features, info.classes, xml_path(target))
-    print(f"{path} -> {target}", flush=True)
+        imagescope.save_xml(features, info.classes, xml_path(target), slide.level_microns(0))
+    print(f"{slide.path} -> {target}", flush=True)
 
 
 class _SlideProgress:
@@ -546,9 +552,11 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
         value = _predict_key(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise train.ConfigError(f"predict.{key}={value!r} must be a whole number >= {least}")
-    area = _predict_key(config, "min_region_area")
-    if not isinstance(area, int | float) or isinstance(area, bool) or not 0 <= area < float("inf"):
-        raise train.ConfigError(f"predict.min_region_area={area!r} must be a number >= 0")
+    for key in ("min_region_area", "microns_per_pixel"):
+        value = _predict_key(config, key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not 0 <= value < float("inf"):
+            raise train.ConfigError(f"predict.{key}={value!r} must be a number >= 0")
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)

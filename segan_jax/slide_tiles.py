@@ -93,12 +93,21 @@ def _print_notes(
     output: pathlib.Path,
     images: list[pathlib.Path],
 ) -> None:
-    """Notes on the slides without annotations, and on tiles of other levels of these slides
-    among ``images`` (the listing of ``output/images``: a split of mixed magnifications)."""
+    """Notes on the slides without annotations, on slides whose pixels at the level differ
+    in size by over `slides.MICRONS_TOLERANCE`, and on tiles of other levels of these slides
+    among ``images`` (the listing of ``output/images``): a split of mixed magnifications."""
     bare = sorted(found.keys() - {plan.source.stem for plan in plans})
     if bare:
         shown = workdir_lib.first_names(bare)
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
+    widths = {plan.info.path.name: plan.info.level_microns() for plan in plans}
+    known = sorted((width, name) for name, width in widths.items() if width)
+    if known and known[-1][0] > known[0][0] * (1 + slides.MICRONS_TOLERANCE):
+        listed = ", ".join(f"{name} {width:.3g} µm" for width, name in known)
+        print(
+            f"note: the slides' pixels at level {plans[0].info.level} differ ({listed}): one "
+            "split of several magnifications; cut each group of slides at its own --level"
+        )
     names = [p.name for p in images]
     for plan in plans:
         pattern = _tile_pattern(plan.source.stem, r"(\d+)")
@@ -267,9 +276,12 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
             evaluate.save_label_png(labels, folder / "masks" / f"{name}.png")
             names.append(name)
             used |= filled
+    width = info.level_microns()
+    microns = f", {width:.3g} µm per pixel" if width else ""
     print(
-        f"{info.path.name}: {len(names)} tiles of {size[0]}x{size[1]} at level {info.level} "
-        f"({len(candidates)} squares reached by the bounds of {plan.source.name}'s annotations)",
+        f"{info.path.name}: {len(names)} tiles of {size[0]}x{size[1]} at level {info.level}"
+        f"{microns} ({len(candidates)} squares reached by the bounds of {plan.source.name}'s "
+        "annotations)",
         flush=True,
     )
     unused = len(plan.read) - len(used)

@@ -22,7 +22,9 @@ run takes for a prediction.
 import contextlib
 import dataclasses
 import json
+import math
 import pathlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -49,7 +51,9 @@ MAX_CARRY_ROWS = 1024
 @dataclasses.dataclass(frozen=True)
 class SlideInfo:
     """One level of a slide: (H, W) pixels of ``channels`` channels of ``dtype``;
-    ``downsample`` is (rows, columns) of level 0 per pixel of this level."""
+    ``downsample`` is (rows, columns) of level 0 per pixel of this level; ``microns`` the
+    (height, width) of a level-0 pixel in micrometres where the file says (`microns_of`),
+    else None; ``downsamples`` each level's column ``downsample``."""
 
     path: pathlib.Path
     level: int
@@ -57,6 +61,85 @@ class SlideInfo:
     channels: int
     dtype: np.dtype
     downsample: tuple[float, float]
+    microns: tuple[float, float] | None = None
+    downsamples: tuple[float, ...] = (1.0,)
+
+    def level_microns(self, level: int | None = None) -> float | None:
+        """The width in micrometres of a pixel of ``level`` (default this one); None when
+        the file does not say."""
+        ratio = self.downsamples[self.level if level is None else level]
+        return None if self.microns is None else self.microns[1] * ratio
+
+
+# A pixel said to be wider than this is a print resolution (72 dpi: 353 micrometres), not a
+# microscope's (a 1.25x thumbnail of a 40x scan: 8).
+MAX_PIXEL_MICRONS = 50.0
+# Micrometres per unit of TIFF's ResolutionUnit: inch, centimetre, millimetre, micrometre.
+_UNIT_MICRONS = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
+
+
+def microns_of(tif: tifffile.TiffFile) -> tuple[float, float] | None:
+    """(height, width) of a level-0 pixel in micrometres: an Aperio description's MPP, else
+    OME-XML's PhysicalSizeY/X (in micrometres), else the first page's Y/XResolution in pixels
+    per inch, centimetre, millimetre or micrometre (NDPI's); None where none says, or says
+    more than `MAX_PIXEL_MICRONS` (a TIFF writer's default 72 dpi)."""
+    page = tif.pages.first
+    found = _aperio_microns(page.description) or _ome_microns(tif.ome_metadata)
+    unit = _UNIT_MICRONS.get(int(page.resolutionunit))
+    if found is None and unit and all(page.resolution):
+        found = unit / page.resolution[1], unit / page.resolution[0]
+    if found is None or not all(0 < v <= MAX_PIXEL_MICRONS for v in found):
+        return None
+    return float(found[0]), float(found[1])
+
+
+# Pixel widths within this fraction of each other count as one magnification.
+MICRONS_TOLERANCE = 0.1
+
+
+def resolution_note(info: SlideInfo, microns: float) -> str:
+    """A note when the pixels of the slide's level are over `MICRONS_TOLERANCE` wider or
+    narrower than ``microns`` (the training images', predict.microns_per_pixel), naming the
+    level closest to them; "" when they agree, or ``microns`` or the file does not say."""
+    have = info.level_microns()
+    if not microns or have is None or abs(have / microns - 1) <= MICRONS_TOLERANCE:
+        return ""
+    sizes = [info.level_microns(level) for level in range(len(info.downsamples))]
+    best = min(range(len(sizes)), key=lambda level: abs(math.log(sizes[level] / microns)))
+    hint = f"level {best} has {sizes[best]:.3g}" if best != info.level else "no level is closer"
+    return (
+        f"note: {info.path.name} level {info.level} has pixels of {have:.3g} µm, the run's "
+        f"images {microns:.3g} µm (predict.microns_per_pixel); {hint} (predict.slide_level): "
+        "a network finds structures at the size it was trained on"
+    )
+
+
+def _aperio_microns(description: str) -> tuple[float, float] | None:
+    """An Aperio SVS description's ``|MPP = 0.2520|`` as (height, width), else None."""
+    description = description or ""
+    found = re.search(r"\|\s*MPP\s*=\s*([0-9.]+)", description)
+    if not description.startswith("Aperio") or not found:
+        return None
+    return _number(found[1]), _number(found[1])
+
+
+def _ome_microns(ome: str | None) -> tuple[float, float] | None:
+    """OME-XML's first Pixels' PhysicalSizeY and PhysicalSizeX, when in micrometres."""
+    pixels = re.search(r"<(?:\w+:)?Pixels\s[^>]*>", ome or "")
+    if not pixels:
+        return None
+    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels[0]))
+    units = {attributes.get(f"PhysicalSize{a}Unit", "µm") for a in "XY"}
+    sizes = [_number(attributes.get(f"PhysicalSize{a}", "")) for a in "YX"]
+    return (sizes[0], sizes[1]) if units <= {"µm", "um"} and all(sizes) else None
+
+
+def _number(text: str) -> float:
+    """``text`` as a float, 0.0 where it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 def full_size(path: pathlib.Path) -> tuple[tuple[int, int], int] | None:
@@ -154,7 +237,12 @@ def _open(
         array = zarr.open_array(stack.enter_context(series.aszarr(level=level)), mode="r")
     channels = array.shape[2] if array.ndim == 3 else 1
     (h0, w0), (h, w) = sizes[0], sizes[level]
-    return SlideInfo(path, level, (h, w), channels, array.dtype, (h0 / h, w0 / w)), array
+    downsamples = tuple(w0 / width for _, width in sizes)
+    downsample = (h0 / h, w0 / w)
+    info = SlideInfo(
+        path, level, (h, w), channels, array.dtype, downsample, microns_of(tif), downsamples
+    )
+    return info, array
 
 
 def band_labels(

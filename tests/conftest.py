@@ -60,14 +60,15 @@ def write_labelled_folder():
 @pytest.fixture(scope="session")
 def write_slide():
     """A function writing a pyramidal tiled TIFF (as scanners write, zlib instead of JPEG so
-    pixels are exact): an (H, W[, 3]) image and ``levels - 1`` reductions by 2, as SubIFDs."""
+    pixels are exact): an (H, W[, 3]) image and ``levels - 1`` reductions by 2, as SubIFDs;
+    ``level0``: further tifffile options of the first page (its resolution, say)."""
     import tifffile
 
-    def write(path: pathlib.Path, image, levels: int = 2) -> None:
+    def write(path: pathlib.Path, image, levels: int = 2, **level0) -> None:
         photometric = "rgb" if image.ndim == 3 else "minisblack"
         options = dict(tile=(64, 64), compression="zlib", photometric=photometric)
-        with tifffile.TiffWriter(path) as tif:
-            tif.write(image, subifds=levels - 1, **options)
+        with tifffile.TiffWriter(path, ome=level0.pop("ome", None)) as tif:
+            tif.write(image, subifds=levels - 1, **options, **level0)
             for level in range(1, levels):
                 tif.write(image[:: 2**level, :: 2**level], subfiletype=1, **options)
 

@@ -35,6 +35,16 @@ def test_a_label_map_reads_back_from_its_xml_pixel_for_pixel(tmp_path):
     np.testing.assert_array_equal(back, labels)
 
 
+def test_a_slides_pixel_size_is_imagescopes_microns_per_pixel(tmp_path):
+    features = annotations.features(_labels(), CLASSES)
+    imagescope.save_xml(features, CLASSES, tmp_path / "a.xml", microns_per_pixel=0.252)
+    imagescope.save_xml(features, CLASSES, tmp_path / "b.xml")
+    assert ET.parse(tmp_path / "a.xml").getroot().attrib == {"MicronsPerPixel": "0.252"}
+    assert ET.parse(tmp_path / "b.xml").getroot().attrib == {}  # not known: not said
+    read = [imagescope.read_xml(tmp_path / f"{n}.xml", CLASSES) for n in "ab"]
+    assert read[0] == read[1]
+
+
 def test_each_class_is_a_layer_and_each_hole_a_negative_region(tmp_path):
     labels = np.zeros((10, 12), np.uint8)
     labels[1:8, 1:8] = 2

@@ -171,6 +171,20 @@ def test_the_tiles_make_a_folder_dataset_and_the_command_says_what_it_wrote(slid
         slide_tiles.main([*argv, f"--output={root / 'test'}"])
 
 
+def test_slides_of_other_magnifications_at_the_level_are_noted(slide, write_slide, capsys):
+    root, image = slide
+    cm = {"resolutionunit": "CENTIMETER"}
+    write_slide(root / "slides" / "s.tif", image, resolution=(40000, 40000), **cm)  # 0.25 µm
+    write_slide(root / "slides" / "t.tif", image, resolution=(20000, 20000), **cm)  # 0.5 µm
+    (root / "corrected" / "t.geojson").write_text((root / "corrected" / "s.geojson").read_text())
+    _cut(root, tile_size=150, level=1)
+    out = capsys.readouterr().out
+    assert "s.tif: 2 tiles of 150x150 at level 1, 0.5 µm per pixel" in out
+    assert "t.tif: 2 tiles of 150x150 at level 1, 1 µm per pixel" in out
+    said = "note: the slides' pixels at level 1 differ (s.tif 0.5 µm, t.tif 1 µm): one split"
+    assert said in out
+
+
 def test_imagescope_xml_annotations_cut_the_same_tiles(slide):
     root, image = slide
     geojson = root / "corrected" / "s.geojson"

@@ -1,5 +1,6 @@
 """Tests for segan_jax.slides: slides read band by band, label TIFFs and GeoJSON streamed."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -49,6 +50,50 @@ def test_a_level_is_described_from_its_header(slide):
     assert (info.shape, info.channels, info.dtype) == ((150, 205), 3, np.uint8)
     assert info.downsample == (2.0, 2.0)
     assert slides.full_size(path.with_suffix(".png")) is None  # not TIFF-based: an image
+
+
+APERIO = (
+    "Aperio Image Library v12.0.15\r\n410x300 (256x256) J2K/YUV16 Q=70|AppMag = 40|MPP = 0.2520"
+)
+
+
+@pytest.mark.parametrize(
+    "level0,microns",
+    [
+        ({"description": APERIO}, (0.252, 0.252)),
+        ({"ome": True, "metadata": {"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.26}}, (0.26, 0.25)),
+        ({"resolution": (40000, 20000), "resolutionunit": "CENTIMETER"}, (0.5, 0.25)),  # (x, y)
+        ({"resolution": (101600, 101600), "resolutionunit": "INCH"}, (0.25, 0.25)),
+        ({"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a writer's default
+        ({"resolution": (40000, 40000), "resolutionunit": "NONE"}, None),
+        ({}, None),
+    ],
+    ids=["aperio", "ome", "centimetre", "inch", "72dpi", "no-unit", "none"],
+)
+def test_a_slides_pixel_size_is_read_from_its_header(tmp_path, write_slide, level0, microns):
+    path = tmp_path / "s.tif"
+    write_slide(path, np.zeros((300, 410, 3), np.uint8), levels=3, **level0)
+    level = slides.slide_info(path, 1)
+    assert level.microns == (pytest.approx(microns) if microns else None)
+    assert level.downsamples == (1.0, 410 / 205, 410 / 103)
+    if microns:
+        assert level.level_microns() == pytest.approx(microns[1] * 2)
+        assert level.level_microns(0) == pytest.approx(microns[1])
+
+
+def test_a_slide_level_of_other_pixels_than_the_runs_gets_a_note_naming_the_closest():
+    info = slides.SlideInfo(pathlib.Path("s.svs"), 0, (8, 8), 3, np.uint8, (1.0, 1.0))
+    info = dataclasses.replace(info, microns=(0.25, 0.25), downsamples=(1.0, 2.0, 4.0))
+    assert slides.resolution_note(info, 0.27) == ""  # within 10 %
+    assert slides.resolution_note(info, 0.0) == ""  # the run's not known
+    assert slides.resolution_note(dataclasses.replace(info, microns=None), 0.5) == ""
+    note = slides.resolution_note(info, 0.5)
+    assert note.startswith("note: s.svs level 0 has pixels of 0.25 µm, the run's images 0.5 µm")
+    assert "level 1 has 0.5 (predict.slide_level)" in note
+    assert "level 2 has 1 " in slides.resolution_note(info, 1.8)
+    level2 = dataclasses.replace(info, level=2)
+    assert "level 0 has 0.25 " in slides.resolution_note(level2, 0.1)
+    assert "no level is closer" in slides.resolution_note(level2, 3.0)
 
 
 @pytest.mark.parametrize("size,margin", [(128, 16), (64, 0), (512, 64)])

@@ -869,20 +869,30 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
         inference.predict_workdir(config, str(two_step_run))
 
 
-def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(two_step_run, data_dir, tmp_path):
+def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(
+    two_step_run, data_dir, tmp_path, capsys
+):
     """Over predict.slide_pixels a TIFF is read region by region and its label map written as
     a tiled TIFF (with its GeoJSON); other inputs beside it still give label PNGs; a stopped
     run goes on with predict.skip_existing."""
     config = _tiny(data_dir, num_steps=2)
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
     config.predict.imagescope, config.predict.slide_pixels = True, 100_000
+    config.predict.microns_per_pixel = 0.5  # the slide's are 0.25: noted
     (tmp_path / "in").mkdir()
     image = datasets.load_split(config.data, "test").images[0]  # 210x576: 120,960 pixels
     contig = {"photometric": "minisblack", "planarconfig": "contig"}  # (H, W, 2) as YXS
-    tifffile.imwrite(tmp_path / "in" / "a.tif", image, tile=(64, 64), **contig)
+    microns = {"resolution": (40000, 40000), "resolutionunit": "CENTIMETER"}  # 0.25 µm
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image, tile=(64, 64), **contig, **microns)
     tifffile.imwrite(tmp_path / "in" / "b.tif", image[:100], **contig)  # 57,600 pixels
+    capsys.readouterr()
     slide, png = inference.predict_workdir(config, str(two_step_run))
     assert (slide.name, png.name) == ("a.tif", "b.png")
+    said = "note: a.tif level 0 has pixels of 0.25 µm, the run's images 0.5 µm"
+    assert f"{said} (predict.microns_per_pixel); no level is closer" in capsys.readouterr().out
+    xml = slide.with_suffix(".xml").read_text()
+    assert '<Annotations MicronsPerPixel="0.25">' in xml
+    assert "<Annotations>" in png.with_suffix(".xml").read_text()  # an image's: not known
     model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
     expected, small = evaluate.predict_all(model, variables, [image, image[:100]], normalizer)
     np.testing.assert_array_equal(tifffile.imread(slide), expected)  # in one 1024 window
