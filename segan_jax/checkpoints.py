@@ -147,6 +147,20 @@ def raw_shapes(path: str | pathlib.Path) -> dict:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
 
 
+def identity(folder: str | pathlib.Path) -> dict | None:
+    """{"step", "saved"} of the latest checkpoint in a manager folder (`checkpoints/` or
+    `best/`): its step and orbax's commit time in nanoseconds (a step saved again, by a run
+    started over, differs); None when it holds none. Reads only."""
+    folder = pathlib.Path(folder).absolute()
+    if not folder.is_dir():
+        return None
+    with _reader(folder) as manager:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return {"step": int(step), "saved": manager.metadata(step).commit_timestamp_nsecs}
+
+
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
     """Whether `workdir/checkpoints` holds a finished checkpoint (a run to resume)."""
     return has_checkpoint_in(latest_dir(workdir))

@@ -21,6 +21,7 @@ from segan_jax import (
     input_pipeline,
     models,
     parallel,
+    prediction_record,
     slides,
     tiles,
     train,
@@ -266,8 +267,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`; with
     predict.imagescope as ``<stem>.xml`` too, `imagescope`), and
     classes.json naming the label values (the folder dataset's format: corrected label
-    PNGs can become a dataset's masks/, with classes.json moved to its root), and
-    `MADE_WITH` naming the checkpoint and settings that made them. A slide (a
+    PNGs can become a dataset's masks/, with classes.json moved to its root and the record
+    left out), and the
+    `prediction_record` of what made each map. A slide (a
     TIFF-based input over predict.slide_pixels) is predicted region by region at
     predict.slide_level into a label TIFF, ``<stem>.tif`` (`slides`).
 
@@ -282,7 +284,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     run, out = pathlib.Path(workdir), pathlib.Path(config.predict.output)
     _check_same_run(config, run)  # a run, this one: before reading (or building) any data
-    made = _checked_made_with(config, run, skipped)  # before "nothing to predict"
+    record = _checked_record(config, run, targets, skipped)  # before "nothing to predict"
     if not targets:
         if jax.process_index() == 0:
             print(f"nothing to predict: all {len(skipped)} input(s) predicted already")
@@ -297,20 +299,10 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         lambda: _check_classes_file(out / "classes.json", classes, config.predict.overwrite),
         "check classes.json",
     )
-    level = _predict_key(config, "slide_level")
-    images = parallel.on_every_process(
-        lambda: read_images(files, info, list(map(_is_slide_map, mine_targets)), level),
-        "read its images",
-    )
-    microns = _predict_key(config, "microns_per_pixel")
-    mine_slides = [image for image in images if isinstance(image, slides.SlideInfo)]
-    for note in filter(None, (slides.resolution_note(i, microns) for i in mine_slides)):
-        print(note, flush=True)  # each process its own slides'
-    model, variables, info, _, normalizer = load_trained(config, run, info, checked=True)
-    out.mkdir(parents=True, exist_ok=True)
+    images = _read_mine(config, info, files, mine_targets)
+    model, variables, info, step, normalizer = load_trained(config, run, info, checked=True)
+    _start_writing(config, classes, record, targets, step)
     if jax.process_index() == 0:
-        workdir_lib.write_json(out / "classes.json", classes)  # first: a stopped run's too
-        workdir_lib.write_json(out / MADE_WITH, made)
         _print_notes(config, targets, skipped)
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
@@ -320,6 +312,27 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         _, tta = evaluate.settings(config.eval, config.model.output_stride)
         print(f"wrote {_count_maps(targets)} to {out}{also}{evaluate.views_note(tta)}", flush=True)
     return targets
+
+
+def _read_mine(
+    config: ml_collections.ConfigDict,
+    info: datasets.DatasetInfo,
+    files: list[pathlib.Path],
+    targets: list[pathlib.Path],
+) -> list[np.ndarray | slides.SlideInfo]:
+    """`read_images` of this process's ``files`` (slides where their ``targets`` are label
+    TIFFs) on every process; notes its slides whose pixels differ from
+    predict.microns_per_pixel (`slides.resolution_note`)."""
+    level = _predict_key(config, "slide_level")
+    images = parallel.on_every_process(
+        lambda: read_images(files, info, list(map(_is_slide_map, targets)), level),
+        "read its images",
+    )
+    microns = _predict_key(config, "microns_per_pixel")
+    mine_slides = [image for image in images if isinstance(image, slides.SlideInfo)]
+    for note in filter(None, (slides.resolution_note(i, microns) for i in mine_slides)):
+        print(note, flush=True)
+    return images
 
 
 def _same_plan(mine: str, first: str) -> None:
@@ -338,7 +351,7 @@ def _print_notes(
     """Says which inputs predict.skip_existing leaves alone, and which are images that
     predict.slide_level does not apply to."""
     if skipped:
-        names = workdir_lib.first_names([f.name for f in skipped])
+        names = workdir_lib.first_names([t.name for t in skipped])
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
     level = _predict_key(config, "slide_level")
     images = [t for t in targets if not _is_slide_map(t)]
@@ -579,7 +592,7 @@ def _existing_outputs(
     targets: list[pathlib.Path],
     out: pathlib.Path,
 ) -> tuple[list, list, list]:
-    """`_plan`'s (files, targets, skipped) given predictions already in ``out``: with
+    """`_plan`'s (files, targets, skipped targets) given predictions already in ``out``: with
     predict.skip_existing the inputs with all their outputs there are skipped (the others'
     partial outputs replaced); else any is refused without predict.overwrite."""
     outputs = [[t, *_annotation_paths(config, t)] for t in targets]
@@ -588,7 +601,7 @@ def _existing_outputs(
             raise train.ConfigError("predict.overwrite and predict.skip_existing: choose one")
         done = [all(p.exists() for p in paths) for paths in outputs]
         keep = [i for i, d in enumerate(done) if not d]
-        skipped = [f for f, d in zip(files, done, strict=True) if d]
+        skipped = [t for t, d in zip(targets, done, strict=True) if d]
         files, targets = [files[i] for i in keep], [targets[i] for i in keep]
         return files, targets, skipped  # the others' partial outputs are replaced
     existing = [str(p) for paths in outputs for p in paths if p.exists()]
@@ -617,73 +630,109 @@ def _check_outputs(files: list[pathlib.Path], out: pathlib.Path) -> None:
         )
 
 
-MADE_WITH = "prediction.json"  # in predict.output: what made its label maps (`_made_with`)
-
-
-def _made_with(config: ml_collections.ConfigDict, run: pathlib.Path) -> dict:
-    """What makes this call's label maps: the checkpoint's step folder (run, latest or best,
-    step) and the eval.* and predict.* keys that change a map or its regions; written to
-    predict.output as `MADE_WITH`."""
-    folder = run / "best" if config.eval.get("checkpoint") == "best" else run / "checkpoints"
-    found = checkpoints.has_checkpoint_in(folder)  # if not, load_trained says so, later
-    return {
-        "checkpoint": str(checkpoints.locate(folder)) if found else None,
-        "eval.tile_size": config.eval.get("tile_size", 0),
-        "eval.tile_margin": config.eval.get("tile_margin", 0),
-        "eval.tta": config.eval.get("tta", "none"),
-        "predict.slide_level": _predict_key(config, "slide_level"),
-        "predict.min_region_area": _predict_key(config, "min_region_area"),
-    }
-
-
-def _checked_made_with(
-    config: ml_collections.ConfigDict, run: pathlib.Path, skipped: list[pathlib.Path]
+def _checked_record(
+    config: ml_collections.ConfigDict,
+    run: pathlib.Path,
+    targets: list[pathlib.Path],
+    skipped: list[pathlib.Path],
 ) -> dict:
-    """`_made_with`, checked against predict.output's `MADE_WITH` on every process
-    (`_check_made_with`; process 0 prints its note)."""
+    """predict.output's `prediction_record` with the entries of this call's label maps
+    (``targets``, and those predict.skip_existing leaves alone, ``skipped``) put in, checked
+    on every process: a map left alone must have been made as it would be now
+    (FileExistsError naming each that was not). Process 0 notes maps left alone that were
+    made before the folder had a record."""
 
-    def checked() -> tuple[dict, str]:
-        made = _made_with(config, run)
-        out = pathlib.Path(config.predict.output)
-        return made, _check_made_with(out, made, config.predict.overwrite, skipped)
+    def checked() -> tuple[dict, list[str]]:
+        path = pathlib.Path(config.predict.output) / prediction_record.FILE
+        try:
+            old = prediction_record.read(path)
+        except ValueError as err:
+            if not config.predict.overwrite:
+                raise FileExistsError(
+                    f"{err}; set --config.predict.overwrite=True to start it again, or choose "
+                    "another predict.output"
+                ) from None
+            old = None
+        checkpoint = _checkpoint_entry(config, run)
+        made = {t.name: _entry(config, t, checkpoint) for t in [*targets, *skipped]}
+        record, unchecked, differ = prediction_record.updated(old, made, [t.name for t in skipped])
+        if differ:
+            shown = " | ".join(differ[:3]) + " | ..." * (len(differ) > 3)
+            raise FileExistsError(
+                f"{path}: {len(differ)} of the predictions predict.skip_existing would leave "
+                f"alone were made with another checkpoint or other settings ({shown}); set "
+                "--config.predict.overwrite=True to replace them, or choose another "
+                "predict.output"
+            )
+        return record, unchecked
 
-    made, note = parallel.on_every_process(checked, f"check {MADE_WITH}")
-    if note and jax.process_index() == 0:
-        print(note, flush=True)
-    return made
-
-
-def _check_made_with(
-    out: pathlib.Path, made: dict, overwrite: bool, skipped: list[pathlib.Path]
-) -> str:
-    """Refuses to predict into a folder whose `MADE_WITH` names another checkpoint or other
-    settings without predict.overwrite: its maps (with predict.skip_existing, those left
-    alone) and this call's would differ unseen. Returns a note where predict.skip_existing
-    leaves alone maps that no record vouches for (made before the record), else ""."""
-    path = out / MADE_WITH
-    if overwrite:
-        return ""
-    if not path.exists():
-        return (
-            f"note: {path} is absent, so the {len(skipped)} input(s) left alone may have been "
-            "predicted by another checkpoint or with other settings"
-        ) * bool(skipped)
-    try:
-        saved = json.loads(path.read_text())
-        differ = [
-            f"{k}={saved.get(k)!r} (now {made.get(k)!r})"
-            for k in sorted({*saved, *made})
-            if saved.get(k) != made.get(k)
-        ]
-    except (OSError, ValueError, AttributeError, TypeError) as err:
-        differ = [f"unreadable ({err})"]
-    if differ:
-        raise FileExistsError(
-            f"{path}: the predictions in {out} were made with another checkpoint or other "
-            f"settings: {'; '.join(differ)}; set --config.predict.overwrite=True to replace "
-            "them, or choose another predict.output"
+    record, unchecked = parallel.on_every_process(checked, f"check {prediction_record.FILE}")
+    if unchecked and jax.process_index() == 0:
+        names = workdir_lib.first_names(unchecked)
+        print(
+            f"note: {len(unchecked)} of the predictions left alone were made before "
+            f"{prediction_record.FILE} recorded what made them, so they may come from another "
+            f"checkpoint or other settings: {names}",
+            flush=True,
         )
-    return ""
+    return record
+
+
+def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> dict:
+    """The run (shown in the record) and `checkpoints.identity` of the checkpoint
+    eval.checkpoint names (step and saved None where there is none: load_trained says so)."""
+    best = config.eval.get("checkpoint") == "best"
+    found = checkpoints.identity(run / "best" if best else checkpoints.latest_dir(run))
+    return {"run": str(run.resolve()), **(found or {"step": None, "saved": None})}
+
+
+def _entry(config: ml_collections.ConfigDict, target: pathlib.Path, checkpoint: dict) -> dict:
+    """What makes the label map ``target`` (`prediction_record`): the checkpoint, the views,
+    the windows (a slide's `_slide_tiling`) and, where they apply, predict.slide_level and
+    predict.min_region_area."""
+    tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
+    if _is_slide_map(target):
+        tiling = _slide_tiling(config)
+    entry = {**checkpoint, "eval.tta": tta}
+    entry["windows"] = [tiling.size, tiling.margin] if tiling else "whole image"
+    if _is_slide_map(target):
+        entry["predict.slide_level"] = _predict_key(config, "slide_level")
+    if _annotation_suffixes(config):
+        entry["predict.min_region_area"] = _predict_key(config, "min_region_area")
+    return entry
+
+
+def _start_writing(
+    config: ml_collections.ConfigDict,
+    classes: dict[str, str],
+    record: dict,
+    targets: list[pathlib.Path],
+    step: int,
+) -> None:
+    """After every check, before any label map: refuses a checkpoint other than the one the
+    record was made for (a step saved since); process 0 removes the outputs predict.overwrite
+    replaces (so that a stopped run leaves none the record would vouch for), then writes
+    classes.json and the record. Every process calls it."""
+    entry = record[targets[0].name]
+
+    def same_step() -> None:
+        if entry["step"] != step:
+            raise RuntimeError(
+                f"{entry['run']}: step {step} was restored, step {entry['step']} was checked "
+                "(a checkpoint saved meanwhile?); predict again"
+            )
+
+    parallel.on_every_process(same_step, "restore the checkpoint it checked")
+    out = pathlib.Path(config.predict.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        if config.predict.overwrite:
+            for t in targets:
+                for path in (t, *_annotation_paths(config, t)):
+                    path.unlink(missing_ok=True)
+        workdir_lib.write_json(out / "classes.json", classes)  # first: a stopped run's too
+        workdir_lib.write_json(out / prediction_record.FILE, record)
+    parallel.barrier("predict: record written")
 
 
 def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: bool) -> None:

@@ -202,6 +202,10 @@ def test_prediction_is_shared_out_over_processes(run, tmp_path):
         one = np.asarray(Image.open(tmp_path / "one" / f"slide_{i}.png"))
         two = np.asarray(Image.open(tmp_path / "two" / f"slide_{i}.png"))
         np.testing.assert_array_equal(two, one)
+    # Process 0 recorded what made every map, its own and process 1's.
+    record = json.loads((tmp_path / "two" / "prediction.json").read_text())
+    assert sorted(record) == [f"slide_{i}.png" for i in range(3)]
+    assert {e["step"] for e in record.values()} == {3}
     # A failed check stops both processes with the reason, before any work.
     again = launch(work, env, *predict, f"--config.predict.output={tmp_path / 'two'}", check=False)
     for code, _, err in again:

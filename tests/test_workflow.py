@@ -1,5 +1,6 @@
 """End to end: launch.py modes, resume, NaN handling, workdir safety, a real run that learns."""
 
+import functools
 import json
 import logging
 import os
@@ -824,12 +825,17 @@ def test_prediction_writes_geojson_regions_when_asked(two_step_run, data_dir, tm
         inference.predict_workdir(config, str(two_step_run))
 
 
+def _snapshot(folder: pathlib.Path) -> dict:
+    """{name: bytes} of a folder's files: to check that a refused call wrote nothing."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
 def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
-    two_step_run, data_dir, tmp_path, capsys
+    two_step_run, data_dir, tmp_path, capsys, monkeypatch
 ):
-    """predict.output's prediction.json names what made its maps; going on with
-    predict.skip_existing (or predicting into the folder again) with another checkpoint or
-    other views is refused before anything is written, so one folder never mixes the two."""
+    """predict.output's prediction.json says what made each map; predict.skip_existing
+    refuses, before anything is written, to leave alone a map made with another checkpoint
+    or other views; a stopped predict.overwrite leaves no map its record would vouch for."""
     config = _tiny(data_dir, num_steps=2)
     out = tmp_path / "out"
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(out)
@@ -837,36 +843,63 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
     image = datasets.load_split(config.data, "test").images[0]
     for name in ("a", "b"):
         tifffile.imwrite(tmp_path / "in" / f"{name}.tif", image, photometric="minisblack")
-    inference.predict_workdir(config, str(two_step_run))
-    made = json.loads((out / "prediction.json").read_text())
-    assert made["checkpoint"] == str(two_step_run / "checkpoints" / "2")
-    assert made["eval.tta"] == "none" and made["eval.tile_size"] == 0
+    predict = functools.partial(inference.predict_workdir, config, str(two_step_run))
+    predict()
+    record = json.loads((out / "prediction.json").read_text())
+    assert set(record) == {"a.png", "b.png"}
+    made = record["a.png"]
+    assert (made["run"], made["step"], made["eval.tta"]) == (str(two_step_run), 2, "none")
+    assert made["windows"] == "whole image" and made["saved"] > 0
     (out / "b.png").unlink()  # a stopped run
     config.predict.skip_existing, config.eval.tta = True, "flips"
-    with pytest.raises(
-        FileExistsError, match=r"prediction.json: .*eval.tta='none' \(now 'flips'\)"
-    ):
-        inference.predict_workdir(config, str(two_step_run))
-    assert not (out / "b.png").exists()  # nothing written
-    config.eval.checkpoint, config.eval.tta = "best", "none"  # best/ holds step 2 too
-    with pytest.raises(FileExistsError, match=r"checkpoint='.*checkpoints/2' \(now '.*best/2'\)"):
-        inference.predict_workdir(config, str(two_step_run))
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match=r"a.png: eval.tta='none' \(now 'flips'\)"):
+        predict()
+    config.eval.checkpoint, config.eval.tta = "best", "none"  # best/ saved step 2 apart
+    with pytest.raises(FileExistsError, match=r"a.png: saved=\d+ \(now \d+\)"):
+        predict()
+    assert _snapshot(out) == before  # nothing written
     config.eval.checkpoint = "latest"
-    assert inference.predict_workdir(config, str(two_step_run)) == [out / "b.png"]
-    # predict.overwrite replaces the predictions and the record.
+    assert predict() == [out / "b.png"]
+    # predict.overwrite stopped after a's map: b's old map was removed before, not left
+    # beside a record of the new views.
     config.predict.skip_existing, config.predict.overwrite, config.eval.tta = False, True, "flips"
-    inference.predict_workdir(config, str(two_step_run))
-    assert json.loads((out / "prediction.json").read_text()) == {**made, "eval.tta": "flips"}
+    real_save, saved = evaluate.save_label_png, []
+
+    def save_then_stop(labels: np.ndarray, path: pathlib.Path) -> None:
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(real_save(labels, path))
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(evaluate, "save_label_png", save_then_stop)
+        predict()
+    assert saved and (out / "a.png").exists()
+    assert not (out / "b.png").exists()
+    assert json.loads((out / "prediction.json").read_text())["b.png"]["eval.tta"] == "flips"
+    config.predict.skip_existing, config.predict.overwrite = True, False
+    assert predict() == [out / "b.png"]  # goes on with the new views
+    # Maps of other inputs keep their entries: c, made now without views, beside a and b.
+    tifffile.imwrite(tmp_path / "in" / "c.tif", image, photometric="minisblack")
+    config.eval.tta = "none"
+    with pytest.raises(FileExistsError, match=r"2 of the predictions .* \(a.png: .*\| b.png"):
+        predict()  # a and b were made with flips
+    config.predict.input = str(tmp_path / "in" / "c.tif")
+    assert predict() == [out / "c.png"]
+    record = json.loads((out / "prediction.json").read_text())
+    assert [record[n]["eval.tta"] for n in ("a.png", "b.png", "c.png")] == ["flips"] * 2 + ["none"]
     # Predictions made before the record: going on says the maps left alone are unchecked.
     (out / "prediction.json").unlink()
-    (out / "b.png").unlink()
-    config.predict.skip_existing, config.predict.overwrite = True, False
+    (out / "c.png").unlink()
+    config.predict.input = str(tmp_path / "in")
     capsys.readouterr()
-    assert inference.predict_workdir(config, str(two_step_run)) == [out / "b.png"]
-    assert "prediction.json is absent, so the 1 input(s) left alone" in capsys.readouterr().out
+    assert predict() == [out / "c.png"]
+    said = "note: 2 of the predictions left alone were made before prediction.json recorded"
+    assert said in capsys.readouterr().out
+    assert json.loads((out / "prediction.json").read_text())["a.png"] == "unchecked"
     (out / "prediction.json").write_text("{")
-    with pytest.raises(FileExistsError, match="prediction.json: .*unreadable"):
-        inference.predict_workdir(config, str(two_step_run))
+    with pytest.raises(FileExistsError, match="prediction.json: unreadable"):
+        predict()
 
 
 def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(
