@@ -161,11 +161,12 @@ def texts_over_processes(texts: list[str]) -> list[str]:
     """Every process's ``texts`` joined in process order; with one process, ``texts``."""
     if jax.process_count() == 1:
         return list(texts)
-    line = (json.dumps(texts) + "\n").encode()  # JSON escapes newlines: one line a process
-    stream = rows_over_processes(np.frombuffer(line, np.uint8).astype(np.int64))
-    return [
-        t for part in bytes(stream.astype(np.uint8)).decode().splitlines() for t in json.loads(part)
-    ]
+    data = np.frombuffer(json.dumps(texts).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size)))
+    padded = np.zeros(int(sizes.max()), np.uint8)  # one shape on every process
+    padded[: data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [t for row, n in zip(gathered, sizes, strict=True) for t in json.loads(bytes(row[:n]))]
 
 
 def to_halves(counts: np.ndarray) -> np.ndarray:

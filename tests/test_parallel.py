@@ -1,5 +1,7 @@
 """Tests for segan_jax.parallel on one process (2 processes: tests/test_multihost.py)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -82,6 +84,26 @@ def test_replicas_differ_names_the_leaves_whose_bits_differ(monkeypatch):
     moved = (a, tree["b"]["c"])
     other["sums"] = np.asarray(parallel._checksums(moved)).view(np.int32)
     assert parallel.replicas_differ(tree) == ["['a']"]
+
+
+@pytest.mark.parametrize(
+    "mine,others", [(["a", "b_L0_x0_y0"], ['ç\n"q"', ""]), ([], ["x"]), (["long" * 50], [])]
+)
+def test_texts_over_processes_joins_them_in_process_order(monkeypatch, mine, others):
+    """Two processes simulated, the other's texts of another length (non-ASCII, a newline,
+    quotes, an empty text, none at all)."""
+    assert parallel.texts_over_processes(mine) == mine  # one process
+    theirs = np.frombuffer(json.dumps(others).encode(), np.uint8)
+
+    def gather(x):
+        x = np.asarray(x)
+        if x.ndim == 0:  # the sizes
+            return np.stack([x, np.int32(theirs.size)])
+        return np.stack([x, np.pad(theirs, (0, x.size - theirs.size))])
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(parallel.multihost_utils, "process_allgather", gather)
+    assert parallel.texts_over_processes(mine) == mine + others
 
 
 def test_warn_if_replicas_differ_process_0_names_them(monkeypatch, capsys):
