@@ -284,11 +284,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     run, out = pathlib.Path(workdir), pathlib.Path(config.predict.output)
     _check_same_run(config, run)  # a run, this one: before reading (or building) any data
-    record = _checked_record(config, run, targets, skipped)  # before "nothing to predict"
+    record, unchecked = _checked_record(config, run, targets, skipped)  # even with no targets
     if not targets:
-        if jax.process_index() == 0:
-            print(f"nothing to predict: all {len(skipped)} input(s) predicted already")
-        return []
+        return _nothing_to_predict(out, record, unchecked, len(skipped))
     mine = slice(jax.process_index(), None, jax.process_count())
     files, mine_targets = files[mine], targets[mine]
     # Reads and checks all of this process's images, every problem at once, before restoring
@@ -312,6 +310,21 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
         _, tta = evaluate.settings(config.eval, config.model.output_stride)
         print(f"wrote {_count_maps(targets)} to {out}{also}{evaluate.views_note(tta)}", flush=True)
     return targets
+
+
+def _nothing_to_predict(
+    out: pathlib.Path, record: dict, unchecked: list[str], skipped: int
+) -> list[pathlib.Path]:
+    """Says that every input was predicted already; process 0 enters the maps made before
+    the folder had a record as unchecked (`_checked_record`). Returns []."""
+
+    def write() -> None:
+        if unchecked:
+            workdir_lib.write_json(out / prediction_record.FILE, record)
+        print(f"nothing to predict: all {skipped} input(s) predicted already", flush=True)
+
+    parallel.process_0_first(write, f"write {prediction_record.FILE}")
+    return []
 
 
 def _read_mine(
@@ -499,6 +512,9 @@ def _annotation_paths(config: ml_collections.ConfigDict, target: pathlib.Path) -
     return [target.with_suffix(suffix) for suffix in _annotation_suffixes(config)]
 
 
+ANNOTATION_SUFFIXES = (".geojson", ".xml")  # every kind predict writes beside a label map
+
+
 def _annotation_suffixes(config: ml_collections.ConfigDict) -> list[str]:
     """The suffixes of the annotation files written beside each label map: .geojson with
     predict.geojson or predict.imagescope (whose XML is made from it), then with
@@ -635,12 +651,12 @@ def _checked_record(
     run: pathlib.Path,
     targets: list[pathlib.Path],
     skipped: list[pathlib.Path],
-) -> dict:
-    """predict.output's `prediction_record` with the entries of this call's label maps
+) -> tuple[dict, list[str]]:
+    """(predict.output's `prediction_record` with the entries of this call's label maps
     (``targets``, and those predict.skip_existing leaves alone, ``skipped``) put in, checked
     on every process: a map left alone must have been made as it would be now
-    (FileExistsError naming each that was not). Process 0 notes maps left alone that were
-    made before the folder had a record."""
+    (FileExistsError naming each that was not), the maps left alone that were made before
+    the folder had a record, which process 0 notes)."""
 
     def checked() -> tuple[dict, list[str]]:
         path = pathlib.Path(config.predict.output) / prediction_record.FILE
@@ -675,7 +691,7 @@ def _checked_record(
             f"checkpoint or other settings: {names}",
             flush=True,
         )
-    return record
+    return record, unchecked
 
 
 def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> dict:
@@ -710,29 +726,32 @@ def _start_writing(
     step: int,
 ) -> None:
     """After every check, before any label map: refuses a checkpoint other than the one the
-    record was made for (a step saved since); process 0 removes the outputs predict.overwrite
-    replaces (so that a stopped run leaves none the record would vouch for), then writes
-    classes.json and the record. Every process calls it."""
-    entry = record[targets[0].name]
+    record was made for (a step saved since, on any process); process 0 removes the outputs
+    of ``targets`` that this call replaces (with predict.overwrite also their annotation
+    files of kinds not written now), so that a stopped run leaves none the record would
+    vouch for, then writes classes.json and the record. Every process calls it."""
+    checked = record[targets[0].name]["step"]
 
-    def same_step() -> None:
-        if entry["step"] != step:
+    def same_step(mine: str, first: str) -> None:
+        if json.loads(mine) != [checked, checked] or mine != first:
             raise RuntimeError(
-                f"{entry['run']}: step {step} was restored, step {entry['step']} was checked "
-                "(a checkpoint saved meanwhile?); predict again"
+                f"step {step} was restored, step {checked} was checked (process 0: "
+                f"{json.loads(first)}; a checkpoint saved meanwhile?): predict again"
             )
 
-    parallel.on_every_process(same_step, "restore the checkpoint it checked")
+    parallel.check_against_process_0(json.dumps([step, checked]), same_step, "restore the step")
     out = pathlib.Path(config.predict.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        if config.predict.overwrite:
-            for t in targets:
-                for path in (t, *_annotation_paths(config, t)):
-                    path.unlink(missing_ok=True)
+    suffixes = ANNOTATION_SUFFIXES if config.predict.overwrite else _annotation_suffixes(config)
+
+    def write() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for t in targets:
+            for path in (t, *(t.with_suffix(suffix) for suffix in suffixes)):
+                path.unlink(missing_ok=True)
         workdir_lib.write_json(out / "classes.json", classes)  # first: a stopped run's too
         workdir_lib.write_json(out / prediction_record.FILE, record)
-    parallel.barrier("predict: record written")
+
+    parallel.process_0_first(write, f"write {prediction_record.FILE}")
 
 
 def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: bool) -> None:

@@ -13,7 +13,9 @@ import pathlib
 
 FILE = "prediction.json"
 UNCHECKED = "unchecked"  # a map found before the folder had a record
-SHOWN_ONLY = ("run",)  # entry keys not compared: a run moved elsewhere is the same run
+# Entry keys not compared (a run moved elsewhere is the same run) where the checkpoint's
+# saving time tells checkpoints apart.
+SHOWN_ONLY = ("run",)
 
 
 def read(path: pathlib.Path) -> dict | None:
@@ -38,7 +40,8 @@ def differences(saved: dict | str, made: dict) -> list[str]:
     written now, does not change the map)."""
     if saved == UNCHECKED:
         return []
-    keys = sorted(set(made) - set(SHOWN_ONLY))
+    shown = SHOWN_ONLY if made.get("saved") is not None else ()  # else the run tells them apart
+    keys = sorted(set(made) - set(shown))
     return [
         f"{k}={saved.get(k)!r} (now {made.get(k)!r})" for k in keys if saved.get(k) != made.get(k)
     ]

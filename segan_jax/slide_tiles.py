@@ -102,7 +102,7 @@ def _print_notes(
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
     widths = {plan.info.path.name: plan.info.level_microns() for plan in plans}
     known = sorted((width, name) for name, width in widths.items() if width)
-    if known and known[-1][0] > known[0][0] * (1 + slides.MICRONS_TOLERANCE):
+    if known and not slides.same_magnification(known[0][0], known[-1][0]):
         listed = ", ".join(f"{name} {width:.3g} µm" for width, name in known)
         print(
             f"note: the slides' pixels at level {plans[0].info.level} differ ({listed}): one "

@@ -67,13 +67,14 @@ class SlideInfo:
     def level_microns(self, level: int | None = None) -> float | None:
         """The width in micrometres of a pixel of ``level`` (default this one); None when
         the file does not say."""
-        ratio = self.downsamples[self.level if level is None else level]
-        return None if self.microns is None else self.microns[1] * ratio
+        if self.microns is None:
+            return None
+        return self.microns[1] * self.downsamples[self.level if level is None else level]
 
 
-# A pixel said to be wider than this is a print resolution (72 dpi: 353 micrometres), not a
-# microscope's (a 1.25x thumbnail of a 40x scan: 8).
-MAX_PIXEL_MICRONS = 50.0
+# A full-resolution pixel said to be wider than this is a writer's default print resolution
+# (72 dpi: 353 micrometres; 2400 dpi: 10.6), not a microscope's (under about 2).
+MAX_PIXEL_MICRONS = 10.0
 # Micrometres per unit of TIFF's ResolutionUnit: inch, centimetre, millimetre, micrometre.
 _UNIT_MICRONS = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
 
@@ -81,20 +82,36 @@ _UNIT_MICRONS = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
 def microns_of(tif: tifffile.TiffFile) -> tuple[float, float] | None:
     """(height, width) of a level-0 pixel in micrometres: an Aperio description's MPP, else
     OME-XML's PhysicalSizeY/X (in micrometres), else the first page's Y/XResolution in pixels
-    per inch, centimetre, millimetre or micrometre (NDPI's); None where none says, or says
-    more than `MAX_PIXEL_MICRONS` (a TIFF writer's default 72 dpi)."""
-    page = tif.pages.first
+    per inch, centimetre, millimetre or micrometre (NDPI's), all of the full-resolution
+    page; None where none says, or says more than `MAX_PIXEL_MICRONS` (a TIFF writer's
+    default 72 dpi)."""
+    page = tif.series[0].levels[0].keyframe
     found = _aperio_microns(page.description) or _ome_microns(tif.ome_metadata)
-    unit = _UNIT_MICRONS.get(int(page.resolutionunit))
-    if found is None and unit and all(page.resolution):
-        found = unit / page.resolution[1], unit / page.resolution[0]
+    if found is None:
+        found = _resolution_microns(page)
     if found is None or not all(0 < v <= MAX_PIXEL_MICRONS for v in found):
         return None
     return float(found[0]), float(found[1])
 
 
+def _resolution_microns(page: tifffile.TiffPage) -> tuple[float, float] | None:
+    """A page's (height, width) in micrometres from its resolution tags, None where their
+    unit is none (1) or a value is 0 or unreadable (0/0: "unknown", to some writers)."""
+    unit = _UNIT_MICRONS.get(int(page.resolutionunit))
+    try:
+        x, y = page.resolution
+    except (ZeroDivisionError, ValueError, TypeError):
+        return None
+    return (unit / y, unit / x) if unit and x > 0 and y > 0 else None
+
+
 # Pixel widths within this fraction of each other count as one magnification.
 MICRONS_TOLERANCE = 0.1
+
+
+def same_magnification(a: float, b: float) -> bool:
+    """Whether pixel widths ``a`` and ``b`` lie within `MICRONS_TOLERANCE` of each other."""
+    return abs(a / b - 1) <= MICRONS_TOLERANCE
 
 
 def resolution_note(info: SlideInfo, microns: float) -> str:
@@ -102,7 +119,7 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
     narrower than ``microns`` (the training images', predict.microns_per_pixel), naming the
     level closest to them; "" when they agree, or ``microns`` or the file does not say."""
     have = info.level_microns()
-    if not microns or have is None or abs(have / microns - 1) <= MICRONS_TOLERANCE:
+    if not microns or have is None or same_magnification(have, microns):
         return ""
     sizes = [info.level_microns(level) for level in range(len(info.downsamples))]
     best = min(range(len(sizes)), key=lambda level: abs(math.log(sizes[level] / microns)))
@@ -123,15 +140,22 @@ def _aperio_microns(description: str) -> tuple[float, float] | None:
     return _number(found[1]), _number(found[1])
 
 
+# Micrometres per OME length unit (its default: µm, micro sign or Greek mu).
+_OME_MICRONS = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
 def _ome_microns(ome: str | None) -> tuple[float, float] | None:
-    """OME-XML's first Pixels' PhysicalSizeY and PhysicalSizeX, when in micrometres."""
+    """OME-XML's first Pixels' PhysicalSizeY and PhysicalSizeX in micrometres (from µm, nm
+    or mm), else None."""
     pixels = re.search(r"<(?:\w+:)?Pixels\s[^>]*>", ome or "")
     if not pixels:
         return None
-    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels[0]))
-    units = {attributes.get(f"PhysicalSize{a}Unit", "µm") for a in "XY"}
+    attributes = dict(re.findall(r"""(\w+)\s*=\s*["']([^"']*)["']""", pixels[0]))
+    scales = [_OME_MICRONS.get(attributes.get(f"PhysicalSize{a}Unit", "µm")) for a in "YX"]
     sizes = [_number(attributes.get(f"PhysicalSize{a}", "")) for a in "YX"]
-    return (sizes[0], sizes[1]) if units <= {"µm", "um"} and all(sizes) else None
+    if not all(scales) or not all(sizes):
+        return None
+    return sizes[0] * scales[0], sizes[1] * scales[1]
 
 
 def _number(text: str) -> float:

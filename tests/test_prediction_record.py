@@ -20,6 +20,11 @@ def test_entries_differ_in_compared_keys_only():
         "predict.slide_level=None (now 1)"
     ]
     assert record_lib.differences(record_lib.UNCHECKED, NOW) == []
+    # Without a saving time to tell checkpoints apart, the run does.
+    unsaved = {**NOW, "saved": None}
+    assert record_lib.differences({**unsaved, "run": "/runs/b"}, unsaved) == [
+        "run='/runs/b' (now '/runs/a')"
+    ]
 
 
 def test_updating_a_record_enters_new_maps_and_keeps_others():

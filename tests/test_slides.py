@@ -64,15 +64,47 @@ APERIO = (
         ({"ome": True, "metadata": {"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.26}}, (0.26, 0.25)),
         ({"resolution": (40000, 20000), "resolutionunit": "CENTIMETER"}, (0.5, 0.25)),  # (x, y)
         ({"resolution": (101600, 101600), "resolutionunit": "INCH"}, (0.25, 0.25)),
+        (
+            {
+                "ome": True,
+                "metadata": {
+                    "PhysicalSizeX": 500,
+                    "PhysicalSizeXUnit": "nm",
+                    "PhysicalSizeY": 500,
+                    "PhysicalSizeYUnit": "nm",
+                },
+            },
+            (0.5, 0.5),
+        ),
         ({"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a writer's default
+        ({"resolution": (600, 600), "resolutionunit": "INCH"}, None),  # 42 µm: one too
         ({"resolution": (40000, 40000), "resolutionunit": "NONE"}, None),
+        ({"resolution": (7, 7), "resolutionunit": "CENTIMETER"}, None),  # made 0/0 below
         ({}, None),
     ],
-    ids=["aperio", "ome", "centimetre", "inch", "72dpi", "no-unit", "none"],
+    ids=[
+        "aperio",
+        "ome",
+        "centimetre",
+        "inch",
+        "ome-nm",
+        "72dpi",
+        "600dpi",
+        "no-unit",
+        "0/0",
+        "none",
+    ],
 )
 def test_a_slides_pixel_size_is_read_from_its_header(tmp_path, write_slide, level0, microns):
     path = tmp_path / "s.tif"
     write_slide(path, np.zeros((300, 410, 3), np.uint8), levels=3, **level0)
+    if level0.get("resolution") == (7, 7):  # 0/0, "unknown" to some writers
+        with tifffile.TiffFile(path) as tif:
+            offsets = [tif.pages.first.tags[t].valueoffset for t in ("XResolution", "YResolution")]
+        with open(path, "r+b") as file:
+            for offset in offsets:
+                file.seek(offset)
+                file.write(bytes(8))
     level = slides.slide_info(path, 1)
     assert level.microns == (pytest.approx(microns) if microns else None)
     assert level.downsamples == (1.0, 410 / 205, 410 / 103)
@@ -91,6 +123,7 @@ def test_a_slide_level_of_other_pixels_than_the_runs_gets_a_note_naming_the_clos
     assert note.startswith("note: s.svs level 0 has pixels of 0.25 µm, the run's images 0.5 µm")
     assert "level 1 has 0.5 (predict.slide_level)" in note
     assert "level 2 has 1 " in slides.resolution_note(info, 1.8)
+    assert "level 1 has 0.5 " in slides.resolution_note(info, 0.36)  # by ratio: 0.25 is nearer
     level2 = dataclasses.replace(info, level=2)
     assert "level 0 has 0.25 " in slides.resolution_note(level2, 0.1)
     assert "no level is closer" in slides.resolution_note(level2, 3.0)

@@ -830,12 +830,9 @@ def _snapshot(folder: pathlib.Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
-    two_step_run, data_dir, tmp_path, capsys, monkeypatch
-):
-    """predict.output's prediction.json says what made each map; predict.skip_existing
-    refuses, before anything is written, to leave alone a map made with another checkpoint
-    or other views; a stopped predict.overwrite leaves no map its record would vouch for."""
+def _two_inputs(two_step_run, data_dir, tmp_path) -> tuple:
+    """(config, predict.output, a call of predict, the image) predicting in/a.tif and
+    in/b.tif (one of the demo's test images) with the 2-step run."""
     config = _tiny(data_dir, num_steps=2)
     out = tmp_path / "out"
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(out)
@@ -843,7 +840,21 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
     image = datasets.load_split(config.data, "test").images[0]
     for name in ("a", "b"):
         tifffile.imwrite(tmp_path / "in" / f"{name}.tif", image, photometric="minisblack")
-    predict = functools.partial(inference.predict_workdir, config, str(two_step_run))
+    return (
+        config,
+        out,
+        functools.partial(inference.predict_workdir, config, str(two_step_run)),
+        image,
+    )
+
+
+def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
+    two_step_run, data_dir, tmp_path, capsys, monkeypatch
+):
+    """predict.output's prediction.json says what made each map; predict.skip_existing
+    refuses, before anything is written, to leave alone a map made with another checkpoint
+    or other views; maps of other inputs keep their entries."""
+    config, out, predict, image = _two_inputs(two_step_run, data_dir, tmp_path)
     predict()
     record = json.loads((out / "prediction.json").read_text())
     assert set(record) == {"a.png", "b.png"}
@@ -859,11 +870,44 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
     with pytest.raises(FileExistsError, match=r"a.png: saved=\d+ \(now \d+\)"):
         predict()
     assert _snapshot(out) == before  # nothing written
-    config.eval.checkpoint = "latest"
+    # A step saved between the check and the restore: refused before anything is written.
+    config.eval.checkpoint, config.predict.output = "latest", str(tmp_path / "other")
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="step 2 was rest"):
+        patched.setattr(checkpoints, "identity", lambda folder: {"step": 1, "saved": 5})
+        predict()
+    assert not (tmp_path / "other").exists()
+    config.predict.output = str(out)
     assert predict() == [out / "b.png"]
-    # predict.overwrite stopped after a's map: b's old map was removed before, not left
-    # beside a record of the new views.
-    config.predict.skip_existing, config.predict.overwrite, config.eval.tta = False, True, "flips"
+    # Maps of other inputs keep their entries: c, made with views, beside a and b.
+    tifffile.imwrite(tmp_path / "in" / "c.tif", image, photometric="minisblack")
+    config.eval.tta = "flips"
+    with pytest.raises(FileExistsError, match=r"2 of the predictions .* \(a.png: .*\| b.png"):
+        predict()  # a and b were made without
+    config.predict.input = str(tmp_path / "in" / "c.tif")
+    assert predict() == [out / "c.png"]
+    record = json.loads((out / "prediction.json").read_text())
+    assert [record[n]["eval.tta"] for n in ("a.png", "b.png", "c.png")] == ["none"] * 2 + ["flips"]
+    # Predictions made before the record: going on says the maps left alone are unchecked,
+    # and enters them so, even when nothing is left to predict.
+    (out / "prediction.json").unlink()
+    config.predict.input = str(tmp_path / "in" / "a.tif")
+    capsys.readouterr()
+    assert predict() == []
+    said = "note: 1 of the predictions left alone were made before prediction.json recorded"
+    assert said in capsys.readouterr().out
+    assert json.loads((out / "prediction.json").read_text()) == {"a.png": "unchecked"}
+    (out / "prediction.json").write_text("{")
+    with pytest.raises(FileExistsError, match="prediction.json: unreadable"):
+        predict()
+
+
+def test_a_stopped_prediction_leaves_no_map_its_record_would_vouch_for(
+    two_step_run, data_dir, tmp_path, monkeypatch
+):
+    """The outputs a call replaces are removed before its record is written: stopped after
+    a's map, b's old one is gone (predict.overwrite, or predict.skip_existing redoing b for
+    its missing GeoJSON), not left beside a record of the new views."""
+    config, out, predict, _ = _two_inputs(two_step_run, data_dir, tmp_path)
     real_save, saved = evaluate.save_label_png, []
 
     def save_then_stop(labels: np.ndarray, path: pathlib.Path) -> None:
@@ -871,35 +915,24 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
             raise KeyboardInterrupt
         saved.append(real_save(labels, path))
 
-    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(evaluate, "save_label_png", save_then_stop)
-        predict()
-    assert saved and (out / "a.png").exists()
-    assert not (out / "b.png").exists()
-    assert json.loads((out / "prediction.json").read_text())["b.png"]["eval.tta"] == "flips"
-    config.predict.skip_existing, config.predict.overwrite = True, False
-    assert predict() == [out / "b.png"]  # goes on with the new views
-    # Maps of other inputs keep their entries: c, made now without views, beside a and b.
-    tifffile.imwrite(tmp_path / "in" / "c.tif", image, photometric="minisblack")
-    config.eval.tta = "none"
-    with pytest.raises(FileExistsError, match=r"2 of the predictions .* \(a.png: .*\| b.png"):
-        predict()  # a and b were made with flips
-    config.predict.input = str(tmp_path / "in" / "c.tif")
-    assert predict() == [out / "c.png"]
-    record = json.loads((out / "prediction.json").read_text())
-    assert [record[n]["eval.tta"] for n in ("a.png", "b.png", "c.png")] == ["flips"] * 2 + ["none"]
-    # Predictions made before the record: going on says the maps left alone are unchecked.
-    (out / "prediction.json").unlink()
-    (out / "c.png").unlink()
-    config.predict.input = str(tmp_path / "in")
-    capsys.readouterr()
-    assert predict() == [out / "c.png"]
-    said = "note: 2 of the predictions left alone were made before prediction.json recorded"
-    assert said in capsys.readouterr().out
-    assert json.loads((out / "prediction.json").read_text())["a.png"] == "unchecked"
-    (out / "prediction.json").write_text("{")
-    with pytest.raises(FileExistsError, match="prediction.json: unreadable"):
-        predict()
+    predict()
+    for flag in ("overwrite", "skip_existing"):
+        config.predict.overwrite, config.predict.skip_existing = False, False
+        config.predict[flag], config.predict.geojson = True, flag == "skip_existing"
+        config.eval.tta, saved[:] = "flips", []
+        with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+            patched.setattr(evaluate, "save_label_png", save_then_stop)
+            predict()
+        assert saved and (out / "a.png").exists() and not (out / "b.png").exists()
+        assert json.loads((out / "prediction.json").read_text())["b.png"]["eval.tta"] == "flips"
+        config.predict.overwrite, config.predict.skip_existing = False, True
+        assert predict() == [out / "b.png"]  # goes on with the new views
+        config.predict.overwrite, config.predict.skip_existing = True, False
+        config.eval.tta, config.predict.geojson = "none", False
+        predict()  # back to the start: both without views
+    # predict.overwrite without GeoJSON removes the GeoJSON an earlier call wrote: the
+    # record would not say what made it.
+    assert not list(out.glob("*.geojson")) and (out / "a.png").exists()
 
 
 def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(
