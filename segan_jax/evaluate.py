@@ -310,8 +310,9 @@ def result_record(
     `EVAL_KEYS` (the figures of their sum), ``intervals`` (`metrics.bootstrap_intervals` over
     the images, or over the slides their `names` say they were cut from, with their ``level``,
     ``samples``, number of ``images`` and, when fewer, of ``slides``), ``tiling`` ({"size",
-    "margin"}) when the images were evaluated in windows and ``tta`` when views were averaged;
-    NaN becomes None (JSON null)."""
+    "margin"}) when the images were evaluated in windows and ``tta`` when views were averaged,
+    and ``per_image``: each image's matrix (``confusions``) and, given, its name (``names``),
+    for paired comparisons of two records (`compare`); NaN becomes None (JSON null)."""
     confusion = np.asarray(confusions).sum(0)
     result = metrics.scores(confusion)
     windows = {} if tiling is None else {"tiling": dataclasses.asdict(tiling)}
@@ -328,7 +329,23 @@ def result_record(
         "intervals": _intervals(confusions, names),
         **windows,
         **views,
+        "per_image": _per_image(confusions, names),
     }
+
+
+def _per_image(confusions: np.ndarray, names: list[str] | None) -> dict:
+    """The ``per_image`` of a record: the images' matrices (and names), sorted by name so
+    that any split of the images over processes writes the same."""
+    order = np.arange(len(confusions)) if names is None else np.argsort(names, kind="stable")
+    matrices = np.asarray(confusions).astype(int)[order].tolist()
+    return (
+        {"confusions": matrices}
+        if names is None
+        else {
+            "names": [names[i] for i in order],
+            "confusions": matrices,
+        }
+    )
 
 
 def _intervals(confusions: np.ndarray, names: list[str] | None) -> dict:
@@ -400,15 +417,28 @@ def save_record(workdir: pathlib.Path, record: dict) -> str:
             same, same_record = record_path(workdir, record, n), kept
         n += 1
     if same is not None:
-        kept_intervals = same_record.get("intervals")
-        if "intervals" not in record or kept_intervals == record["intervals"]:
-            return f"{same} (already there: the same figures)"
-        workdir_lib.write_json(same, {**same_record, "intervals": record["intervals"]})
-        done = "added" if kept_intervals is None else "drawn again"
-        return f"{same} (already there: the same figures; its bootstrap intervals {done})"
+        return _upgrade(same, same_record, record)
     path = write_record(workdir, record, n)
     last = record_path(workdir, record, n - 1).name
     return str(path) if n == 1 else f"{path} (its figures or settings differ from {last}'s)"
+
+
+def _upgrade(path: pathlib.Path, kept: dict, record: dict) -> str:
+    """Gives the record at ``path`` (``kept``, of the same figures as ``record``) the
+    bootstrap intervals and per-image matrices ``record`` holds where it lacks them or holds
+    others (intervals drawn per image, before slides were drawn whole; images named
+    otherwise); says what was done."""
+    keys = ("intervals", "per_image")
+    added = {k: record[k] for k in keys if k in record and kept.get(k) != record[k]}
+    if not added:
+        return f"{path} (already there: the same figures)"
+    done = [
+        f"bootstrap intervals {'drawn again' if 'intervals' in kept else 'added'}",
+        f"per-image matrices {'written again' if 'per_image' in kept else 'added'}",
+    ]
+    done = [d for k, d in zip(keys, done, strict=True) if k in added]
+    workdir_lib.write_json(path, {**kept, **added})
+    return f"{path} (already there: the same figures; its {' and '.join(done)})"
 
 
 def table_from_record(record: dict) -> str:

@@ -247,10 +247,11 @@ def test_a_record_from_before_the_intervals_gets_them_and_tables_show_them(tmp_p
     missing bound, and nothing for one image or an older record."""
     confusions = np.array([[[50, 2], [3, 30]], [[40, 9], [6, 10]]])
     record = evaluate.result_record(7, "test", ["bg", "fg"], confusions)
-    older = {k: v for k, v in record.items() if k != "intervals"}
+    older = {k: v for k, v in record.items() if k not in ("intervals", "per_image")}
     path = evaluate.write_record(tmp_path, older)
     said = evaluate.save_record(tmp_path, record)
-    assert said.endswith("(already there: the same figures; its bootstrap intervals added)")
+    added = "its bootstrap intervals added and per-image matrices added"
+    assert said.endswith(f"(already there: the same figures; {added})")
     assert json.loads(path.read_text()) == json.loads(json.dumps(record))
     assert "already there: the same figures)" in evaluate.save_record(tmp_path, record)
     low, high = record["intervals"]["f1_foreground_mean"]
@@ -281,6 +282,7 @@ def test_intervals_draw_the_tiles_of_one_slide_together(tmp_path):
     # A record of the same figures whose intervals were drawn per image gets these instead.
     evaluate.save_record(tmp_path, own)
     said = evaluate.save_record(tmp_path, record)
-    assert said.endswith("(already there: the same figures; its bootstrap intervals drawn again)")
+    again = "its bootstrap intervals drawn again and per-image matrices written again"
+    assert said.endswith(f"(already there: the same figures; {again})")  # the images' names
     kept = json.loads((tmp_path / "eval" / "test_3.json").read_text())
     assert kept["intervals"] == json.loads(json.dumps(record["intervals"]))

@@ -82,7 +82,10 @@ def test_launch_train_evaluate_predict(tmp_path, data_dir):
     # JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 lets even these quick compiles in.
     assert any(cache.iterdir())
     record = json.loads((work / "eval" / "test_2.json").read_text())
-    assert tuple(record) == (*evaluate.EVAL_KEYS, "intervals")
+    assert tuple(record) == (*evaluate.EVAL_KEYS, "intervals", "per_image")
+    per_image = record["per_image"]  # each test image's matrix, by name, for compare
+    assert per_image["names"] == sorted(per_image["names"]) and len(per_image["names"]) == 3
+    assert np.sum(per_image["confusions"], 0).tolist() == record["confusion_matrix"]
     assert record["classes"] == ["background", "cytoplasm", "nucleus"]
     assert np.asarray(record["confusion_matrix"]).sum() == 3 * 210 * 576
     assert "Label | Type" in out and "nucleus" in out

@@ -1,0 +1,131 @@
+"""Two evaluation records of the same images compared image for image: how much the second
+run (or checkpoint, or settings) changed the foreground F1 and IoU, with the paired bootstrap
+interval of the change (``python -m segan_jax.compare FIRST.json SECOND.json``).
+
+Two runs' figures on one test split differ partly by which images happen to be in it; scoring
+both on the same draws of the images (`metrics.paired_bootstrap_difference`) leaves only their
+difference on those images, a much narrower interval than two unpaired ones side by side. Tiles
+cut from one slide (`datasets.slide_of`) are drawn together. The interval is over the images,
+not over training runs: a second seed can move a run more than its interval says.
+"""
+
+import argparse
+import json
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from segan_jax import datasets, metrics
+from segan_jax import workdir as workdir_lib
+
+MEANS = ("f1_foreground_mean", "iou_foreground_mean")
+
+
+def read_record(path: pathlib.Path) -> dict:
+    """An evaluation record (eval/<split>_<step>.json) holding per-image matrices; ValueError
+    naming the file otherwise."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not readable as an evaluation record ({err})") from None
+    if not isinstance(record, dict) or "confusion_matrix" not in record:
+        raise ValueError(f"{path}: not an evaluation record (eval/<split>_<step>.json)")
+    if "per_image" not in record:
+        raise ValueError(
+            f"{path}: holds no per-image confusion matrices (written before records kept "
+            "them): evaluate that checkpoint again with --mode=evaluate"
+        )
+    return record
+
+
+def paired(
+    first: dict, second: dict, paths: Sequence[pathlib.Path]
+) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """((N, K, K), (N, K, K), names or None) of two records' images, paired by name (by
+    order where a record has no names). ValueError naming the files when they are not of the
+    same classes, images and masks (each image's true pixels per class must agree)."""
+    where = f"{paths[0]} and {paths[1]}"
+    if first["classes"] != second["classes"]:
+        raise ValueError(f"{where}: other classes ({first['classes']}, {second['classes']})")
+    a, names_a = _images(first)
+    b, names_b = _images(second)
+    if names_a is not None and names_b is not None:
+        if sorted(names_a) != sorted(names_b):
+            only = sorted(set(names_a) ^ set(names_b))
+            raise ValueError(f"{where}: not the same images (e.g. {only[:3]} in one only)")
+        a, b = a[np.argsort(names_a)], b[np.argsort(names_b)]
+        names_a = sorted(names_a)
+    if a.shape != b.shape:
+        raise ValueError(f"{where}: {len(a)} and {len(b)} images: not the same images")
+    truth = (a.sum(2) != b.sum(2)).any(1)  # each image's true pixels per class
+    if truth.any():
+        which = names_a[int(np.argmax(truth))] if names_a else f"image {int(np.argmax(truth))}"
+        raise ValueError(f"{where}: other masks (or images) for {truth.sum()} images, e.g. {which}")
+    return a, b, names_a
+
+
+def _images(record: dict) -> tuple[np.ndarray, list[str] | None]:
+    per_image = record["per_image"]
+    return np.asarray(per_image["confusions"], np.int64), per_image.get("names")
+
+
+def comparison(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> dict:
+    """{"images", "slides" (None when each image is its own), per foreground mean (F1, IoU):
+    (first's, second's, lower and upper bound of second minus first), "f1": per class
+    (first's, second's)} of two records of the same images (`paired`)."""
+    a, b, names = paired(first, second, paths)
+    groups = None if names is None else [datasets.slide_of(n) for n in names]
+    slides = None if groups is None or len(set(groups)) == len(groups) else len(set(groups))
+    result = {"images": len(a), "slides": slides}
+    for key in MEANS:
+        bounds = metrics.paired_bootstrap_difference(a, b, key, groups=groups)
+        scores = [workdir_lib.null_to_nan(r[key]) for r in (first, second)]
+        result[key] = (*scores, *bounds.tolist())
+    f1 = [workdir_lib.null_to_nan(r["f1"]) for r in (first, second)]
+    result["f1"] = list(zip(*f1, strict=True))
+    return result
+
+
+def report(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> str:
+    """`comparison` as text: the foreground means' change and interval, then per class F1."""
+    found = comparison(first, second, paths)
+    over = f"the {found['images']} images"
+    if found["slides"]:
+        over = f"the {found['slides']} slides of {over}"
+    lines = [
+        f"first:  {paths[0]} (step {first['step']}, {first['split']})",
+        f"second: {paths[1]} (step {second['step']}, {second['split']})",
+        f"second - first, {metrics.INTERVAL_LEVEL:.0%} paired bootstrap interval over {over}:",
+    ]
+    for key, label in zip(MEANS, ("F1", "IoU"), strict=True):
+        one, two, low, high = found[key]
+        lines.append(
+            f"  foreground {label}: {one:.3f} -> {two:.3f}, {two - one:+.3f} "
+            f"({low:+.3f} to {high:+.3f})"
+        )
+    for name, (one, two) in zip(first["classes"], found["f1"], strict=True):
+        lines.append(f"  F1 {name}: {one:.3f} -> {two:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m segan_jax.compare FIRST SECOND``: prints `report`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m segan_jax.compare",
+        description="Compares two evaluation records of the same images (e.g. two runs' "
+        "eval/test_<step>.json) image for image: the change of the foreground F1 and IoU and "
+        "its paired bootstrap interval.",
+    )
+    parser.add_argument("first", type=pathlib.Path, help="evaluation record (the baseline)")
+    parser.add_argument("second", type=pathlib.Path, help="evaluation record (the change)")
+    args = parser.parse_args(argv)
+    paths = (args.first, args.second)
+    try:
+        print(report(*(read_record(p) for p in paths), paths))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Tests for segan_jax.compare: two evaluation records compared image for image."""
+
+import json
+
+import numpy as np
+import pytest
+
+from segan_jax import compare, evaluate, metrics
+
+CLASSES = ["background", "nucleus", "gland"]
+
+
+def _confusions(seed: int, n: int = 8) -> np.ndarray:
+    """(n, 3, 3) matrices of n images whose true pixels per class depend on the image only."""
+    rng = np.random.default_rng(100)
+    truth = rng.integers(50, 400, (n, 3))
+    predicted = np.random.default_rng(seed).dirichlet(np.ones(3) * 2, (n, 3))
+    counts = np.floor(predicted * truth[..., None]).astype(int)
+    counts[:, np.arange(3), np.arange(3)] += truth - counts.sum(2)  # rows sum to the truth
+    return counts
+
+
+NAMES = [f"slide{i % 3}_L0_x{i}_y0" for i in range(8)]  # tiles of three slides
+
+
+def _record(confusions, names=NAMES, step=100):
+    return evaluate.result_record(step, "test", CLASSES, confusions, names=names)
+
+
+def test_the_change_is_the_paired_bootstrap_over_slides_whatever_the_order():
+    a, b = _confusions(1), _confusions(2)
+    b[:, 1, 1] += b[:, 1, 0]  # the second finds the nuclei it called background
+    b[:, 1, 0] = 0
+    paths = ("a.json", "b.json")
+    found = compare.comparison(_record(a), _record(b), paths)
+    slides = [n.split("_")[0] for n in NAMES]
+    order = np.argsort(NAMES)
+    expected = metrics.paired_bootstrap_difference(
+        a[order], b[order], groups=np.array(slides)[order]
+    )
+    assert found["f1_foreground_mean"][2:] == pytest.approx(expected.tolist())
+    one, two = (metrics.scores(x.sum(0))["f1_foreground_mean"] for x in (a, b))
+    assert found["f1_foreground_mean"][:2] == pytest.approx([one, two])
+    assert found["f1_foreground_mean"][2] > 0  # better on every draw
+    assert (found["images"], found["slides"]) == (8, 3)
+    # The second record's images in another order (another process split): the same.
+    shuffled = np.random.default_rng(0).permutation(8)
+    other = _record(b[shuffled], [NAMES[i] for i in shuffled])
+    assert compare.comparison(_record(a), other, paths) == found
+    text = compare.report(_record(a), other, paths)
+    assert "paired bootstrap interval over the 3 slides of the 8 images:" in text
+    assert f"foreground F1: {one:.3f} -> {two:.3f}, {two - one:+.3f} (" in text
+    # The same predictions: no change, an interval of 0.
+    same = compare.comparison(_record(a), _record(a), paths)
+    assert list(same["iou_foreground_mean"][2:]) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda r: {**r, "classes": ["background", "nucleus", "other"]}, "other classes"),
+        (lambda r: _record(_confusions(2), [*NAMES[:-1], "z"]), r"not the same images .*'z'"),
+        (lambda r: _record(_confusions(2)[:7], NAMES[:7]), "not the same images"),
+        (lambda r: _record(_confusions(2, 8) * 2), "other masks .* for 8 images, e.g. slide0"),
+    ],
+    ids=["classes", "names", "count", "masks"],
+)
+def test_records_of_other_images_or_masks_are_refused_naming_both(change, message):
+    first = _record(_confusions(1))
+    with pytest.raises(ValueError, match=f"a.json and b.json: {message}"):
+        compare.comparison(first, change(first), ("a.json", "b.json"))
+
+
+def test_the_command_reads_two_records_and_names_a_file_it_cannot_use(tmp_path, capsys):
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, seed in zip(paths, (1, 2), strict=True):
+        path.write_text(json.dumps(_record(_confusions(seed))))
+    compare.main([str(p) for p in paths])
+    assert f"first:  {paths[0]} (step 100, test)" in capsys.readouterr().out
+    old = _record(_confusions(1))
+    del old["per_image"]  # written before records kept them
+    paths[1].write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=f"error: {paths[1]}: holds no per-image confusion"):
+        compare.main([str(p) for p in paths])
+    paths[1].write_text("{}")
+    with pytest.raises(SystemExit, match="not an evaluation record"):
+        compare.main([str(p) for p in paths])
