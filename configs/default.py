@@ -138,7 +138,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 8192x8192) are read
     # region by region, predicted in eval.tile_size windows (1024 when 0) at pyramid level
     # slide_level (0: full resolution; pick the one of the training tiles' magnification), and
-    # written as tiled label TIFFs (segan_jax/slides.py).
+    # written as tiled label TIFFs (segan_jax/slides.py); slide_level -1: each slide's level
+    # closest to microns_per_pixel (its file must say its pixel size).
     c.predict.slide_pixels = 2**26
     c.predict.slide_level = 0
     # The training images' pixel width in micrometres (slide_tiles prints its slides'; 0: not

@@ -336,15 +336,18 @@ def _read_mine(
     """`read_images` of this process's ``files`` (slides where their ``targets`` are label
     TIFFs) on every process; notes its slides whose pixels differ from
     predict.microns_per_pixel (`slides.resolution_note`)."""
-    level = _predict_key(config, "slide_level")
+    level, microns = _predict_key(config, "slide_level"), _predict_key(config, "microns_per_pixel")
     images = parallel.on_every_process(
-        lambda: read_images(files, info, list(map(_is_slide_map, targets)), level),
+        lambda: read_images(files, info, list(map(_is_slide_map, targets)), level, microns),
         "read its images",
     )
-    microns = _predict_key(config, "microns_per_pixel")
     mine_slides = [image for image in images if isinstance(image, slides.SlideInfo)]
-    for note in filter(None, (slides.resolution_note(i, microns) for i in mine_slides)):
-        print(note, flush=True)
+    for slide in mine_slides:
+        if level == AUTO_LEVEL:
+            width = slide.level_microns()
+            print(f"{slide.path.name}: level {slide.level} ({width:.3g} µm per pixel)", flush=True)
+        if note := slides.resolution_note(slide, microns):
+            print(note, flush=True)
     return images
 
 
@@ -528,16 +531,19 @@ def read_images(
     info: datasets.DatasetInfo | None = None,
     is_slide: list[bool] | None = None,
     slide_level: int = 0,
+    microns: float = 0.0,
 ) -> list[np.ndarray | slides.SlideInfo]:
-    """Each file decoded, (H, W, C), but a slide (``is_slide``), whose ``slide_level`` is only
-    opened and one pixel decoded (its entry: its `slides.SlideInfo`); DatasetError naming
+    """Each file decoded, (H, W, C), but a slide (``is_slide``), whose ``slide_level`` (with
+    `AUTO_LEVEL`, the one closest to ``microns`` per pixel) is only opened and one pixel
+    decoded (its entry: its `slides.SlideInfo`); DatasetError naming
     every file that is not a readable image (or slide) of a supported pixel type or, given
     the training data's ``info``, whose channels or pixel type differ from theirs."""
     problems: list[str] = []
+    open_slide = functools.partial(slides.slide_info, level=slide_level)
+    if slide_level == AUTO_LEVEL:
+        open_slide = functools.partial(slides.slide_info_closest, microns=microns)
     images = [
-        datasets.try_read(
-            functools.partial(slides.slide_info, level=slide_level), [f], "slide", problems
-        )
+        datasets.try_read(open_slide, [f], "slide", problems)
         if slide
         else datasets.try_read(datasets.read_image, [f], "image", problems)
         for f, slide in zip(files, is_slide or [False] * len(files), strict=True)
@@ -569,15 +575,13 @@ def _is_slide(path: pathlib.Path, max_pixels: int, level: int) -> bool:
     return height * width > max_pixels or 0 < level < levels
 
 
-def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
-    """(input files, their label maps' paths: PNGs, for slides TIFFs; the inputs left alone by
-    predict.skip_existing), after checking the predict.* keys and that no existing prediction
-    would be overwritten without predict.overwrite."""
-    if not config.predict.input or not config.predict.output:
-        raise train.ConfigError(
-            "--mode=predict needs --config.predict.input and --config.predict.output"
-        )
-    for key, least in (("slide_pixels", 1), ("slide_level", 0)):
+# predict.slide_level's value for "each slide's level closest to predict.microns_per_pixel".
+AUTO_LEVEL = -1
+
+
+def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming a predict.* number out of its range."""
+    for key, least in (("slide_pixels", 1), ("slide_level", AUTO_LEVEL)):
         value = _predict_key(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise train.ConfigError(f"predict.{key}={value!r} must be a whole number >= {least}")
@@ -586,6 +590,23 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not 0 <= value < float("inf"):
             raise train.ConfigError(f"predict.{key}={value!r} must be a number >= 0")
+    auto = _predict_key(config, "slide_level") == AUTO_LEVEL
+    if auto and not _predict_key(config, "microns_per_pixel"):
+        raise train.ConfigError(
+            "predict.slide_level=-1 (each slide's level closest to predict.microns_per_pixel) "
+            "needs predict.microns_per_pixel, the training images' pixel width in micrometres"
+        )
+
+
+def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
+    """(input files, their label maps' paths: PNGs, for slides TIFFs; the inputs left alone by
+    predict.skip_existing), after checking the predict.* keys and that no existing prediction
+    would be overwritten without predict.overwrite."""
+    if not config.predict.input or not config.predict.output:
+        raise train.ConfigError(
+            "--mode=predict needs --config.predict.input and --config.predict.output"
+        )
+    _check_predict_numbers(config)
     files = input_files(pathlib.Path(config.predict.input))
     out = pathlib.Path(config.predict.output)
     _check_outputs(files, out)
@@ -713,6 +734,8 @@ def _entry(config: ml_collections.ConfigDict, target: pathlib.Path, checkpoint: 
     entry["windows"] = [tiling.size, tiling.margin] if tiling else "whole image"
     if _is_slide_map(target):
         entry["predict.slide_level"] = _predict_key(config, "slide_level")
+        if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by this
+            entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
     if _annotation_suffixes(config):
         entry["predict.min_region_area"] = _predict_key(config, "min_region_area")
     return entry

@@ -121,14 +121,35 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
     have = info.level_microns()
     if not microns or have is None or same_magnification(have, microns):
         return ""
-    sizes = [info.level_microns(level) for level in range(len(info.downsamples))]
-    best = min(range(len(sizes)), key=lambda level: abs(math.log(sizes[level] / microns)))
-    hint = f"level {best} has {sizes[best]:.3g}" if best != info.level else "no level is closer"
+    best = closest_level(info, microns)
+    hint = f"level {best} has {info.level_microns(best):.3g}"
+    hint = hint if best != info.level else "no level is closer"
     return (
         f"note: {info.path.name} level {info.level} has pixels of {have:.3g} µm, the run's "
         f"images {microns:.3g} µm (predict.microns_per_pixel); {hint} (predict.slide_level): "
         "a network finds structures at the size it was trained on"
     )
+
+
+def closest_level(info: SlideInfo, microns: float) -> int:
+    """The level of the slide whose pixel width is closest to ``microns`` by ratio (0.36 is
+    closer to 0.5 than to 0.25); the slide's file must say its pixel size."""
+    sizes = [info.level_microns(level) for level in range(len(info.downsamples))]
+    return min(range(len(sizes)), key=lambda level: abs(math.log(sizes[level] / microns)))
+
+
+def slide_info_closest(path: pathlib.Path, microns: float) -> SlideInfo:
+    """`slide_info` of the slide's `closest_level` to ``microns``; datasets.FormatError when
+    its file does not say its pixel size."""
+    with open_level(path, 0) as (info, _):
+        pass
+    if info.microns is None:
+        raise datasets.FormatError(
+            "says no pixel size (no Aperio MPP, OME-XML PhysicalSizeX or TIFF resolution), "
+            "so the level closest to predict.microns_per_pixel is not known: set "
+            "predict.slide_level, or predict it apart"
+        )
+    return slide_info(path, closest_level(info, microns))
 
 
 def _aperio_microns(description: str) -> tuple[float, float] | None:

@@ -113,6 +113,18 @@ def test_a_slides_pixel_size_is_read_from_its_header(tmp_path, write_slide, leve
         assert level.level_microns(0) == pytest.approx(microns[1])
 
 
+def test_the_level_closest_to_a_pixel_size_is_opened(tmp_path, write_slide):
+    path = tmp_path / "s.tif"
+    microns = {"resolution": (40000, 40000), "resolutionunit": "CENTIMETER"}  # 0.25 µm
+    write_slide(path, np.zeros((300, 410, 3), np.uint8), levels=3, **microns)
+    assert slides.slide_info_closest(path, 0.5).level == 1
+    assert slides.slide_info_closest(path, 0.9).level == 2  # 1.0 (by ratio; 0.5 by difference)
+    assert slides.slide_info_closest(path, 0.2).level == 0
+    write_slide(path, np.zeros((300, 410, 3), np.uint8), levels=3)
+    with pytest.raises(datasets.FormatError, match="says no pixel size"):
+        slides.slide_info_closest(path, 0.5)
+
+
 def test_a_slide_level_of_other_pixels_than_the_runs_gets_a_note_naming_the_closest():
     info = slides.SlideInfo(pathlib.Path("s.svs"), 0, (8, 8), 3, np.uint8, (1.0, 1.0))
     info = dataclasses.replace(info, microns=(0.25, 0.25), downsamples=(1.0, 2.0, 4.0))

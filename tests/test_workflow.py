@@ -1000,6 +1000,33 @@ def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(
         inference.predict_workdir(config, str(two_step_run))
 
 
+def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
+    two_step_run, data_dir, tmp_path, capsys
+):
+    """predict.slide_level=-1: a 0.25 µm slide of two levels, the run's images 0.5 µm, is
+    predicted at level 1; without predict.microns_per_pixel the value is refused."""
+    config = _tiny(data_dir, num_steps=2)
+    config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
+    config.predict.slide_pixels, config.predict.slide_level = 100_000, -1
+    (tmp_path / "in").mkdir()
+    image = datasets.load_split(config.data, "test").images[0]  # 210x576
+    options = {"tile": (64, 64), "photometric": "minisblack", "planarconfig": "contig"}
+    with tifffile.TiffWriter(tmp_path / "in" / "a.tif") as tif:
+        tif.write(
+            image, subifds=1, resolution=(40000, 40000), resolutionunit="CENTIMETER", **options
+        )
+        tif.write(image[::2, ::2], subfiletype=1, **options)
+    with pytest.raises(train.ConfigError, match="slide_level=-1 .* needs predict.microns_per"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.microns_per_pixel = 0.5
+    capsys.readouterr()
+    (slide,) = inference.predict_workdir(config, str(two_step_run))
+    assert "a.tif: level 1 (0.5 µm per pixel)" in capsys.readouterr().out
+    assert tifffile.imread(slide).shape == (105, 288)
+    entry = json.loads((tmp_path / "out" / "prediction.json").read_text())["a.tif"]
+    assert (entry["predict.slide_level"], entry["predict.microns_per_pixel"]) == (-1, 0.5)
+
+
 def test_training_refuses_a_cohort(tmp_path, data_dir):
     config = _tiny(data_dir, num_steps=2)
     config.eval.cohort = str(tmp_path)
