@@ -48,15 +48,18 @@ def paired(
     where = f"{paths[0]} and {paths[1]}"
     if first["classes"] != second["classes"]:
         raise ValueError(f"{where}: other classes ({first['classes']}, {second['classes']})")
-    a, names_a = _images(first)
-    b, names_b = _images(second)
-    if names_a is not None and names_b is not None:
+    (a, names_a), (b, names_b) = _images(first), _images(second)
+    if (names_a is None) != (names_b is None):
+        raise ValueError(f"{where}: one names its images, the other does not")
+    if names_a is not None:
+        if len(set(names_a)) < len(names_a) or len(set(names_b)) < len(names_b):
+            raise ValueError(f"{where}: an image name appears twice in one record")
         if sorted(names_a) != sorted(names_b):
             only = sorted(set(names_a) ^ set(names_b))
             raise ValueError(f"{where}: not the same images (e.g. {only[:3]} in one only)")
         a, b = a[np.argsort(names_a)], b[np.argsort(names_b)]
         names_a = sorted(names_a)
-    if a.shape != b.shape:
+    if a.shape != b.shape or not len(a):
         raise ValueError(f"{where}: {len(a)} and {len(b)} images: not the same images")
     truth = (a.sum(2) != b.sum(2)).any(1)  # each image's true pixels per class
     if truth.any():
@@ -67,7 +70,9 @@ def paired(
 
 def _images(record: dict) -> tuple[np.ndarray, list[str] | None]:
     per_image = record["per_image"]
-    return np.asarray(per_image["confusions"], np.int64), per_image.get("names")
+    k = len(record["classes"])
+    confusions = np.asarray(per_image["confusions"], np.int64).reshape(-1, k, k)
+    return confusions, per_image.get("names")
 
 
 def comparison(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> dict:
@@ -99,14 +104,18 @@ def report(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> str:
         f"second - first, {metrics.INTERVAL_LEVEL:.0%} paired bootstrap interval over {over}:",
     ]
     for key, label in zip(MEANS, ("F1", "IoU"), strict=True):
-        one, two, low, high = found[key]
-        lines.append(
-            f"  foreground {label}: {one:.3f} -> {two:.3f}, {two - one:+.3f} "
-            f"({low:+.3f} to {high:+.3f})"
-        )
+        one, two = (_shown(x) for x in found[key][:2])
+        low, high = (_shown(x, "+") for x in found[key][2:])
+        change = _shown(found[key][1] - found[key][0], "+")
+        lines.append(f"  foreground {label}: {one} -> {two}, {change} ({low} to {high})")
     for name, (one, two) in zip(first["classes"], found["f1"], strict=True):
-        lines.append(f"  F1 {name}: {one:.3f} -> {two:.3f}")
+        lines.append(f"  F1 {name}: {_shown(one)} -> {_shown(two)}")
     return "\n".join(lines)
+
+
+def _shown(value: float, sign: str = "") -> str:
+    """A score or change to 3 decimals, "n/a" for NaN (a class absent from both)."""
+    return "n/a" if np.isnan(value) else f"{value:{sign}.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

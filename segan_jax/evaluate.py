@@ -406,9 +406,9 @@ def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Pat
 
 def save_record(workdir: pathlib.Path, record: dict) -> str:
     """Writes `record` as the next `-n` record of its split and step, unless one of them holds
-    the same figures (of the same cohort folder, ``data``, windows and views, if any): a record
-    of those whose bootstrap intervals are missing or were drawn otherwise (per image, before
-    slides were drawn whole) gets these; returns what was done."""
+    the same figures (of the same cohort folder, ``data``, windows and views, if any): that
+    one gets `record`'s bootstrap intervals and per-image matrices where it lacks them or
+    holds others (`_upgrade`); returns what was done."""
     n, same = 1, None
     while record_path(workdir, record, n).exists():
         kept = json.loads(record_path(workdir, record, n).read_text())

@@ -319,8 +319,9 @@ def _nothing_to_predict(
     the folder had a record as unchecked (`_checked_record`). Returns []."""
 
     def write() -> None:
-        if unchecked:
-            workdir_lib.write_json(out / prediction_record.FILE, record)
+        path = out / prediction_record.FILE
+        if unchecked and prediction_record.read(path) != record:
+            workdir_lib.write_json(path, record)
         print(f"nothing to predict: all {skipped} input(s) predicted already", flush=True)
 
     parallel.process_0_first(write, f"write {prediction_record.FILE}")
@@ -775,6 +776,7 @@ def _start_writing(
         workdir_lib.write_json(out / prediction_record.FILE, record)
 
     parallel.process_0_first(write, f"write {prediction_record.FILE}")
+    out.mkdir(parents=True, exist_ok=True)  # seen on every host (a network filesystem's cache)
 
 
 def _check_classes_file(path: pathlib.Path, classes: dict[str, str], overwrite: bool) -> None:

@@ -110,8 +110,9 @@ MICRONS_TOLERANCE = 0.1
 
 
 def same_magnification(a: float, b: float) -> bool:
-    """Whether pixel widths ``a`` and ``b`` lie within `MICRONS_TOLERANCE` of each other."""
-    return abs(a / b - 1) <= MICRONS_TOLERANCE
+    """Whether pixel widths ``a`` and ``b`` lie within `MICRONS_TOLERANCE` of each other (by
+    ratio, whichever is larger)."""
+    return abs(math.log(a / b)) <= math.log1p(MICRONS_TOLERANCE)
 
 
 def resolution_note(info: SlideInfo, microns: float) -> str:

@@ -43,9 +43,14 @@ def test_the_change_is_the_paired_bootstrap_over_slides_whatever_the_order():
     assert found["f1_foreground_mean"][:2] == pytest.approx([one, two])
     assert found["f1_foreground_mean"][2] > 0  # better on every draw
     assert (found["images"], found["slides"]) == (8, 3)
-    # The second record's images in another order (another process split): the same.
+    # The second record's images in another order (written so by hand): paired by name.
     shuffled = np.random.default_rng(0).permutation(8)
-    other = _record(b[shuffled], [NAMES[i] for i in shuffled])
+    other = _record(b)
+    other["per_image"] = {
+        "names": [NAMES[i] for i in shuffled],
+        "confusions": b[shuffled].tolist(),
+    }
+    assert other["per_image"]["names"] != sorted(NAMES)
     assert compare.comparison(_record(a), other, paths) == found
     text = compare.report(_record(a), other, paths)
     assert "paired bootstrap interval over the 3 slides of the 8 images:" in text
@@ -62,13 +67,26 @@ def test_the_change_is_the_paired_bootstrap_over_slides_whatever_the_order():
         (lambda r: _record(_confusions(2), [*NAMES[:-1], "z"]), r"not the same images .*'z'"),
         (lambda r: _record(_confusions(2)[:7], NAMES[:7]), "not the same images"),
         (lambda r: _record(_confusions(2, 8) * 2), "other masks .* for 8 images, e.g. slide0"),
+        (lambda r: _record(_confusions(1), None), "one names its images, the other does not"),
+        (lambda r: _record(_confusions(1), [*NAMES[:-1], NAMES[0]]), "an image name appears twice"),
     ],
-    ids=["classes", "names", "count", "masks"],
+    ids=["classes", "names", "count", "masks", "unnamed", "twice"],
 )
 def test_records_of_other_images_or_masks_are_refused_naming_both(change, message):
     first = _record(_confusions(1))
     with pytest.raises(ValueError, match=f"a.json and b.json: {message}"):
         compare.comparison(first, change(first), ("a.json", "b.json"))
+
+
+def test_no_images_are_refused_and_an_absent_class_shown_as_not_available():
+    empty = _record(np.zeros((0, 3, 3), int), [])
+    with pytest.raises(ValueError, match="0 and 0 images"):
+        compare.comparison(empty, empty, ("a.json", "b.json"))
+    confusions = _confusions(1)
+    confusions[:, 2, :] = 0  # no gland in truth
+    confusions[:, :, 2] = 0  # nor predicted
+    text = compare.report(_record(confusions), _record(confusions), ("a.json", "b.json"))
+    assert "  F1 gland: n/a -> n/a" in text
 
 
 def test_the_command_reads_two_records_and_names_a_file_it_cannot_use(tmp_path, capsys):

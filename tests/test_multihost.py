@@ -168,6 +168,9 @@ def test_evaluation_is_sharded_over_processes_and_sums_to_one_process(run):
     assert "(3 images)" in evaluated[0][1] and "nucleus" in evaluated[0][1]
     assert "nucleus" not in evaluated[1][1]  # process 0 alone prints the table
     assert _record(work) == whole
+    # The per-image matrices come sorted by name: one process finds the same record there.
+    again = launch(work, env, "--mode=evaluate", processes=1)
+    assert "test_3.json (already there: the same figures)" in again[0][1]
     # Processes given other views would sum two kinds of prediction: both stop, naming it.
     views = [["--config.eval.tta=flips"], ["--config.eval.tta=d4"]]
     results = launch(work, env, "--mode=evaluate", per_process=views, check=False)
