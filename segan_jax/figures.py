@@ -110,13 +110,27 @@ def latest_record(
       The record (keys of ``evaluate.EVAL_KEYS``; a cohort's, of ``--config.eval.cohort``,
       also ``data``: with ``split`` None it may be one), or None when there is none.
     """
-    records = []
+    candidates = []
     for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
+        name = _record_name(path)
+        if name and split in (None, name[0]):
+            order = (name[1], evaluate.record_number(path), path.stat().st_mtime_ns)
+            candidates.append((order, path))
+    for _, path in sorted(candidates, reverse=True):  # the highest first: read until one fits
         record = json.loads(path.read_text())
         if split in (None, record.get("split")) and data in (None, record.get("data")):
-            order = (record["step"], evaluate.record_number(path), path.stat().st_mtime_ns)
-            records.append((order, record))
-    return max(records, key=lambda r: r[0])[1] if records else None
+            return record
+    return None
+
+
+def _record_name(path: pathlib.Path) -> tuple[str, int] | None:
+    """(split, step) of an `evaluate.record_path` name, None for another file's: records
+    are picked by name and only the pick is read (they hold per-image matrices)."""
+    stem = path.stem
+    if evaluate.record_number(path) > 1:
+        stem = stem.rpartition("-")[0]
+    split, underscore, step = stem.rpartition("_")
+    return (split, int(step)) if underscore and step.isdigit() else None
 
 
 # ----------------------------------------------------------------------------- curves

@@ -98,6 +98,9 @@ def test_latest_record_takes_the_highest_step_of_the_split(tmp_path):
         evaluate.write_record(tmp_path, record, n)
     assert figures.latest_record(tmp_path, "cohort-lab-b", "/a/lab_b")["data"] == "/a/lab_b"
     assert figures.latest_record(tmp_path, "cohort-lab-b")["data"] == "/b/lab_b"
+    # Records are picked by name: another split's (unreadable here) is not read at all.
+    (tmp_path / "eval" / "val_900.json").write_text("{")
+    assert figures.latest_record(tmp_path, "test")["step"] == 200
 
 
 # ----------------------------------------------------------------------------- curves
