@@ -336,16 +336,13 @@ def result_record(
 def _per_image(confusions: np.ndarray, names: list[str] | None) -> dict:
     """The ``per_image`` of a record: the images' matrices (and names), sorted by name so
     that any split of the images over processes writes the same."""
-    order = np.arange(len(confusions)) if names is None else np.argsort(names, kind="stable")
-    matrices = np.asarray(confusions).astype(int)[order].tolist()
-    return (
-        {"confusions": matrices}
-        if names is None
-        else {
-            "names": [names[i] for i in order],
-            "confusions": matrices,
-        }
-    )
+    if names is None:
+        return {"confusions": np.asarray(confusions).astype(int).tolist()}
+    order = np.argsort(names, kind="stable")
+    return {
+        "names": [names[i] for i in order],
+        "confusions": np.asarray(confusions).astype(int)[order].tolist(),
+    }
 
 
 def _intervals(confusions: np.ndarray, names: list[str] | None) -> dict:
@@ -396,6 +393,15 @@ def record_number(path: pathlib.Path) -> int:
     return int(n) if dash and n.isdigit() else 1
 
 
+def record_name(path: pathlib.Path) -> tuple[str, int] | None:
+    """(split, step) of a `record_path`'s name, None for another file's."""
+    stem = path.stem
+    if record_number(path) > 1:
+        stem = stem.rpartition("-")[0]
+    split, underscore, step = stem.rpartition("_")
+    return (split, int(step)) if underscore and step.isdigit() else None
+
+
 def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
     """Writes `record_path(workdir, record, n)` atomically and returns its path."""
     out = record_path(workdir, record, n)
@@ -428,15 +434,14 @@ def _upgrade(path: pathlib.Path, kept: dict, record: dict) -> str:
     bootstrap intervals and per-image matrices ``record`` holds where it lacks them or holds
     others (intervals drawn per image, before slides were drawn whole; images named
     otherwise); says what was done."""
-    keys = ("intervals", "per_image")
-    added = {k: record[k] for k in keys if k in record and kept.get(k) != record[k]}
+    labels = {
+        "intervals": ("bootstrap intervals", "drawn again"),
+        "per_image": ("per-image matrices", "written again"),
+    }
+    added = {k: record[k] for k in labels if k in record and kept.get(k) != record[k]}
     if not added:
         return f"{path} (already there: the same figures)"
-    done = [
-        f"bootstrap intervals {'drawn again' if 'intervals' in kept else 'added'}",
-        f"per-image matrices {'written again' if 'per_image' in kept else 'added'}",
-    ]
-    done = [d for k, d in zip(keys, done, strict=True) if k in added]
+    done = [f"{labels[k][0]} {labels[k][1] if k in kept else 'added'}" for k in added]
     workdir_lib.write_json(path, {**kept, **added})
     return f"{path} (already there: the same figures; its {' and '.join(done)})"
 

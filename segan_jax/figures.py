@@ -98,8 +98,9 @@ def latest_record(
     workdir: str | pathlib.Path, split: str | None = None, data: str | None = None
 ) -> dict | None:
     """The evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the highest step (of
-    several for that step, e.g. `--mode=evaluate`'s beside training's, the highest n; of
-    several splits, the last written).
+    several for that step, e.g. `--mode=evaluate`'s beside training's, the highest n; then the
+    last written), picked by file name: only the pick is read (records hold per-image
+    matrices).
 
     Args:
       split: only records of this split; None: any split.
@@ -112,7 +113,7 @@ def latest_record(
     """
     candidates = []
     for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
-        name = _record_name(path)
+        name = evaluate.record_name(path)
         if name and split in (None, name[0]):
             order = (name[1], evaluate.record_number(path), path.stat().st_mtime_ns)
             candidates.append((order, path))
@@ -121,16 +122,6 @@ def latest_record(
         if split in (None, record.get("split")) and data in (None, record.get("data")):
             return record
     return None
-
-
-def _record_name(path: pathlib.Path) -> tuple[str, int] | None:
-    """(split, step) of an `evaluate.record_path` name, None for another file's: records
-    are picked by name and only the pick is read (they hold per-image matrices)."""
-    stem = path.stem
-    if evaluate.record_number(path) > 1:
-        stem = stem.rpartition("-")[0]
-    split, underscore, step = stem.rpartition("_")
-    return (split, int(step)) if underscore and step.isdigit() else None
 
 
 # ----------------------------------------------------------------------------- curves

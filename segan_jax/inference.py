@@ -266,12 +266,11 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     """Writes one single-channel label PNG per input image (same stem) to predict.output
     (with predict.geojson also its regions as ``<stem>.geojson``, `annotations`; with
     predict.imagescope as ``<stem>.xml`` too, `imagescope`), and
-    classes.json naming the label values (the folder dataset's format: corrected label
-    PNGs can become a dataset's masks/, with classes.json moved to its root and the record
-    left out), and the
-    `prediction_record` of what made each map. A slide (a
-    TIFF-based input over predict.slide_pixels) is predicted region by region at
-    predict.slide_level into a label TIFF, ``<stem>.tif`` (`slides`).
+    classes.json naming the label values (the folder dataset's format: corrected label PNGs
+    can become a dataset's masks/, with classes.json moved to its root and the record left
+    out), and the `prediction_record` of what made each map. A slide (a TIFF-based input
+    over predict.slide_pixels) is predicted region by region at predict.slide_level into a
+    label TIFF, ``<stem>.tif`` (`slides`).
 
     With several processes each reads, predicts and writes its share of the inputs; any
     process's failed check stops all of them before anything is written. Returns the paths of
@@ -284,7 +283,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     run, out = pathlib.Path(workdir), pathlib.Path(config.predict.output)
     _check_same_run(config, run)  # a run, this one: before reading (or building) any data
-    record, unchecked = _checked_record(config, run, targets, skipped)  # even with no targets
+    record, unchecked, checked = _checked_record(config, run, targets, skipped)  # also if none
     if not targets:
         return _nothing_to_predict(out, record, unchecked, len(skipped))
     mine = slice(jax.process_index(), None, jax.process_count())
@@ -299,7 +298,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     images = _read_mine(config, info, files, mine_targets)
     model, variables, info, step, normalizer = load_trained(config, run, info, checked=True)
-    _start_writing(config, classes, record, targets, step)
+    _start_writing(config, classes, record, targets, (step, checked))
     if jax.process_index() == 0:
         _print_notes(config, targets, skipped)
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
@@ -407,7 +406,7 @@ def _write_predictions(
     trained: Trained,
     info: datasets.DatasetInfo,
     files: list[pathlib.Path],
-    images: list[np.ndarray],
+    images: list[np.ndarray | slides.SlideInfo],
     targets: list[pathlib.Path],
 ) -> None:
     """Predicts this process's images together (label PNGs), then its slides one by one
@@ -562,8 +561,9 @@ def read_images(
 
 def _is_slide(path: pathlib.Path, max_pixels: int, level: int) -> bool:
     """An .svs or .ndpi, a TIFF whose full-resolution image has more than ``max_pixels``
-    pixels, or one with a pyramid ``level`` > 0 (a small TIFF with a thumbnail stays an image
-    at level 0); a TIFF whose header cannot be read is an image (and named as unreadable)."""
+    pixels, or one with a pyramid ``level`` > 0 (or any pyramid for `AUTO_LEVEL`; a small TIFF
+    with a thumbnail stays an image at level 0); a TIFF whose header cannot be read is an
+    image (and named as unreadable)."""
     if path.suffix.lower() in slides.SLIDE_SUFFIXES:
         return True
     try:
@@ -573,7 +573,8 @@ def _is_slide(path: pathlib.Path, max_pixels: int, level: int) -> bool:
     if found is None:
         return False
     (height, width), levels = found
-    return height * width > max_pixels or 0 < level < levels
+    pyramid = 0 < level < levels or (level == AUTO_LEVEL and levels > 1)
+    return height * width > max_pixels or pyramid
 
 
 # predict.slide_level's value for "each slide's level closest to predict.microns_per_pixel".
@@ -585,7 +586,11 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
     for key, least in (("slide_pixels", 1), ("slide_level", AUTO_LEVEL)):
         value = _predict_key(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise train.ConfigError(f"predict.{key}={value!r} must be a whole number >= {least}")
+            auto = ", or -1 (each slide's level closest to predict.microns_per_pixel)"
+            least_said = f"{max(least, 0)}{auto if key == 'slide_level' else ''}"
+            raise train.ConfigError(
+                f"predict.{key}={value!r} must be a whole number >= {least_said}"
+            )
     for key in ("min_region_area", "microns_per_pixel"):
         value = _predict_key(config, key)
         number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -673,14 +678,14 @@ def _checked_record(
     run: pathlib.Path,
     targets: list[pathlib.Path],
     skipped: list[pathlib.Path],
-) -> tuple[dict, list[str]]:
+) -> tuple[dict, list[str], int | None]:
     """(predict.output's `prediction_record` with the entries of this call's label maps
     (``targets``, and those predict.skip_existing leaves alone, ``skipped``) put in, checked
     on every process: a map left alone must have been made as it would be now
     (FileExistsError naming each that was not), the maps left alone that were made before
-    the folder had a record, which process 0 notes)."""
+    the folder had a record, which process 0 notes, the step of the checkpoint checked)."""
 
-    def checked() -> tuple[dict, list[str]]:
+    def checked() -> tuple[dict, list[str], int | None]:
         path = pathlib.Path(config.predict.output) / prediction_record.FILE
         try:
             old = prediction_record.read(path)
@@ -702,9 +707,9 @@ def _checked_record(
                 "--config.predict.overwrite=True to replace them, or choose another "
                 "predict.output"
             )
-        return record, unchecked
+        return record, unchecked, checkpoint["step"]
 
-    record, unchecked = parallel.on_every_process(checked, f"check {prediction_record.FILE}")
+    record, unchecked, step = parallel.on_every_process(checked, f"check {prediction_record.FILE}")
     if unchecked and jax.process_index() == 0:
         names = workdir_lib.first_names(unchecked)
         print(
@@ -713,7 +718,7 @@ def _checked_record(
             f"checkpoint or other settings: {names}",
             flush=True,
         )
-    return record, unchecked
+    return record, unchecked, step
 
 
 def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> dict:
@@ -747,14 +752,15 @@ def _start_writing(
     classes: dict[str, str],
     record: dict,
     targets: list[pathlib.Path],
-    step: int,
+    steps: tuple[int, int | None],
 ) -> None:
     """After every check, before any label map: refuses a checkpoint other than the one the
-    record was made for (a step saved since, on any process); process 0 removes the outputs
+    record was made for (``steps``: restored, checked; a step saved since, on any process);
+    process 0 removes the outputs
     of ``targets`` that this call replaces (with predict.overwrite also their annotation
     files of kinds not written now), so that a stopped run leaves none the record would
     vouch for, then writes classes.json and the record. Every process calls it."""
-    checked = record[targets[0].name]["step"]
+    step, checked = steps
 
     def same_step(mine: str, first: str) -> None:
         if json.loads(mine) != [checked, checked] or mine != first:

@@ -35,9 +35,10 @@ def read(path: pathlib.Path) -> dict | None:
 
 
 def differences(saved: dict | str, made: dict) -> list[str]:
-    """``key=saved (now made)`` for each key of ``made`` but `SHOWN_ONLY` whose values
-    differ (a key only ``saved`` has, e.g. the least region area of annotation files not
-    written now, does not change the map)."""
+    """``key=saved (now made)`` for each key of ``made`` whose values differ, but
+    `SHOWN_ONLY` where ``made`` has a checkpoint saving time (without one, the run tells
+    checkpoints apart); a key only ``saved`` has (e.g. the least region area of annotation
+    files not written now) does not change the map."""
     if saved == UNCHECKED:
         return []
     shown = SHOWN_ONLY if made.get("saved") is not None else ()  # else the run tells them apart

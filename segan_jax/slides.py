@@ -86,9 +86,11 @@ def microns_of(tif: tifffile.TiffFile) -> tuple[float, float] | None:
     page; None where none says, or says more than `MAX_PIXEL_MICRONS` (a TIFF writer's
     default 72 dpi)."""
     page = tif.series[0].levels[0].keyframe
-    found = _aperio_microns(page.description) or _ome_microns(tif.ome_metadata)
-    if found is None:
-        found = _resolution_microns(page)
+    found = (
+        _aperio_microns(page.description)
+        or _ome_microns(tif.ome_metadata)
+        or _resolution_microns(page)
+    )
     if found is None or not all(0 < v <= MAX_PIXEL_MICRONS for v in found):
         return None
     return float(found[0]), float(found[1])
@@ -123,8 +125,8 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
     if not microns or have is None or same_magnification(have, microns):
         return ""
     best = closest_level(info, microns)
-    hint = f"level {best} has {info.level_microns(best):.3g}"
-    hint = hint if best != info.level else "no level is closer"
+    closer = f"level {best} has {info.level_microns(best):.3g} µm"
+    hint = closer if best != info.level else "no level is closer"
     return (
         f"note: {info.path.name} level {info.level} has pixels of {have:.3g} µm, the run's "
         f"images {microns:.3g} µm (predict.microns_per_pixel); {hint} (predict.slide_level): "
@@ -157,7 +159,7 @@ def _aperio_microns(description: str) -> tuple[float, float] | None:
     """An Aperio SVS description's ``|MPP = 0.2520|`` as (height, width), else None."""
     description = description or ""
     found = re.search(r"\|\s*MPP\s*=\s*([0-9.]+)", description)
-    if not description.startswith("Aperio") or not found:
+    if not description.startswith("Aperio") or not found or _number(found[1]) <= 0:
         return None
     return _number(found[1]), _number(found[1])
 

@@ -61,6 +61,14 @@ APERIO = (
     "level0,microns",
     [
         ({"description": APERIO}, (0.252, 0.252)),
+        (  # an Aperio MPP that is no number: the resolution tags say it
+            {
+                "description": "Aperio Image |MPP = .",
+                "resolution": (40000, 40000),
+                "resolutionunit": "CENTIMETER",
+            },
+            (0.25, 0.25),
+        ),
         ({"ome": True, "metadata": {"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.26}}, (0.26, 0.25)),
         ({"resolution": (40000, 20000), "resolutionunit": "CENTIMETER"}, (0.5, 0.25)),  # (x, y)
         ({"resolution": (101600, 101600), "resolutionunit": "INCH"}, (0.25, 0.25)),
@@ -84,6 +92,7 @@ APERIO = (
     ],
     ids=[
         "aperio",
+        "aperio-no-mpp",
         "ome",
         "centimetre",
         "inch",
@@ -133,11 +142,11 @@ def test_a_slide_level_of_other_pixels_than_the_runs_gets_a_note_naming_the_clos
     assert slides.resolution_note(dataclasses.replace(info, microns=None), 0.5) == ""
     note = slides.resolution_note(info, 0.5)
     assert note.startswith("note: s.svs level 0 has pixels of 0.25 µm, the run's images 0.5 µm")
-    assert "level 1 has 0.5 (predict.slide_level)" in note
-    assert "level 2 has 1 " in slides.resolution_note(info, 1.8)
-    assert "level 1 has 0.5 " in slides.resolution_note(info, 0.36)  # by ratio: 0.25 is nearer
+    assert "level 1 has 0.5 µm (predict.slide_level)" in note
+    assert "level 2 has 1 µm" in slides.resolution_note(info, 1.8)
+    assert "level 1 has 0.5 µm" in slides.resolution_note(info, 0.36)  # by ratio: 0.25 is nearer
     level2 = dataclasses.replace(info, level=2)
-    assert "level 0 has 0.25 " in slides.resolution_note(level2, 0.1)
+    assert "level 0 has 0.25 µm" in slides.resolution_note(level2, 0.1)
     assert "no level is closer" in slides.resolution_note(level2, 3.0)
 
 

@@ -1007,7 +1007,7 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     predicted at level 1; without predict.microns_per_pixel the value is refused."""
     config = _tiny(data_dir, num_steps=2)
     config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
-    config.predict.slide_pixels, config.predict.slide_level = 100_000, -1
+    config.predict.slide_level = -1  # the 210x576 pyramid is a slide for it, though small
     (tmp_path / "in").mkdir()
     image = datasets.load_split(config.data, "test").images[0]  # 210x576
     options = {"tile": (64, 64), "photometric": "minisblack", "planarconfig": "contig"}
@@ -1018,6 +1018,10 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
         tif.write(image[::2, ::2], subfiletype=1, **options)
     with pytest.raises(train.ConfigError, match="slide_level=-1 .* needs predict.microns_per"):
         inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_level = -2
+    with pytest.raises(train.ConfigError, match=r"-2 must be a whole number >= 0, or -1 \(each"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_level = -1
     config.predict.microns_per_pixel = 0.5
     capsys.readouterr()
     (slide,) = inference.predict_workdir(config, str(two_step_run))
