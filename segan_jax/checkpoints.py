@@ -9,6 +9,7 @@ Restoring goes into an abstract state (shapes, dtypes, shardings of the traced i
 optax states keep their structure.
 """
 
+import datetime
 import logging
 import math
 import pathlib
@@ -149,8 +150,9 @@ def raw_shapes(path: str | pathlib.Path) -> dict:
 
 def identity(folder: str | pathlib.Path) -> dict | None:
     """{"step", "saved"} of the latest checkpoint in a manager folder (`checkpoints/` or
-    `best/`): its step and orbax's commit time in nanoseconds (a step saved again, by a run
-    started over, differs); None when it holds none. Reads only."""
+    `best/`): its step and orbax's commit time (UTC, ISO 8601 to the microsecond; a step
+    saved again, by a run started over, differs; None where orbax kept none); None when the
+    folder holds no checkpoint. Reads only."""
     folder = pathlib.Path(folder).absolute()
     if not folder.is_dir():
         return None
@@ -158,7 +160,12 @@ def identity(folder: str | pathlib.Path) -> dict | None:
         step = manager.latest_step()
         if step is None:
             return None
-        return {"step": int(step), "saved": manager.metadata(step).commit_timestamp_nsecs}
+        nanoseconds = manager.metadata(step).commit_timestamp_nsecs
+    saved = None
+    if nanoseconds is not None:
+        when = datetime.datetime.fromtimestamp(nanoseconds / 1e9, datetime.UTC)
+        saved = when.isoformat(timespec="microseconds")
+    return {"step": int(step), "saved": saved}
 
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:

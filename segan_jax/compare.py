@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segan_jax import datasets, metrics
+from segan_jax import datasets, evaluate, metrics
 from segan_jax import workdir as workdir_lib
 
 MEANS = ("f1_foreground_mean", "iou_foreground_mean")
@@ -34,7 +34,8 @@ def read_record(path: pathlib.Path) -> dict:
     if "per_image" not in record:
         raise ValueError(
             f"{path}: holds no per-image confusion matrices (written before records kept "
-            "them): evaluate that checkpoint again with --mode=evaluate"
+            "them): evaluate the run again with --mode=evaluate (its latest checkpoint, or "
+            "best/ with --config.eval.checkpoint=best; other steps cannot be evaluated again)"
         )
     return record
 
@@ -55,8 +56,11 @@ def paired(
         if len(set(names_a)) < len(names_a) or len(set(names_b)) < len(names_b):
             raise ValueError(f"{where}: an image name appears twice in one record")
         if sorted(names_a) != sorted(names_b):
-            only = sorted(set(names_a) ^ set(names_b))
-            raise ValueError(f"{where}: not the same images (e.g. {only[:3]} in one only)")
+            only = [sorted(set(x) - set(y)) for x, y in ((names_a, names_b), (names_b, names_a))]
+            raise ValueError(
+                f"{where}: not the same images ({len(only[0])} only in the first, e.g. "
+                f"{only[0][:3]}; {len(only[1])} only in the second, e.g. {only[1][:3]})"
+            )
         a, b = a[np.argsort(names_a)], b[np.argsort(names_b)]
         names_a = sorted(names_a)
     if a.shape != b.shape or not len(a):
@@ -99,8 +103,8 @@ def report(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> str:
     if found["slides"]:
         over = f"the {found['slides']} slides of {over}"
     lines = [
-        f"first:  {paths[0]} (step {first['step']}, {first['split']})",
-        f"second: {paths[1]} (step {second['step']}, {second['split']})",
+        f"first:  {paths[0]} ({evaluate.describe(first)})",
+        f"second: {paths[1]} ({evaluate.describe(second)})",
         f"second - first, {metrics.INTERVAL_LEVEL:.0%} paired bootstrap interval over {over}:",
     ]
     for key, label in zip(MEANS, ("F1", "IoU"), strict=True):
@@ -130,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("second", type=pathlib.Path, help="evaluation record (the change)")
     args = parser.parse_args(argv)
     paths = (args.first, args.second)
+    if args.first.resolve() == args.second.resolve():
+        print("note: the same record twice: there is no change to find")
     try:
         print(report(*(read_record(p) for p in paths), paths))
     except ValueError as err:

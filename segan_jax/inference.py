@@ -704,8 +704,8 @@ def _checked_record(
             raise FileExistsError(
                 f"{path}: {len(differ)} of the predictions predict.skip_existing would leave "
                 f"alone were made with another checkpoint or other settings ({shown}); set "
-                "--config.predict.overwrite=True to replace them, or choose another "
-                "predict.output"
+                "--config.predict.overwrite=True (instead of skip_existing) to replace them, "
+                "or choose another predict.output"
             )
         return record, unchecked, checkpoint["step"]
 
@@ -726,7 +726,8 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
     eval.checkpoint names (step and saved None where there is none: load_trained says so)."""
     best = config.eval.get("checkpoint") == "best"
     found = checkpoints.identity(run / "best" if best else checkpoints.latest_dir(run))
-    return {"run": str(run.resolve()), **(found or {"step": None, "saved": None})}
+    found = found or {"step": None, "saved": None}
+    return {"run": str(run.resolve()), "checkpoint": "best" if best else "latest", **found}
 
 
 def _entry(config: ml_collections.ConfigDict, target: pathlib.Path, checkpoint: dict) -> dict:
@@ -775,9 +776,18 @@ def _start_writing(
 
     def write() -> None:
         out.mkdir(parents=True, exist_ok=True)
+        stale = [t.with_suffix(x) for t in targets for x in suffixes]
+        stale = [p for p in stale if p.suffix not in _annotation_suffixes(config) and p.exists()]
         for t in targets:
             for path in (t, *(t.with_suffix(suffix) for suffix in suffixes)):
                 path.unlink(missing_ok=True)
+        if stale:
+            names = workdir_lib.first_names([p.name for p in stale])
+            print(
+                f"note: removed {len(stale)} annotation file(s) of kinds not written now, made "
+                f"with the maps replaced (predict.overwrite): {names}",
+                flush=True,
+            )
         workdir_lib.write_json(out / "classes.json", classes)  # first: a stopped run's too
         workdir_lib.write_json(out / prediction_record.FILE, record)
 

@@ -64,7 +64,11 @@ def test_the_change_is_the_paired_bootstrap_over_slides_whatever_the_order():
     "change,message",
     [
         (lambda r: {**r, "classes": ["background", "nucleus", "other"]}, "other classes"),
-        (lambda r: _record(_confusions(2), [*NAMES[:-1], "z"]), r"not the same images .*'z'"),
+        (
+            lambda r: _record(_confusions(2), [*NAMES[:-1], "z"]),
+            r"not the same images \(1 only in the first, e.g. \['slide1_L0_x7_y0'\]; 1 only in "
+            r"the second, e.g. \['z'\]\)",
+        ),
         (lambda r: _record(_confusions(2)[:7], NAMES[:7]), "not the same images"),
         (lambda r: _record(_confusions(2, 8) * 2), "other masks .* for 8 images, e.g. slide0"),
         (lambda r: _record(_confusions(1), None), "one names its images, the other does not"),
@@ -94,7 +98,9 @@ def test_the_command_reads_two_records_and_names_a_file_it_cannot_use(tmp_path, 
     for path, seed in zip(paths, (1, 2), strict=True):
         path.write_text(json.dumps(_record(_confusions(seed))))
     compare.main([str(p) for p in paths])
-    assert f"first:  {paths[0]} (step 100, test)" in capsys.readouterr().out
+    assert f"first:  {paths[0]} (test split, step 100)" in capsys.readouterr().out
+    compare.main([str(paths[0]), str(paths[0])])
+    assert capsys.readouterr().out.startswith("note: the same record twice")
     old = _record(_confusions(1))
     del old["per_image"]  # written before records kept them
     paths[1].write_text(json.dumps(old))

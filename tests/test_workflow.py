@@ -863,14 +863,15 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
     assert set(record) == {"a.png", "b.png"}
     made = record["a.png"]
     assert (made["run"], made["step"], made["eval.tta"]) == (str(two_step_run), 2, "none")
-    assert made["windows"] == "whole image" and made["saved"] > 0
+    assert made["windows"] == "whole image" and made["checkpoint"] == "latest"
+    assert made["saved"].startswith("20") and made["saved"].endswith("+00:00")  # UTC
     (out / "b.png").unlink()  # a stopped run
     config.predict.skip_existing, config.eval.tta = True, "flips"
     before = _snapshot(out)
     with pytest.raises(FileExistsError, match=r"a.png: eval.tta='none' \(now 'flips'\)"):
         predict()
     config.eval.checkpoint, config.eval.tta = "best", "none"  # best/ saved step 2 apart
-    with pytest.raises(FileExistsError, match=r"a.png: saved=\d+ \(now \d+\)"):
+    with pytest.raises(FileExistsError, match=r"a.png: checkpoint='latest' \(now 'best'\); sa"):
         predict()
     assert _snapshot(out) == before  # nothing written
     # A step saved between the check and the restore: refused before anything is written.
@@ -905,7 +906,7 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
 
 
 def test_a_stopped_prediction_leaves_no_map_its_record_would_vouch_for(
-    two_step_run, data_dir, tmp_path, monkeypatch
+    two_step_run, data_dir, tmp_path, monkeypatch, capsys
 ):
     """The outputs a call replaces are removed before its record is written: stopped after
     a's map, b's old one is gone (predict.overwrite, or predict.skip_existing redoing b for
@@ -932,7 +933,10 @@ def test_a_stopped_prediction_leaves_no_map_its_record_would_vouch_for(
         assert predict() == [out / "b.png"]  # goes on with the new views
         config.predict.overwrite, config.predict.skip_existing = True, False
         config.eval.tta, config.predict.geojson = "none", False
+        capsys.readouterr()
         predict()  # back to the start: both without views
+    said = "note: removed 2 annotation file(s) of kinds not written now, made with the maps"
+    assert said in capsys.readouterr().out  # the skip_existing round's GeoJSON
     # predict.overwrite without GeoJSON removes the GeoJSON an earlier call wrote: the
     # record would not say what made it.
     assert not list(out.glob("*.geojson")) and (out / "a.png").exists()
