@@ -335,7 +335,7 @@ def _read_mine(
 ) -> list[np.ndarray | slides.SlideInfo]:
     """`read_images` of this process's ``files`` (slides where their ``targets`` are label
     TIFFs) on every process; notes its slides whose pixels differ from
-    predict.microns_per_pixel (`slides.resolution_note`)."""
+    predict.microns_per_pixel (`slides.resolution_note`) or whose files do not say."""
     level, microns = _predict_key(config, "slide_level"), _predict_key(config, "microns_per_pixel")
     images = parallel.on_every_process(
         lambda: read_images(files, info, list(map(_is_slide_map, targets)), level, microns),
@@ -348,6 +348,12 @@ def _read_mine(
             print(f"{slide.path.name}: level {slide.level} ({width:.3g} µm per pixel)", flush=True)
         if note := slides.resolution_note(slide, microns):
             print(note, flush=True)
+        elif microns and slide.microns is None:
+            print(
+                f"note: {slide.path.name} says no pixel size: not checked against "
+                "predict.microns_per_pixel",
+                flush=True,
+            )
     return images
 
 
