@@ -350,7 +350,7 @@ def _read_mine(
             print(note, flush=True)
         elif microns and slide.microns is None:
             print(
-                f"note: {slide.path.name} says no pixel size: not checked against "
+                f"note: {slide.path.name} says no usable pixel size: not checked against "
                 "predict.microns_per_pixel",
                 flush=True,
             )

@@ -148,8 +148,8 @@ def slide_info_closest(path: pathlib.Path, microns: float) -> SlideInfo:
         pass
     if info.microns is None:
         raise datasets.FormatError(
-            "says no usable pixel size (no Aperio MPP, OME-XML PhysicalSizeX, or TIFF "
-            f"resolution of at most {MAX_PIXEL_MICRONS:g} µm a pixel: 72 dpi, say, is a "
+            "says no usable pixel size (an Aperio MPP, OME-XML PhysicalSizeX or TIFF "
+            f"resolution of at most {MAX_PIXEL_MICRONS:g} µm a pixel; 72 dpi, say, is a "
             "writer's default), so the level closest to predict.microns_per_pixel is not "
             "known: set predict.slide_level, or predict it apart"
         )

@@ -964,7 +964,7 @@ def test_large_tiffs_are_predicted_as_slides_into_label_tiffs(
     said = "note: a.tif level 0 has pixels of 0.25 µm, the run's images 0.5 µm"
     out = capsys.readouterr().out
     assert f"{said} (predict.microns_per_pixel); no level is closer" in out
-    assert "says no pixel size" not in out  # b is an image, not a slide: not checked
+    assert "pixel size:" not in out  # b is an image, not a slide: not checked
     xml = slide.with_suffix(".xml").read_text()
     assert '<Annotations MicronsPerPixel="0.25">' in xml
     assert "<Annotations>" in png.with_suffix(".xml").read_text()  # an image's: not known
@@ -1041,7 +1041,7 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     config.predict.input, config.predict.output = str(tmp_path / "in2"), str(tmp_path / "out2")
     config.predict.slide_level, config.predict.slide_pixels = 0, 100_000
     inference.predict_workdir(config, str(two_step_run))
-    said = "note: c.tif says no pixel size: not checked against predict.microns_per_pixel"
+    said = "note: c.tif says no usable pixel size: not checked against predict.microns_per_pixel"
     assert said in capsys.readouterr().out
 
 
