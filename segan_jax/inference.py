@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -516,12 +517,9 @@ def xml_path(target: pathlib.Path) -> pathlib.Path:
     return target.with_suffix(".xml")
 
 
-def _annotation_paths(config: ml_collections.ConfigDict, target: pathlib.Path) -> list:
-    """The annotation files written beside a label map (`_annotation_suffixes`)."""
-    return [target.with_suffix(suffix) for suffix in _annotation_suffixes(config)]
-
-
-ANNOTATION_SUFFIXES = (".geojson", ".xml")  # every kind predict writes beside a label map
+def _outputs(target: pathlib.Path, suffixes: Sequence[str]) -> list[pathlib.Path]:
+    """A label map and its annotation files of ``suffixes`` (e.g. `_annotation_suffixes`)."""
+    return [target, *(target.with_suffix(suffix) for suffix in suffixes)]
 
 
 def _annotation_suffixes(config: ml_collections.ConfigDict) -> list[str]:
@@ -644,7 +642,7 @@ def _existing_outputs(
     """`_plan`'s (files, targets, skipped targets) given predictions already in ``out``: with
     predict.skip_existing the inputs with all their outputs there are skipped (the others'
     partial outputs replaced); else any is refused without predict.overwrite."""
-    outputs = [[t, *_annotation_paths(config, t)] for t in targets]
+    outputs = [_outputs(t, _annotation_suffixes(config)) for t in targets]
     if _predict_key(config, "skip_existing"):
         if config.predict.overwrite:
             raise train.ConfigError("predict.overwrite and predict.skip_existing: choose one")
@@ -703,7 +701,8 @@ def _checked_record(
                 ) from None
             old = None
         checkpoint = _checkpoint_entry(config, run)
-        made = {t.name: _entry(config, t, checkpoint) for t in [*targets, *skipped]}
+        entries = {slide: _entry(config, slide, checkpoint) for slide in (False, True)}
+        made = {t.name: entries[_is_slide_map(t)] for t in [*targets, *skipped]}
         record, unchecked, differ = prediction_record.updated(old, made, [t.name for t in skipped])
         if differ:
             shown = " | ".join(differ[:3]) + " | ..." * (len(differ) > 3)
@@ -736,16 +735,16 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
     return {"run": str(run.resolve()), "checkpoint": "best" if best else "latest", **found}
 
 
-def _entry(config: ml_collections.ConfigDict, target: pathlib.Path, checkpoint: dict) -> dict:
-    """What makes the label map ``target`` (`prediction_record`): the checkpoint, the views,
-    the windows (a slide's `_slide_tiling`) and, where they apply, predict.slide_level and
-    predict.min_region_area."""
+def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> dict:
+    """What makes a label map (`prediction_record`), an image's or with ``slide`` a slide's:
+    the checkpoint, the views, the windows (a slide's `_slide_tiling`) and, where they apply,
+    predict.slide_level and predict.min_region_area."""
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
-    if _is_slide_map(target):
+    if slide:
         tiling = _slide_tiling(config)
     entry = {**checkpoint, "eval.tta": tta}
     entry["windows"] = [tiling.size, tiling.margin] if tiling else "whole image"
-    if _is_slide_map(target):
+    if slide:
         entry["predict.slide_level"] = _predict_key(config, "slide_level")
         if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by this
             entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
@@ -763,10 +762,10 @@ def _start_writing(
 ) -> None:
     """After every check, before any label map: refuses a checkpoint other than the one the
     record was made for (``steps``: restored, checked; a step saved since, on any process);
-    process 0 removes the outputs
-    of ``targets`` that this call replaces (with predict.overwrite also their annotation
-    files of kinds not written now), so that a stopped run leaves none the record would
-    vouch for, then writes classes.json and the record. Every process calls it."""
+    process 0 removes the outputs of ``targets`` that this call replaces (with
+    predict.overwrite also their annotation files of kinds not written now), so that a
+    stopped run leaves none the record would vouch for, then writes classes.json and the
+    record. Every process calls it."""
     step, checked = steps
 
     def same_step(mine: str, first: str) -> None:
@@ -778,15 +777,16 @@ def _start_writing(
 
     parallel.check_against_process_0(json.dumps([step, checked]), same_step, "restore the step")
     out = pathlib.Path(config.predict.output)
-    suffixes = ANNOTATION_SUFFIXES if config.predict.overwrite else _annotation_suffixes(config)
+    written = _annotation_suffixes(config)
+    every = annotations.ANNOTATION_SUFFIXES if config.predict.overwrite else written
+    replaced = [path for t in targets for path in _outputs(t, every)]
 
     def write() -> None:
         out.mkdir(parents=True, exist_ok=True)
-        stale = [t.with_suffix(x) for t in targets for x in suffixes]
-        stale = [p for p in stale if p.suffix not in _annotation_suffixes(config) and p.exists()]
-        for t in targets:
-            for path in (t, *(t.with_suffix(suffix) for suffix in suffixes)):
-                path.unlink(missing_ok=True)
+        kinds = set(every) - set(written)  # annotation kinds not written now
+        stale = [p for p in replaced if p.suffix in kinds and p.exists()]
+        for path in replaced:
+            path.unlink(missing_ok=True)
         if stale:
             names = workdir_lib.first_names([p.name for p in stale])
             print(
