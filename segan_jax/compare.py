@@ -10,7 +10,6 @@ not over training runs: a second seed can move a run more than its interval says
 """
 
 import argparse
-import json
 import pathlib
 from collections.abc import Sequence
 
@@ -25,11 +24,8 @@ MEANS = ("f1_foreground_mean", "iou_foreground_mean")
 def read_record(path: pathlib.Path) -> dict:
     """An evaluation record (eval/<split>_<step>.json) holding per-image matrices; ValueError
     naming the file otherwise."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not readable as an evaluation record ({err})") from None
-    if not isinstance(record, dict) or "confusion_matrix" not in record:
+    record = workdir_lib.read_json(path, "evaluation record")  # ValueError naming the file
+    if "confusion_matrix" not in record:
         raise ValueError(f"{path}: not an evaluation record (eval/<split>_<step>.json)")
     if "per_image" not in record:
         raise ValueError(
@@ -61,8 +57,8 @@ def paired(
                 f"{where}: not the same images ({len(only[0])} only in the first, e.g. "
                 f"{only[0][:3]}; {len(only[1])} only in the second, e.g. {only[1][:3]})"
             )
-        a, b = a[np.argsort(names_a)], b[np.argsort(names_b)]
-        names_a = sorted(names_a)
+        order = np.argsort(names_a)
+        a, b, names_a = a[order], b[np.argsort(names_b)], [names_a[i] for i in order]
     if a.shape != b.shape or not len(a):
         raise ValueError(f"{where}: {len(a)} and {len(b)} images: not the same images")
     truth = (a.sum(2) != b.sum(2)).any(1)  # each image's true pixels per class
@@ -84,8 +80,7 @@ def comparison(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> dict
     (first's, second's, lower and upper bound of second minus first), "f1": per class
     (first's, second's)} of two records of the same images (`paired`)."""
     a, b, names = paired(first, second, paths)
-    groups = None if names is None else [datasets.slide_of(n) for n in names]
-    slides = None if groups is None or len(set(groups)) == len(groups) else len(set(groups))
+    groups, slides = datasets.slide_groups(names)
     result = {"images": len(a), "slides": slides}
     for key in MEANS:
         bounds = metrics.paired_bootstrap_difference(a, b, key, groups=groups)

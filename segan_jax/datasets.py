@@ -336,6 +336,16 @@ def slide_of(name: str) -> str:
     return match["slide"] if match else name
 
 
+def slide_groups(names: Sequence[str] | None) -> tuple[list[str] | None, int | None]:
+    """(each image's slide, `slide_of` its name; the number of slides where fewer than the
+    images, else None); (None, None) without names."""
+    if names is None:
+        return None, None
+    groups = [slide_of(name) for name in names]
+    count = len(set(groups))
+    return groups, (count if count < len(groups) else None)
+
+
 def files_by_stem(folder: pathlib.Path, suffixes: Sequence[str]) -> dict[str, list[pathlib.Path]]:
     """The visible files of ``folder`` whose suffix (any case) is in ``suffixes``, by stem."""
     return _by_stem(visible_files(folder, suffixes))

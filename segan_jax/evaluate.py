@@ -348,14 +348,13 @@ def _per_image(confusions: np.ndarray, names: list[str] | None) -> dict:
 def _intervals(confusions: np.ndarray, names: list[str] | None) -> dict:
     """The ``intervals`` of a record (the tiles of one slide drawn together): JSON lists, NaN
     as None."""
-    slides = None if names is None else [datasets.slide_of(name) for name in names]
-    bounds = metrics.bootstrap_intervals(confusions, groups=slides)
-    count = len(confusions) if slides is None else len(set(slides))
+    groups, slides = datasets.slide_groups(names)
+    bounds = metrics.bootstrap_intervals(confusions, groups=groups)
     return {
         "level": metrics.INTERVAL_LEVEL,
         "samples": metrics.BOOTSTRAP_SAMPLES,
         "images": len(confusions),
-        **({"slides": count} if count < len(confusions) else {}),
+        **({"slides": slides} if slides else {}),
         **{k: workdir_lib.nan_to_null(v.tolist()) for k, v in bounds.items()},
     }
 

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from segan_jax import evaluate
+from segan_jax import evaluate, metrics
 from segan_jax import workdir as workdir_lib
 
 # Paper-sized text: readable at one column width when saved at DPI.
@@ -150,7 +150,7 @@ def _metric_panel(
     shaded."""
     marker = "o" if len(steps) <= 30 else None
     if np.isfinite(bands).any():
-        label = "95% bootstrap interval"
+        label = f"{metrics.INTERVAL_LEVEL:.0%} bootstrap interval"
         ax.fill_between(steps, *bands.T, color="black", alpha=0.15, lw=0, label=label)
     for k, (name, color) in enumerate(zip(classes, _class_colors(len(classes)), strict=True)):
         style = "--" if k == 0 else "-"
