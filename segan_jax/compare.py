@@ -1,6 +1,7 @@
 """Two evaluation records of the same images compared image for image: how much the second
-run (or checkpoint, or settings) changed the foreground F1 and IoU, with the paired bootstrap
-interval of the change (``python -m segan_jax.compare FIRST.json SECOND.json``).
+run (or checkpoint, or settings) changed the foreground F1 and IoU and each class's, with the
+paired bootstrap interval of each change (``python -m segan_jax.compare FIRST SECOND``, each a
+record or a run's workdir).
 
 Two runs' figures on one test split differ partly by which images happen to be in it; scoring
 both on the same draws of the images (`metrics.paired_bootstrap_difference`) leaves only their
@@ -18,13 +19,48 @@ import numpy as np
 from segan_jax import datasets, evaluate, metrics
 from segan_jax import workdir as workdir_lib
 
-MEANS = ("f1_foreground_mean", "iou_foreground_mean")
+
+def find_record(path: pathlib.Path, split: str | None = None) -> tuple[pathlib.Path, dict]:
+    """(path, record): `path` itself when it is not a folder; for a run's workdir, its latest
+    evaluation record of `split` (None: the split the run evaluates, `evaluated_split`), as
+    `figures.latest_record` picks it. ValueError naming the file or folder when it is not a
+    record holding per-image matrices, or there is none."""
+    if not path.is_dir():
+        return path, _checked(workdir_lib.read_json(path, "evaluation record"), path)
+    split = split or evaluated_split(path)
+    found = evaluate.latest_record_file(path, split)
+    if found is None:
+        raise ValueError(f"{path / 'eval'}: no evaluation record of the {split!r} split")
+    return found[0], _checked(found[1], found[0])
+
+
+def evaluated_split(workdir: pathlib.Path) -> str:
+    """The split a run evaluates: its saved config's eval.split (ValueError naming
+    config.json when it cannot be read)."""
+    path = workdir / "config.json"
+    try:
+        return str(workdir_lib.read_config(path)["eval"]["split"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: holds no eval.split (not a segan_jax run's config)") from None
+
+
+def common_split(paths: Sequence[pathlib.Path]) -> str | None:
+    """The split the workdirs among `paths` evaluate (None when no path is a folder);
+    ValueError naming them when they evaluate different splits."""
+    splits = {path: evaluated_split(path) for path in paths if path.is_dir()}
+    if len(set(splits.values())) > 1:
+        which = ", ".join(f"{path} evaluates {split!r}" for path, split in splits.items())
+        raise ValueError(f"{which}: name the split to compare with --split")
+    return next(iter(splits.values()), None)
 
 
 def read_record(path: pathlib.Path) -> dict:
     """An evaluation record (eval/<split>_<step>.json) holding per-image matrices; ValueError
     naming the file otherwise."""
-    record = workdir_lib.read_json(path, "evaluation record")  # ValueError naming the file
+    return _checked(workdir_lib.read_json(path, "evaluation record"), path)
+
+
+def _checked(record: dict, path: pathlib.Path) -> dict:
     if "confusion_matrix" not in record:
         raise ValueError(f"{path}: not an evaluation record (eval/<split>_<step>.json)")
     if "per_image" not in record:
@@ -77,17 +113,18 @@ def _images(record: dict) -> tuple[np.ndarray, list[str] | None]:
 
 def comparison(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> dict:
     """{"images", "slides" (None when each image is its own), per foreground mean (F1, IoU):
-    (first's, second's, lower and upper bound of second minus first), "f1": per class
-    (first's, second's)} of two records of the same images (`paired`)."""
+    (first's, second's, lower and upper bound of second minus first), "f1" and "iou": a list of
+    those per class} of two records of the same images (`paired`)."""
     a, b, names = paired(first, second, paths)
     groups, slides = datasets.slide_groups(names)
+    bounds = metrics.paired_bootstrap_differences(a, b, groups=groups)
     result = {"images": len(a), "slides": slides}
-    for key in MEANS:
-        bounds = metrics.paired_bootstrap_difference(a, b, key, groups=groups)
-        scores = [workdir_lib.null_to_nan(r[key]) for r in (first, second)]
-        result[key] = (*scores, *bounds.tolist())
-    f1 = [workdir_lib.null_to_nan(r["f1"]) for r in (first, second)]
-    result["f1"] = list(zip(*f1, strict=True))
+    for key in (*metrics.MEAN_KEYS, "f1", "iou"):
+        scores = [np.ravel(workdir_lib.null_to_nan(r[key])) for r in (first, second)]
+        rows = np.column_stack([*scores, bounds[key].reshape(-1, 2)])  # (K or 1, 4)
+        result[key] = [tuple(row) for row in rows.tolist()]
+        if key in metrics.MEAN_KEYS:
+            result[key] = result[key][0]
     return result
 
 
@@ -102,14 +139,19 @@ def report(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> str:
         f"second: {paths[1]} ({evaluate.describe(second)})",
         f"second - first, {metrics.INTERVAL_LEVEL:.0%} paired bootstrap interval over {over}:",
     ]
-    for key, label in zip(MEANS, ("F1", "IoU"), strict=True):
-        one, two = (_shown(x) for x in found[key][:2])
-        low, high = (_shown(x, "+") for x in found[key][2:])
-        change = _shown(found[key][1] - found[key][0], "+")
-        lines.append(f"  foreground {label}: {one} -> {two}, {change} ({low} to {high})")
-    for name, (one, two) in zip(first["classes"], found["f1"], strict=True):
-        lines.append(f"  F1 {name}: {_shown(one)} -> {_shown(two)}")
+    for key, label in zip(metrics.MEAN_KEYS, ("F1", "IoU"), strict=True):
+        lines.append(f"  foreground {label}: {_change(found[key])}")
+    for key, label in (("f1", "F1"), ("iou", "IoU")):
+        for name, row in zip(first["classes"], found[key], strict=True):
+            lines.append(f"  {label} {name}: {_change(row)}")
     return "\n".join(lines)
+
+
+def _change(row: Sequence[float]) -> str:
+    """(first, second, low, high) as "0.500 -> 0.600, +0.100 (+0.020 to +0.180)"."""
+    one, two, low, high = row
+    bounds = f"{_shown(low, '+')} to {_shown(high, '+')}"
+    return f"{_shown(one)} -> {_shown(two)}, {_shown(two - one, '+')} ({bounds})"
 
 
 def _shown(value: float, sign: str = "") -> str:
@@ -118,21 +160,29 @@ def _shown(value: float, sign: str = "") -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m segan_jax.compare FIRST SECOND``: prints `report`."""
+    """``python -m segan_jax.compare FIRST SECOND [--split=S]``: prints `report`."""
     parser = argparse.ArgumentParser(
         prog="python -m segan_jax.compare",
         description="Compares two evaluation records of the same images (e.g. two runs' "
         "eval/test_<step>.json) image for image: the change of the foreground F1 and IoU and "
-        "its paired bootstrap interval.",
+        "of each class's, with paired bootstrap intervals.",
     )
-    parser.add_argument("first", type=pathlib.Path, help="evaluation record (the baseline)")
-    parser.add_argument("second", type=pathlib.Path, help="evaluation record (the change)")
+    where = "an evaluation record, or a run's workdir (its latest record of --split)"
+    parser.add_argument("first", type=pathlib.Path, help=f"{where}: the baseline")
+    parser.add_argument("second", type=pathlib.Path, help=f"{where}: the change")
+    parser.add_argument(
+        "--split",
+        help="for a workdir, the split whose latest record is compared (default: the split "
+        "the runs evaluate, their configs' eval.split; e.g. test, or cohort-<folder>)",
+    )
     args = parser.parse_args(argv)
-    paths = (args.first, args.second)
-    if args.first.resolve() == args.second.resolve():
-        print("note: the same record twice: there is no change to find")
     try:
-        print(report(*(read_record(p) for p in paths), paths))
+        paths = (args.first, args.second)
+        split = args.split or common_split(paths)
+        (first, a), (second, b) = (find_record(path, split) for path in paths)
+        if first.resolve() == second.resolve():
+            print("note: the same record twice: there is no change to find")
+        print(report(a, b, (first, second)))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 

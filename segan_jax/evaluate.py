@@ -401,6 +401,23 @@ def record_name(path: pathlib.Path) -> tuple[str, int] | None:
     return (split, int(step)) if underscore and step.isdigit() else None
 
 
+def latest_record_file(
+    workdir: str | pathlib.Path, split: str | None = None, data: str | None = None
+) -> tuple[pathlib.Path, dict] | None:
+    """(path, record) of `figures.latest_record`'s pick, None when there is none."""
+    candidates = []
+    for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
+        name = record_name(path)
+        if name and split in (None, name[0]):
+            order = (name[1], record_number(path), path.stat().st_mtime_ns)
+            candidates.append((order, path))
+    for _, path in sorted(candidates, reverse=True):  # the highest first: read until one fits
+        record = workdir_lib.read_json(path, "evaluation record")  # ValueError naming it
+        if split in (None, record.get("split")) and data in (None, record.get("data")):
+            return path, record
+    return None
+
+
 def write_record(workdir: pathlib.Path, record: dict, n: int = 1) -> pathlib.Path:
     """Writes `record_path(workdir, record, n)` atomically and returns its path."""
     out = record_path(workdir, record, n)

@@ -10,7 +10,6 @@ Reading a workdir (``read_metrics``, ``load_config``, ``latest_record``) is here
 the inputs of the figures.
 """
 
-import json
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -111,17 +110,8 @@ def latest_record(
       The record (keys of ``evaluate.EVAL_KEYS``; a cohort's, of ``--config.eval.cohort``,
       also ``data``: with ``split`` None it may be one), or None when there is none.
     """
-    candidates = []
-    for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
-        name = evaluate.record_name(path)
-        if name and split in (None, name[0]):
-            order = (name[1], evaluate.record_number(path), path.stat().st_mtime_ns)
-            candidates.append((order, path))
-    for _, path in sorted(candidates, reverse=True):  # the highest first: read until one fits
-        record = json.loads(path.read_text())
-        if split in (None, record.get("split")) and data in (None, record.get("data")):
-            return record
-    return None
+    found = evaluate.latest_record_file(workdir, split, data)
+    return found and found[1]
 
 
 # ----------------------------------------------------------------------------- curves

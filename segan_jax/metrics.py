@@ -82,6 +82,7 @@ def _f1_iou(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # figures could move on another sample of images like them.
 BOOTSTRAP_SAMPLES = 1000
 INTERVAL_LEVEL = 0.95
+MEAN_KEYS = ("f1_foreground_mean", "iou_foreground_mean")
 
 
 def bootstrap_intervals(
@@ -117,6 +118,42 @@ def bootstrap_intervals(
     return {k: _central(v, level) for k, v in values.items()}
 
 
+def paired_bootstrap_differences(
+    first: np.ndarray,
+    second: np.ndarray,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = INTERVAL_LEVEL,
+    seed: int = 0,
+    groups: Sequence | None = None,
+) -> dict[str, np.ndarray]:
+    """Bounds of the central `level` interval of each of `second`'s `scores` minus `first`'s,
+    both scored on the same draws of the images (a paired bootstrap: two predictions of one
+    split compared image for image; with `groups`, as in `bootstrap_intervals`, group for
+    group).
+
+    Args:
+      first, second: (N, K, K) counts of the same N images, in the same order.
+
+    Returns:
+      {"f1": (K, 2), "iou": (K, 2), "f1_foreground_mean": (2,), "iou_foreground_mean": (2,)};
+      NaN where a class is absent from truth and prediction of one record or the other in
+      every draw.
+    """
+    if np.shape(first) != np.shape(second):
+        raise ValueError(f"{np.shape(first)} and {np.shape(second)}: not the same images")
+    pairs = _group_sums(np.concatenate([first, second], axis=1), groups)
+    totals = _drawn_totals(pairs, samples, seed)
+    k = np.shape(first)[1]
+    (f1_a, iou_a), (f1_b, iou_b) = _f1_iou(totals[:, :k]), _f1_iou(totals[:, k:])  # (S, K)
+    values = {
+        "f1": f1_b - f1_a,
+        "iou": iou_b - iou_a,
+        "f1_foreground_mean": _nanmeans(f1_b[:, 1:]) - _nanmeans(f1_a[:, 1:]),
+        "iou_foreground_mean": _nanmeans(iou_b[:, 1:]) - _nanmeans(iou_a[:, 1:]),
+    }
+    return {key: _central(value, level) for key, value in values.items()}
+
+
 def paired_bootstrap_difference(
     first: np.ndarray,
     second: np.ndarray,
@@ -126,23 +163,14 @@ def paired_bootstrap_difference(
     seed: int = 0,
     groups: Sequence | None = None,
 ) -> np.ndarray:
-    """(2,) bounds of the central `level` interval of `second`'s foreground mean (`key`: F1 or
-    IoU) minus `first`'s, both scored on the same draws of the images (a paired bootstrap:
-    two predictions of one split compared image for image; with `groups`, as in
-    `bootstrap_intervals`, group for group).
+    """(2,) bounds of `paired_bootstrap_differences`' foreground mean `key` (F1 or IoU).
 
     Args:
       first, second: (N, K, K) counts of the same N images, in the same order.
     """
-    if np.shape(first) != np.shape(second):
-        raise ValueError(f"{np.shape(first)} and {np.shape(second)}: not the same images")
-    pairs = _group_sums(np.concatenate([first, second], axis=1), groups)
-    totals = _drawn_totals(pairs, samples, seed)
-    k = np.shape(first)[1]
-    f1_iou = [_f1_iou(totals[:, :k]), _f1_iou(totals[:, k:])]  # (S, K) each
-    which = ("f1_foreground_mean", "iou_foreground_mean").index(key)
-    a, b = (_nanmeans(scores[which][:, 1:]) for scores in f1_iou)
-    return _central(b - a, level)
+    if key not in MEAN_KEYS:
+        raise ValueError(f"{key!r} is not one of {MEAN_KEYS}")
+    return paired_bootstrap_differences(first, second, samples, level, seed, groups)[key]
 
 
 def _group_sums(confusions: np.ndarray, groups: Sequence | None) -> np.ndarray:

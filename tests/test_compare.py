@@ -42,6 +42,12 @@ def test_the_change_is_the_paired_bootstrap_over_slides_whatever_the_order():
     one, two = (metrics.scores(x.sum(0))["f1_foreground_mean"] for x in (a, b))
     assert found["f1_foreground_mean"][:2] == pytest.approx([one, two])
     assert found["f1_foreground_mean"][2] > 0  # better on every draw
+    every = metrics.paired_bootstrap_differences(a[order], b[order], groups=np.array(slides)[order])
+    for key in ("f1", "iou"):  # each class: both scores, then the change's interval
+        scores = [metrics.scores(x.sum(0))[key] for x in (a, b)]
+        expected_rows = np.column_stack([*scores, every[key]])
+        np.testing.assert_allclose(found[key], expected_rows)
+    assert found["f1"][1][2] > 0  # the nuclei's own F1: better on every draw
     assert (found["images"], found["slides"]) == (8, 3)
     # The second record's images in another order (written so by hand): paired by name.
     shuffled = np.random.default_rng(0).permutation(8)
@@ -55,6 +61,9 @@ def test_the_change_is_the_paired_bootstrap_over_slides_whatever_the_order():
     text = compare.report(_record(a), other, paths)
     assert "paired bootstrap interval over the 3 slides of the 8 images:" in text
     assert f"foreground F1: {one:.3f} -> {two:.3f}, {two - one:+.3f} (" in text
+    low, high = found["iou"][1][2:]
+    assert f"  IoU nucleus: {found['iou'][1][0]:.3f} -> " in text
+    assert f"({low:+.3f} to {high:+.3f})\n  IoU gland" in text
     # The same predictions: no change, an interval of 0.
     same = compare.comparison(_record(a), _record(a), paths)
     assert list(same["iou_foreground_mean"][2:]) == [0.0, 0.0]
@@ -90,7 +99,7 @@ def test_no_images_are_refused_and_an_absent_class_shown_as_not_available():
     confusions[:, 2, :] = 0  # no gland in truth
     confusions[:, :, 2] = 0  # nor predicted
     text = compare.report(_record(confusions), _record(confusions), ("a.json", "b.json"))
-    assert "  F1 gland: n/a -> n/a" in text
+    assert "  F1 gland: n/a -> n/a, n/a (n/a to n/a)" in text
 
 
 def test_the_command_reads_two_records_and_names_a_file_it_cannot_use(tmp_path, capsys):
@@ -109,3 +118,37 @@ def test_the_command_reads_two_records_and_names_a_file_it_cannot_use(tmp_path, 
     paths[1].write_text("{}")
     with pytest.raises(SystemExit, match="not an evaluation record"):
         compare.main([str(p) for p in paths])
+
+
+def _run(folder, records, split="test"):
+    """A run's workdir: config.json evaluating `split`, records {(split, step): matrices}."""
+    (folder / "eval").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"eval": {"split": split}}))
+    for (name, step), confusions in records.items():
+        record = evaluate.result_record(step, name, CLASSES, confusions, names=NAMES)
+        evaluate.write_record(folder, record)
+    return folder
+
+
+def test_the_command_takes_workdirs_and_compares_their_latest_records(tmp_path, capsys):
+    records = {("test", 100): _confusions(5), ("test", 200): _confusions(1)}
+    first = _run(tmp_path / "a", records)
+    second = _run(tmp_path / "b", {("test", 300): _confusions(2), ("val", 300): _confusions(3)})
+    compare.main([str(first), str(second)])  # the split both runs evaluate: test
+    out = capsys.readouterr().out
+    assert f"first:  {first / 'eval' / 'test_200.json'} (test split, step 200)" in out
+    assert f"second: {second / 'eval' / 'test_300.json'} (test split, step 300)" in out
+    found = compare.comparison(_record(_confusions(1)), _record(_confusions(2)), ("a", "b"))
+    assert f"foreground F1: {compare._change(found['f1_foreground_mean'])}" in out
+    compare.main([str(second / "eval" / "test_300.json"), str(second)])
+    assert capsys.readouterr().out.startswith("note: the same record twice")
+    with pytest.raises(SystemExit, match=f"error: {first / 'eval'}: no evaluation record of"):
+        compare.main([str(first), str(second), "--split=val"])
+    (second / "config.json").write_text(json.dumps({"eval": {"split": "val"}}))
+    with pytest.raises(SystemExit, match="evaluates 'test', .* evaluates 'val': name the split"):
+        compare.main([str(first), str(second)])
+    compare.main([str(first), str(second), "--split=test"])
+    assert "test_300.json (test split, step 300)" in capsys.readouterr().out
+    (second / "config.json").unlink()
+    with pytest.raises(SystemExit, match=f"error: {second / 'config.json'}: unreadable"):
+        compare.main([str(first), str(second)])

@@ -157,6 +157,15 @@ def test_paired_bootstrap_of_two_images_spans_their_three_draws_differences():
     assert iou[0] == 0 and iou[1] == pytest.approx(6 / 10 - 2 / 10)
     with pytest.raises(ValueError, match="not the same images"):
         metrics.paired_bootstrap_difference(first, second[:1])
+    # Per class: the one foreground class's F1 is the mean's; background's by hand too.
+    every = metrics.paired_bootstrap_differences(first, second)
+    np.testing.assert_array_equal(every["f1"][1], bounds)
+    background = lambda cm: metrics.scores(cm)["f1"][0]  # noqa: E731
+    gains = [0.0, background(a + mended) - background(a + b), background(mended) - background(b)]
+    np.testing.assert_allclose(every["f1"][0], [min(gains), max(gains)])
+    assert every["f1"][0][1] > 0  # mending foreground pixels called background mends it too
+    padded = [np.pad(x, ((0, 0), (0, 1), (0, 1))) for x in (first, second)]  # a class never seen
+    assert np.isnan(metrics.paired_bootstrap_differences(*padded)["iou"][2]).all()
 
 
 def test_bootstrap_by_groups_draws_each_groups_images_together():

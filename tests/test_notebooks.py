@@ -61,6 +61,7 @@ def test_results_notebook_runs_on_a_tiny_run(tiny_run, data_dir):
     nb.cells.append(nbformat.v4.new_code_cell(probe))
     # The kernel gets this process's environment: conftest's XLA_FLAGS and JAX_PLATFORMS=cpu.
     env = dict(os.environ, SEGAN_WORKDIR=str(tiny_run), SEGAN_JAX_DATA_DIR=str(data_dir))
+    env["SEGAN_BASELINE"] = str(tiny_run)  # the run against itself: every change 0
     client = nbclient.NotebookClient(
         nb,
         kernel_name="python3",
@@ -74,6 +75,9 @@ def test_results_notebook_runs_on_a_tiny_run(tiny_run, data_dir):
     for word in ("background", "cytoplasm", "nucleus", "foreground mean", "checkpoint step 4"):
         assert word in text
     assert "t07" in text and "F1" in text  # per-image scores
+    record = tiny_run / "eval" / "test_4.json"
+    assert f"first:  {record} (test split, step 4)\nsecond: {record} (" in text
+    assert "+0.000 (+0.000 to +0.000)\n  foreground IoU: " in text
     ablation = REPO / "benchmarks" / "results" / "ablation.md"
     if ablation.is_file():
         assert markdown == ablation.read_text()
@@ -115,15 +119,18 @@ def test_the_figures_of_a_cohort_in_class_colours(
     shutil.copytree(tiny_run, run)
     inference.evaluate_workdir(config, str(run))
     nb = _read()
-    nb.cells = nb.cells[:15]  # up to the worst images
+    ablation = next(i for i, c in enumerate(nb.cells) if c.source.startswith("## Ablation"))
+    nb.cells = nb.cells[:ablation]  # up to the worst images
     env = dict(os.environ, SEGAN_WORKDIR=str(run), SEGAN_JAX_DATA_DIR=str(data_dir))
-    env.update(SEGAN_COHORT=str(cohort), SEGAN_PALETTE="classes")
+    env.update(SEGAN_COHORT=str(cohort), SEGAN_PALETTE="classes", SEGAN_BASELINE=str(tiny_run))
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO)}}
     )
     client.execute(env=env)
     text, pngs, _ = _outputs(nb)
     assert "'cohort-lab-b' is evaluated by --mode=evaluate" in text
+    no_record = f"not compared: {tiny_run / 'eval'}: no evaluation record of the 'cohort-lab-b'"
+    assert no_record in text  # the baseline never evaluated that folder
     assert "cohort-lab-b split, step 4" in text and "predicted 3 cohort-lab-b images" in text
     assert pngs == 3  # the loss curves, the result grid and the worst images
     for name in ("result_grid", "worst_images"):  # beside the split's, not over them
