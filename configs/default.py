@@ -144,6 +144,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.predict.slide_level = 0
     # The training images' pixel width in micrometres (slide_tiles prints its slides'; 0: not
     # known): a slide whose level's pixels are over 10 % wider or narrower, as its file says
-    # (Aperio MPP, OME-XML, TIFF resolution), gets a note naming the level closest to it.
+    # (Aperio MPP, OME-XML, TIFF resolution), gets a note naming the level closest to it;
+    # images (not slides) too, from their TIFF tags or PNG/JPEG print resolution.
     c.predict.microns_per_pixel = 0.0
     return c

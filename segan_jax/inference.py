@@ -336,7 +336,8 @@ def _read_mine(
 ) -> list[np.ndarray | slides.SlideInfo]:
     """`read_images` of this process's ``files`` (slides where their ``targets`` are label
     TIFFs) on every process; notes its slides whose pixels differ from
-    predict.microns_per_pixel (`slides.resolution_note`) or whose files do not say."""
+    predict.microns_per_pixel (`slides.resolution_note`) or whose files do not say, and
+    likewise its images (`_image_resolution_notes`)."""
     level, microns = _predict_key(config, "slide_level"), _predict_key(config, "microns_per_pixel")
     images = parallel.on_every_process(
         lambda: read_images(files, info, list(map(_is_slide_map, targets)), level, microns),
@@ -355,7 +356,38 @@ def _read_mine(
                 "predict.microns_per_pixel",
                 flush=True,
             )
+    if microns:
+        plain = [f for f, image in zip(files, images, strict=True) if isinstance(image, np.ndarray)]
+        for note in _image_resolution_notes(plain, microns):
+            print(note, flush=True)
     return images
+
+
+def _image_resolution_notes(files: list[pathlib.Path], microns: float) -> list[str]:
+    """Notes on the image ``files`` (not slides: predicted at their own resolution) whose
+    pixels differ from ``microns`` (predict.microns_per_pixel) by over
+    `slides.MICRONS_TOLERANCE`, and on those whose files do not say (`slides.image_microns`)."""
+    widths = {f.name: slides.image_microns(f) for f in files}
+    other = [
+        f"{n} {w:.3g} µm"
+        for n, w in widths.items()
+        if w and not slides.same_magnification(w, microns)
+    ]
+    unknown = [n for n, w in widths.items() if w is None]
+    notes = []
+    if other:
+        notes.append(
+            f"note: {len(other)} of {len(files)} image(s) have pixels other than the run's "
+            f"images' {microns:.3g} µm (predict.microns_per_pixel), so the network sees them "
+            f"at another magnification than it learned: {workdir_lib.first_names(other)}; "
+            "rescale them to the run's pixel size first"
+        )
+    if unknown:
+        notes.append(
+            f"note: {len(unknown)} of {len(files)} image(s) say no usable pixel size: not "
+            f"checked against predict.microns_per_pixel: {workdir_lib.first_names(unknown)}"
+        )
+    return notes
 
 
 def _same_plan(mine: str, first: str) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tifffile
 import zarr
+from PIL import Image
 
 from segan_jax import annotations, datasets, figures, tiles
 from segan_jax import workdir as workdir_lib
@@ -94,6 +95,24 @@ def microns_of(tif: tifffile.TiffFile) -> tuple[float, float] | None:
     if found is None or not all(0 < v <= MAX_PIXEL_MICRONS for v in found):
         return None
     return float(found[0]), float(found[1])
+
+
+def image_microns(path: pathlib.Path) -> float | None:
+    """The width in micrometres of an image file's pixel: a TIFF's `microns_of`, else the
+    print resolution Pillow reads (a PNG's pHYs, a JPEG's JFIF density), in dots per inch;
+    None where the file does not say, says more than `MAX_PIXEL_MICRONS`, or is
+    unreadable (reading it names it)."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                found = microns_of(tif)
+            return None if found is None else found[1]
+        with Image.open(path) as image:
+            dpi = image.info.get("dpi")
+    except Exception:  # any decoder failure: an unreadable file (reading it names it)
+        return None
+    width = 25400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+    return width if width is not None and width <= MAX_PIXEL_MICRONS else None
 
 
 def _resolution_microns(page: tifffile.TiffPage) -> tuple[float, float] | None:

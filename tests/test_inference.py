@@ -5,6 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from segan_jax import inference
 
@@ -48,3 +49,21 @@ def test_the_fallbacks_of_later_predict_keys_are_the_default_configs_values():
     config = default.get_config()
     for key, value in inference.PREDICT_FALLBACKS.items():
         assert config.predict[key] == value and type(config.predict[key]) is type(value), key
+
+
+def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tmp_path):
+    """Images (predicted at their own resolution) over 10 % off predict.microns_per_pixel
+    are named with their pixel width; those whose files do not say, as not checked."""
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    for name, dpi in (("a.png", 50800), ("b.png", 101600), ("c.png", 55000), ("d.png", None)):
+        Image.fromarray(pixels).save(tmp_path / name, **({"dpi": (dpi, dpi)} if dpi else {}))
+    files = sorted(tmp_path.iterdir())
+    other, unknown = inference._image_resolution_notes(files, 0.5)
+    assert other.startswith("note: 1 of 4 image(s) have pixels other than the run's images' 0.5")
+    assert other.endswith(
+        "magnification than it learned: b.png 0.25 µm; rescale them to the run's pixel size first"
+    )
+    assert unknown.endswith(
+        "say no usable pixel size: not checked against predict.microns_per_pixel: d.png"
+    )
+    assert inference._image_resolution_notes(files[:1], 0.5) == []  # 0.5 µm: nothing to say

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from segan_jax import annotations, datasets, evaluate, input_pipeline, models, slides, tiles
 
@@ -337,3 +338,18 @@ def test_specks_are_left_out_of_a_slides_geojson_once_whole(tmp_path):
         writer.add(5, labels[5:])
     features = json.loads((tmp_path / "a.geojson").read_text())["features"]
     assert [f["properties"]["classification"]["name"] for f in features] == ["nucleus"]
+
+
+def test_an_images_pixel_size_is_read_from_its_tiff_tags_or_print_resolution(tmp_path):
+    """TIFF resolution tags (as slides'), a PNG's pHYs and a JPEG's density in dpi; a
+    writer's default (72 dpi), none, or an unreadable file: not known."""
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", pixels, resolution=(40000, 40000), resolutionunit=3)
+    Image.fromarray(pixels).save(tmp_path / "b.png", dpi=(50800, 50800))  # 0.5 µm
+    Image.fromarray(pixels).save(tmp_path / "c.jpg", dpi=(25400, 25400))  # 1 µm
+    Image.fromarray(pixels).save(tmp_path / "d.png", dpi=(72, 72))
+    Image.fromarray(pixels).save(tmp_path / "e.png")
+    (tmp_path / "f.png").write_bytes(b"not an image")
+    found = [slides.image_microns(tmp_path / n) for n in ("a.tif", "b.png", "c.jpg")]
+    assert found == pytest.approx([0.25, 0.5, 1.0], rel=1e-3)  # PNG's pHYs: whole dots a metre
+    assert [slides.image_microns(tmp_path / n) for n in ("d.png", "e.png", "f.png")] == [None] * 3
