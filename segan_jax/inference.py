@@ -339,15 +339,16 @@ def _read_mine(
     predict.microns_per_pixel (`slides.resolution_note`) or whose files do not say, and
     likewise its images (`_image_resolution_notes`)."""
     level, microns = _predict_key(config, "slide_level"), _predict_key(config, "microns_per_pixel")
+    resample, is_slide = _predict_key(config, "resample"), list(map(_is_slide_map, targets))
     images = parallel.on_every_process(
-        lambda: read_images(files, info, list(map(_is_slide_map, targets)), level, microns),
+        lambda: read_images(files, info, is_slide, level, microns, resample),
         "read its images",
     )
     mine_slides = [image for image in images if isinstance(image, slides.SlideInfo)]
     for slide in mine_slides:
         if level == AUTO_LEVEL:
             width = slide.level_microns()
-            print(f"{slide.path.name}: level {slide.level} ({width:.3g} µm per pixel)", flush=True)
+            print(f"{slide.path.name}: {slide.view()} ({width:.3g} µm per pixel)", flush=True)
         if note := slides.resolution_note(slide, microns):
             print(note, flush=True)
         elif microns and slide.microns is None:
@@ -426,6 +427,7 @@ PREDICT_FALLBACKS = {
     "microns_per_pixel": 0.0,
     "min_region_area": 0.0,
     "skip_existing": False,
+    "resample": False,
     "slide_pixels": 2**26,
     "slide_level": 0,
 }
@@ -505,6 +507,7 @@ def _predict_slide(
         _SlideProgress(),
         _predict_key(config, "min_region_area"),
         features,
+        slide.factor,
     )
     if features is not None:
         imagescope.save_xml(features, info.classes, xml_path(target), slide.level_microns(0))
@@ -521,7 +524,7 @@ class _SlideProgress:
         (h, w), seconds = slide.shape, max(time.perf_counter() - self.start, 1e-9)
         eta = workdir_lib.duration(seconds * (h - rows) / rows)
         print(
-            f"{slide.path.name} level {slide.level} ({h}x{w}): rows {rows}/{h} | "
+            f"{slide.path.name} {slide.view()} ({h}x{w}): rows {rows}/{h} | "
             f"{rows * w / seconds / 1e6:.2f} megapixels/s | ETA {eta}",
             flush=True,
         )
@@ -568,16 +571,19 @@ def read_images(
     is_slide: list[bool] | None = None,
     slide_level: int = 0,
     microns: float = 0.0,
+    resample: bool = False,
 ) -> list[np.ndarray | slides.SlideInfo]:
     """Each file decoded, (H, W, C), but a slide (``is_slide``), whose ``slide_level`` (with
-    `AUTO_LEVEL`, the one closest to ``microns`` per pixel) is only opened and one pixel
-    decoded (its entry: its `slides.SlideInfo`); DatasetError naming
+    `AUTO_LEVEL`, the one closest to ``microns`` per pixel, with ``resample`` also a level in
+    blocks, `slides.closest_view`) is only opened and one pixel decoded (its entry: its
+    `slides.SlideInfo`); DatasetError naming
     every file that is not a readable image (or slide) of a supported pixel type or, given
     the training data's ``info``, whose channels or pixel type differ from theirs."""
     problems: list[str] = []
     open_slide = functools.partial(slides.slide_info, level=slide_level)
     if slide_level == AUTO_LEVEL:
-        open_slide = functools.partial(slides.slide_info_closest, microns=microns)
+        most = slides.MAX_FACTOR if resample else 1
+        open_slide = functools.partial(slides.slide_info_closest, microns=microns, most=most)
     images = [
         datasets.try_read(open_slide, [f], "slide", problems)
         if slide
@@ -637,6 +643,12 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
         raise train.ConfigError(
             "predict.slide_level=-1 (each slide's level closest to predict.microns_per_pixel) "
             "needs predict.microns_per_pixel, the training images' pixel width in micrometres"
+        )
+    resample = _predict_key(config, "resample")
+    if not isinstance(resample, bool) or (resample and not auto):
+        raise train.ConfigError(
+            f"predict.resample={resample!r}: True applies with predict.slide_level=-1 (each "
+            "slide's level closest to predict.microns_per_pixel, or a level read in blocks)"
         )
 
 
@@ -778,8 +790,10 @@ def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> 
     entry["windows"] = [tiling.size, tiling.margin] if tiling else "whole image"
     if slide:
         entry["predict.slide_level"] = _predict_key(config, "slide_level")
-        if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by this
+        if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by these
             entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
+            if _predict_key(config, "resample"):  # only when True: older entries lack it
+                entry["predict.resample"] = True
     if _annotation_suffixes(config):
         entry["predict.min_region_area"] = _predict_key(config, "min_region_area")
     return entry

@@ -54,7 +54,9 @@ class SlideInfo:
     """One level of a slide: (H, W) pixels of ``channels`` channels of ``dtype``;
     ``downsample`` is (rows, columns) of level 0 per pixel of this level; ``microns`` the
     (height, width) of a level-0 pixel in micrometres where the file says (`microns_of`),
-    else None; ``downsamples`` each level's column ``downsample``."""
+    else None; ``downsamples`` each level's column ``downsample``; ``factor`` > 1 when the
+    level is read in ``factor`` x ``factor`` blocks, each one pixel (`BlockMeans`: ``shape``
+    and ``downsample`` are then the blocks')."""
 
     path: pathlib.Path
     level: int
@@ -64,13 +66,21 @@ class SlideInfo:
     downsample: tuple[float, float]
     microns: tuple[float, float] | None = None
     downsamples: tuple[float, ...] = (1.0,)
+    factor: int = 1
 
     def level_microns(self, level: int | None = None) -> float | None:
-        """The width in micrometres of a pixel of ``level`` (default this one); None when
-        the file does not say."""
+        """The width in micrometres of a pixel of ``level``, or by default of this view (a
+        block when ``factor`` > 1); None when the file does not say."""
         if self.microns is None:
             return None
-        return self.microns[1] * self.downsamples[self.level if level is None else level]
+        if level is None:
+            return self.microns[1] * self.downsamples[self.level] * self.factor
+        return self.microns[1] * self.downsamples[level]
+
+    def view(self) -> str:
+        """ "level 1", or "level 0 in 2x2 blocks"."""
+        blocks = f" in {self.factor}x{self.factor} blocks" if self.factor > 1 else ""
+        return f"level {self.level}{blocks}"
 
 
 # A full-resolution pixel said to be wider than this is a writer's default print resolution
@@ -147,7 +157,7 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
     closer = f"level {best} has {info.level_microns(best):.3g} µm"
     hint = closer if best != info.level else "no level is closer"
     return (
-        f"note: {info.path.name} level {info.level} has pixels of {have:.3g} µm, the run's "
+        f"note: {info.path.name} {info.view()} has pixels of {have:.3g} µm, the run's "
         f"images {microns:.3g} µm (predict.microns_per_pixel); {hint} (predict.slide_level): "
         "a network finds structures at the size it was trained on"
     )
@@ -156,13 +166,30 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
 def closest_level(info: SlideInfo, microns: float) -> int:
     """The level of the slide whose pixel width is closest to ``microns`` by ratio (0.36 is
     closer to 0.5 than to 0.25); the slide's file must say its pixel size."""
-    sizes = [info.level_microns(level) for level in range(len(info.downsamples))]
-    return min(range(len(sizes)), key=lambda level: abs(math.log(sizes[level] / microns)))
+    return closest_view(info, microns)[0]
 
 
-def slide_info_closest(path: pathlib.Path, microns: float) -> SlideInfo:
-    """`slide_info` of the slide's `closest_level` to ``microns``; datasets.FormatError when
-    its file does not say its pixel size."""
+# The widest blocks a level is read in (predict.resample): a slide's levels are usually 2 or 4
+# apart, so 4 covers them; 8 leaves room.
+MAX_FACTOR = 8
+
+
+def closest_view(info: SlideInfo, microns: float, most: int = 1) -> tuple[int, int]:
+    """(level, factor): of the slide's levels, each read whole or in factor x factor blocks
+    (factor up to ``most``), the one whose pixels are within `MICRONS_TOLERANCE` of
+    ``microns`` reading the fewest pixels (the smallest level); when none is, the closest by
+    ratio (0.36 is closer to 0.5 than to 0.25). The slide's file must say its pixel size."""
+    views = [(k, f) for k in range(len(info.downsamples)) for f in range(1, most + 1)]
+    width = {(k, f): info.level_microns(k) * f for k, f in views}
+    near = [v for v in views if same_magnification(width[v], microns)]
+    if near:
+        return max(near, key=lambda v: (info.downsamples[v[0]], -v[1]))
+    return min(views, key=lambda v: abs(math.log(width[v] / microns)))
+
+
+def slide_info_closest(path: pathlib.Path, microns: float, most: int = 1) -> SlideInfo:
+    """`slide_info` of the slide's `closest_view` to ``microns`` (blocks of up to ``most``
+    pixels a side); datasets.FormatError when its file does not say its pixel size."""
     with open_level(path, 0) as (info, _):
         pass
     if info.microns is None:
@@ -172,7 +199,7 @@ def slide_info_closest(path: pathlib.Path, microns: float) -> SlideInfo:
             "writer's default), so the level closest to predict.microns_per_pixel is not "
             "known: set predict.slide_level, or predict it apart"
         )
-    return slide_info(path, closest_level(info, microns))
+    return slide_info(path, *closest_view(info, microns, most))
 
 
 def _aperio_microns(description: str) -> tuple[float, float] | None:
@@ -250,11 +277,12 @@ def _check_complete(tif: tifffile.TiffFile, series) -> None:
                 )
 
 
-def slide_info(path: pathlib.Path, level: int) -> SlideInfo:
-    """The ``level`` (0: full resolution) of a slide, from its header, after decoding one pixel
-    (a codec missing for its tiles is found before any work), its pixel type checked as an
-    image's (`datasets.check_pixel_type`). Raises datasets.FormatError."""
-    with open_level(path, level) as (info, array):
+def slide_info(path: pathlib.Path, level: int, factor: int = 1) -> SlideInfo:
+    """The ``level`` (0: full resolution; in ``factor`` x ``factor`` blocks, `BlockMeans`) of a
+    slide, from its header, after decoding one pixel (a codec missing for its tiles is found
+    before any work), its pixel type checked as an image's (`datasets.check_pixel_type`).
+    Raises datasets.FormatError."""
+    with open_level(path, level, factor) as (info, array):
         _ = array[:1, :1]
     datasets.check_pixel_type(info.dtype)
     return info
@@ -262,12 +290,12 @@ def slide_info(path: pathlib.Path, level: int) -> SlideInfo:
 
 @contextlib.contextmanager
 def open_level(
-    path: pathlib.Path, level: int
-) -> Iterator[tuple[SlideInfo, zarr.Array | np.ndarray]]:
+    path: pathlib.Path, level: int, factor: int = 1
+) -> Iterator[tuple[SlideInfo, "zarr.Array | np.ndarray | BlockMeans"]]:
     """Opens a slide's ``level`` as a read-only array of (H, W) or (H, W, C) that reads only
-    the TIFF tiles a region touches (`_open`); yields (its `SlideInfo`, the array). Raises
-    datasets.FormatError when the file cannot be opened so (errors in the block go on as
-    they are)."""
+    the TIFF tiles a region touches (`_open`), with ``factor`` > 1 its `BlockMeans`; yields
+    (its `SlideInfo`, the array). Raises datasets.FormatError when the file cannot be opened
+    so (errors in the block go on as they are)."""
     with contextlib.ExitStack() as stack:
         try:
             info, array = _open(stack, path, level)
@@ -275,7 +303,64 @@ def open_level(
             raise
         except (tifffile.TiffFileError, ValueError, KeyError) as err:
             raise datasets.FormatError(f"not a readable slide ({err})") from err
+        if factor > 1:
+            info, array = _in_blocks(info, array, factor)
         yield info, array
+
+
+def _in_blocks(
+    info: SlideInfo, array: zarr.Array | np.ndarray, factor: int
+) -> tuple[SlideInfo, "BlockMeans"]:
+    """The level's `SlideInfo` and array read in ``factor`` x ``factor`` blocks."""
+    (height, width), (rows, columns) = info.shape, info.downsample
+    if height < factor or width < factor:
+        raise datasets.FormatError(
+            f"level {info.level} ({height}x{width}) is smaller than one {factor}x{factor} block"
+        )
+    blocks = BlockMeans(array, factor)
+    downsample = (rows * factor, columns * factor)  # a block covers factor pixels a side
+    info = dataclasses.replace(info, shape=blocks.shape[:2], downsample=downsample, factor=factor)
+    return info, blocks
+
+
+# Columns of the level a `BlockMeans` window reads at a time: a band of 1024 blocks of 4x4
+# pixels, 3 channels, then takes 4096 x 2048 x 3 float32 values, 96 MiB, to average.
+BLOCK_COLUMNS = 2048
+
+
+class BlockMeans:
+    """A slide level (an array of (H, W) or (H, W, C)) seen as (H // f, W // f[, C]) blocks of
+    f x f pixels, each the mean of its pixels rounded to the level's integer type (the
+    rows and columns beyond the last whole block left out): a coarser level that a slide
+    lacks (40x read as 20x). Indexing by two slices reads only the pixels the blocks cover,
+    `BLOCK_COLUMNS` columns at a time."""
+
+    def __init__(self, array: zarr.Array | np.ndarray, factor: int):
+        self.array, self.factor = array, factor
+        height, width, *channels = array.shape
+        self.shape = (height // factor, width // factor, *channels)
+        self.dtype, self.ndim = array.dtype, array.ndim
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        rows, columns = key
+        top, bottom, _ = rows.indices(self.shape[0])
+        left, right, _ = columns.indices(self.shape[1])
+        f, bottom, right = self.factor, max(top, bottom), max(left, right)
+        out = np.empty((bottom - top, right - left, *self.shape[2:]), self.dtype)
+        step = max(1, BLOCK_COLUMNS // f)
+        for start in range(left, right, step):
+            stop = min(right, start + step)
+            pixels = np.asarray(self.array[top * f : bottom * f, start * f : stop * f])
+            out[:, start - left : stop - left] = block_means(pixels, f)
+        return out
+
+
+def block_means(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W[, C]) integer pixels, H and W multiples of ``factor`` -> (H / f, W / f[, C]) means
+    of f x f blocks, rounded to the nearest integer, of the same dtype."""
+    h, w = pixels.shape[0] // factor, pixels.shape[1] // factor
+    blocks = pixels.reshape(h, factor, w, factor, *pixels.shape[2:])
+    return np.rint(blocks.mean(axis=(1, 3), dtype=np.float32)).astype(pixels.dtype)
 
 
 def _open(
@@ -497,12 +582,14 @@ def predict_slide(
     report: Callable[[SlideInfo, int], None] | None = None,
     min_area: float = 0.0,
     features: list[dict] | None = None,
+    factor: int = 1,
 ) -> SlideInfo:
-    """Predicts a slide's ``level`` band by band (`band_labels`), writing its label TIFF to
-    ``label_path`` and, with ``geojson`` (path, class names), its regions of polygon area at
-    least ``min_area`` (`GeoJSONWriter`; appended to ``features`` too when given);
-    ``report`` gets the rows done after each band."""
-    with open_level(path, level) as (info, array), contextlib.ExitStack() as stack:
+    """Predicts a slide's ``level`` (in ``factor`` x ``factor`` blocks, `BlockMeans`) band by
+    band (`band_labels`), writing its label TIFF to ``label_path`` and, with ``geojson``
+    (path, class names), its regions of polygon area at least ``min_area`` (`GeoJSONWriter`;
+    appended to ``features`` too when given); ``report`` gets the rows done after each
+    band."""
+    with open_level(path, level, factor) as (info, array), contextlib.ExitStack() as stack:
         bands = band_labels(array, info, tiling, predict)
         if geojson is not None:
             writer = GeoJSONWriter(*geojson, info.downsample, min_area, features)
@@ -511,6 +598,8 @@ def predict_slide(
         if report is not None:
             bands = _tee(bands, lambda top, band: report(info, top + len(band)))
         metadata = {"source": path.name, "level": level, "downsample": list(info.downsample)}
+        if factor > 1:
+            metadata["blocks"] = factor
         write_label_tiff(label_path, bands, info.shape, metadata)
     return info
 

@@ -353,3 +353,44 @@ def test_an_images_pixel_size_is_read_from_its_tiff_tags_or_print_resolution(tmp
     found = [slides.image_microns(tmp_path / n) for n in ("a.tif", "b.png", "c.jpg")]
     assert found == pytest.approx([0.25, 0.5, 1.0], rel=1e-3)  # PNG's pHYs: whole dots a metre
     assert [slides.image_microns(tmp_path / n) for n in ("d.png", "e.png", "f.png")] == [None] * 3
+
+
+def test_block_means_are_hand_computed_and_any_window_of_them_reads_the_same(
+    tmp_path, write_slide, monkeypatch
+):
+    """Each block is the rounded mean of its f x f pixels (rows and columns past the last
+    whole block left out); a window of a level opened in blocks equals that window of the
+    whole level's block means, read a few columns at a time."""
+    pixels = np.array([[0, 1, 2, 9], [3, 4, 250, 255], [7, 7, 7, 7]], np.uint8)[..., None]
+    assert slides.block_means(pixels[:2], 2)[..., 0].tolist() == [[2, 129]]  # 2.0, 129.0
+    deep = np.full((4, 4), 60_000, np.uint16)
+    deep[0, 0] = 0
+    assert slides.block_means(deep, 4).tolist() == [[56250]] and deep.dtype == np.uint16
+    image = np.random.default_rng(0).integers(0, 256, (203, 301, 3), np.uint8)
+    path = tmp_path / "s.tif"
+    write_slide(path, image, levels=2, resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    monkeypatch.setattr(slides, "BLOCK_COLUMNS", 7)  # 2 blocks of 3 a read
+    whole = slides.block_means(image[:201, :300], 3)  # (67, 100, 3)
+    with slides.open_level(path, 0, 3) as (info, array):
+        assert (info.shape, info.downsample, info.factor) == ((67, 100), (3.0, 3.0), 3)
+        assert info.level_microns() == pytest.approx(0.75) and info.level_microns(0) == 0.25
+        assert info.view() == "level 0 in 3x3 blocks"
+        np.testing.assert_array_equal(slides.read_window(array, info, (0, 0), (67, 100)), whole)
+        window = slides.read_window(array, info, (5, 11), (20, 40))
+        np.testing.assert_array_equal(window, whole[5:25, 11:51])
+    with pytest.raises(datasets.FormatError, match=r"level 1 \(102x151\) is smaller than one"):
+        slides.slide_info(path, 1, 103)
+
+
+def test_the_closest_view_reads_a_level_in_blocks_only_where_no_level_matches():
+    """A 40x scan (0.25 µm) of levels 4x apart: 20x (0.5) is level 0 in 2x2 blocks; 10x is
+    level 1 itself, not level 0 in 4x4 blocks (fewer pixels read); 0.7 µm is level 0 in
+    3x3 blocks (0.75, within 10 %); without blocks, the closest level by ratio."""
+    info = slides.SlideInfo(pathlib.Path("s.svs"), 0, (8, 8), 3, np.uint8, (1.0, 1.0))
+    info = dataclasses.replace(info, microns=(0.25, 0.25), downsamples=(1.0, 4.0, 16.0))
+    assert slides.closest_view(info, 0.5, most=8) == (0, 2)
+    assert slides.closest_view(info, 1.0, most=8) == (1, 1)
+    assert slides.closest_view(info, 0.7, most=8) == (0, 3)
+    assert slides.closest_view(info, 40.0, most=8) == (2, 8)  # 32 µm: none near, the closest
+    assert slides.closest_view(info, 0.7) == (1, 1)  # 1.0 is closer than 0.25 by ratio
+    assert slides.closest_level(info, 0.36) == 0

@@ -27,6 +27,7 @@ from segan_jax import (
     imagescope,
     inference,
     parallel,
+    slides,
     tiles,
     train,
     workdir,
@@ -1036,6 +1037,26 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     assert tifffile.imread(slide).shape == (105, 288)
     entry = json.loads((tmp_path / "out" / "prediction.json").read_text())["a.tif"]
     assert (entry["predict.slide_level"], entry["predict.microns_per_pixel"]) == (-1, 0.5)
+    assert "predict.resample" not in entry
+    # 1 µm, with predict.resample: level 1 read in 2x2 blocks (no level has 1 µm pixels).
+    config.predict.resample, config.predict.microns_per_pixel = True, 1.0
+    config.predict.output, config.predict.geojson = str(tmp_path / "out1"), True
+    (slide,) = inference.predict_workdir(config, str(two_step_run))
+    assert "a.tif: level 1 in 2x2 blocks (1 µm per pixel)" in capsys.readouterr().out
+    blocks = slides.block_means(image[::2, ::2][:104], 2)  # (52, 144)
+    model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
+    (expected,) = evaluate.predict_all(model, variables, [blocks], normalizer)
+    np.testing.assert_array_equal(tifffile.imread(slide), expected)
+    features = json.loads(slide.with_suffix(".geojson").read_text())["features"]
+    back, problems = annotations.label_map(features, (210, 576), datasets.DEMO_CLASSES)
+    # in level-0 pixels (4 a block; polygon corners cut by half a block): each block's centre
+    assert problems == [] and (back[2:208:4, 2::4] == expected).all()
+    entry = json.loads((tmp_path / "out1" / "prediction.json").read_text())["a.tif"]
+    assert entry["predict.resample"] is True
+    config.predict.slide_level = 1
+    with pytest.raises(train.ConfigError, match="resample=True: True applies with .*level=-1"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.slide_level, config.predict.resample = -1, False
     # A slide whose file says no pixel size, at the level asked: noted as not checked.
     (tmp_path / "in2").mkdir()
     tifffile.imwrite(tmp_path / "in2" / "c.tif", image, **options)
