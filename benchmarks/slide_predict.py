@@ -9,7 +9,10 @@ noise where it is absent), the network the demo's (ResNet-18 width 16, OS8) with
 weights: the cost does not depend on what it learned (the number of regions, for GeoJSON,
 does a little).
 
-    python benchmarks/slide_predict.py --size 8192 [--geojson=0]
+    python benchmarks/slide_predict.py --size 8192 [--geojson=0] [--modes bands whole blocks2]
+
+Mode ``blocksF`` predicts level 0 read in F x F blocks (`slides.BlockMeans`,
+``predict.resample``): a (size / F)-square label map from the full-resolution pixels.
 """
 
 import argparse
@@ -135,9 +138,11 @@ def _predict(mode: str, path: pathlib.Path, predict, tiling, with_geojson: bool)
 
     out = path.with_name(f"{mode}_labels.tif")
     classes = ("background", "a", "b")
-    if mode == "bands":
+    if mode == "bands" or mode.startswith("blocks"):
         geojson = (out.with_suffix(".geojson"), classes) if with_geojson else None
-        return slides.predict_slide(path, 0, tiling, predict, out, geojson).shape
+        factor = int(mode.removeprefix("blocks") or 1) if mode != "bands" else 1
+        info = slides.predict_slide(path, 0, tiling, predict, out, geojson, factor=factor)
+        return info.shape
     image = tifffile.imread(path)
     labels = predict(image)
     tifffile.imwrite(out, labels, tile=(256, 256), compression="zlib")

@@ -358,11 +358,13 @@ def test_an_images_pixel_size_is_read_from_its_tiff_tags_or_print_resolution(tmp
 def test_block_means_are_hand_computed_and_any_window_of_them_reads_the_same(
     tmp_path, write_slide, monkeypatch
 ):
-    """Each block is the rounded mean of its f x f pixels (rows and columns past the last
-    whole block left out); a window of a level opened in blocks equals that window of the
-    whole level's block means, read a few columns at a time."""
-    pixels = np.array([[0, 1, 2, 9], [3, 4, 250, 255], [7, 7, 7, 7]], np.uint8)[..., None]
-    assert slides.block_means(pixels[:2], 2)[..., 0].tolist() == [[2, 129]]  # 2.0, 129.0
+    """Each block is the mean of its f x f pixels rounded half up (rows and columns past
+    the last whole block left out); a window of a level opened in blocks equals that window
+    of the whole level's block means, read a few columns at a time."""
+    pixels = np.array([[0, 1, 2, 9], [3, 5, 250, 255], [7, 7, 7, 7]], np.uint8)[..., None]
+    assert slides.block_means(pixels[:2], 2)[..., 0].tolist() == [[2, 129]]  # 2.25, 129.0
+    assert slides.block_means(pixels[:1, :2], 1).tolist() == [[[0], [1]]]
+    assert slides.block_means(np.array([[1, 2], [1, 2]], np.uint8), 2).tolist() == [[2]]  # 1.5
     deep = np.full((4, 4), 60_000, np.uint16)
     deep[0, 0] = 0
     assert slides.block_means(deep, 4).tolist() == [[56250]] and deep.dtype == np.uint16
