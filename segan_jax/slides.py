@@ -147,15 +147,22 @@ def same_magnification(a: float, b: float) -> bool:
 
 
 def resolution_note(info: SlideInfo, microns: float) -> str:
-    """A note when the pixels of the slide's level are over `MICRONS_TOLERANCE` wider or
+    """A note when the pixels of the slide's view are over `MICRONS_TOLERANCE` wider or
     narrower than ``microns`` (the training images', predict.microns_per_pixel), naming the
-    level closest to them; "" when they agree, or ``microns`` or the file does not say."""
+    level closest to them, or the level in blocks that matches (predict.resample); "" when
+    they agree, or ``microns`` or the file does not say."""
     have = info.level_microns()
     if not microns or have is None or same_magnification(have, microns):
         return ""
     best = closest_level(info, microns)
     closer = f"level {best} has {info.level_microns(best):.3g} µm"
     hint = closer if best != info.level else "no level is closer"
+    level, factor = closest_view(info, microns, MAX_FACTOR)
+    if factor > 1 and same_magnification(info.level_microns(level) * factor, microns):
+        hint += (
+            f"; level {level} in {factor}x{factor} blocks would match (predict.slide_level=-1 "
+            "with predict.resample=True)"
+        )
     return (
         f"note: {info.path.name} {info.view()} has pixels of {have:.3g} µm, the run's "
         f"images {microns:.3g} µm (predict.microns_per_pixel); {hint} (predict.slide_level): "
