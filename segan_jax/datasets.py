@@ -326,8 +326,9 @@ def images_by_stem(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     return files_by_stem(folder, IMAGE_SUFFIXES)
 
 
-# The names `slide_tiles` gives the tiles it cuts from a slide: <slide>_L<level>_x<X>_y<Y>.
-TILE_NAME = re.compile(r"(?P<slide>.+)_L(?P<level>\d+)_x(?P<x>\d+)_y(?P<y>\d+)")
+# The names `slide_tiles` gives the tiles it cuts from a slide: <slide>_L<level>_x<X>_y<Y>,
+# the level read in FxF blocks <slide>_L<level>b<F>_x<X>_y<Y>.
+TILE_NAME = re.compile(r"(?P<slide>.+)_L(?P<level>\d+(b\d+)?)_x(?P<x>\d+)_y(?P<y>\d+)")
 
 
 def slide_of(name: str) -> str:

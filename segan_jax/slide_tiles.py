@@ -4,11 +4,13 @@ paper's human-in-the-loop cycle for slides (``python -m segan_jax.slide_tiles``)
 predict writes a slide's regions as GeoJSON in level-0 pixels (`slides.GeoJSONWriter`; with
 predict.imagescope as ImageScope XML too); an expert corrects them on the slide in QuPath and
 exports them (File > Export objects as GeoJSON), or in ImageScope and saves them. Each
-slide's chosen level is cut on a grid of squares (the last row and column of the grid end at
-the level's edge), and each square an annotation reaches is written as an image and its mask,
-read by `annotations.label_map`'s rules, into a folder dataset's split:
-``images/<stem>_L<level>_x<X>_y<Y>.<png|tif>`` and ``masks/<same>.png``, (X, Y) the square's
-top-left corner in level-0 pixels (where QuPath shows it).
+slide's chosen level (``--level``; with ``--microns``, each slide's level, or level read in
+blocks, closest to that pixel size: `slides.closest_view`) is cut on a grid of squares (the
+last row and column of the grid end at the level's edge), and each square an annotation
+reaches is written as an image and its mask, read by `annotations.label_map`'s rules, into a
+folder dataset's split: ``images/<stem>_L<level>_x<X>_y<Y>.<png|tif>`` (``L0b2`` for level 0
+in 2x2 blocks) and ``masks/<same>.png``, (X, Y) the square's top-left corner in level-0
+pixels (where QuPath shows it).
 
 Which squares: with ``Region*`` annotations (QuPath's class for an area of interest, here the
 area the expert reviewed) those they reach, pixels outside them unlabelled; without, those
@@ -29,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tifffile
@@ -61,10 +63,13 @@ def tiles_from_slides(
     level: int = 0,
     tile_size: int = TILE_SIZE,
     overwrite: bool = False,
+    microns: float = 0.0,
 ) -> list[str]:
     """Cuts each slide ``slides_dir/<stem>.*`` with an annotation file in ``annotations_dir``
     (`annotations.annotation_files`: QuPath GeoJSON or ImageScope XML) into
-    ``tile_size`` squares of its ``level`` and writes those its annotations reach to
+    ``tile_size`` squares of its ``level`` (with ``microns`` > 0 instead its
+    `slides.closest_view` to that pixel width, levels read in blocks of up to
+    `slides.MAX_FACTOR` pixels a side included) and writes those its annotations reach to
     ``output/images`` and ``output/masks`` (the module's rules), label values from
     ``classes_file`` (classes.json). Everything is checked first: DatasetError naming every
     problem, and nothing written, otherwise; tiles of a slide and level already in ``output``
@@ -77,7 +82,13 @@ def tiles_from_slides(
         problems.append(f"tile size must be a whole number of pixels above 0, not {tile_size!r}")
     files = annotations.annotation_files(annotations_dir, problems)
     found = datasets.files_by_stem(slides_dir, slides.TIFF_SUFFIXES)
-    plans = [_plan(path, found, classes, level, problems) for path in files]
+    if microns:
+        probe = functools.partial(
+            slides.slide_info_closest, microns=microns, most=slides.MAX_FACTOR
+        )
+    else:
+        probe = functools.partial(slides.slide_info, level=level)
+    plans = [_plan(path, found, classes, probe, problems) for path in files]
     plans = [plan for plan in plans if plan is not None]
     listings = [_listing(output / sub) for sub in ("images", "masks")]
     problems += [p for plan in plans for p in _existing(plan, listings, output, overwrite)]
@@ -105,18 +116,18 @@ def _print_notes(
     if known and not slides.same_magnification(known[0][0], known[-1][0]):
         listed = ", ".join(f"{name} {width:.3g} µm" for width, name in known)
         print(
-            f"note: the slides' pixels at level {plans[0].info.level} differ ({listed}): one "
-            "split of several magnifications; cut each group of slides at its own --level"
+            f"note: the slides' pixels as cut differ ({listed}): one split of several "
+            "magnifications; cut each group of slides at its own --level, or pass --microns"
         )
     names = [p.name for p in images]
     for plan in plans:
-        pattern = _tile_pattern(plan.source.stem, r"(\d+)")
-        levels = {int(m[1]) for n in names if (m := re.fullmatch(pattern, n))}
-        if levels - {plan.info.level}:
-            others = ", ".join(map(str, sorted(levels - {plan.info.level})))
+        pattern = _tile_pattern(plan.source.stem, r"(\d+(?:b\d+)?)")
+        levels = {m[1] for n in names if (m := re.fullmatch(pattern, n))}
+        if levels - {plan.info.tag()}:
+            others = ", ".join(sorted(levels - {plan.info.tag()}))
             print(
                 f"note: {output} holds tiles of {plan.info.path.name} at level {others} too: "
-                f"with these of level {plan.info.level}, one split of two magnifications"
+                f"with these of level {plan.info.tag()}, one split of two magnifications"
             )
 
 
@@ -124,17 +135,17 @@ def _plan(
     path: pathlib.Path,
     found: dict[str, list[pathlib.Path]],
     classes: tuple[str, ...] | None,
-    level: int,
+    probe: Callable[[pathlib.Path], slides.SlideInfo],
     problems: list[str],
 ) -> SlidePlan | None:
-    """The `SlidePlan` of one annotation file, or None (appending its problems)."""
+    """The `SlidePlan` of one annotation file, its slide's level opened by ``probe``, or None
+    (appending its problems)."""
     slide = found.get(path.stem, [])
     if len(slide) != 1:
         what = "no slide" if not slide else f"{len(slide)} slides ({[p.name for p in slide]})"
         problems.append(f"{path}: {what} named {path.stem}.<svs|ndpi|tif|tiff> among the slides")
         return None
     features = annotations.read_annotations(path, classes, problems)
-    probe = functools.partial(slides.slide_info, level=level)
     info = datasets.try_read(probe, slide, "slide", problems)
     if features is None or info is None or classes is None:
         return None
@@ -164,7 +175,7 @@ def _tile_name(plan: SlidePlan, top: int, left: int) -> str:
     """``<stem>_L<level>_x<X>_y<Y>``, (X, Y) the tile's top-left corner in level-0 pixels."""
     info = plan.info
     x, y = round(left * info.downsample[1]), round(top * info.downsample[0])
-    return f"{plan.source.stem}_L{info.level}_x{x}_y{y}"
+    return f"{plan.source.stem}_L{info.tag()}_x{x}_y{y}"
 
 
 def _listing(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -174,13 +185,13 @@ def _listing(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def _tiles_of(plan: SlidePlan, listing: list[pathlib.Path]) -> list[pathlib.Path]:
     """The files of a folder's ``listing`` named as tiles of the plan's slide and level."""
-    pattern = _tile_pattern(plan.source.stem, str(plan.info.level))
+    pattern = _tile_pattern(plan.source.stem, re.escape(plan.info.tag()))
     return [p for p in listing if re.fullmatch(pattern, p.name)]
 
 
 def _tile_pattern(stem: str, level: str) -> str:
     """The regular expression of a tile file's name (`_tile_name`) of slide ``stem`` at
-    ``level`` (a number, or a pattern)."""
+    ``level`` (a pattern of the level's `slides.SlideInfo.tag`)."""
     return re.escape(stem) + rf"_L{level}_x\d+_y\d+\.(png|tif)"
 
 
@@ -193,7 +204,7 @@ def _existing(
     if not old or overwrite:
         return []
     return [
-        f"{output}: holds {len(old)} tiles of {plan.info.path.name} at level {plan.info.level} "
+        f"{output}: holds {len(old)} tiles of {plan.info.path.name} at {plan.info.view()} "
         f"already ({old[0]}, ...); pass --overwrite to replace them all"
     ]
 
@@ -265,7 +276,7 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
     size = (min(tile_size, info.shape[0]), min(tile_size, info.shape[1]))
     candidates = _candidates(plan, size)
     progress = _Progress(info.path.name, len(candidates))
-    with slides.open_level(info.path, info.level) as (_, array):
+    with slides.open_level(info.path, info.level, info.factor) as (_, array):
         for top, left in candidates:
             progress(len(names))
             labels, filled = _tile_labels(plan, (top, left), size)
@@ -279,7 +290,7 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
     width = info.level_microns()
     microns = f", {width:.3g} µm per pixel" if width else ""
     print(
-        f"{info.path.name}: {len(names)} tiles of {size[0]}x{size[1]} at level {info.level}"
+        f"{info.path.name}: {len(names)} tiles of {size[0]}x{size[1]} at {info.view()}"
         f"{microns} ({len(candidates)} squares reached by the bounds of {plan.source.name}'s "
         "annotations)",
         flush=True,
@@ -380,8 +391,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=DESCRIPTION,
     )
     parser.add_argument("--slides", required=True, type=pathlib.Path, help="folder of slides")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--level", type=int, default=0, help="pyramid level (default 0: full resolution)"
+    )
+    which.add_argument(
+        "--microns",
+        type=float,
+        default=0.0,
+        help="instead of --level, each slide's level closest to this pixel width in "
+        f"micrometres, a level read in blocks of up to {slides.MAX_FACTOR}x{slides.MAX_FACTOR} "
+        "pixels (each block's mean one pixel) included: one magnification from slides "
+        "scanned at several (their files must say their pixel size)",
     )
     parser.add_argument(
         "--tile_size",
@@ -400,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.level,
             args.tile_size,
             args.overwrite,
+            args.microns,
         )
     except datasets.DatasetError as err:
         raise SystemExit(f"error: {err}") from None

@@ -82,6 +82,10 @@ class SlideInfo:
         blocks = f" in {self.factor}x{self.factor} blocks" if self.factor > 1 else ""
         return f"level {self.level}{blocks}"
 
+    def tag(self) -> str:
+        """ "1", or "0b2" for level 0 in 2x2 blocks (in `slide_tiles`' tile names)."""
+        return f"{self.level}b{self.factor}" if self.factor > 1 else str(self.level)
+
 
 # A full-resolution pixel said to be wider than this is a writer's default print resolution
 # (72 dpi: 353 micrometres; 2400 dpi: 10.6), not a microscope's (under about 2).
@@ -203,8 +207,9 @@ def slide_info_closest(path: pathlib.Path, microns: float, most: int = 1) -> Sli
         raise datasets.FormatError(
             "says no usable pixel size (an Aperio MPP, OME-XML PhysicalSizeX or TIFF "
             f"resolution of at most {MAX_PIXEL_MICRONS:g} µm a pixel; 72 dpi, say, is a "
-            "writer's default), so the level closest to predict.microns_per_pixel is not "
-            "known: set predict.slide_level, or predict it apart"
+            "writer's default), so its level closest to the pixel size asked for is not "
+            "known: name a level instead (predict.slide_level, slide_tiles' --level), or "
+            "treat it apart"
         )
     return slide_info(path, *closest_view(info, microns, most))
 

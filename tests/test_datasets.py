@@ -598,4 +598,5 @@ def test_a_labelled_folder_read_in_shards_gives_each_image_once(tmp_path, write_
 def test_slide_of_reads_the_slide_from_slide_tiles_names():
     assert datasets.slide_of("s_L0_x256_y128") == "s"
     assert datasets.slide_of("case 7_b_L1_x0_y0") == "case 7_b"
+    assert datasets.slide_of("s_L0b2_x512_y0") == "s"  # level 0 in 2x2 blocks
     assert datasets.slide_of("test_1") == "test_1" and datasets.slide_of("a_L1_x0") == "a_L1_x0"

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segan_jax import annotations, datasets, imagescope, slide_tiles, workdir
+from segan_jax import annotations, datasets, imagescope, slide_tiles, slides, workdir
 
 CLASSES = ("background", "nucleus", "gland")
 
@@ -181,8 +181,36 @@ def test_slides_of_other_magnifications_at_the_level_are_noted(slide, write_slid
     out = capsys.readouterr().out
     assert "s.tif: 2 tiles of 150x150 at level 1, 0.5 µm per pixel" in out
     assert "t.tif: 2 tiles of 150x150 at level 1, 1 µm per pixel" in out
-    said = "note: the slides' pixels at level 1 differ (s.tif 0.5 µm, t.tif 1 µm): one split"
+    said = "note: the slides' pixels as cut differ (s.tif 0.5 µm, t.tif 1 µm): one split"
     assert said in out
+
+
+def test_slides_of_several_magnifications_cut_at_one_pixel_size(slide, write_slide, capsys):
+    """--microns: each slide's level closest to the pixel width, or a level read in blocks
+    where no level has it (their tiles named L<level>b<blocks>)."""
+    root, image = slide
+    cm = {"resolutionunit": "CENTIMETER"}
+    write_slide(root / "slides" / "s.tif", image, resolution=(40000, 40000), **cm)  # 0.25 µm
+    write_slide(root / "slides" / "t.tif", image, resolution=(20000, 20000), **cm)  # 0.5 µm
+    (root / "corrected" / "t.geojson").write_text((root / "corrected" / "s.geojson").read_text())
+    names = _cut(root, tile_size=150, microns=0.5)
+    assert {n.rsplit("_x", 1)[0] for n in names} == {"s_L1", "t_L0"}
+    out = capsys.readouterr().out
+    assert "s.tif: 2 tiles of 150x150 at level 1, 0.5 µm per pixel" in out
+    assert "t.tif: 6 tiles of 150x150 at level 0, 0.5 µm per pixel" in out
+    assert "differ" not in out
+    names = _cut(root, tile_size=64, microns=1.0)  # s: level 1 in 2x2 blocks; t: level 1
+    assert {n.rsplit("_x", 1)[0] for n in names} == {"s_L1b2", "t_L1"}
+    assert "s_L1b2_x152_y0" in names and datasets.slide_of("s_L1b2_x152_y0") == "s"
+    tile, mask = _read(root, "s_L1b2_x152_y0")  # blocks 38-101 of 75x102: level-0 x 152
+    level1 = image[::2, ::2]  # the slide's level 1, 150x205
+    np.testing.assert_array_equal(tile, slides.block_means(level1[:128, 76:204], 2))
+    assert tile.shape == (64, 64, 3) and mask.shape == (64, 64)
+    said = "s.tif: 4 tiles of 64x64 at level 1 in 2x2 blocks, 1 µm per pixel"
+    assert said in capsys.readouterr().out
+    write_slide(root / "slides" / "t.tif", image)  # says no pixel size
+    with pytest.raises(datasets.DatasetError, match="t.tif: says no usable pixel size .* --level"):
+        _cut(root, tile_size=64, microns=1.0, overwrite=True)
 
 
 def test_imagescope_xml_annotations_cut_the_same_tiles(slide):
