@@ -12,6 +12,7 @@ not over training runs: a second seed can move a run more than its interval says
 
 import argparse
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,15 +21,18 @@ from segan_jax import datasets, evaluate, metrics
 from segan_jax import workdir as workdir_lib
 
 
-def find_record(path: pathlib.Path, split: str | None = None) -> tuple[pathlib.Path, dict]:
+def find_record(
+    path: pathlib.Path, split: str | None = None, data: str | None = None
+) -> tuple[pathlib.Path, dict]:
     """(path, record): `path` itself when it is not a folder; for a run's workdir, its latest
-    evaluation record of `split` (None: the split the run evaluates, `evaluated_split`), as
-    `figures.latest_record` picks it. ValueError naming the file or folder when it is not a
-    record holding per-image matrices, or there is none."""
+    evaluation record of `split` (None: the split the run evaluates, `evaluated_split`) and,
+    given ``data``, of that cohort folder (`evaluate.latest_record_file`). ValueError naming
+    the file or folder when it is not a record holding per-image matrices, or there is
+    none."""
     if not path.is_dir():
-        return path, _checked(workdir_lib.read_json(path, "evaluation record"), path)
+        return path, read_record(path)
     split = split or evaluated_split(path)
-    found = evaluate.latest_record_file(path, split)
+    found = evaluate.latest_record_file(path, split, data)
     if found is None:
         raise ValueError(f"{path / 'eval'}: no evaluation record of the {split!r} split")
     return found[0], _checked(found[1], found[0])
@@ -112,15 +116,29 @@ def _images(record: dict) -> tuple[np.ndarray, list[str] | None]:
 
 
 def comparison(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> dict:
-    """{"images", "slides" (None when each image is its own), per foreground mean (F1, IoU):
-    (first's, second's, lower and upper bound of second minus first), "f1" and "iou": a list of
-    those per class} of two records of the same images (`paired`)."""
-    a, b, names = paired(first, second, paths)
+    """{"images", "slides" (None when each image is its own), "runs" ((1, 1)), per foreground
+    mean (F1, IoU): (first's, second's, lower and upper bound of second minus first), "f1" and
+    "iou": a list of those per class} of two records of the same images (`paired`)."""
+    return runs_comparison([first], [second], [[paths[0]], [paths[1]]])
+
+
+def runs_comparison(
+    firsts: Sequence[dict], seconds: Sequence[dict], paths: Sequence[Sequence[pathlib.Path]]
+) -> dict:
+    """`comparison` of two sets of runs' records of the same images (e.g. seeds of two
+    configs; ``paths``: each set's files): the scores are the means of each set's runs, the
+    interval `metrics.runs_bootstrap_differences`' (over the runs as well as the images)."""
+    records, files = [*firsts, *seconds], [*paths[0], *paths[1]]
+    aligned = []
+    for record, path in zip(records, files, strict=True):  # each against the first, by name
+        _, confusions, names = paired(records[0], record, (files[0], path))
+        aligned.append(confusions)
     groups, slides = datasets.slide_groups(names)
-    bounds = metrics.paired_bootstrap_differences(a, b, groups=groups)
-    result = {"images": len(a), "slides": slides}
+    a, b = np.stack(aligned[: len(firsts)]), np.stack(aligned[len(firsts) :])
+    bounds = metrics.runs_bootstrap_differences(a, b, groups=groups)
+    result = {"images": a.shape[1], "slides": slides, "runs": (len(firsts), len(seconds))}
     for key in (*metrics.MEAN_KEYS, "f1", "iou"):
-        scores = [np.ravel(workdir_lib.null_to_nan(r[key])) for r in (first, second)]
+        scores = [_mean_score(side, key) for side in (firsts, seconds)]
         rows = np.column_stack([*scores, bounds[key].reshape(-1, 2)])  # (K or 1, 4)
         result[key] = [tuple(row) for row in rows.tolist()]
         if key in metrics.MEAN_KEYS:
@@ -128,21 +146,51 @@ def comparison(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> dict
     return result
 
 
+def _mean_score(records: Sequence[dict], key: str) -> np.ndarray:
+    """(K or 1,) mean over ``records`` of their ``key`` score, NaN skipped."""
+    values = np.array([np.ravel(workdir_lib.null_to_nan(r[key])) for r in records], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every run
+        return np.nanmean(values, axis=0)
+
+
 def report(first: dict, second: dict, paths: Sequence[pathlib.Path]) -> str:
-    """`comparison` as text: the foreground means' change and interval, then per class F1."""
-    found = comparison(first, second, paths)
+    """`comparison` as text: the foreground means' change and interval, then per class."""
+    return runs_report([first], [second], [[paths[0]], [paths[1]]])
+
+
+def runs_report(
+    firsts: Sequence[dict], seconds: Sequence[dict], paths: Sequence[Sequence[pathlib.Path]]
+) -> str:
+    """`runs_comparison` as text: each set's records (with several, each one's foreground F1),
+    the foreground means' change and interval, then per class."""
+    found = runs_comparison(firsts, seconds, paths)
     over = f"the {found['images']} images"
     if found["slides"]:
         over = f"the {found['slides']} slides of {over}"
-    lines = [
-        f"first:  {paths[0]} ({evaluate.describe(first)})",
-        f"second: {paths[1]} ({evaluate.describe(second)})",
-        f"second - first, {metrics.INTERVAL_LEVEL:.0%} paired bootstrap interval over {over}:",
-    ]
+    lines = []
+    for label, records, files in (("first: ", firsts, paths[0]), ("second:", seconds, paths[1])):
+        if len(records) == 1:
+            lines.append(f"{label} {files[0]} ({evaluate.describe(records[0])})")
+            continue
+        lines.append(f"{label} {len(records)} runs, their scores averaged:")
+        for record, path in zip(records, files, strict=True):
+            score = _shown(workdir_lib.null_to_nan(record["f1_foreground_mean"]))
+            lines.append(f"  {path} ({evaluate.describe(record)}): foreground F1 {score}")
+    if found["runs"] == (1, 1):
+        lines.append(
+            f"second - first, {metrics.INTERVAL_LEVEL:.0%} paired bootstrap interval over {over}:"
+        )
+    else:
+        runs = " and ".join(map(str, found["runs"]))
+        lines.append(
+            f"second - first, {metrics.INTERVAL_LEVEL:.0%} bootstrap interval over the runs "
+            f"({runs}, drawn with replacement) and {over} (paired):"
+        )
     for key, label in zip(metrics.MEAN_KEYS, ("F1", "IoU"), strict=True):
         lines.append(f"  foreground {label}: {_change(found[key])}")
     for key, label in (("f1", "F1"), ("iou", "IoU")):
-        for name, row in zip(first["classes"], found[key], strict=True):
+        for name, row in zip(firsts[0]["classes"], found[key], strict=True):
             lines.append(f"  {label} {name}: {_change(row)}")
     return "\n".join(lines)
 
@@ -160,29 +208,42 @@ def _shown(value: float, sign: str = "") -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m segan_jax.compare FIRST SECOND [--split=S]``: prints `report`."""
+    """``python -m segan_jax.compare FIRST[,FIRST2...] SECOND[,SECOND2...] [--split=S]``:
+    prints `runs_report`."""
     parser = argparse.ArgumentParser(
         prog="python -m segan_jax.compare",
         description="Compares two evaluation records of the same images (e.g. two runs' "
         "eval/test_<step>.json) image for image: the change of the foreground F1 and IoU and "
-        "of each class's, with paired bootstrap intervals.",
+        "of each class's, with paired bootstrap intervals. Several runs a side (e.g. seeds of "
+        "two configs), comma-separated, are compared by their means, the interval then over "
+        "the runs as well as the images.",
     )
-    where = "an evaluation record, or a run's workdir (its latest record of --split)"
-    parser.add_argument("first", type=pathlib.Path, help=f"{where}: the baseline")
-    parser.add_argument("second", type=pathlib.Path, help=f"{where}: the change")
+    where = (
+        "an evaluation record, or a run's workdir (its latest record of --split); or "
+        "several, comma-separated"
+    )
+    parser.add_argument("first", help=f"{where}: the baseline")
+    parser.add_argument("second", help=f"{where}: the change")
     parser.add_argument(
         "--split",
         help="for a workdir, the split whose latest record is compared (default: the split "
         "the runs evaluate, their configs' eval.split; e.g. test, or cohort-<folder>)",
     )
     args = parser.parse_args(argv)
+    sides = [[pathlib.Path(p) for p in arg.split(",") if p] for arg in (args.first, args.second)]
     try:
-        paths = (args.first, args.second)
-        split = args.split or common_split(paths)
-        (first, a), (second, b) = (find_record(path, split) for path in paths)
-        if first.resolve() == second.resolve():
-            print("note: the same record twice: there is no change to find")
-        print(report(a, b, (first, second)))
+        if not all(sides):
+            raise ValueError("name at least one record or workdir a side")
+        split = args.split or common_split([*sides[0], *sides[1]])
+        found = [[find_record(path, split) for path in side] for side in sides]
+        files = [[path for path, _ in side] for side in found]
+        for side in files:
+            if len({p.resolve() for p in side}) < len(side):
+                raise ValueError(f"{', '.join(map(str, side))}: a record twice on one side")
+        if {p.resolve() for p in files[0]} & {p.resolve() for p in files[1]}:
+            print("note: a record on both sides: there is no change to find in it")
+        records = [[record for _, record in side] for side in found]
+        print(runs_report(*records, files))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 

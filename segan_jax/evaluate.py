@@ -404,7 +404,16 @@ def record_name(path: pathlib.Path) -> tuple[str, int] | None:
 def latest_record_file(
     workdir: str | pathlib.Path, split: str | None = None, data: str | None = None
 ) -> tuple[pathlib.Path, dict] | None:
-    """(path, record) of `figures.latest_record`'s pick, None when there is none."""
+    """(path, record) of the evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the
+    highest step (of several for that step, e.g. `--mode=evaluate`'s beside training's, the
+    highest n; then the last written), picked by file name: only the pick is read (records
+    hold per-image matrices). None when there is none.
+
+    Args:
+      split: only records of this split; None: any split.
+      data: only records of this cohort folder (their ``data``, from ``--config.eval.cohort``:
+        two folders of one name share a split name); None: any.
+    """
     candidates = []
     for path in (pathlib.Path(workdir) / "eval").glob("*.json"):
         name = record_name(path)

@@ -96,15 +96,7 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 def latest_record(
     workdir: str | pathlib.Path, split: str | None = None, data: str | None = None
 ) -> dict | None:
-    """The evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the highest step (of
-    several for that step, e.g. `--mode=evaluate`'s beside training's, the highest n; then the
-    last written), picked by file name: only the pick is read (records hold per-image
-    matrices).
-
-    Args:
-      split: only records of this split; None: any split.
-      data: only records of this cohort folder (their ``data``, from ``--config.eval.cohort``:
-        two folders of one name share a split name); None: any.
+    """The record of `evaluate.latest_record_file` (the same arguments).
 
     Returns:
       The record (keys of ``evaluate.EVAL_KEYS``; a cohort's, of ``--config.eval.cohort``,

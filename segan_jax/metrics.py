@@ -129,7 +129,7 @@ def paired_bootstrap_differences(
     """Bounds of the central `level` interval of each of `second`'s `scores` minus `first`'s,
     both scored on the same draws of the images (a paired bootstrap: two predictions of one
     split compared image for image; with `groups`, as in `bootstrap_intervals`, group for
-    group).
+    group): `runs_bootstrap_differences` of one run each.
 
     Args:
       first, second: (N, K, K) counts of the same N images, in the same order.
@@ -141,17 +141,72 @@ def paired_bootstrap_differences(
     """
     if np.shape(first) != np.shape(second):
         raise ValueError(f"{np.shape(first)} and {np.shape(second)}: not the same images")
-    pairs = _group_sums(np.concatenate([first, second], axis=1), groups)
-    totals = _drawn_totals(pairs, samples, seed)
-    k = np.shape(first)[1]
-    (f1_a, iou_a), (f1_b, iou_b) = _f1_iou(totals[:, :k]), _f1_iou(totals[:, k:])  # (S, K)
+    return runs_bootstrap_differences(
+        np.asarray(first)[None], np.asarray(second)[None], samples, level, seed, groups
+    )
+
+
+def runs_bootstrap_differences(
+    first: np.ndarray,
+    second: np.ndarray,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = INTERVAL_LEVEL,
+    seed: int = 0,
+    groups: Sequence | None = None,
+) -> dict[str, np.ndarray]:
+    """Like `paired_bootstrap_differences` for two sets of runs (e.g. seeds of two configs):
+    each draw takes the images (groups) as there, the same for every run, and each set's runs
+    with replacement (as many as it has; with one run, that run), and compares the mean of
+    the second set's drawn runs' scores with the first's. So the interval holds the spread
+    over runs as well as over images.
+
+    Args:
+      first, second: (R1, N, K, K) and (R2, N, K, K) counts of R1 and R2 runs' predictions of
+        the same N images, in the same order.
+
+    Returns:
+      As `paired_bootstrap_differences`.
+    """
+    first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+    if first.shape[1:] != second.shape[1:] or not len(first) or not len(second):
+        raise ValueError(f"{first.shape} and {second.shape}: not runs of the same images")
+    runs = np.concatenate([first, second]).swapaxes(0, 1)  # (N, R1 + R2, K, K)
+    totals = _drawn_totals(_group_sums(runs, groups), samples, seed)  # (S, R1 + R2, K, K)
+    f1, iou = _f1_iou(totals)  # (S, R1 + R2, K) each
+    per_run = {
+        "f1": f1,
+        "iou": iou,
+        "f1_foreground_mean": _nanmeans(f1[..., 1:]),
+        "iou_foreground_mean": _nanmeans(iou[..., 1:]),
+    }
+    rng = np.random.default_rng([seed, 1])  # the runs' draws, apart from the images'
+    drawn = [
+        _run_draws(rng, len(first), samples),
+        len(first) + _run_draws(rng, len(second), samples),
+    ]
     values = {
-        "f1": f1_b - f1_a,
-        "iou": iou_b - iou_a,
-        "f1_foreground_mean": _nanmeans(f1_b[:, 1:]) - _nanmeans(f1_a[:, 1:]),
-        "iou_foreground_mean": _nanmeans(iou_b[:, 1:]) - _nanmeans(iou_a[:, 1:]),
+        key: _mean_of_runs(value, drawn[1]) - _mean_of_runs(value, drawn[0])
+        for key, value in per_run.items()
     }
     return {key: _central(value, level) for key, value in values.items()}
+
+
+def _run_draws(rng: np.random.Generator, runs: int, samples: int) -> np.ndarray:
+    """(S, runs) indices of ``runs`` runs drawn with replacement ``samples`` times (one run:
+    itself, every time)."""
+    if runs == 1:
+        return np.zeros((samples, 1), np.intp)
+    return rng.integers(0, runs, (samples, runs))
+
+
+def _mean_of_runs(values: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """(S, R[, K]) scores of every run on each draw of the images -> (S[, K]) mean of the
+    runs ``drawn`` ((S, R') indices), NaN skipped."""
+    index = drawn.reshape(*drawn.shape, *(1,) * (values.ndim - 2))
+    taken = np.take_along_axis(values, index, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(taken, axis=1)
 
 
 def paired_bootstrap_difference(
@@ -208,10 +263,10 @@ def _drawn_totals(rows: np.ndarray, samples: int, seed: int) -> np.ndarray:
 
 
 def _nanmeans(values: np.ndarray) -> np.ndarray:
-    """(S, K') -> (S,) nanmean of each row; NaN for a row of NaN only."""
+    """(..., K') -> (...) nanmean over the last axis; NaN where it holds NaN only."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(values, axis=1)
+        return np.nanmean(values, axis=-1)
 
 
 def _central(values: np.ndarray, level: float) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Tests for segan_jax.compare: two evaluation records compared image for image."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_the_command_reads_two_records_and_names_a_file_it_cannot_use(tmp_path, 
     compare.main([str(p) for p in paths])
     assert f"first:  {paths[0]} (test split, step 100)" in capsys.readouterr().out
     compare.main([str(paths[0]), str(paths[0])])
-    assert capsys.readouterr().out.startswith("note: the same record twice")
+    assert capsys.readouterr().out.startswith("note: a record on both sides")
     old = _record(_confusions(1))
     del old["per_image"]  # written before records kept them
     paths[1].write_text(json.dumps(old))
@@ -141,7 +142,7 @@ def test_the_command_takes_workdirs_and_compares_their_latest_records(tmp_path, 
     found = compare.comparison(_record(_confusions(1)), _record(_confusions(2)), ("a", "b"))
     assert f"foreground F1: {compare._change(found['f1_foreground_mean'])}" in out
     compare.main([str(second / "eval" / "test_300.json"), str(second)])
-    assert capsys.readouterr().out.startswith("note: the same record twice")
+    assert capsys.readouterr().out.startswith("note: a record on both sides")
     with pytest.raises(SystemExit, match=f"error: {first / 'eval'}: no evaluation record of"):
         compare.main([str(first), str(second), "--split=val"])
     (second / "config.json").write_text(json.dumps({"eval": {"split": "val"}}))
@@ -152,3 +153,39 @@ def test_the_command_takes_workdirs_and_compares_their_latest_records(tmp_path, 
     (second / "config.json").unlink()
     with pytest.raises(SystemExit, match=f"error: {second / 'config.json'}: unreadable"):
         compare.main([str(first), str(second)])
+
+
+def test_several_runs_a_side_are_compared_by_their_means_over_runs_and_images(tmp_path, capsys):
+    """Comma-separated records a side: their scores averaged, the interval
+    `metrics.runs_bootstrap_differences`' of the records paired by name; one run a side is
+    the two-record comparison; a record twice on one side is refused."""
+    a1, a2, b1, b2 = (_confusions(seed) for seed in (1, 5, 2, 6))
+    shuffled = _record(a2)
+    order = np.random.default_rng(0).permutation(8)
+    shuffled["per_image"] = {"names": [NAMES[i] for i in order], "confusions": a2[order].tolist()}
+    paths = [[pathlib.Path("a1"), pathlib.Path("a2")], [pathlib.Path("b1"), pathlib.Path("b2")]]
+    found = compare.runs_comparison([_record(a1), shuffled], [_record(b1), _record(b2)], paths)
+    sort = np.argsort(NAMES)
+    slides = np.array([n.split("_")[0] for n in NAMES])[sort]
+    bounds = metrics.runs_bootstrap_differences(
+        np.stack([a1, a2])[:, sort], np.stack([b1, b2])[:, sort], groups=slides
+    )
+    for key in ("f1", "iou"):
+        means = [
+            np.mean([metrics.scores(x.sum(0))[key] for x in side], 0)
+            for side in ((a1, a2), (b1, b2))
+        ]
+        np.testing.assert_allclose(found[key], np.column_stack([*means, bounds[key]]))
+    assert found["runs"] == (2, 2) and found["images"] == 8
+    one = compare.runs_comparison([_record(a1)], [_record(b1)], [paths[0][:1], paths[1][:1]])
+    assert one == compare.comparison(_record(a1), _record(b1), ("a1", "b1"))
+    files = []
+    for name, confusions in (("a1", a1), ("a2", a2), ("b1", b1), ("b2", b2)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(_record(confusions)))
+    compare.main([f"{files[0]},{files[1]}", f"{files[2]},{files[3]}"])
+    out = capsys.readouterr().out
+    assert out.startswith("first:  2 runs, their scores averaged:\n  " + str(files[0]))
+    assert "interval over the runs (2 and 2, drawn with replacement) and the 3 slides" in out
+    with pytest.raises(SystemExit, match="a record twice on one side"):
+        compare.main([f"{files[0]},{files[0]}", str(files[2])])

@@ -168,6 +168,39 @@ def test_paired_bootstrap_of_two_images_spans_their_three_draws_differences():
     assert np.isnan(metrics.paired_bootstrap_differences(*padded)["iou"][2]).all()
 
 
+def test_runs_bootstrap_of_one_image_spans_the_draws_of_the_runs_by_hand():
+    """One image (every image draw the same): the first config's two runs score F1 a and b,
+    the second's one run c; drawing two of {a, b} with replacement gives means a, (a + b)/2
+    and b, so the interval of c minus their mean runs from c - max(a, b) to c - min(a, b)."""
+    a, b, c = _image(10, 0, 0), _image(2, 6, 2), _image(6, 2, 2)
+    f1 = [metrics.scores(x)["f1_foreground_mean"] for x in (a, b, c)]
+    found = metrics.runs_bootstrap_differences(np.stack([a, b])[:, None], c[None, None])
+    expected = [f1[2] - max(f1[:2]), f1[2] - min(f1[:2])]
+    np.testing.assert_allclose(found["f1_foreground_mean"], expected)
+    np.testing.assert_allclose(found["f1"][1], expected)  # the one foreground class
+    with pytest.raises(ValueError, match="not runs of the same images"):
+        metrics.runs_bootstrap_differences(np.stack([a, b])[:, None], np.stack([c, c])[None])
+
+
+def test_runs_bootstrap_of_repeated_runs_is_the_paired_bootstrap():
+    """A run given twice a side changes nothing: the same image draws, the same means (so
+    one run a side is `paired_bootstrap_differences` exactly); runs that differ widen it."""
+    rng = np.random.default_rng(3)
+    first, second = rng.integers(0, 80, (2, 9, 3, 3))
+    slides = [i % 4 for i in range(9)]
+    paired = metrics.paired_bootstrap_differences(first, second, groups=slides)
+    twice = metrics.runs_bootstrap_differences(
+        np.stack([first, first]), np.stack([second, second, second]), groups=slides
+    )
+    for key, bounds in paired.items():  # up to the rounding of a mean of equal values
+        np.testing.assert_allclose(twice[key], bounds, rtol=1e-12, atol=1e-15)
+    other = rng.integers(0, 80, (9, 3, 3))  # another seed of the first config
+    spread = metrics.runs_bootstrap_differences(np.stack([first, other]), second[None])
+    alone = metrics.paired_bootstrap_differences(first, second)
+    width = lambda bounds: bounds[1] - bounds[0]  # noqa: E731
+    assert width(spread["f1_foreground_mean"]) > width(alone["f1_foreground_mean"])
+
+
 def test_bootstrap_by_groups_draws_each_groups_images_together():
     """With group labels (the slides tiles were cut from) a group's images are drawn as one:
     the same as bootstrapping the groups' summed matrices; one label per image changes
