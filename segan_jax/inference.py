@@ -288,7 +288,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     if not targets:
         return _nothing_to_predict(out, record, unchecked, len(skipped))
     mine = slice(jax.process_index(), None, jax.process_count())
-    files, mine_targets = files[mine], targets[mine]
+    every_file, files, mine_targets = files, files[mine], targets[mine]
     # Reads and checks all of this process's images, every problem at once, before restoring
     # the network and writing anything.
     info = run_info(config, run)
@@ -301,7 +301,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     model, variables, info, step, normalizer = load_trained(config, run, info, checked=True)
     _start_writing(config, classes, record, targets, (step, checked))
     if jax.process_index() == 0:
-        _print_notes(config, targets, skipped)
+        _print_notes(config, every_file, targets, skipped)
     _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
@@ -336,8 +336,7 @@ def _read_mine(
 ) -> list[np.ndarray | slides.SlideInfo]:
     """`read_images` of this process's ``files`` (slides where their ``targets`` are label
     TIFFs) on every process; notes its slides whose pixels differ from
-    predict.microns_per_pixel (`slides.resolution_note`) or whose files do not say, and
-    likewise its images (`_image_resolution_notes`)."""
+    predict.microns_per_pixel (`slides.resolution_note`) or whose files do not say."""
     level, microns = _predict_key(config, "slide_level"), _predict_key(config, "microns_per_pixel")
     resample, is_slide = _predict_key(config, "resample"), list(map(_is_slide_map, targets))
     images = parallel.on_every_process(
@@ -357,10 +356,6 @@ def _read_mine(
                 "predict.microns_per_pixel",
                 flush=True,
             )
-    if microns:
-        plain = [f for f, image in zip(files, images, strict=True) if isinstance(image, np.ndarray)]
-        for note in _image_resolution_notes(plain, microns):
-            print(note, flush=True)
     return images
 
 
@@ -402,10 +397,15 @@ def _same_plan(mine: str, first: str) -> None:
 
 
 def _print_notes(
-    config: ml_collections.ConfigDict, targets: list[pathlib.Path], skipped: list[pathlib.Path]
+    config: ml_collections.ConfigDict,
+    files: list[pathlib.Path],
+    targets: list[pathlib.Path],
+    skipped: list[pathlib.Path],
 ) -> None:
-    """Says which inputs predict.skip_existing leaves alone, and which are images that
-    predict.slide_level does not apply to."""
+    """Says which inputs predict.skip_existing leaves alone, which are images that
+    predict.slide_level does not apply to, and which of the images (``files`` of ``targets``
+    that are not slides) have pixels of another size than predict.microns_per_pixel
+    (`_image_resolution_notes`)."""
     if skipped:
         names = workdir_lib.first_names([t.name for t in skipped])
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
@@ -417,6 +417,10 @@ def _print_notes(
             f"note: predict.slide_level={level} applies to slides; {len(images)} input(s) are "
             f"images, predicted at their own resolution: {names}"
         )
+    if microns := _predict_key(config, "microns_per_pixel"):
+        plain = [f for f, t in zip(files, targets, strict=True) if not _is_slide_map(t)]
+        for note in _image_resolution_notes(plain, microns):
+            print(note)
 
 
 # The predict.* keys added since the first runs, with the values a config that lacks them
@@ -792,8 +796,7 @@ def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> 
         entry["predict.slide_level"] = _predict_key(config, "slide_level")
         if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by these
             entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
-            if _predict_key(config, "resample"):  # only when True: older entries lack it
-                entry["predict.resample"] = True
+            entry["predict.resample"] = _predict_key(config, "resample")
     if _annotation_suffixes(config):
         entry["predict.min_region_area"] = _predict_key(config, "min_region_area")
     return entry

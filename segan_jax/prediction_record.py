@@ -16,6 +16,8 @@ UNCHECKED = "unchecked"  # a map found before the folder had a record
 # Entry keys not compared (a run moved elsewhere is the same run) where the checkpoint's
 # saving time tells checkpoints apart.
 SHOWN_ONLY = ("run",)
+# Entry keys added since the first records, with what an entry without them was made with.
+ABSENT_MEANS = {"predict.resample": False}
 
 
 def read(path: pathlib.Path) -> dict | None:
@@ -38,14 +40,14 @@ def differences(saved: dict | str, made: dict) -> list[str]:
     """``key=saved (now made)`` for each key of ``made`` whose values differ, but
     `SHOWN_ONLY` where ``made`` has a checkpoint saving time (without one, the run tells
     checkpoints apart); a key only ``saved`` has (e.g. the least region area of annotation
-    files not written now) does not change the map."""
+    files not written now) does not change the map; one only ``made`` has counts as its
+    `ABSENT_MEANS` value in ``saved``."""
     if saved == UNCHECKED:
         return []
     shown = SHOWN_ONLY if made.get("saved") is not None else ()  # else the run tells them apart
     keys = sorted(set(made) - set(shown))
-    return [
-        f"{k}={saved.get(k)!r} (now {made.get(k)!r})" for k in keys if saved.get(k) != made.get(k)
-    ]
+    was = {k: saved.get(k, ABSENT_MEANS.get(k)) for k in keys}
+    return [f"{k}={was[k]!r} (now {made.get(k)!r})" for k in keys if was[k] != made.get(k)]
 
 
 def updated(

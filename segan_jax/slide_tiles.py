@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import math
 import pathlib
 import re
 import shutil
@@ -80,6 +81,9 @@ def tiles_from_slides(
     problems += missing
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         problems.append(f"tile size must be a whole number of pixels above 0, not {tile_size!r}")
+    if not 0 <= microns < math.inf:  # NaN too
+        problems.append(f"--microns must be a pixel width in micrometres above 0, not {microns!r}")
+        microns = 0.0  # the rest is checked at --level
     files = annotations.annotation_files(annotations_dir, problems)
     found = datasets.files_by_stem(slides_dir, slides.TIFF_SUFFIXES)
     if microns:
@@ -153,18 +157,22 @@ def _plan(
     scale = np.array([info.downsample[1], info.downsample[0]])  # level-0 pixels per (x, y)
     read = [(i, v, [[ring / scale for ring in rings] for rings in p]) for i, v, p in read]
     boxes = np.array([annotations.outer_box(p) for _, _, p in read]).reshape(-1, 4)
-    height, width = info.shape
-    outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2:] <= 0).any(1)
-    bad += [(read[j][0], _outside(boxes[j], scale, info)) for j in np.flatnonzero(outside)]
+    height, width = slides.full_size(info.path)[0]  # level 0's: beyond a level's last block too
+    outside = (boxes[:, 0] * scale[0] >= width) | (boxes[:, 1] * scale[1] >= height)
+    outside |= (boxes[:, 2:] <= 0).any(1)
+    bad += [
+        (read[j][0], _outside(boxes[j], scale, (height, width))) for j in np.flatnonzero(outside)
+    ]
     problems += annotations.file_problems(path, annotations.named_problems(features, bad))
     regions = np.array([v == annotations.REGION for _, v, _ in read], bool)
     return SlidePlan(path, info, read, boxes, regions if regions.any() else ~regions)
 
 
-def _outside(box: np.ndarray, scale: np.ndarray, info: slides.SlideInfo) -> str:
-    """The problem of an annotation whose level-pixel ``box`` lies beyond the slide."""
+def _outside(box: np.ndarray, scale: np.ndarray, size: tuple[int, int]) -> str:
+    """The problem of an annotation whose level-pixel ``box`` lies beyond the slide of level-0
+    ``size`` (H, W)."""
     (x0, y0), (x1, y1) = box[:2] * scale, box[2:] * scale
-    height, width = (round(n * d) for n, d in zip(info.shape, info.downsample, strict=True))
+    height, width = size
     return (
         f"lies outside the {width}x{height} slide (x {x0:g}..{x1:g}, y {y0:g}..{y1:g}; "
         "coordinates are the slide's full-resolution pixels, as QuPath exports them)"
@@ -377,7 +385,8 @@ def _save_image(window: np.ndarray, folder: pathlib.Path, name: str) -> None:
 
 DESCRIPTION = """Cuts whole slides into training tiles by their corrected annotations: each
 slide in --slides with a <stem>.geojson (QuPath, full-resolution pixels) or <stem>.xml
-(ImageScope) in --annotations is cut at --level into --tile_size squares, and each square an
+(ImageScope) in --annotations is cut at --level (or, with --microns, at its level closest to
+that pixel width, a level read in blocks included) into --tile_size squares, and each square an
 annotation reaches is written to --output/images and --output/masks (a folder dataset's
 split), label values from --classes. With Region* annotations only the squares they reach,
 unlabelled outside them. Every file is checked before anything is written; tiles of a slide

@@ -195,7 +195,11 @@ def closest_view(info: SlideInfo, microns: float, most: int = 1) -> tuple[int, i
     near = [v for v in views if same_magnification(width[v], microns)]
     if near:
         return max(near, key=lambda v: (info.downsamples[v[0]], -v[1]))
-    return min(views, key=lambda v: abs(math.log(width[v] / microns)))
+    # ties (one width from several views): the one reading the fewest pixels
+    return min(
+        views,
+        key=lambda v: (round(abs(math.log(width[v] / microns)), 9), -info.downsamples[v[0]]),
+    )
 
 
 def slide_info_closest(path: pathlib.Path, microns: float, most: int = 1) -> SlideInfo:
@@ -325,6 +329,7 @@ def _in_blocks(
 ) -> tuple[SlideInfo, "BlockMeans"]:
     """The level's `SlideInfo` and array read in ``factor`` x ``factor`` blocks."""
     (height, width), (rows, columns) = info.shape, info.downsample
+    datasets.check_pixel_type(info.dtype)  # before any sum of pixels
     if height < factor or width < factor:
         raise datasets.FormatError(
             f"level {info.level} ({height}x{width}) is smaller than one {factor}x{factor} block"
@@ -336,7 +341,8 @@ def _in_blocks(
 
 
 # Columns of the level a `BlockMeans` window reads at a time: a band of 1024 blocks of 4x4
-# pixels, 3 channels, then takes 4096 x 2048 x 3 float32 values, 96 MiB, to average.
+# pixels, 3 channels, then reads 4096 x 2048 x 3 uint8 values (24 MiB) into 512 x 1024 x 3
+# uint32 sums (6 MiB).
 BLOCK_COLUMNS = 2048
 
 
@@ -453,7 +459,7 @@ def read_window(
         where = f"rows {top} to {top + height - 1}"
         if width < info.shape[1]:
             where += f", columns {left} to {left + width - 1}"
-        problem = f"{info.path}: {where} of level {info.level} unreadable ({err!r})"
+        problem = f"{info.path}: {where} of {info.view()} unreadable ({err!r})"
         raise datasets.DatasetError([problem]) from err
     return window[..., None] if window.ndim == 2 else window
 

@@ -20,6 +20,16 @@ def test_entries_differ_in_compared_keys_only():
         "predict.slide_level=None (now 1)"
     ]
     assert record_lib.differences(record_lib.UNCHECKED, NOW) == []
+    # An entry made before predict.resample was recorded was made without it.
+    auto = {**NOW, "predict.slide_level": -1}
+    assert record_lib.differences(auto, {**auto, "predict.resample": False}) == []
+    assert record_lib.differences(auto, {**auto, "predict.resample": True}) == [
+        "predict.resample=False (now True)"
+    ]
+    flipped = {**auto, "predict.resample": True}  # made in blocks, asked without now
+    assert record_lib.differences(flipped, {**auto, "predict.resample": False}) == [
+        "predict.resample=True (now False)"
+    ]
     # Without a saving time to tell checkpoints apart, the run does.
     unsaved = {**NOW, "saved": None}
     assert record_lib.differences({**unsaved, "run": "/runs/b"}, unsaved) == [

@@ -208,9 +208,22 @@ def test_slides_of_several_magnifications_cut_at_one_pixel_size(slide, write_sli
     assert tile.shape == (64, 64, 3) and mask.shape == (64, 64)
     said = "s.tif: 4 tiles of 64x64 at level 1 in 2x2 blocks, 1 µm per pixel"
     assert said in capsys.readouterr().out
+    # An annotation in level 0's last two columns, beyond level 1's last 2x2 block: no pixel
+    # of a tile, not outside the slide.
+    edge = {"type": "Polygon", "coordinates": [[[408, 0], [410, 0], [410, 5], [408, 5], [408, 0]]]}
+    geojson = json.loads((root / "corrected" / "s.geojson").read_text())
+    geojson["features"].append(
+        {"type": "Feature", "geometry": edge, "properties": {"classification": {"name": "gland"}}}
+    )
+    (root / "corrected" / "s.geojson").write_text(json.dumps(geojson))
+    _cut(root, tile_size=64, microns=1.0, overwrite=True)
+    assert "note: 1 of the " in capsys.readouterr().out
     write_slide(root / "slides" / "t.tif", image)  # says no pixel size
     with pytest.raises(datasets.DatasetError, match="t.tif: says no usable pixel size .* --level"):
         _cut(root, tile_size=64, microns=1.0, overwrite=True)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(datasets.DatasetError, match="--microns must be a pixel width"):
+            _cut(root, tile_size=64, microns=bad)
 
 
 def test_imagescope_xml_annotations_cut_the_same_tiles(slide):

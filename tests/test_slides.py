@@ -384,6 +384,9 @@ def test_block_means_are_hand_computed_and_any_window_of_them_reads_the_same(
         np.testing.assert_array_equal(window, whole[5:25, 11:51])
     with pytest.raises(datasets.FormatError, match=r"level 1 \(102x151\) is smaller than one"):
         slides.slide_info(path, 1, 103)
+    write_slide(path, image.astype(np.int16), levels=1)
+    with pytest.raises(datasets.FormatError, match="pixel type int16 not supported"):
+        slides.slide_info(path, 0, 2)  # named before any sum of its pixels
 
 
 def test_the_closest_view_reads_a_level_in_blocks_only_where_no_level_matches():
@@ -397,4 +400,6 @@ def test_the_closest_view_reads_a_level_in_blocks_only_where_no_level_matches():
     assert slides.closest_view(info, 0.7, most=8) == (0, 3)
     assert slides.closest_view(info, 40.0, most=8) == (2, 8)  # 32 µm: none near, the closest
     assert slides.closest_view(info, 0.7) == (1, 1)  # 1.0 is closer than 0.25 by ratio
+    # 2.3 µm: none near; 2 µm both as level 1 in 2x2 and level 0 in 8x8: the fewer pixels
+    assert slides.closest_view(info, 2.3, most=8) == (1, 2)
     assert slides.closest_level(info, 0.36) == 0

@@ -1037,7 +1037,7 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     assert tifffile.imread(slide).shape == (105, 288)
     entry = json.loads((tmp_path / "out" / "prediction.json").read_text())["a.tif"]
     assert (entry["predict.slide_level"], entry["predict.microns_per_pixel"]) == (-1, 0.5)
-    assert "predict.resample" not in entry
+    assert entry["predict.resample"] is False
     # 1 µm, with predict.resample: level 1 read in 2x2 blocks (no level has 1 µm pixels).
     config.predict.resample, config.predict.microns_per_pixel = True, 1.0
     config.predict.output, config.predict.geojson = str(tmp_path / "out1"), True
