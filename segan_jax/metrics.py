@@ -59,13 +59,8 @@ def scores(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
       {"f1": (K,), "iou": (K,), "f1_foreground_mean": float, "iou_foreground_mean": float};
       NaN where a class is absent from truth and prediction.
     """
-    f1, iou = _f1_iou(confusion)
-    return {
-        "f1": f1,
-        "iou": iou,
-        "f1_foreground_mean": float(_nanmeans(f1[None, 1:])[0]),
-        "iou_foreground_mean": float(_nanmeans(iou[None, 1:])[0]),
-    }
+    found = _all_scores(confusion)
+    return {**found, **{key: float(found[key]) for key in MEAN_KEYS}}
 
 
 def _f1_iou(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +103,7 @@ def bootstrap_intervals(
       class) is absent from truth and prediction in every draw.
     """
     totals = _drawn_totals(_group_sums(confusions, groups), samples, seed)  # (S, K, K)
-    f1, iou = _f1_iou(totals)
-    values = {
-        "f1": f1,
-        "iou": iou,
-        "f1_foreground_mean": _nanmeans(f1[:, 1:]),
-        "iou_foreground_mean": _nanmeans(iou[:, 1:]),
-    }
-    return {k: _central(v, level) for k, v in values.items()}
+    return {k: _central(v, level) for k, v in _all_scores(totals).items()}
 
 
 def paired_bootstrap_differences(
@@ -172,13 +160,7 @@ def runs_bootstrap_differences(
         raise ValueError(f"{first.shape} and {second.shape}: not runs of the same images")
     runs = np.concatenate([first, second]).swapaxes(0, 1)  # (N, R1 + R2, K, K)
     totals = _drawn_totals(_group_sums(runs, groups), samples, seed)  # (S, R1 + R2, K, K)
-    f1, iou = _f1_iou(totals)  # (S, R1 + R2, K) each
-    per_run = {
-        "f1": f1,
-        "iou": iou,
-        "f1_foreground_mean": _nanmeans(f1[..., 1:]),
-        "iou_foreground_mean": _nanmeans(iou[..., 1:]),
-    }
+    per_run = _all_scores(totals)
     rng = np.random.default_rng([seed, 1])  # the runs' draws, apart from the images'
     drawn = [
         _run_draws(rng, len(first), samples),
@@ -189,6 +171,18 @@ def runs_bootstrap_differences(
         for key, value in per_run.items()
     }
     return {key: _central(value, level) for key, value in values.items()}
+
+
+def _all_scores(confusions: np.ndarray) -> dict[str, np.ndarray]:
+    """`scores`' keys of (..., K, K) counts: "f1" and "iou" (..., K), their foreground
+    means (...)."""
+    f1, iou = _f1_iou(confusions)
+    return {
+        "f1": f1,
+        "iou": iou,
+        "f1_foreground_mean": _nanmeans(f1[..., 1:]),
+        "iou_foreground_mean": _nanmeans(iou[..., 1:]),
+    }
 
 
 def _run_draws(rng: np.random.Generator, runs: int, samples: int) -> np.ndarray:
