@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import math
 import pathlib
-import re
 import shutil
 import sys
 import tempfile
@@ -123,10 +122,8 @@ def _print_notes(
             f"note: the slides' pixels as cut differ ({listed}): one split of several "
             "magnifications; cut each group of slides at its own --level, or pass --microns"
         )
-    names = [p.name for p in images]
     for plan in plans:
-        pattern = _tile_pattern(plan.source.stem, r"(\d+(?:b\d+)?)")
-        levels = {m[1] for n in names if (m := re.fullmatch(pattern, n))}
+        levels = {level for p in images if (level := _tile_level(p, plan.source.stem))}
         if levels - {plan.info.tag()}:
             others = ", ".join(sorted(levels - {plan.info.tag()}))
             print(
@@ -193,14 +190,16 @@ def _listing(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def _tiles_of(plan: SlidePlan, listing: list[pathlib.Path]) -> list[pathlib.Path]:
     """The files of a folder's ``listing`` named as tiles of the plan's slide and level."""
-    pattern = _tile_pattern(plan.source.stem, re.escape(plan.info.tag()))
-    return [p for p in listing if re.fullmatch(pattern, p.name)]
+    return [p for p in listing if _tile_level(p, plan.source.stem) == plan.info.tag()]
 
 
-def _tile_pattern(stem: str, level: str) -> str:
-    """The regular expression of a tile file's name (`_tile_name`) of slide ``stem`` at
-    ``level`` (a pattern of the level's `slides.SlideInfo.tag`)."""
-    return re.escape(stem) + rf"_L{level}_x\d+_y\d+\.(png|tif)"
+def _tile_level(path: pathlib.Path, stem: str) -> str | None:
+    """The level tag (`slides.SlideInfo.tag`) of a tile file of slide ``stem``
+    (`datasets.TILE_NAME`, a .png or .tif), else None."""
+    match = datasets.TILE_NAME.fullmatch(path.stem)
+    if path.suffix in (".png", ".tif") and match and match["slide"] == stem:
+        return match["level"]
+    return None
 
 
 def _existing(
