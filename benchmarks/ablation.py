@@ -2,8 +2,10 @@
 and without inverse-frequency class weights, over several seeds, on one dataset and budget.
 
 Writes a markdown and a JSON table of per-class F1 and IoU (mean +- std over seeds, final
-checkpoint, whole-image evaluation) and the foreground means. Runs are ordinary workdirs under
---workdir, so an interrupted ablation resumes where it stopped.
+checkpoint, whole-image evaluation) and the foreground means, and each experiment's change
+against the first with its 95 % bootstrap interval over the seeds and the test images
+(`compare.runs_comparison`, where the records hold per-image matrices). Runs are ordinary
+workdirs under --workdir, so an interrupted ablation resumes where it stopped.
 
   python benchmarks/ablation.py --data=consep --scale=cpu --steps=400      # 2 CPU cores
   python benchmarks/ablation.py --data=consep --scale=full --steps=25000   # one GPU
@@ -23,7 +25,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segan_jax import inference, train  # noqa: E402
+from segan_jax import compare, inference, train  # noqa: E402
 
 EXPERIMENTS = (
     "paper_ce",
@@ -101,6 +103,49 @@ def summarise(records: dict[str, list[dict]]) -> dict:
     return out
 
 
+def changes(records: dict[str, list[dict]]) -> dict[str, dict]:
+    """{experiment: `compare.runs_comparison` of the first experiment's runs and its own} for
+    every later experiment, where every record holds per-image matrices (records made
+    before they did are left out)."""
+    names = list(records)
+    if not all("per_image" in r for runs in records.values() for r in runs):
+        return {}
+    base = records[names[0]]
+    found = {}
+    for name in names[1:]:
+        paths = [
+            [pathlib.Path(f"{n}/run{i}") for i in range(len(records[n]))] for n in (names[0], name)
+        ]
+        found[name] = compare.runs_comparison(base, records[name], paths)
+    return found
+
+
+def changes_markdown(found: dict[str, dict], classes: list[str], baseline: str) -> str:
+    """`changes` as a markdown table: each experiment's mean foreground F1 and IoU and each
+    class's F1 against ``baseline``'s, change (95 % interval)."""
+    if not found:
+        return ""
+
+    def cell(row):
+        one, two, low, high = row
+        if np.isnan(two - one):
+            return "n/a"
+        return f"{two - one:+.3f} ({low:+.3f} to {high:+.3f})"
+
+    cols = ["F1 fg mean", "IoU fg mean"] + [f"F1 {c}" for c in classes]
+    lines = [
+        f"Change against {baseline} (means over seeds; 95 % bootstrap interval over the seeds "
+        "and the test images, `compare.runs_comparison`):",
+        "",
+        "| experiment | " + " | ".join(cols) + " |",
+        "|" + "---|" * (len(cols) + 1),
+    ]
+    for name, f in found.items():
+        row = [cell(f["f1_foreground_mean"]), cell(f["iou_foreground_mean"])]
+        lines.append(f"| {name} | " + " | ".join(row + [cell(r) for r in f["f1"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict, classes: list[str], header: str) -> str:
     def cell(ms):
         return "n/a" if np.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
@@ -156,10 +201,21 @@ def main() -> None:
         f"{jax.devices()[0].device_kind} ({platform.node()}), {datetime.date.today()}.\n"
         f"Command: python benchmarks/ablation.py {' '.join(sys.argv[1:])}"
     )
+    found = changes(records)
     text = markdown(summary, classes, header)
+    if found:
+        text += "\n" + changes_markdown(found, classes, next(iter(records)))
     pathlib.Path(args.out + ".md").write_text(text)
     pathlib.Path(args.out + ".json").write_text(
-        json.dumps({"header": header, "classes": classes, "summary": summary, "runs": records})
+        json.dumps(
+            {
+                "header": header,
+                "classes": classes,
+                "summary": summary,
+                "changes": found,
+                "runs": records,
+            }
+        )
     )
     print(text)
 

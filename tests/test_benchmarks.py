@@ -11,8 +11,10 @@ import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from configs import default as default_config
+from segan_jax import compare, evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -23,6 +25,9 @@ _spec.loader.exec_module(train_throughput)
 _spec = importlib.util.spec_from_file_location("end_to_end", REPO / "benchmarks" / "end_to_end.py")
 end_to_end = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(end_to_end)
+_spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+ablation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablation)
 
 FWD = "jit(train_step)/jvp(DeepLabV3)/backbone/layer3/conv_general_dilated"
 BWD = "jit(train_step)/transpose(jvp(DeepLabV3))/head/aspp/atrous1/BatchNorm_0/reduce_sum"
@@ -228,3 +233,30 @@ def test_model_flops_are_counted_by_hand_rules():
     assert count(jax.make_jaxpr(jax.jit(jnp.matmul))(a, b)) == 2 * 5 * 6 * 7
     scan = lambda a, b: jax.lax.scan(lambda c, _: (c, a @ b), 0.0, None, length=3)  # noqa: E731
     assert count(jax.make_jaxpr(scan)(a, b)) == 3 * 2 * 5 * 6 * 7
+
+
+def test_the_ablation_gives_each_experiment_its_change_against_the_first_over_seeds():
+    """Each later experiment against the first: `compare.runs_comparison` of their seeds'
+    records, shown as change (interval); records without per-image matrices give none."""
+    classes = ["background", "a", "b"]
+    rng = np.random.default_rng(0)
+    truth = rng.integers(50, 200, (6, 3))
+
+    def record(seed):
+        predicted = np.random.default_rng(seed).dirichlet(np.ones(3) * 3, (6, 3))
+        counts = np.floor(predicted * truth[..., None]).astype(int)
+        counts[:, np.arange(3), np.arange(3)] += truth - counts.sum(2)
+        names = [f"t{i}" for i in range(6)]
+        return evaluate.result_record(100, "test", classes, counts, names=names)
+
+    records = {"paper_ce": [record(1), record(2)], "paper_critic_single": [record(3), record(4)]}
+    found = ablation.changes(records)
+    paths = [[pathlib.Path(f"{n}/run{i}") for i in range(2)] for n in records]
+    expected = compare.runs_comparison(*records.values(), paths)
+    assert found == {"paper_critic_single": expected}
+    text = ablation.changes_markdown(found, classes, "paper_ce")
+    one, two, low, high = expected["f1_foreground_mean"]
+    assert text.startswith("Change against paper_ce (means over seeds; 95 % bootstrap")
+    assert f"| paper_critic_single | {two - one:+.3f} ({low:+.3f} to {high:+.3f}) |" in text
+    del records["paper_ce"][0]["per_image"]  # made before records kept them
+    assert ablation.changes(records) == {} and ablation.changes_markdown({}, classes, "x") == ""
