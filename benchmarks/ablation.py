@@ -103,20 +103,31 @@ def summarise(records: dict[str, list[dict]]) -> dict:
     return out
 
 
-def changes(records: dict[str, list[dict]]) -> dict[str, dict]:
+def changes(
+    records: dict[str, list[dict]], paths: dict[str, list[pathlib.Path]] | None = None
+) -> dict[str, dict]:
     """{experiment: `compare.runs_comparison` of the first experiment's runs and its own} for
-    every later experiment, where every record holds per-image matrices (records made
-    before they did are left out)."""
+    every later experiment whose records, and the first's, hold per-image matrices and are
+    of the same images; a note names each left out. ``paths``: each experiment's runs'
+    workdirs, for the messages."""
     names = list(records)
-    if not all("per_image" in r for runs in records.values() for r in runs):
-        return {}
-    base = records[names[0]]
+    paths = paths or {
+        n: [pathlib.Path(f"{n}/run{i}") for i in range(len(records[n]))] for n in names
+    }
     found = {}
     for name in names[1:]:
-        paths = [
-            [pathlib.Path(f"{n}/run{i}") for i in range(len(records[n]))] for n in (names[0], name)
-        ]
-        found[name] = compare.runs_comparison(base, records[name], paths)
+        pair = (names[0], name)
+        if not all("per_image" in r for n in pair for r in records[n]):
+            print(
+                f"note: no change of {name} against {names[0]}: records without per-image matrices"
+            )
+            continue
+        try:
+            found[name] = compare.runs_comparison(
+                *(records[n] for n in pair), [paths[n] for n in pair]
+            )
+        except ValueError as err:
+            print(f"note: no change of {name} against {names[0]}: {err}")
     return found
 
 
@@ -185,11 +196,13 @@ def main() -> None:
     )
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    records = {}
+    records, paths = {}, {}
     for name in args.experiments.split(","):
-        runs = [r for r in (run_one(name, args, seed) for seed in seeds) if r is not None]
+        done = [(s, r) for s in seeds if (r := run_one(name, args, s)) is not None]
+        runs = [r for _, r in done]
         if runs:
             records[name] = runs
+            paths[name] = [pathlib.Path(args.workdir) / name / f"seed{s}" for s, _ in done]
             print(f"{name}: F1 fg mean per seed", [r["f1_foreground_mean"] for r in runs])
     summary = summarise(records)
     classes = records[next(iter(records))][0]["classes"]
@@ -201,7 +214,7 @@ def main() -> None:
         f"{jax.devices()[0].device_kind} ({platform.node()}), {datetime.date.today()}.\n"
         f"Command: python benchmarks/ablation.py {' '.join(sys.argv[1:])}"
     )
-    found = changes(records)
+    found = changes(records, paths)
     text = markdown(summary, classes, header)
     if found:
         text += "\n" + changes_markdown(found, classes, next(iter(records)))

@@ -420,7 +420,7 @@ def _print_notes(
     if microns := _predict_key(config, "microns_per_pixel"):
         plain = [f for f, t in zip(files, targets, strict=True) if not _is_slide_map(t)]
         for note in _image_resolution_notes(plain, microns):
-            print(note)
+            print(note, flush=True)
 
 
 # The predict.* keys added since the first runs, with the values a config that lacks them

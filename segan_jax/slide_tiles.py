@@ -81,7 +81,9 @@ def tiles_from_slides(
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         problems.append(f"tile size must be a whole number of pixels above 0, not {tile_size!r}")
     if not 0 <= microns < math.inf:  # NaN too
-        problems.append(f"--microns must be a pixel width in micrometres above 0, not {microns!r}")
+        problems.append(
+            f"--microns must be a pixel width in micrometres (0: cut at --level), not {microns!r}"
+        )
         microns = 0.0  # the rest is checked at --level
     files = annotations.annotation_files(annotations_dir, problems)
     found = datasets.files_by_stem(slides_dir, slides.TIFF_SUFFIXES)

@@ -235,7 +235,7 @@ def test_model_flops_are_counted_by_hand_rules():
     assert count(jax.make_jaxpr(scan)(a, b)) == 3 * 2 * 5 * 6 * 7
 
 
-def test_the_ablation_gives_each_experiment_its_change_against_the_first_over_seeds():
+def test_the_ablation_gives_each_experiment_its_change_against_the_first_over_seeds(capsys):
     """Each later experiment against the first: `compare.runs_comparison` of their seeds'
     records, shown as change (interval); records without per-image matrices give none."""
     classes = ["background", "a", "b"]
@@ -258,5 +258,12 @@ def test_the_ablation_gives_each_experiment_its_change_against_the_first_over_se
     one, two, low, high = expected["f1_foreground_mean"]
     assert text.startswith("Change against paper_ce (means over seeds; 95 % bootstrap")
     assert f"| paper_critic_single | {two - one:+.3f} ({low:+.3f} to {high:+.3f}) |" in text
+    records["third"] = [record(5)]
+    records["third"][0]["per_image"]["names"][0] = "other"  # not the same images
+    assert list(ablation.changes(records)) == ["paper_critic_single"]  # the third left out
+    assert (
+        "note: no change of third against paper_ce: paper_ce/run0 and third/run0: not the same"
+        in capsys.readouterr().out
+    )
     del records["paper_ce"][0]["per_image"]  # made before records kept them
     assert ablation.changes(records) == {} and ablation.changes_markdown({}, classes, "x") == ""

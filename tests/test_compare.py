@@ -187,5 +187,10 @@ def test_several_runs_a_side_are_compared_by_their_means_over_runs_and_images(tm
     out = capsys.readouterr().out
     assert out.startswith("first:  2 runs, their scores averaged:\n  " + str(files[0]))
     assert "interval over the runs (2 and 2, drawn with replacement) and the 3 slides" in out
+    assert "note: with fewer than 3 runs a side the interval is too narrow" in out
+    assert "is one run" not in out
+    compare.main([str(files[0]), f"{files[2]},{files[3]}"])
+    out = capsys.readouterr().out
+    assert "note: the first side is one run, so its seeds' spread is not counted" in out
     with pytest.raises(SystemExit, match="a record twice on one side"):
         compare.main([f"{files[0]},{files[0]}", str(files[2])])

@@ -170,16 +170,37 @@ def test_paired_bootstrap_of_two_images_spans_their_three_draws_differences():
 
 def test_runs_bootstrap_of_one_image_spans_the_draws_of_the_runs_by_hand():
     """One image (every image draw the same): the first config's two runs score F1 a and b,
-    the second's one run c; drawing two of {a, b} with replacement gives means a, (a + b)/2
-    and b, so the interval of c minus their mean runs from c - max(a, b) to c - min(a, b)."""
+    the second's one run c; drawing two of {a, b} with replacement gives means a, m = (a +
+    b)/2 and b, moved from m by sqrt(2) times their distance (the unbiased variance), so the
+    interval of c minus them runs from c - m - |a - b| / sqrt(2) to c - m + |a - b| / sqrt(2);
+    the runs' order changes nothing."""
     a, b, c = _image(10, 0, 0), _image(2, 6, 2), _image(6, 2, 2)
     f1 = [metrics.scores(x)["f1_foreground_mean"] for x in (a, b, c)]
     found = metrics.runs_bootstrap_differences(np.stack([a, b])[:, None], c[None, None])
-    expected = [f1[2] - max(f1[:2]), f1[2] - min(f1[:2])]
+    mean, spread = (f1[0] + f1[1]) / 2, abs(f1[0] - f1[1]) / np.sqrt(2)
+    expected = [f1[2] - mean - spread, f1[2] - mean + spread]
     np.testing.assert_allclose(found["f1_foreground_mean"], expected)
     np.testing.assert_allclose(found["f1"][1], expected)  # the one foreground class
+    swapped = metrics.runs_bootstrap_differences(np.stack([b, a])[:, None], c[None, None])
+    for key, bounds in found.items():
+        np.testing.assert_array_equal(swapped[key], bounds)
     with pytest.raises(ValueError, match="not runs of the same images"):
         metrics.runs_bootstrap_differences(np.stack([a, b])[:, None], np.stack([c, c])[None])
+
+
+def test_paired_bootstrap_keeps_the_figures_of_the_implementation_before_runs():
+    """`paired_bootstrap_differences` (one run a side) gives the bounds that its own
+    implementation gave before it became `runs_bootstrap_differences` of one run each
+    (computed with segan_jax/metrics.py of 690af5e~1)."""
+    rng = np.random.default_rng(7)
+    first, second = rng.integers(0, 60, (2, 10, 3, 3))
+    found = metrics.paired_bootstrap_differences(
+        first, second, samples=200, groups=[i % 4 for i in range(10)]
+    )
+    np.testing.assert_allclose(found["f1_foreground_mean"], [-0.006069356717, 0.070317792001])
+    np.testing.assert_allclose(found["iou_foreground_mean"], [0.002245164325, 0.047171505449])
+    np.testing.assert_allclose(found["f1"][0], [0.034727925036, 0.189920924895])
+    np.testing.assert_allclose(found["iou"][2], [-0.035656778546, 0.086756730426])
 
 
 def test_runs_bootstrap_of_repeated_runs_is_the_paired_bootstrap():
