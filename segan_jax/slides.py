@@ -490,10 +490,15 @@ def write_label_tiff(
     bands: Iterator[tuple[int, np.ndarray]],
     shape: tuple[int, int],
     metadata: dict | None = None,
+    microns: tuple[float, float] | None = None,
 ) -> None:
     """Writes the (H, W) label map of consecutive ``bands`` as a tiled zlib TIFF (``metadata``
-    in its JSON ImageDescription), atomically: as ``NAME.tmp``, renamed when complete, removed
-    on any error."""
+    in its JSON ImageDescription; ``microns``, a pixel's (height, width) in micrometres, as
+    its resolution tags), atomically: as ``NAME.tmp``, renamed when complete, removed on any
+    error."""
+    resolution = {}
+    if microns is not None:  # pixels per centimetre, as NDPI writes them
+        resolution = {"resolution": (1e4 / microns[1], 1e4 / microns[0]), "resolutionunit": 3}
     with workdir_lib.atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
@@ -505,6 +510,7 @@ def write_label_tiff(
             photometric="minisblack",
             bigtiff=shape[0] * shape[1] >= 2**31,
             metadata=metadata,
+            **resolution,
         )
 
 
@@ -623,7 +629,10 @@ def predict_slide(
         metadata = {"source": path.name, "level": level, "downsample": list(info.downsample)}
         if factor > 1:
             metadata["blocks"] = factor
-        write_label_tiff(label_path, bands, info.shape, metadata)
+        microns = None
+        if info.microns is not None:  # a pixel of this view: level 0's times its downsample
+            microns = (info.microns[0] * info.downsample[0], info.microns[1] * info.downsample[1])
+        write_label_tiff(label_path, bands, info.shape, metadata, microns)
     return info
 
 

@@ -1047,6 +1047,8 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
     (expected,) = evaluate.predict_all(model, variables, [blocks], normalizer)
     np.testing.assert_array_equal(tifffile.imread(slide), expected)
+    with tifffile.TiffFile(slide) as tif:  # its pixels' size in its resolution tags: a block's
+        assert slides.microns_of(tif) == pytest.approx((1.0, 1.0))
     features = json.loads(slide.with_suffix(".geojson").read_text())["features"]
     back, problems = annotations.label_map(features, (210, 576), datasets.DEMO_CLASSES)
     # in level-0 pixels (4 a block; polygon corners cut by half a block): each block's centre
@@ -1065,6 +1067,8 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     inference.predict_workdir(config, str(two_step_run))
     said = "note: c.tif says no usable pixel size: not checked against predict.microns_per_pixel"
     assert said in capsys.readouterr().out
+    with tifffile.TiffFile(tmp_path / "out2" / "c.tif") as tif:
+        assert slides.microns_of(tif) is None  # nothing said, nothing written
 
 
 def test_training_refuses_a_cohort(tmp_path, data_dir):
