@@ -101,8 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = ""  # "" = "val" when the dataset has one, else "test" (saved resolved)
-    # what --mode=evaluate and --mode=predict use: "latest" (checkpoints/) or "best" (best/,
-    # the best foreground F1 on eval.split; without a val split that choice has seen test)
+    # what --mode=evaluate and --mode=predict use: "latest" (checkpoints/), "best" (best/,
+    # the best foreground F1 on eval.split; without a val split that choice has seen test),
+    # or a step still kept in checkpoints/ (train.keep of them), e.g. "1000"
     c.eval.checkpoint = "latest"
     # --mode=evaluate on this labelled folder (images/, masks/, optional classes.json: another
     # cohort's tiles) instead of eval.split; records eval/cohort-<folder>_<step>.json

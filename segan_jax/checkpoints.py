@@ -148,17 +148,18 @@ def raw_shapes(path: str | pathlib.Path) -> dict:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
 
 
-def identity(folder: str | pathlib.Path) -> dict | None:
-    """{"step", "saved"} of the latest checkpoint in a manager folder (`checkpoints/` or
-    `best/`): its step and orbax's commit time (UTC, ISO 8601 to the microsecond; a step
-    saved again, by a run started over, differs; None where orbax kept none); None when the
-    folder holds no checkpoint. Reads only."""
+def identity(folder: str | pathlib.Path, step: int | None = None) -> dict | None:
+    """{"step", "saved"} of the latest checkpoint (or the kept ``step``) in a manager folder
+    (`checkpoints/` or `best/`): its step and orbax's commit time (UTC, ISO 8601 to the
+    microsecond; a step saved again, by a run started over, differs; None where orbax kept
+    none); None when the folder holds no such checkpoint. Reads only."""
     folder = pathlib.Path(folder).absolute()
     if not folder.is_dir():
         return None
     with _reader(folder) as manager:
-        step = manager.latest_step()
         if step is None:
+            step = manager.latest_step()
+        if step is None or step not in manager.all_steps():
             return None
         nanoseconds = manager.metadata(step).commit_timestamp_nsecs
     saved = None

@@ -73,8 +73,9 @@ def _checked(record: dict, path: pathlib.Path) -> dict:
     if "per_image" not in record:
         raise ValueError(
             f"{path}: holds no per-image confusion matrices (written before records kept "
-            "them): evaluate the run again with --mode=evaluate (its latest checkpoint, or "
-            "best/ with --config.eval.checkpoint=best; other steps cannot be evaluated again)"
+            "them): evaluate the run again with --mode=evaluate (its latest checkpoint; best/ "
+            "with --config.eval.checkpoint=best; a step still kept in checkpoints/ with "
+            "--config.eval.checkpoint=STEP)"
         )
     return record
 

@@ -42,7 +42,8 @@ def load_trained(
     config: ml_collections.ConfigDict, workdir: pathlib.Path, info=None, checked=False
 ):
     """(model, variables on this process's devices, dataset info, step, normalizer) of the
-    workdir's latest checkpoint, or with eval.checkpoint="best" of its best/. `config` must be
+    workdir's latest checkpoint, or with eval.checkpoint="best" of its best/, or with a step
+    (digits) of that checkpoint kept in checkpoints/. `config` must be
     the run's (eval.* and predict.* may differ; `checked`: the caller checked that; if not,
     every process must call it: the check compares the processes' configs).
     `info`: the run's `run_info`, when the caller read it (else read here)."""
@@ -56,13 +57,26 @@ def load_trained(
         # placed once here, not again by every predict_all call (a slide makes one a band)
         return ctx.model, parallel.replicate(variables, mesh), info, step, ctx.normalizer
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
-    step = manager.latest_step()
+    step, asked = manager.latest_step(), kept_step(config)
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
-    state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,))
+    if asked is not None and asked not in manager.all_steps():
+        kept = ", ".join(map(str, manager.all_steps()))
+        raise FileNotFoundError(
+            f"{checkpoints.latest_dir(workdir)}: no checkpoint of step {asked} (it keeps "
+            f"{kept}: train.keep={config.train.keep}, and best/ with eval.checkpoint=best)"
+        )
+    step = step if asked is None else asked
+    state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,), step)
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return ctx.model, variables, info, step, ctx.normalizer
+
+
+def kept_step(config: ml_collections.ConfigDict) -> int | None:
+    """The step eval.checkpoint names (digits), None for "latest" or "best"."""
+    value = str(config.eval.get("checkpoint", "latest"))
+    return int(value) if value.isdigit() else None
 
 
 def _best_network(workdir: pathlib.Path) -> tuple[dict, int]:
@@ -778,9 +792,11 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
     """The run (shown in the record) and `checkpoints.identity` of the checkpoint
     eval.checkpoint names (step and saved None where there is none: load_trained says so)."""
     best = config.eval.get("checkpoint") == "best"
-    found = checkpoints.identity(run / "best" if best else checkpoints.latest_dir(run))
+    folder = run / "best" if best else checkpoints.latest_dir(run)
+    found = checkpoints.identity(folder, kept_step(config))
     found = found or {"step": None, "saved": None}
-    return {"run": str(run.resolve()), "checkpoint": "best" if best else "latest", **found}
+    name = str(config.eval.get("checkpoint", "latest"))  # "latest", "best" or a step
+    return {"run": str(run.resolve()), "checkpoint": name, **found}
 
 
 def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> dict:

@@ -423,8 +423,11 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
     losses.check_layer_weighting(config.critic.layer_weighting)
     checkpoint = config.eval.get("checkpoint", "latest")  # runs saved before the key lack it
-    if checkpoint not in EVAL_CHECKPOINTS:
-        raise ValueError(f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS}")
+    if checkpoint not in EVAL_CHECKPOINTS and not str(checkpoint).isdigit():
+        raise ValueError(
+            f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS} or the step of "
+            "a checkpoint kept in checkpoints/ (e.g. 1000)"
+        )
     evaluate.settings(config.eval, config.model.output_stride)
 
 
@@ -606,8 +609,11 @@ def compiled_once(fn, *args):
     return fn.lower(*args).compile(compiler_options=ONCE_COMPILER_OPTIONS if ours else None)
 
 
-def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, managers) -> TrainState:
-    """The latest checkpoint of the workdir, else a fresh state (from model.init_checkpoint).
+def initial_state(
+    ctx: StepContext, config, num_channels: int, mesh: Mesh, managers, step: int | None = None
+) -> TrainState:
+    """The latest checkpoint of the workdir (``step``: that kept one), else a fresh state
+    (from model.init_checkpoint).
 
     The state is created on the devices, replicated (big_vision style); its traced output
     shapes are the restore target, so the optax states keep their structure.
@@ -620,9 +626,9 @@ def initial_state(ctx: StepContext, config, num_channels: int, mesh: Mesh, manag
     traced = init.trace()  # traced once: for the restore target and for compiling
     abstract = traced.out_info  # ShapeDtypeStructs carrying init's out_shardings
     latest = managers[0]
-    if latest.latest_step() is not None:
-        _print(f"Restored step {latest.latest_step()} from {latest.directory}")
-        return checkpoints.restore(latest, abstract)
+    if step is not None or latest.latest_step() is not None:
+        _print(f"Restored step {step or latest.latest_step()} from {latest.directory}")
+        return checkpoints.restore(latest, abstract, step)
     state = compiled_once(traced)()
     if config.model.init_checkpoint:
         local = jax.tree.map(parallel.local_value, state)

@@ -608,6 +608,28 @@ def test_evaluation_and_prediction_read_best_when_asked(tmp_path, data_dir, two_
         inference.evaluate_trained(config, work)
 
 
+def test_evaluation_and_prediction_read_a_kept_step_when_asked(tmp_path, data_dir):
+    """eval.checkpoint="2" (a step checkpoints/ still keeps, the run trained on to step 4)
+    evaluates and predicts that step: training's own evaluation of it again; a step not kept
+    is refused naming those kept."""
+    work = tmp_path / "run"
+    config = _tiny(data_dir, num_steps=4, eval_every=2)
+    train.train_and_evaluate(config, str(work))  # checkpoints and evaluations at steps 2, 4
+    config.eval.checkpoint = "2"
+    record, _ = inference.evaluate_trained(config, work)
+    trained = json.loads((work / "eval" / "test_2.json").read_text())
+    assert record["step"] == 2 and record["confusion_matrix"] == trained["confusion_matrix"]
+    image = datasets.load_split(config.data, "test").images[0]  # (H, W, 2)
+    tifffile.imwrite(tmp_path / "a.tif", image, photometric="minisblack", planarconfig="contig")
+    config.predict.input, config.predict.output = str(tmp_path / "a.tif"), str(tmp_path / "out")
+    inference.predict_workdir(config, str(work))
+    entry = next(iter(json.loads((tmp_path / "out" / "prediction.json").read_text()).values()))
+    assert (entry["checkpoint"], entry["step"]) == ("2", 2)
+    config.eval.checkpoint = "3"
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 3 \(it keeps 2, 4: "):
+        inference.evaluate_trained(config, work)
+
+
 def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
     """raw_shapes and has_checkpoint may run on one process alone (inside on_every_process,
     for a path only some hosts can read): no orbax barrier. (restore_raw has one: every
