@@ -626,8 +626,9 @@ def initial_state(
     traced = init.trace()  # traced once: for the restore target and for compiling
     abstract = traced.out_info  # ShapeDtypeStructs carrying init's out_shardings
     latest = managers[0]
-    if step is not None or latest.latest_step() is not None:
-        _print(f"Restored step {step or latest.latest_step()} from {latest.directory}")
+    step = latest.latest_step() if step is None else step
+    if step is not None:
+        _print(f"Restored step {step} from {latest.directory}")
         return checkpoints.restore(latest, abstract, step)
     state = compiled_once(traced)()
     if config.model.init_checkpoint:
