@@ -57,7 +57,7 @@ def load_trained(
         # placed once here, not again by every predict_all call (a slide makes one a band)
         return ctx.model, parallel.replicate(variables, mesh), info, step, ctx.normalizer
     manager = checkpoints.latest_manager(workdir, config.train.keep, create=False)
-    step, asked = manager.latest_step(), kept_step(config)
+    step, asked = manager.latest_step(), train.kept_step(config)
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
     if asked is not None and asked not in manager.all_steps():
@@ -71,12 +71,6 @@ def load_trained(
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return ctx.model, variables, info, step, ctx.normalizer
-
-
-def kept_step(config: ml_collections.ConfigDict) -> int | None:
-    """The step eval.checkpoint names (digits), None for "latest" or "best"."""
-    value = str(config.eval.get("checkpoint", "latest"))
-    return int(value) if value.isdigit() else None
 
 
 def _best_network(workdir: pathlib.Path) -> tuple[dict, int]:
@@ -793,10 +787,17 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
     eval.checkpoint names (step and saved None where there is none: load_trained says so)."""
     best = config.eval.get("checkpoint") == "best"
     folder = run / "best" if best else checkpoints.latest_dir(run)
-    found = checkpoints.identity(folder, kept_step(config))
+    asked = train.kept_step(config)
+    found = checkpoints.identity(folder, asked)
+    if asked is not None and found is None:  # before anything is written, on every process
+        raise FileNotFoundError(
+            f"{folder}: no checkpoint of step {asked} (eval.checkpoint; train.keep="
+            f"{config.train.keep} are kept)"
+        )
     found = found or {"step": None, "saved": None}
-    name = str(config.eval.get("checkpoint", "latest"))  # "latest", "best" or a step
-    return {"run": str(run.resolve()), "checkpoint": name, **found}
+    # the folder ("latest": checkpoints/, whatever step; "best": best/): step and saving time
+    # tell its checkpoints apart, so a map of step 4 made as "latest" is one made as "4"
+    return {"run": str(run.resolve()), "checkpoint": "best" if best else "latest", **found}
 
 
 def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> dict:

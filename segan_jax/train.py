@@ -423,12 +423,18 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int, num_class
             raise ValueError(f"train.{name}={t[name]} must be a multiple of train.log_every")
     losses.check_layer_weighting(config.critic.layer_weighting)
     checkpoint = config.eval.get("checkpoint", "latest")  # runs saved before the key lack it
-    if checkpoint not in EVAL_CHECKPOINTS and not str(checkpoint).isdigit():
+    if checkpoint not in EVAL_CHECKPOINTS and kept_step(config) is None:
         raise ValueError(
             f"eval.checkpoint={checkpoint!r} must be one of {EVAL_CHECKPOINTS} or the step of "
             "a checkpoint kept in checkpoints/ (e.g. 1000)"
         )
     evaluate.settings(config.eval, config.model.output_stride)
+
+
+def kept_step(config: ml_collections.ConfigDict) -> int | None:
+    """The step eval.checkpoint names (ASCII digits), None for "latest" or "best"."""
+    value = str(config.eval.get("checkpoint", "latest"))
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:

@@ -511,6 +511,7 @@ BAD_KEYS = [
     ("critic.features", (), "critic.features=()"),
     ("critic.features", (8,) * 7, "data.crop_size=64 is too small .* at least 128"),
     ("eval.checkpoint", "final", "eval.checkpoint='final' must be one of"),
+    ("eval.checkpoint", "²", "eval.checkpoint='²' must be one of"),  # a digit, not ASCII
     ("eval.tta", "rot90", "eval.tta='rot90' must be one of"),
     ("loss.lambda_mae", -1.0, "loss.lambda_mae=-1.0 must be a number, at least 0"),
     ("loss.lambda_ce", float("nan"), "loss.lambda_ce=nan must be a number"),
@@ -624,10 +625,20 @@ def test_evaluation_and_prediction_read_a_kept_step_when_asked(tmp_path, data_di
     config.predict.input, config.predict.output = str(tmp_path / "a.tif"), str(tmp_path / "out")
     inference.predict_workdir(config, str(work))
     entry = next(iter(json.loads((tmp_path / "out" / "prediction.json").read_text()).values()))
-    assert (entry["checkpoint"], entry["step"]) == ("2", 2)
+    assert (entry["checkpoint"], entry["step"]) == ("latest", 2)  # checkpoints/, step 2
+    # A map made with the latest (step 4) is one made with "4": skip_existing leaves it.
+    config.eval.checkpoint, config.predict.output = "latest", str(tmp_path / "out4")
+    inference.predict_workdir(config, str(work))
+    config.eval.checkpoint, config.predict.skip_existing = "4", True
+    assert inference.predict_workdir(config, str(work)) == []
+    config.eval.checkpoint = "2"  # made otherwise: refused
+    with pytest.raises(FileExistsError, match="step=4 \\(now 2\\)"):
+        inference.predict_workdir(config, str(work))
     config.eval.checkpoint = "3"
     with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 3 \(it keeps 2, 4: "):
         inference.evaluate_trained(config, work)
+    with pytest.raises(FileNotFoundError, match=r"checkpoints: no checkpoint of step 3 "):
+        inference.predict_workdir(config, str(work))  # even with nothing to predict
 
 
 def test_checkpoint_lookups_wait_at_no_barrier_of_several_processes(two_step_run, monkeypatch):
