@@ -169,6 +169,18 @@ def identity(folder: str | pathlib.Path, step: int | None = None) -> dict | None
     return {"step": int(step), "saved": saved}
 
 
+def check_kept(folder: str | pathlib.Path, step: int, keep: int) -> None:
+    """FileNotFoundError naming the steps the manager folder keeps (``keep``: train.keep)
+    unless it keeps ``step``; reads only."""
+    with _reader(pathlib.Path(folder).absolute()) as manager:
+        kept = manager.all_steps()
+    if step not in kept:
+        raise FileNotFoundError(
+            f"{folder}: no checkpoint of step {step} (it keeps {', '.join(map(str, kept))}: "
+            f"train.keep={keep}, and best/ with eval.checkpoint=best)"
+        )
+
+
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
     """Whether `workdir/checkpoints` holds a finished checkpoint (a run to resume)."""
     return has_checkpoint_in(latest_dir(workdir))

@@ -4,7 +4,7 @@ paired bootstrap interval of each change (``python -m segan_jax.compare FIRST SE
 record or a run's workdir).
 
 Two runs' figures on one test split differ partly by which images happen to be in it; scoring
-both on the same draws of the images (`metrics.paired_bootstrap_difference`) leaves only their
+both on the same draws of the images (`metrics.paired_bootstrap_differences`) leaves only their
 difference on those images, a much narrower interval than two unpaired ones side by side. Tiles
 cut from one slide (`datasets.slide_of`) are drawn together. With one run a side the interval
 is over the images only: a second seed can move a run more than it says. Several runs a side
@@ -133,10 +133,9 @@ def runs_comparison(
     configs; ``paths``: each set's files): the scores are the means of each set's runs, the
     interval `metrics.runs_bootstrap_differences`' (over the runs as well as the images)."""
     records, files = [*firsts, *seconds], [*paths[0], *paths[1]]
-    aligned = []
-    for record, path in zip(records, files, strict=True):  # each against the first, by name
-        _, confusions, names = paired(records[0], record, (files[0], path))
-        aligned.append(confusions)
+    # each record checked against the first and put in the order of its names (sorted)
+    aligned = [paired(records[0], r, (files[0], f))[1] for r, f in zip(records, files, strict=True)]
+    names = paired(records[0], records[0], (files[0], files[0]))[2]
     groups, slides = datasets.slide_groups(names)
     a, b = np.stack(aligned[: len(firsts)]), np.stack(aligned[len(firsts) :])
     bounds = metrics.runs_bootstrap_differences(a, b, groups=groups)

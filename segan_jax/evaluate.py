@@ -406,8 +406,9 @@ def latest_record_file(
 ) -> tuple[pathlib.Path, dict] | None:
     """(path, record) of the evaluation record ``workdir/eval/<split>_<step>[-n].json`` of the
     highest step (of several for that step, e.g. `--mode=evaluate`'s beside training's, the
-    highest n; then the last written), picked by file name: only the pick is read (records
-    hold per-image matrices). None when there is none.
+    highest n; then the last written), picked by file name and read in that order until one
+    is of ``data`` (without it only the pick is read: records hold per-image matrices). None
+    when there is none.
 
     Args:
       split: only records of this split; None: any split.

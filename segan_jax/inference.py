@@ -60,13 +60,9 @@ def load_trained(
     step, asked = manager.latest_step(), train.kept_step(config)
     if step is None:
         raise FileNotFoundError(f"{checkpoints.latest_dir(workdir)}: no checkpoint; train first")
-    if asked is not None and asked not in manager.all_steps():
-        kept = ", ".join(map(str, manager.all_steps()))
-        raise FileNotFoundError(
-            f"{checkpoints.latest_dir(workdir)}: no checkpoint of step {asked} (it keeps "
-            f"{kept}: train.keep={config.train.keep}, and best/ with eval.checkpoint=best)"
-        )
-    step = step if asked is None else asked
+    if asked is not None:
+        checkpoints.check_kept(checkpoints.latest_dir(workdir), asked, config.train.keep)
+        step = asked
     state = train.initial_state(ctx, config, info.num_channels, mesh, (manager,), step)
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -784,17 +780,14 @@ def _checked_record(
 
 def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> dict:
     """The run (shown in the record) and `checkpoints.identity` of the checkpoint
-    eval.checkpoint names (step and saved None where there is none: load_trained says so)."""
+    eval.checkpoint names (step and saved None where there is none: load_trained says so; a
+    step the folder does not keep refused, `checkpoints.check_kept`)."""
     best = config.eval.get("checkpoint") == "best"
     folder = run / "best" if best else checkpoints.latest_dir(run)
     asked = train.kept_step(config)
-    found = checkpoints.identity(folder, asked)
-    if asked is not None and found is None:  # before anything is written, on every process
-        raise FileNotFoundError(
-            f"{folder}: no checkpoint of step {asked} (eval.checkpoint; train.keep="
-            f"{config.train.keep} are kept)"
-        )
-    found = found or {"step": None, "saved": None}
+    if asked is not None and checkpoints.has_checkpoint_in(folder):  # else load_trained says
+        checkpoints.check_kept(folder, asked, config.train.keep)  # before anything is written
+    found = checkpoints.identity(folder, asked) or {"step": None, "saved": None}
     # the folder ("latest": checkpoints/, whatever step; "best": best/): step and saving time
     # tell its checkpoints apart, so a map of step 4 made as "latest" is one made as "4"
     return {"run": str(run.resolve()), "checkpoint": "best" if best else "latest", **found}

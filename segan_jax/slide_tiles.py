@@ -156,7 +156,7 @@ def _plan(
     scale = np.array([info.downsample[1], info.downsample[0]])  # level-0 pixels per (x, y)
     read = [(i, v, [[ring / scale for ring in rings] for rings in p]) for i, v, p in read]
     boxes = np.array([annotations.outer_box(p) for _, _, p in read]).reshape(-1, 4)
-    height, width = slides.full_size(info.path)[0]  # level 0's: beyond a level's last block too
+    height, width = info.full_shape  # level 0's: beyond a level's last block too
     outside = (boxes[:, 0] * scale[0] >= width) | (boxes[:, 1] * scale[1] >= height)
     outside |= (boxes[:, 2:] <= 0).any(1)
     bad += [

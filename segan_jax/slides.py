@@ -56,7 +56,7 @@ class SlideInfo:
     (height, width) of a level-0 pixel in micrometres where the file says (`microns_of`),
     else None; ``downsamples`` each level's column ``downsample``; ``factor`` > 1 when the
     level is read in ``factor`` x ``factor`` blocks, each one pixel (`BlockMeans`: ``shape``
-    and ``downsample`` are then the blocks')."""
+    and ``downsample`` are then the blocks'); ``full_shape`` level 0's (H, W)."""
 
     path: pathlib.Path
     level: int
@@ -67,6 +67,7 @@ class SlideInfo:
     microns: tuple[float, float] | None = None
     downsamples: tuple[float, ...] = (1.0,)
     factor: int = 1
+    full_shape: tuple[int, int] = (0, 0)
 
     def level_microns(self, level: int | None = None) -> float | None:
         """The width in micrometres of a pixel of ``level``, or by default of this view (a
@@ -74,8 +75,15 @@ class SlideInfo:
         if self.microns is None:
             return None
         if level is None:
-            return self.microns[1] * self.downsamples[self.level] * self.factor
+            return self.pixel_microns()[1]
         return self.microns[1] * self.downsamples[level]
+
+    def pixel_microns(self) -> tuple[float, float] | None:
+        """(height, width) in micrometres of a pixel of this view; None when the file does
+        not say."""
+        if self.microns is None:
+            return None
+        return (self.microns[0] * self.downsample[0], self.microns[1] * self.downsample[1])
 
     def view(self) -> str:
         """ "level 1", or "level 0 in 2x2 blocks"."""
@@ -175,8 +183,9 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
 
 
 def closest_level(info: SlideInfo, microns: float) -> int:
-    """The level of the slide whose pixel width is closest to ``microns`` by ratio (0.36 is
-    closer to 0.5 than to 0.25); the slide's file must say its pixel size."""
+    """`closest_view`'s level read whole: one within `MICRONS_TOLERANCE` of ``microns`` (the
+    smallest), else the closest by ratio (0.36 is closer to 0.5 than to 0.25); the slide's
+    file must say its pixel size."""
     return closest_view(info, microns)[0]
 
 
@@ -416,7 +425,15 @@ def _open(
     downsamples = tuple(w0 / width for _, width in sizes)
     downsample = (h0 / h, w0 / w)
     info = SlideInfo(
-        path, level, (h, w), channels, array.dtype, downsample, microns_of(tif), downsamples
+        path,
+        level,
+        (h, w),
+        channels,
+        array.dtype,
+        downsample,
+        microns_of(tif),
+        downsamples,
+        full_shape=(h0, w0),
     )
     return info, array
 
@@ -629,10 +646,7 @@ def predict_slide(
         metadata = {"source": path.name, "level": level, "downsample": list(info.downsample)}
         if factor > 1:
             metadata["blocks"] = factor
-        microns = None
-        if info.microns is not None:  # a pixel of this view: level 0's times its downsample
-            microns = (info.microns[0] * info.downsample[0], info.microns[1] * info.downsample[1])
-        write_label_tiff(label_path, bands, info.shape, metadata, microns)
+        write_label_tiff(label_path, bands, info.shape, metadata, info.pixel_microns())
     return info
 
 

@@ -911,7 +911,7 @@ def test_predictions_of_another_checkpoint_or_settings_are_not_mixed(
     # A step saved between the check and the restore: refused before anything is written.
     config.eval.checkpoint, config.predict.output = "latest", str(tmp_path / "other")
     with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="step 2 was rest"):
-        patched.setattr(checkpoints, "identity", lambda folder: {"step": 1, "saved": 5})
+        patched.setattr(checkpoints, "identity", lambda folder, step=None: {"step": 1, "saved": 5})
         predict()
     assert not (tmp_path / "other").exists()
     config.predict.output = str(out)
