@@ -32,12 +32,20 @@ def find_record(
     given ``data``, of that cohort folder (`evaluate.latest_record_file`). ValueError naming
     the file or folder when it is not a record holding per-image matrices, or there is
     none."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
     if not path.is_dir():
         return path, read_record(path)
     split = split or evaluated_split(path)
     found = evaluate.latest_record_file(path, split, data)
     if found is None:
-        raise ValueError(f"{path / 'eval'}: no evaluation record of the {split!r} split")
+        have = sorted(
+            {name[0] for p in path.glob("eval/*.json") if (name := evaluate.record_name(p))}
+        )
+        raise ValueError(
+            f"{path / 'eval'}: no evaluation record of the {split!r} split (records of: "
+            f"{', '.join(have) or 'none'})"
+        )
     return found[0], _checked(found[1], found[0])
 
 

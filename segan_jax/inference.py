@@ -380,7 +380,8 @@ def _image_resolution_notes(files: list[pathlib.Path], microns: float) -> list[s
             f"note: {len(other)} of {len(files)} image(s) have pixels other than the run's "
             f"images' {microns:.3g} µm (predict.microns_per_pixel), so the network sees them "
             f"at another magnification than it learned: {workdir_lib.first_names(other)}; "
-            "rescale them to the run's pixel size first"
+            "rescale them to the run's pixel size first (a pyramidal TIFF: "
+            "predict.slide_level=-1 predicts it at its closest level)"
         )
     if unknown:
         notes.append(
@@ -655,7 +656,7 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
     resample = _predict_key(config, "resample")
     if not isinstance(resample, bool) or (resample and not auto):
         raise train.ConfigError(
-            f"predict.resample={resample!r}: True applies with predict.slide_level=-1 (each "
+            f"predict.resample={resample!r}: True applies only with predict.slide_level=-1 (each "
             "slide's level closest to predict.microns_per_pixel, or a level read in blocks)"
         )
 

@@ -84,7 +84,7 @@ def tiles_from_slides(
         problems.append(
             f"--microns must be a pixel width in micrometres (0: cut at --level), not {microns!r}"
         )
-        microns = 0.0  # the rest is checked at --level
+        raise datasets.DatasetError(problems)  # no level to check the slides at
     files = annotations.annotation_files(annotations_dir, problems)
     found = datasets.files_by_stem(slides_dir, slides.TIFF_SUFFIXES)
     if microns:
@@ -99,7 +99,7 @@ def tiles_from_slides(
     problems += [p for plan in plans for p in _existing(plan, listings, output, overwrite)]
     if problems:
         raise datasets.DatasetError(problems)
-    _print_notes(plans, found, output, listings[0])
+    _print_notes(plans, found, output, listings[0], microns)
     return _cut_all(plans, tile_size, output)
 
 
@@ -108,16 +108,29 @@ def _print_notes(
     found: dict[str, list[pathlib.Path]],
     output: pathlib.Path,
     images: list[pathlib.Path],
+    microns: float = 0.0,
 ) -> None:
     """Notes on the slides without annotations, on slides whose pixels at the level differ
-    in size by over `slides.MICRONS_TOLERANCE`, and on tiles of other levels of these slides
-    among ``images`` (the listing of ``output/images``): a split of mixed magnifications."""
+    in size by over `slides.MICRONS_TOLERANCE` (from each other, or from ``microns``, the
+    --microns asked for), and on tiles of other levels of these slides among ``images`` (the
+    listing of ``output/images``): a split of mixed magnifications."""
     bare = sorted(found.keys() - {plan.source.stem for plan in plans})
     if bare:
         shown = workdir_lib.first_names(bare)
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
     widths = {plan.info.path.name: plan.info.level_microns() for plan in plans}
     known = sorted((width, name) for name, width in widths.items() if width)
+    off = [f"{name} {width:.3g} µm" for width, name in known]
+    off = [
+        o
+        for o, (w, _) in zip(off, known, strict=True)
+        if not slides.same_magnification(w, microns or w)
+    ]
+    if off:
+        print(
+            f"note: no level of these slides, whole or in blocks of up to {slides.MAX_FACTOR}x"
+            f"{slides.MAX_FACTOR}, is within 10 % of --microns={microns:g}: {', '.join(off)}"
+        )
     if known and not slides.same_magnification(known[0][0], known[-1][0]):
         listed = ", ".join(f"{name} {width:.3g} µm" for width, name in known)
         print(
@@ -299,8 +312,8 @@ def _cut(plan: SlidePlan, tile_size: int, folder: pathlib.Path) -> list[str]:
     width = info.level_microns()
     microns = f", {width:.3g} µm per pixel" if width else ""
     print(
-        f"{info.path.name}: {len(names)} tiles of {size[0]}x{size[1]} at {info.view()}"
-        f"{microns} ({len(candidates)} squares reached by the bounds of {plan.source.name}'s "
+        f"{info.path.name}: {len(names)} tile(s) of {size[0]}x{size[1]} at {info.view()}"
+        f"{microns} ({len(candidates)} square(s) reached by the bounds of {plan.source.name}'s "
         "annotations)",
         flush=True,
     )

@@ -168,7 +168,7 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
         return ""
     best = closest_level(info, microns)
     closer = f"level {best} has {info.level_microns(best):.3g} µm"
-    hint = closer if best != info.level else "no level is closer"
+    hint = (closer if best != info.level else "no level is closer") + " (predict.slide_level)"
     level, factor = closest_view(info, microns, MAX_FACTOR)
     if factor > 1 and same_magnification(info.level_microns(level) * factor, microns):
         hint += (
@@ -177,8 +177,8 @@ def resolution_note(info: SlideInfo, microns: float) -> str:
         )
     return (
         f"note: {info.path.name} {info.view()} has pixels of {have:.3g} µm, the run's "
-        f"images {microns:.3g} µm (predict.microns_per_pixel); {hint} (predict.slide_level): "
-        "a network finds structures at the size it was trained on"
+        f"images {microns:.3g} µm (predict.microns_per_pixel); {hint}: a network finds "
+        "structures at the size it was trained on"
     )
 
 

@@ -162,7 +162,8 @@ def read_json(path: pathlib.Path, what: str) -> dict:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigMismatchError(
-            f"{path}: unreadable ({err}); not a {what} segan_jax saved"
+            f"{path}: unreadable ({err}); not {'an' if what[0] in 'aeiou' else 'a'} {what} "
+            "segan_jax saved"
         ) from err
     if not isinstance(saved, dict):
         raise ConfigMismatchError(f"{path}: holds no {what} (a JSON object was expected)")

@@ -143,8 +143,12 @@ def test_the_command_takes_workdirs_and_compares_their_latest_records(tmp_path, 
     assert f"foreground F1: {compare._change(found['f1_foreground_mean'])}" in out
     compare.main([str(second / "eval" / "test_300.json"), str(second)])
     assert capsys.readouterr().out.startswith("note: a record on both sides")
-    with pytest.raises(SystemExit, match=f"error: {first / 'eval'}: no evaluation record of"):
+    with pytest.raises(
+        SystemExit, match=r"no evaluation record of the 'val' split \(records of: test\)"
+    ):
         compare.main([str(first), str(second), "--split=val"])
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'absent'}: no such file or folder"):
+        compare.main([str(first), str(tmp_path / "absent")])
     (second / "config.json").write_text(json.dumps({"eval": {"split": "val"}}))
     with pytest.raises(SystemExit, match="evaluates 'test', .* evaluates 'val': name the split"):
         compare.main([str(first), str(second)])

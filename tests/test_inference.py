@@ -60,8 +60,9 @@ def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tm
     files = sorted(tmp_path.iterdir())
     other, unknown = inference._image_resolution_notes(files, 0.5)
     assert other.startswith("note: 1 of 4 image(s) have pixels other than the run's images' 0.5")
+    assert "magnification than it learned: b.png 0.25 µm; rescale them to the run's" in other
     assert other.endswith(
-        "magnification than it learned: b.png 0.25 µm; rescale them to the run's pixel size first"
+        "(a pyramidal TIFF: predict.slide_level=-1 predicts it at its closest level)"
     )
     assert unknown.endswith(
         "say no usable pixel size: not checked against predict.microns_per_pixel: d.png"

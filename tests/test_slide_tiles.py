@@ -164,7 +164,7 @@ def test_the_tiles_make_a_folder_dataset_and_the_command_says_what_it_wrote(slid
     for split in ("train", "test"):
         slide_tiles.main([*argv, f"--output={root / split}"])
     out = capsys.readouterr().out
-    assert "s.tif: 6 tiles of 150x150 at level 0" in out
+    assert "s.tif: 6 tile(s) of 150x150 at level 0" in out
     assert f"wrote 6 tiles (images/ and masks/) to {root / 'test'}" in out
     datasets.validate_folder(root)  # raises on any problem
     with pytest.raises(SystemExit, match="holds 6 tiles of s.tif"):
@@ -179,8 +179,8 @@ def test_slides_of_other_magnifications_at_the_level_are_noted(slide, write_slid
     (root / "corrected" / "t.geojson").write_text((root / "corrected" / "s.geojson").read_text())
     _cut(root, tile_size=150, level=1)
     out = capsys.readouterr().out
-    assert "s.tif: 2 tiles of 150x150 at level 1, 0.5 µm per pixel" in out
-    assert "t.tif: 2 tiles of 150x150 at level 1, 1 µm per pixel" in out
+    assert "s.tif: 2 tile(s) of 150x150 at level 1, 0.5 µm per pixel" in out
+    assert "t.tif: 2 tile(s) of 150x150 at level 1, 1 µm per pixel" in out
     said = "note: the slides' pixels as cut differ (s.tif 0.5 µm, t.tif 1 µm): one split"
     assert said in out
 
@@ -196,8 +196,8 @@ def test_slides_of_several_magnifications_cut_at_one_pixel_size(slide, write_sli
     names = _cut(root, tile_size=150, microns=0.5)
     assert {n.rsplit("_x", 1)[0] for n in names} == {"s_L1", "t_L0"}
     out = capsys.readouterr().out
-    assert "s.tif: 2 tiles of 150x150 at level 1, 0.5 µm per pixel" in out
-    assert "t.tif: 6 tiles of 150x150 at level 0, 0.5 µm per pixel" in out
+    assert "s.tif: 2 tile(s) of 150x150 at level 1, 0.5 µm per pixel" in out
+    assert "t.tif: 6 tile(s) of 150x150 at level 0, 0.5 µm per pixel" in out
     assert "differ" not in out
     names = _cut(root, tile_size=64, microns=1.0)  # s: level 1 in 2x2 blocks; t: level 1
     assert {n.rsplit("_x", 1)[0] for n in names} == {"s_L1b2", "t_L1"}
@@ -206,7 +206,7 @@ def test_slides_of_several_magnifications_cut_at_one_pixel_size(slide, write_sli
     level1 = image[::2, ::2]  # the slide's level 1, 150x205
     np.testing.assert_array_equal(tile, slides.block_means(level1[:128, 76:204], 2))
     assert tile.shape == (64, 64, 3) and mask.shape == (64, 64)
-    said = "s.tif: 4 tiles of 64x64 at level 1 in 2x2 blocks, 1 µm per pixel"
+    said = "s.tif: 4 tile(s) of 64x64 at level 1 in 2x2 blocks, 1 µm per pixel"
     assert said in capsys.readouterr().out
     # An annotation in level 0's last two columns, beyond level 1's last 2x2 block: no pixel
     # of a tile, not outside the slide.
@@ -222,8 +222,13 @@ def test_slides_of_several_magnifications_cut_at_one_pixel_size(slide, write_sli
     with pytest.raises(datasets.DatasetError, match="t.tif: says no usable pixel size .* --level"):
         _cut(root, tile_size=64, microns=1.0, overwrite=True)
     for bad in (-1.0, float("nan")):
-        with pytest.raises(datasets.DatasetError, match="--microns must be a pixel width"):
+        with pytest.raises(datasets.DatasetError, match="--microns must be a pixel width") as err:
             _cut(root, tile_size=64, microns=bad)
+        assert "holds" not in str(err.value)  # no level checked: only that problem
+    write_slide(root / "slides" / "t.tif", image, resolution=(20000, 20000), **cm)  # 0.5 µm
+    _cut(root, tile_size=64, microns=100.0, overwrite=True)  # 8x8 blocks of level 1: 8 µm
+    said = "note: no level of these slides, whole or in blocks of up to 8x8, is within 10 % of"
+    assert f"{said} --microns=100: s.tif 4 µm, t.tif 8 µm" in capsys.readouterr().out
 
 
 def test_imagescope_xml_annotations_cut_the_same_tiles(slide):

@@ -145,7 +145,7 @@ def test_a_slide_level_of_other_pixels_than_the_runs_gets_a_note_naming_the_clos
     assert note.startswith("note: s.svs level 0 has pixels of 0.25 µm, the run's images 0.5 µm")
     assert "level 1 has 0.5 µm (predict.slide_level)" in note
     note = slides.resolution_note(info, 0.75)  # no level has it: level 0 in 3x3 blocks does
-    assert "level 2 has 1 µm; level 0 in 3x3 blocks would match (predict.slide_level=-1 " in note
+    assert "level 2 has 1 µm (predict.slide_level); level 0 in 3x3 blocks would match (" in note
     assert "level 2 has 1 µm" in slides.resolution_note(info, 1.8)
     assert "level 1 has 0.5 µm" in slides.resolution_note(info, 0.36)  # by ratio: 0.25 is nearer
     level2 = dataclasses.replace(info, level=2)

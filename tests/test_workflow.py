@@ -1089,7 +1089,7 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     entry = json.loads((tmp_path / "out1" / "prediction.json").read_text())["a.tif"]
     assert entry["predict.resample"] is True
     config.predict.slide_level = 1
-    with pytest.raises(train.ConfigError, match="resample=True: True applies with .*level=-1"):
+    with pytest.raises(train.ConfigError, match="resample=True: True applies only with .*level=-1"):
         inference.predict_workdir(config, str(two_step_run))
     config.predict.slide_level, config.predict.resample = -1, False
     # A slide whose file says no pixel size, at the level asked: noted as not checked.
