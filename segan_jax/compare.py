@@ -259,10 +259,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "the runs evaluate, their configs' eval.split; e.g. test, or cohort-<folder>)",
     )
     args = parser.parse_args(argv)
-    sides = [[pathlib.Path(p) for p in arg.split(",") if p] for arg in (args.first, args.second)]
+    names = [arg.split(",") for arg in (args.first, args.second)]
+    sides = [[pathlib.Path(p) for p in side] for side in names]
     try:
-        if not all(sides):
-            raise ValueError("name at least one record or workdir a side")
+        if not all(all(side) for side in names):
+            raise ValueError(
+                f"{args.first} {args.second}: an empty name in a list (a stray comma?)"
+            )
         split = args.split or common_split([*sides[0], *sides[1]])
         found = [[find_record(path, split) for path in side] for side in sides]
         files = [[path for path, _ in side] for side in found]

@@ -198,3 +198,25 @@ def test_several_runs_a_side_are_compared_by_their_means_over_runs_and_images(tm
     assert "note: the first side is one run, so its seeds' spread is not counted" in out
     with pytest.raises(SystemExit, match="a record twice on one side"):
         compare.main([f"{files[0]},{files[0]}", str(files[2])])
+    with pytest.raises(SystemExit, match=r"an empty name in a list \(a stray comma\?\)"):
+        compare.main([f"{files[0]},", str(files[2])])
+
+
+def test_a_class_one_run_predicts_and_no_image_holds_is_scored_as_each_record_scores_it():
+    """A class absent from every image's truth scores F1 0 for a run that predicts it and
+    none (NaN) for one that does not: a side's mean skips the NaN, and its foreground mean
+    is the mean of the records' own foreground means."""
+    a1, a2, b = _confusions(1), _confusions(5), _confusions(2)
+    for x in (a1, a2, b):
+        x[:, 1, :] += x[:, 2, :]  # no gland in truth: its pixels become nuclei
+        x[:, 2, :] = 0
+    a2[:, :, 1] += a2[:, :, 2]  # the second run never predicts gland either
+    a2[:, :, 2] = 0
+    records = [_record(x) for x in (a1, a2, b)]
+    assert records[0]["f1"][2] == 0.0 and records[1]["f1"][2] is None  # NaN as null
+    paths = [[pathlib.Path("a1"), pathlib.Path("a2")], [pathlib.Path("b")]]
+    found = compare.runs_comparison(records[:2], records[2:], paths)
+    assert found["f1"][2][0] == 0.0  # the mean of 0 and "none": 0
+    means = [r["f1_foreground_mean"] for r in records[:2]]
+    assert found["f1_foreground_mean"][0] == pytest.approx(np.mean(means))
+    assert np.isfinite(found["f1_foreground_mean"][2:]).all()
