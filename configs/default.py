@@ -149,6 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
     # images (not slides) too, from their TIFF tags or PNG/JPEG print resolution.
     c.predict.microns_per_pixel = 0.0
     # With slide_level -1: also consider each level read in 2x2 to 8x8 blocks (each block's
-    # mean one pixel), e.g. a 40x scan read as 20x where the slide has no 20x level.
+    # mean one pixel), e.g. a 40x scan read as 20x where the slide has no 20x level; images
+    # whose pixels are 2 to 8 times finer are read in blocks too (label maps at their size).
     c.predict.resample = False
     return c

@@ -363,25 +363,38 @@ def _read_mine(
     return images
 
 
-def _image_resolution_notes(files: list[pathlib.Path], microns: float) -> list[str]:
-    """Notes on the image ``files`` (not slides: predicted at their own resolution) whose
-    pixels differ from ``microns`` (predict.microns_per_pixel) by over
-    `slides.MICRONS_TOLERANCE`, and on those whose files do not say (`slides.image_microns`)."""
+def _image_resolution_notes(
+    files: list[pathlib.Path], microns: float, resample: bool = False
+) -> list[str]:
+    """Notes on the image ``files`` (not slides) whose pixels differ from ``microns``
+    (predict.microns_per_pixel) by over `slides.MICRONS_TOLERANCE`: with ``resample``
+    (predict.resample) those read in blocks (`_image_factors`), and those predicted at their
+    own resolution all the same; and on those whose files do not say (`slides.image_microns`)."""
     widths = {f.name: slides.image_microns(f) for f in files}
-    other = [
-        f"{n} {w:.3g} µm"
-        for n, w in widths.items()
-        if w and not slides.same_magnification(w, microns)
-    ]
+    blocks = {n: _blocks(w, microns, resample) for n, w in widths.items()}
+    off = [n for n, w in widths.items() if w and not slides.same_magnification(w, microns)]
+    other = [f"{n} {widths[n]:.3g} µm" for n in off if blocks[n] == 1]
+    read = [f"{n} {widths[n]:.3g} µm in {blocks[n]}x{blocks[n]}" for n in off if blocks[n] > 1]
     unknown = [n for n, w in widths.items() if w is None]
     notes = []
+    if read:
+        notes.append(
+            f"note: {len(read)} of {len(files)} image(s) are read in blocks, each block's mean "
+            f"one pixel, as the run's images' {microns:.3g} µm (predict.resample); their label "
+            f"maps keep the images' size: {workdir_lib.first_names(read)}"
+        )
     if other:
+        hint = (
+            "predict.resample reads in blocks only images 2 to 8 times finer"
+            if resample
+            else "with predict.slide_level=-1 a pyramidal TIFF is predicted at its closest "
+            "level, and with predict.resample=True too an image 2 to 8 times finer in blocks"
+        )
         notes.append(
             f"note: {len(other)} of {len(files)} image(s) have pixels other than the run's "
             f"images' {microns:.3g} µm (predict.microns_per_pixel), so the network sees them "
             f"at another magnification than it learned: {workdir_lib.first_names(other)}; "
-            "rescale them to the run's pixel size first (a pyramidal TIFF: "
-            "predict.slide_level=-1 predicts it at its closest level)"
+            f"rescale them to the run's pixel size first ({hint})"
         )
     if unknown:
         notes.append(
@@ -414,9 +427,9 @@ def _print_notes(
     if skipped:
         names = workdir_lib.first_names([t.name for t in skipped])
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
-    level = _predict_key(config, "slide_level")
+    level, resample = _predict_key(config, "slide_level"), _predict_key(config, "resample")
     images = [t for t in targets if not _is_slide_map(t)]
-    if level and images:
+    if level and images and not resample:  # with resample: which are read in blocks, below
         names = workdir_lib.first_names([t.stem for t in images])
         print(
             f"note: predict.slide_level={level} applies to slides; {len(images)} input(s) are "
@@ -424,7 +437,7 @@ def _print_notes(
         )
     if microns := _predict_key(config, "microns_per_pixel"):
         plain = [f for f, t in zip(files, targets, strict=True) if not _is_slide_map(t)]
-        for note in _image_resolution_notes(plain, microns):
+        for note in _image_resolution_notes(plain, microns, resample):
             print(note, flush=True)
 
 
@@ -463,11 +476,16 @@ def _write_predictions(
     (label TIFFs, `_predict_slide`)."""
     model, variables, normalizer = trained
     whole = [i for i, t in enumerate(targets) if not _is_slide_map(t)]
-    parts = [images[i] for i in whole]
+    factors = _image_factors(config, [files[i] for i in whole])
+    parts = [
+        slides.image_block_means(images[i], f) if f > 1 else images[i]
+        for i, f in zip(whole, factors, strict=True)
+    ]
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
     labels = evaluate.predict_all(model, variables, parts, normalizer, tiling=tiling, tta=tta)
     min_area = _predict_key(config, "min_region_area")
-    for i, one in zip(whole, labels, strict=True):
+    for i, f, one in zip(whole, factors, labels, strict=True):
+        one = slides.expand_labels(one, f, images[i].shape[:2]) if f > 1 else one
         evaluate.save_label_png(one, targets[i])
         if _annotation_suffixes(config):
             features = annotations.save_geojson(
@@ -477,6 +495,20 @@ def _write_predictions(
                 imagescope.save_xml(features, info.classes, xml_path(targets[i]))
     for i in (i for i, t in enumerate(targets) if _is_slide_map(t)):
         _predict_slide(config, trained, images[i], targets[i], info)
+
+
+def _image_factors(config: ml_collections.ConfigDict, files: list[pathlib.Path]) -> list[int]:
+    """Each image's blocks a side, f x f pixels read as one: `_blocks` of its file's pixel
+    width (`slides.image_microns`)."""
+    microns, resample = (_predict_key(config, k) for k in ("microns_per_pixel", "resample"))
+    return [_blocks(slides.image_microns(f), microns, resample) for f in files]
+
+
+def _blocks(width: float | None, microns: float, resample: bool) -> int:
+    """With ``resample`` (predict.resample), f where pixels ``width`` µm wide are f times
+    finer than ``microns`` (predict.microns_per_pixel; `slides.block_factor`); 1 otherwise
+    (the image's own resolution), also where ``width`` is not known."""
+    return slides.block_factor(width, microns) if width and resample else 1
 
 
 # Windows of a slide when eval.tile_size is 0 (whole images): a slide never fits whole.
@@ -657,7 +689,8 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
     if not isinstance(resample, bool) or (resample and not auto):
         raise train.ConfigError(
             f"predict.resample={resample!r}: True applies only with predict.slide_level=-1 (each "
-            "slide's level closest to predict.microns_per_pixel, or a level read in blocks)"
+            "slide's level closest to predict.microns_per_pixel, or a level read in blocks; "
+            "images whose pixels are 2 to 8 times finer read in blocks too)"
         )
 
 
@@ -797,7 +830,8 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
 def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> dict:
     """What makes a label map (`prediction_record`), an image's or with ``slide`` a slide's:
     the checkpoint, the views, the windows (a slide's `_slide_tiling`) and, where they apply,
-    predict.slide_level and predict.min_region_area."""
+    predict.slide_level, predict.microns_per_pixel, predict.resample and
+    predict.min_region_area."""
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
     if slide:
         tiling = _slide_tiling(config)
@@ -808,6 +842,10 @@ def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> 
         if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by these
             entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
             entry["predict.resample"] = _predict_key(config, "resample")
+    else:  # always, so a map read in blocks is never kept for one asked without them
+        entry["predict.resample"] = _predict_key(config, "resample")
+        if entry["predict.resample"]:  # images read in blocks where their pixels say
+            entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
     if _annotation_suffixes(config):
         entry["predict.min_region_area"] = _predict_key(config, "min_region_area")
     return entry

@@ -395,6 +395,30 @@ def block_means(pixels: np.ndarray, factor: int) -> np.ndarray:
     return ((sums + area // 2) // area).astype(pixels.dtype)
 
 
+def block_factor(width: float, microns: float, most: int = MAX_FACTOR) -> int:
+    """The f in 2..``most`` whose f x f blocks of pixels ``width`` µm wide come within
+    `MICRONS_TOLERANCE` of ``microns`` (the closest by ratio where two do); 1 when ``width``
+    itself does or no such f exists (pixels wider than ``microns``, or no whole ratio)."""
+    if same_magnification(width, microns):
+        return 1
+    near = [f for f in range(2, most + 1) if same_magnification(width * f, microns)]
+    return min(near, key=lambda f: abs(math.log(width * f / microns)), default=1)
+
+
+def image_block_means(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W, C) 8- or 16-bit pixels -> (ceil(H / f), ceil(W / f), C) `block_means`, the last
+    row and column repeated to fill the last blocks, so every pixel is in one."""
+    pad = [(0, -pixels.shape[0] % factor), (0, -pixels.shape[1] % factor)]
+    pad += [(0, 0)] * (pixels.ndim - 2)
+    return block_means(np.pad(pixels, pad, mode="edge"), factor)
+
+
+def expand_labels(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) labels of f x f blocks (`image_block_means`) -> ``shape`` (H, W), each block's
+    label on each of its pixels."""
+    return np.repeat(np.repeat(labels, factor, 0), factor, 1)[: shape[0], : shape[1]]
+
+
 def _open(
     stack: contextlib.ExitStack, path: pathlib.Path, level: int
 ) -> tuple[SlideInfo, zarr.Array | np.ndarray]:

@@ -62,9 +62,21 @@ def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tm
     assert other.startswith("note: 1 of 4 image(s) have pixels other than the run's images' 0.5")
     assert "magnification than it learned: b.png 0.25 µm; rescale them to the run's" in other
     assert other.endswith(
-        "(a pyramidal TIFF: predict.slide_level=-1 predicts it at its closest level)"
+        "(with predict.slide_level=-1 a pyramidal TIFF is predicted at its closest level, "
+        "and with predict.resample=True too an image 2 to 8 times finer in blocks)"
     )
     assert unknown.endswith(
         "say no usable pixel size: not checked against predict.microns_per_pixel: d.png"
     )
     assert inference._image_resolution_notes(files[:1], 0.5) == []  # 0.5 µm: nothing to say
+    # With predict.resample: b (0.25 µm) is read in 2x2 blocks; c (0.46 µm) is within 10 %.
+    Image.fromarray(pixels).save(tmp_path / "e.png", dpi=(36000, 36000))  # 0.706 µm: wider
+    files = sorted(tmp_path.iterdir())
+    read, other, unknown = inference._image_resolution_notes(files, 0.5, resample=True)
+    assert read == (
+        "note: 1 of 5 image(s) are read in blocks, each block's mean one pixel, as the run's "
+        "images' 0.5 µm (predict.resample); their label maps keep the images' size: "
+        "b.png 0.25 µm in 2x2"
+    )
+    assert "than it learned: e.png 0.706 µm; rescale them" in other
+    assert other.endswith("(predict.resample reads in blocks only images 2 to 8 times finer)")

@@ -403,3 +403,31 @@ def test_the_closest_view_reads_a_level_in_blocks_only_where_no_level_matches():
     # 2.3 µm: none near; 2 µm both as level 1 in 2x2 and level 0 in 8x8: the fewer pixels
     assert slides.closest_view(info, 2.3, most=8) == (1, 2)
     assert slides.closest_level(info, 0.36) == 0
+
+
+def test_an_image_is_read_in_the_blocks_whose_pixels_match_the_runs():
+    """f x f blocks within 10 % of the run's pixel (the closest where two are); 1 where the
+    pixels match already, are wider, or no whole f is near."""
+    assert slides.block_factor(0.25, 0.5) == 2 and slides.block_factor(0.125, 0.5) == 4
+    assert slides.block_factor(0.17, 0.5) == 3  # 0.51 µm
+    assert slides.block_factor(0.066, 0.5) == 8  # 0.528 (+5.6 %) nearer than 7's 0.462
+    assert slides.block_factor(0.066, 0.5, most=7) == 7
+    for width in (0.5, 0.53, 1.0, 0.35, 0.01):
+        assert slides.block_factor(width, 0.5) == 1, width
+
+
+def test_an_images_blocks_cover_every_pixel_and_expand_back_to_its_size():
+    """The last row and column are repeated to fill the last blocks (a 5x3 image in 2x2:
+    3x2 blocks); each block's label lands on each of its pixels, cut to the image's size."""
+    pixels = np.arange(15, dtype=np.uint8).reshape(5, 3, 1) * 10
+    blocks = slides.image_block_means(pixels, 2)
+    padded = np.pad(pixels[..., 0], ((0, 1), (0, 1)), mode="edge").astype(float)
+    means = padded.reshape(3, 2, 2, 2).mean(axis=(1, 3))
+    np.testing.assert_array_equal(blocks[..., 0], np.floor(means + 0.5))
+    assert blocks.dtype == np.uint8 and blocks[2, 1, 0] == 140  # one pixel, four times
+    labels = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
+    expanded = slides.expand_labels(labels, 2, (5, 3))
+    assert expanded.tolist() == [[1, 1, 2], [1, 1, 2], [3, 3, 4], [3, 3, 4], [5, 5, 6]]
+    deep = np.random.default_rng(0).integers(0, 65536, (16, 24, 3), np.uint16)
+    assert slides.image_block_means(deep, 4).shape == (4, 6, 3)  # whole blocks: as block_means
+    np.testing.assert_array_equal(slides.image_block_means(deep, 4), slides.block_means(deep, 4))

@@ -1104,6 +1104,50 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
         assert slides.microns_of(tif) is None  # nothing said, nothing written
 
 
+def test_images_of_finer_pixels_are_predicted_in_blocks_at_their_own_size(
+    two_step_run, data_dir, tmp_path, capsys
+):
+    """predict.resample with slide_level -1: a 0.25 µm image (odd size), the run's images
+    0.5 µm, is predicted as its 2x2 block means, each block's label on its four pixels: the
+    map of the block means' own image expanded. A 0.35 µm image is predicted as it is. A map
+    made in blocks is not kept for a call without them (predict.skip_existing)."""
+    config = _tiny(data_dir, num_steps=2)
+    config.predict.input, config.predict.output = str(tmp_path / "in"), str(tmp_path / "out")
+    config.predict.slide_level, config.predict.microns_per_pixel = -1, 0.5
+    config.predict.resample, config.predict.geojson = True, True
+    (tmp_path / "in").mkdir()
+    fine = datasets.load_split(config.data, "test").images[0][:101, :203]
+    blocks = slides.image_block_means(fine, 2)  # (51, 102)
+    for name, pixels, per_cm in (("a", fine, 40000), ("b", blocks, 20000), ("c", fine, 28571)):
+        tifffile.imwrite(  # the demo's 2 channels, in a TIFF saying its pixels' size
+            tmp_path / "in" / f"{name}.tif",
+            pixels,
+            photometric="minisblack",
+            resolution=(per_cm, per_cm),
+            resolutionunit="CENTIMETER",
+        )
+    capsys.readouterr()
+    maps = inference.predict_workdir(config, str(two_step_run))
+    a, b, c = (np.asarray(Image.open(m)) for m in maps)
+    assert a.shape == c.shape == (101, 203) and b.shape == (51, 102)
+    np.testing.assert_array_equal(a, slides.expand_labels(b, 2, (101, 203)))
+    model, variables, _, _, normalizer = inference.load_trained(config, two_step_run)
+    (native,) = evaluate.predict_all(model, variables, [fine], normalizer)
+    np.testing.assert_array_equal(c, native)  # c: 0.35 µm, at its own resolution
+    assert not np.array_equal(a, native)  # so a was not
+    out = capsys.readouterr().out
+    assert "are read in blocks, each block's mean one pixel, as the run's images' 0.5" in out
+    assert "a.tif 0.25 µm in 2x2" in out and "c.tif 0.35 µm; rescale them" in out
+    features = json.loads((tmp_path / "out" / "a.geojson").read_text())["features"]
+    back, problems = annotations.label_map(features, a.shape, datasets.DEMO_CLASSES)
+    assert problems == [] and (back == a).all()  # regions in the image's own pixels
+    entry = json.loads((tmp_path / "out" / "prediction.json").read_text())["a.png"]
+    assert (entry["predict.resample"], entry["predict.microns_per_pixel"]) == (True, 0.5)
+    config.predict.resample, config.predict.skip_existing = False, True
+    with pytest.raises(FileExistsError, match=r"predict.resample=True \(now False\)"):
+        inference.predict_workdir(config, str(two_step_run))
+
+
 def test_training_refuses_a_cohort(tmp_path, data_dir):
     config = _tiny(data_dir, num_steps=2)
     config.eval.cohort = str(tmp_path)
