@@ -8,7 +8,7 @@
 #     MIN_CASE_S=10 BUDGET_S=1200 PYTHON=.venv/bin/python OUT=/tmp/smoke bash benchmarks/gpu_all.sh
 #
 #   OUT=/tmp/out bash benchmarks/gpu_all.sh
-#   FROM=6 BEST="..." OUT=/tmp/out2 bash benchmarks/gpu_all.sh   # only priorities (6) to (13)
+#   FROM=6 BEST="..." OUT=/tmp/out2 bash benchmarks/gpu_all.sh   # only priorities (6) to (14)
 # (6), the end-to-end run, takes launch.py overrides in E2E_EXTRA (e.g. a tiny network for a CPU
 # smoke test).
 #
@@ -126,6 +126,10 @@ run() { local n=$1; shift; [ "$FROM" -le "$n" ] && "${B[@]}" "$@" ${X[@]+"${X[@]
   for F in --xla_gpu_enable_triton_gemm=false --xla_gpu_cudnn_gemm_fusion_level=2; do
     XLA_FLAGS="${XLA_FLAGS:-} $F" run 13 "${T[@]}" "${M[@]}" --label="$F"
   done
+  # (14) per-class critics (5, as CoNSeP's classes) as a vmap (grouped convolutions) and in
+  # turn (models.Critics since 2026-11-28), forward + backward, bf16, the paper's critic widths
+  [ "$FROM" -le 14 ] && "$PY" benchmarks/critics.py --dtype=bfloat16 --batch=32 --crop=256 \
+    --width=64 --critics=1,5 --calls=10 | tee "$OUT/critics.txt"
   echo "== all results"
   "$PY" benchmarks/train_throughput.py --table_from="$J"
   date -u

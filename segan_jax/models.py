@@ -852,6 +852,11 @@ class Critics(nn.Module):
     ``(N, B, H, W, Cn) -> [(N, B, h_i, w_i, c_i)]``, ``len(features) + 1`` arrays; critic ``n``
     only sees ``x[n]``. One critic on all classes: N=1, Cn=K*C; per-class critics: N=K, Cn=C
     (see ``masked_inputs``).
+
+    One critic is ``nn.vmap`` of one. Several run one after another (``nn.scan``, unrolled),
+    each convolution an ordinary one: vmapped, each layer's N convolutions became one grouped
+    convolution, which XLA's CPU backend ran 14x slower, forward and backward, than N ordinary
+    ones (5 critics, `benchmarks/critics.py`). The parameters are the same either way.
     """
 
     num: int
@@ -864,16 +869,25 @@ class Critics(nn.Module):
     def __call__(self, x: jax.Array) -> list[jax.Array]:
         if x.ndim != 5 or x.shape[0] != self.num:
             raise ValueError(f"expected input (N={self.num}, B, H, W, C), got {x.shape}")
-        stacked = nn.vmap(
-            Critic,
+        settings = (self.features, self.dtype, self.norm, self.param_dtype)
+        if self.num == 1:
+            stacked = nn.vmap(
+                Critic,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=0,
+                out_axes=0,
+                axis_size=1,
+            )
+            return stacked(*settings, name="critic")(x)
+        in_turn = nn.scan(
+            lambda critic, carry, one: (carry, critic(one)),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=0,
-            out_axes=0,
-            axis_size=self.num,
+            length=self.num,
+            unroll=True,
         )
-        critic = stacked(self.features, self.dtype, self.norm, self.param_dtype, name="critic")
-        return critic(x)
+        return in_turn(Critic(*settings, name="critic"), None, x)[1]
 
 
 def masked_inputs(image: jax.Array, class_maps: jax.Array, num_critics: int) -> jax.Array:

@@ -782,6 +782,35 @@ def test_critics_are_independent():
         critics.apply({"params": params}, x[:2])
 
 
+def test_critics_in_turn_are_each_critic_on_its_input_and_vmaps_function():
+    """Per-class critics (run in turn) give critic n on x[n] with its own parameters, and the
+    values and gradients of the former ``nn.vmap`` of them on the same parameters."""
+    critics = models.Critics(num=NUM_CLASSES, features=CRITIC_FEATURES)
+    x = random_image((NUM_CLASSES, 2, 16, 16, 3))
+    params = jax.jit(critics.init)(jax.random.key(0), x)["params"]
+    outs = critics.apply({"params": params}, x)
+    one = models.Critic(features=CRITIC_FEATURES)
+    for n in range(NUM_CLASSES):
+        mine = jax.tree.map(lambda a, n=n: a[n], params["critic"])
+        for o, e in zip(outs, one.apply({"params": mine}, x[n]), strict=True):
+            np.testing.assert_allclose(o[n], e, rtol=1e-5, atol=1e-6)
+    vmapped = nn.vmap(
+        models.Critic,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        axis_size=NUM_CLASSES,
+    )(features=CRITIC_FEATURES)
+
+    def grads(apply):
+        loss = lambda p, x: sum(jnp.sum(o**2) for o in apply(p, x))  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1))(params["critic"], x)
+
+    ours = grads(lambda p, x: critics.apply({"params": {"critic": p}}, x))
+    theirs = grads(lambda p, x: vmapped.apply({"params": p}, x))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_masked_inputs_hand_checked():
     image = jnp.array([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # (B=1, H=2, W=1, C=2)
     maps = jnp.array([[[[0.25, 0.75]], [[1.0, 0.0]]]])  # (B=1, H=2, W=1, K=2)
