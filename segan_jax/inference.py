@@ -819,9 +819,10 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
     best = config.eval.get("checkpoint") == "best"
     folder = run / "best" if best else checkpoints.latest_dir(run)
     asked = train.kept_step(config)
-    if asked is not None and checkpoints.has_checkpoint_in(folder):  # else load_trained says
-        checkpoints.check_kept(folder, asked, config.train.keep)  # before anything is written
-    found = checkpoints.identity(folder, asked) or {"step": None, "saved": None}
+    found = checkpoints.identity(folder, asked)  # opens the folder once where all is well
+    if found is None and asked is not None and checkpoints.has_checkpoint_in(folder):
+        checkpoints.check_kept(folder, asked, config.train.keep)  # refused, before writing
+    found = found or {"step": None, "saved": None}  # none at all: load_trained says so
     # the folder ("latest": checkpoints/, whatever step; "best": best/): step and saving time
     # tell its checkpoints apart, so a map of step 4 made as "latest" is one made as "4"
     return {"run": str(run.resolve()), "checkpoint": "best" if best else "latest", **found}
