@@ -280,7 +280,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     With several processes each reads, predicts and writes its share of the inputs; any
     process's failed check stops all of them before anything is written. Returns the paths of
     the label maps written (none when predict.skip_existing found every input done)."""
-    files, targets, skipped = parallel.on_every_process(
+    files, targets, skipped, widths = parallel.on_every_process(
         lambda: _plan(config), "check inputs and outputs"
     )
     parallel.check_against_process_0(
@@ -288,7 +288,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     )
     run, out = pathlib.Path(workdir), pathlib.Path(config.predict.output)
     _check_same_run(config, run)  # a run, this one: before reading (or building) any data
-    record, unchecked, checked = _checked_record(config, run, targets, skipped)  # also if none
+    blocks = {name: _blocks(config, width) for name, width in widths.items()}
+    # also if none
+    record, unchecked, checked = _checked_record(config, run, targets, skipped, blocks)
     if not targets:
         return _nothing_to_predict(out, record, unchecked, len(skipped))
     mine = slice(jax.process_index(), None, jax.process_count())
@@ -305,8 +307,9 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     model, variables, info, step, normalizer = load_trained(config, run, info, checked=True)
     _start_writing(config, classes, record, targets, (step, checked))
     if jax.process_index() == 0:
-        _print_notes(config, every_file, targets, skipped)
-    _write_predictions(config, (model, variables, normalizer), info, files, images, mine_targets)
+        _print_notes(config, every_file, targets, skipped, widths)
+    trained = (model, variables, normalizer)
+    _write_predictions(config, trained, info, images, mine_targets, blocks)
     parallel.barrier("predict: written")
     if jax.process_index() == 0:
         also = " and <stem>".join(_annotation_suffixes(config))
@@ -364,41 +367,42 @@ def _read_mine(
 
 
 def _image_resolution_notes(
-    files: list[pathlib.Path], microns: float, resample: bool = False
+    widths: dict[str, float | None], microns: float, resample: bool = False
 ) -> list[str]:
-    """Notes on the image ``files`` (not slides) whose pixels differ from ``microns``
+    """Notes on the images (not slides; their pixel ``widths`` in µm by file name, None where
+    the file does not say, `slides.image_microns`) whose pixels differ from ``microns``
     (predict.microns_per_pixel) by over `slides.MICRONS_TOLERANCE`: with ``resample``
-    (predict.resample) those read in blocks (`_image_factors`), and those predicted at their
-    own resolution all the same; and on those whose files do not say (`slides.image_microns`)."""
-    widths = {f.name: slides.image_microns(f) for f in files}
-    blocks = {n: _blocks(w, microns, resample) for n, w in widths.items()}
+    (predict.resample) those read in blocks (`slides.block_factor`), and those predicted at
+    their own resolution all the same; and on those whose files do not say."""
+    factors = {n: slides.block_factor(w, microns) if w else 1 for n, w in widths.items()}
     off = [n for n, w in widths.items() if w and not slides.same_magnification(w, microns)]
-    other = [f"{n} {widths[n]:.3g} µm" for n in off if blocks[n] == 1]
-    read = [f"{n} {widths[n]:.3g} µm in {blocks[n]}x{blocks[n]}" for n in off if blocks[n] > 1]
+    blocked = [n for n in off if resample and factors[n] > 1]
+    other = [f"{n} {widths[n]:.3g} µm" for n in off if n not in blocked]
     unknown = [n for n, w in widths.items() if w is None]
     notes = []
-    if read:
+    if blocked:
+        read = [f"{n} {widths[n]:.3g} µm in {factors[n]}x{factors[n]}" for n in blocked]
         notes.append(
-            f"note: {len(read)} of {len(files)} image(s) are read in blocks, each block's mean "
-            f"one pixel, as the run's images' {microns:.3g} µm (predict.resample); their label "
-            f"maps keep the images' size: {workdir_lib.first_names(read)}"
+            f"note: {len(read)} of {len(widths)} image(s) are read in blocks, each block's "
+            f"mean one pixel, as the run's images' {microns:.3g} µm (predict.resample); their "
+            f"label maps keep the images' size: {workdir_lib.first_names(read)}"
         )
     if other:
-        hint = (
-            "predict.resample reads in blocks only images 2 to 8 times finer"
-            if resample
-            else "with predict.slide_level=-1 a pyramidal TIFF is predicted at its closest "
-            "level, and with predict.resample=True too an image 2 to 8 times finer in blocks"
-        )
+        if resample:
+            hint = "predict.resample reads in blocks only images 2 to 8 times finer"
+        else:
+            hint = "with predict.slide_level=-1 a pyramidal TIFF is predicted at its closest level"
+            if any(factors[n] > 1 for n in off):
+                hint += ", and with predict.resample=True too an image 2 to 8 times finer in blocks"
         notes.append(
-            f"note: {len(other)} of {len(files)} image(s) have pixels other than the run's "
+            f"note: {len(other)} of {len(widths)} image(s) have pixels other than the run's "
             f"images' {microns:.3g} µm (predict.microns_per_pixel), so the network sees them "
             f"at another magnification than it learned: {workdir_lib.first_names(other)}; "
             f"rescale them to the run's pixel size first ({hint})"
         )
     if unknown:
         notes.append(
-            f"note: {len(unknown)} of {len(files)} image(s) say no usable pixel size: not "
+            f"note: {len(unknown)} of {len(widths)} image(s) say no usable pixel size: not "
             f"checked against predict.microns_per_pixel: {workdir_lib.first_names(unknown)}"
         )
     return notes
@@ -419,11 +423,12 @@ def _print_notes(
     files: list[pathlib.Path],
     targets: list[pathlib.Path],
     skipped: list[pathlib.Path],
+    widths: dict[str, float | None],
 ) -> None:
     """Says which inputs predict.skip_existing leaves alone, which are images that
     predict.slide_level does not apply to, and which of the images (``files`` of ``targets``
-    that are not slides) have pixels of another size than predict.microns_per_pixel
-    (`_image_resolution_notes`)."""
+    that are not slides; their pixel ``widths`` by label map name, `_plan`) have pixels of
+    another size than predict.microns_per_pixel (`_image_resolution_notes`)."""
     if skipped:
         names = workdir_lib.first_names([t.name for t in skipped])
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
@@ -436,8 +441,12 @@ def _print_notes(
             f"images, predicted at their own resolution: {names}"
         )
     if microns := _predict_key(config, "microns_per_pixel"):
-        plain = [f for f, t in zip(files, targets, strict=True) if not _is_slide_map(t)]
-        for note in _image_resolution_notes(plain, microns, resample):
+        named = {
+            f.name: widths[t.name]
+            for f, t in zip(files, targets, strict=True)
+            if not _is_slide_map(t)
+        }
+        for note in _image_resolution_notes(named, microns, resample):
             print(note, flush=True)
 
 
@@ -468,15 +477,16 @@ def _write_predictions(
     config: ml_collections.ConfigDict,
     trained: Trained,
     info: datasets.DatasetInfo,
-    files: list[pathlib.Path],
     images: list[np.ndarray | slides.SlideInfo],
     targets: list[pathlib.Path],
+    blocks: dict[str, int],
 ) -> None:
-    """Predicts this process's images together (label PNGs), then its slides one by one
-    (label TIFFs, `_predict_slide`)."""
+    """Predicts this process's images together (label PNGs; each read in its ``blocks`` a
+    side by label map name, `_blocks`, where over 1), then its slides one by one (label
+    TIFFs, `_predict_slide`)."""
     model, variables, normalizer = trained
     whole = [i for i, t in enumerate(targets) if not _is_slide_map(t)]
-    factors = _image_factors(config, [files[i] for i in whole])
+    factors = [blocks.get(targets[i].name, 1) for i in whole]
     parts = [
         slides.image_block_means(images[i], f) if f > 1 else images[i]
         for i, f in zip(whole, factors, strict=True)
@@ -487,28 +497,23 @@ def _write_predictions(
     for i, f, one in zip(whole, factors, labels, strict=True):
         one = slides.expand_labels(one, f, images[i].shape[:2]) if f > 1 else one
         evaluate.save_label_png(one, targets[i])
-        if _annotation_suffixes(config):
-            features = annotations.save_geojson(
-                one, info.classes, geojson_path(targets[i]), min_area
-            )
+        if _annotation_suffixes(config):  # the least area in pixels predicted, as a slide's
+            path, area = geojson_path(targets[i]), min_area * f * f
+            features = annotations.save_geojson(one, info.classes, path, area)
             if _predict_key(config, "imagescope"):
                 imagescope.save_xml(features, info.classes, xml_path(targets[i]))
     for i in (i for i, t in enumerate(targets) if _is_slide_map(t)):
         _predict_slide(config, trained, images[i], targets[i], info)
 
 
-def _image_factors(config: ml_collections.ConfigDict, files: list[pathlib.Path]) -> list[int]:
-    """Each image's blocks a side, f x f pixels read as one: `_blocks` of its file's pixel
-    width (`slides.image_microns`)."""
-    microns, resample = (_predict_key(config, k) for k in ("microns_per_pixel", "resample"))
-    return [_blocks(slides.image_microns(f), microns, resample) for f in files]
-
-
-def _blocks(width: float | None, microns: float, resample: bool) -> int:
-    """With ``resample`` (predict.resample), f where pixels ``width`` µm wide are f times
-    finer than ``microns`` (predict.microns_per_pixel; `slides.block_factor`); 1 otherwise
-    (the image's own resolution), also where ``width`` is not known."""
-    return slides.block_factor(width, microns) if width and resample else 1
+def _blocks(config: ml_collections.ConfigDict, width: float | None) -> int:
+    """An image's blocks a side, f x f pixels read as one: with predict.resample, f where its
+    pixels, ``width`` µm wide as its file says, are f times finer than
+    predict.microns_per_pixel (`slides.block_factor`); 1 otherwise (its own resolution), also
+    where ``width`` is not known."""
+    if not (width and _predict_key(config, "resample")):  # True only with microns (checked)
+        return 1
+    return slides.block_factor(width, _predict_key(config, "microns_per_pixel"))
 
 
 # Windows of a slide when eval.tile_size is 0 (whole images): a slide never fits whole.
@@ -694,10 +699,11 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
+def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list, dict]:
     """(input files, their label maps' paths: PNGs, for slides TIFFs; the inputs left alone by
-    predict.skip_existing), after checking the predict.* keys and that no existing prediction
-    would be overwritten without predict.overwrite."""
+    predict.skip_existing; {label map name: pixel width in µm or None} of every image input,
+    as its file says, when predict.microns_per_pixel is set), after checking the predict.*
+    keys and that no existing prediction would be overwritten without predict.overwrite."""
     if not config.predict.input or not config.predict.output:
         raise train.ConfigError(
             "--mode=predict needs --config.predict.input and --config.predict.output"
@@ -716,7 +722,13 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list]:
     targets = [
         out / f"{f.stem}{'.tif' if s else '.png'}" for f, s in zip(files, slide, strict=True)
     ]
-    return _existing_outputs(config, files, targets, out)
+    microns = _predict_key(config, "microns_per_pixel")
+    widths = {  # each image's, as its file says; read once (notes, blocks, record)
+        t.name: slides.image_microns(f)
+        for f, t, s in zip(files, targets, slide, strict=True)
+        if microns and not s
+    }
+    return (*_existing_outputs(config, files, targets, out), widths)
 
 
 def _existing_outputs(
@@ -768,9 +780,11 @@ def _checked_record(
     run: pathlib.Path,
     targets: list[pathlib.Path],
     skipped: list[pathlib.Path],
+    blocks: dict[str, int],
 ) -> tuple[dict, list[str], int | None]:
     """(predict.output's `prediction_record` with the entries of this call's label maps
-    (``targets``, and those predict.skip_existing leaves alone, ``skipped``) put in, checked
+    (``targets``, and those predict.skip_existing leaves alone, ``skipped``; an image's with
+    its ``blocks`` a side, `_blocks`) put in, checked
     on every process: a map left alone must have been made as it would be now
     (FileExistsError naming each that was not), the maps left alone that were made before
     the folder had a record, which process 0 notes, the step of the checkpoint checked)."""
@@ -788,7 +802,9 @@ def _checked_record(
             old = None
         checkpoint = _checkpoint_entry(config, run)
         entries = {slide: _entry(config, slide, checkpoint) for slide in (False, True)}
-        made = {t.name: entries[_is_slide_map(t)] for t in [*targets, *skipped]}
+        made = {t.name: dict(entries[_is_slide_map(t)]) for t in [*targets, *skipped]}
+        for t in (t for t in [*targets, *skipped] if not _is_slide_map(t)):
+            made[t.name]["blocks"] = blocks.get(t.name, 1)  # 1 too: differs from 2 kept
         record, unchecked, differ = prediction_record.updated(old, made, [t.name for t in skipped])
         if differ:
             shown = " | ".join(differ[:3]) + " | ..." * (len(differ) > 3)
@@ -831,8 +847,8 @@ def _checkpoint_entry(config: ml_collections.ConfigDict, run: pathlib.Path) -> d
 def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> dict:
     """What makes a label map (`prediction_record`), an image's or with ``slide`` a slide's:
     the checkpoint, the views, the windows (a slide's `_slide_tiling`) and, where they apply,
-    predict.slide_level, predict.microns_per_pixel, predict.resample and
-    predict.min_region_area."""
+    predict.slide_level (with -1 also predict.microns_per_pixel and predict.resample) and
+    predict.min_region_area. An image's blocks are put in by `_checked_record`."""
     tiling, tta = evaluate.settings(config.eval, config.model.output_stride)
     if slide:
         tiling = _slide_tiling(config)
@@ -843,10 +859,6 @@ def _entry(config: ml_collections.ConfigDict, slide: bool, checkpoint: dict) -> 
         if entry["predict.slide_level"] == AUTO_LEVEL:  # the level chosen by these
             entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
             entry["predict.resample"] = _predict_key(config, "resample")
-    else:  # always, so a map read in blocks is never kept for one asked without them
-        entry["predict.resample"] = _predict_key(config, "resample")
-        if entry["predict.resample"]:  # images read in blocks where their pixels say
-            entry["predict.microns_per_pixel"] = _predict_key(config, "microns_per_pixel")
     if _annotation_suffixes(config):
         entry["predict.min_region_area"] = _predict_key(config, "min_region_area")
     return entry

@@ -856,7 +856,8 @@ class Critics(nn.Module):
     One critic is ``nn.vmap`` of one. Several run one after another (``nn.scan``, unrolled),
     each convolution an ordinary one: vmapped, each layer's N convolutions became one grouped
     convolution, which XLA's CPU backend ran 14x slower, forward and backward, than N ordinary
-    ones (5 critics, `benchmarks/critics.py`). The parameters are the same either way.
+    ones (5 critics, `benchmarks/critics.py`). The parameter tree is the same either way (so
+    are checkpoints); the values a key draws at initialisation differ.
     """
 
     num: int

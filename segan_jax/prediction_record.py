@@ -2,10 +2,12 @@
 
 One entry per label map (its file name): the checkpoint (the run, shown; its step and orbax's
 commit time, compared: a checkpoint saved again differs), the views, the windows and, where
-they apply, the slide level and the least region area of its annotation files. Maps found
-before the folder had a record are entered as `UNCHECKED`. `--mode=predict` refuses to leave
-alone (predict.skip_existing) a map whose entry differs from what would make it now, so one
-folder never holds maps of two networks or settings without the record saying which.
+they apply, the slide level (with -1 the pixel size and predict.resample it chose by), an
+image's blocks a side (predict.resample) and the least region area of its annotation files.
+Maps found before the folder had a record are entered as `UNCHECKED`. `--mode=predict`
+refuses to leave alone (predict.skip_existing) a map whose entry differs from what would make
+it now, so one folder never holds maps of two networks or settings without the record saying
+which.
 """
 
 import json
@@ -17,7 +19,7 @@ UNCHECKED = "unchecked"  # a map found before the folder had a record
 # saving time tells checkpoints apart.
 SHOWN_ONLY = ("run",)
 # Entry keys added since the first records, with what an entry without them was made with.
-ABSENT_MEANS = {"predict.resample": False}
+ABSENT_MEANS = {"predict.resample": False, "blocks": 1}
 
 
 def read(path: pathlib.Path) -> dict | None:

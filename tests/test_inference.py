@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segan_jax import inference
+from segan_jax import inference, slides
 
 
 def test_input_files_are_the_folders_visible_images_sorted(tmp_path: pathlib.Path):
@@ -57,8 +57,8 @@ def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tm
     pixels = np.zeros((8, 8, 3), np.uint8)
     for name, dpi in (("a.png", 50800), ("b.png", 101600), ("c.png", 55000), ("d.png", None)):
         Image.fromarray(pixels).save(tmp_path / name, **({"dpi": (dpi, dpi)} if dpi else {}))
-    files = sorted(tmp_path.iterdir())
-    other, unknown = inference._image_resolution_notes(files, 0.5)
+    widths = {f.name: slides.image_microns(f) for f in sorted(tmp_path.iterdir())}
+    other, unknown = inference._image_resolution_notes(widths, 0.5)
     assert other.startswith("note: 1 of 4 image(s) have pixels other than the run's images' 0.5")
     assert "magnification than it learned: b.png 0.25 µm; rescale them to the run's" in other
     assert other.endswith(
@@ -68,11 +68,11 @@ def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tm
     assert unknown.endswith(
         "say no usable pixel size: not checked against predict.microns_per_pixel: d.png"
     )
-    assert inference._image_resolution_notes(files[:1], 0.5) == []  # 0.5 µm: nothing to say
+    assert inference._image_resolution_notes({"a.png": 0.5}, 0.5) == []  # nothing to say
     # With predict.resample: b (0.25 µm) is read in 2x2 blocks; c (0.46 µm) is within 10 %.
     Image.fromarray(pixels).save(tmp_path / "e.png", dpi=(36000, 36000))  # 0.706 µm: wider
-    files = sorted(tmp_path.iterdir())
-    read, other, unknown = inference._image_resolution_notes(files, 0.5, resample=True)
+    widths = {f.name: slides.image_microns(f) for f in sorted(tmp_path.iterdir())}
+    read, other, unknown = inference._image_resolution_notes(widths, 0.5, resample=True)
     assert read == (
         "note: 1 of 5 image(s) are read in blocks, each block's mean one pixel, as the run's "
         "images' 0.5 µm (predict.resample); their label maps keep the images' size: "
@@ -80,3 +80,8 @@ def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tm
     )
     assert "than it learned: e.png 0.706 µm; rescale them" in other
     assert other.endswith("(predict.resample reads in blocks only images 2 to 8 times finer)")
+    # Without it, blocks are suggested only where they would match: not for e alone.
+    (other,) = inference._image_resolution_notes({"e.png": widths["e.png"]}, 0.5)
+    assert other.endswith(
+        "(with predict.slide_level=-1 a pyramidal TIFF is predicted at its closest level)"
+    )

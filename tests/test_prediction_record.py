@@ -30,6 +30,9 @@ def test_entries_differ_in_compared_keys_only():
     assert record_lib.differences(flipped, {**auto, "predict.resample": False}) == [
         "predict.resample=True (now False)"
     ]
+    # An image's map made before its blocks were recorded was read whole (1 a side).
+    assert record_lib.differences(NOW, {**NOW, "blocks": 1}) == []
+    assert record_lib.differences(NOW, {**NOW, "blocks": 2}) == ["blocks=1 (now 2)"]
     # Without a saving time to tell checkpoints apart, the run does.
     unsaved = {**NOW, "saved": None}
     assert record_lib.differences({**unsaved, "run": "/runs/b"}, unsaved) == [

@@ -1141,11 +1141,11 @@ def test_images_of_finer_pixels_are_predicted_in_blocks_at_their_own_size(
     features = json.loads((tmp_path / "out" / "a.geojson").read_text())["features"]
     back, problems = annotations.label_map(features, a.shape, datasets.DEMO_CLASSES)
     assert problems == [] and (back == a).all()  # regions in the image's own pixels
-    entry = json.loads((tmp_path / "out" / "prediction.json").read_text())["a.png"]
-    assert (entry["predict.resample"], entry["predict.microns_per_pixel"]) == (True, 0.5)
+    record = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert [record[n]["blocks"] for n in ("a.png", "b.png", "c.png")] == [2, 1, 1]
     config.predict.resample, config.predict.skip_existing = False, True
-    with pytest.raises(FileExistsError, match=r"predict.resample=True \(now False\)"):
-        inference.predict_workdir(config, str(two_step_run))
+    with pytest.raises(FileExistsError, match=r"1 of the .* \(a.png: blocks=2 \(now 1\)\)"):
+        inference.predict_workdir(config, str(two_step_run))  # b and c: made the same way
 
 
 def test_training_refuses_a_cohort(tmp_path, data_dir):
