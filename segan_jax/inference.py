@@ -289,7 +289,6 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     run, out = pathlib.Path(workdir), pathlib.Path(config.predict.output)
     _check_same_run(config, run)  # a run, this one: before reading (or building) any data
     blocks = {name: _blocks(config, width) for name, width in widths.items()}
-    # also if none
     record, unchecked, checked = _checked_record(config, run, targets, skipped, blocks)
     if not targets:
         return _nothing_to_predict(out, record, unchecked, len(skipped))
@@ -802,9 +801,12 @@ def _checked_record(
             old = None
         checkpoint = _checkpoint_entry(config, run)
         entries = {slide: _entry(config, slide, checkpoint) for slide in (False, True)}
-        made = {t.name: dict(entries[_is_slide_map(t)]) for t in [*targets, *skipped]}
-        for t in (t for t in [*targets, *skipped] if not _is_slide_map(t)):
-            made[t.name]["blocks"] = blocks.get(t.name, 1)  # 1 too: differs from 2 kept
+        made = {  # an image's blocks, 1 too: a map read whole differs from one in blocks
+            t.name: entries[True]
+            if _is_slide_map(t)
+            else {**entries[False], "blocks": blocks.get(t.name, 1)}
+            for t in [*targets, *skipped]
+        }
         record, unchecked, differ = prediction_record.updated(old, made, [t.name for t in skipped])
         if differ:
             shown = " | ".join(differ[:3]) + " | ..." * (len(differ) > 3)
