@@ -132,8 +132,9 @@ def get_config() -> ml_collections.ConfigDict:
     # also <stem>.xml, the same regions as Aperio ImageScope annotations (one layer per class;
     # writes the GeoJSON too, which the XML of a slide is made from)
     c.predict.imagescope = False
-    # regions whose polygon area (pixels of the level predicted; a lone pixel's is 0.5, a 3x3
-    # square's 8.5) is under this are left out of the GeoJSON (specks; 0: every region)
+    # regions whose polygon area (pixels of the level predicted, or of the blocks an image is
+    # read in: f x f image pixels each; a lone pixel's is 0.5, a 3x3 square's 8.5) is under
+    # this are left out of the GeoJSON (specks; 0: every region)
     c.predict.min_region_area = 0.0
     # Slides: .svs, .ndpi, pyramidal TIFFs and TIFFs of more pixels than this (2**26:
     # 8192x8192) are read

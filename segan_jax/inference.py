@@ -683,6 +683,12 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not 0 <= value < float("inf"):
             raise train.ConfigError(f"predict.{key}={value!r} must be a number >= 0")
+    if (microns := _predict_key(config, "microns_per_pixel")) > slides.MAX_PIXEL_MICRONS:
+        raise train.ConfigError(
+            f"predict.microns_per_pixel={microns!r}: over {slides.MAX_PIXEL_MICRONS:g} µm a "
+            "pixel, no scan's: give the training images' pixel width in micrometres (about "
+            "0.5 at 20x, 0.25 at 40x)"
+        )
     auto = _predict_key(config, "slide_level") == AUTO_LEVEL
     if auto and not _predict_key(config, "microns_per_pixel"):
         raise train.ConfigError(
@@ -690,11 +696,13 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
             "needs predict.microns_per_pixel, the training images' pixel width in micrometres"
         )
     resample = _predict_key(config, "resample")
-    if not isinstance(resample, bool) or (resample and not auto):
+    if not isinstance(resample, bool):
+        raise train.ConfigError(f"predict.resample={resample!r} must be True or False")
+    if resample and not auto:
         raise train.ConfigError(
-            f"predict.resample={resample!r}: True applies only with predict.slide_level=-1 (each "
-            "slide's level closest to predict.microns_per_pixel, or a level read in blocks; "
-            "images whose pixels are 2 to 8 times finer read in blocks too)"
+            "predict.resample=True needs predict.slide_level=-1 (each slide's level closest to "
+            "predict.microns_per_pixel, or a level read in blocks; images whose pixels are 2 "
+            "to 8 times finer read in blocks too)"
         )
 
 

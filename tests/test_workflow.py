@@ -1089,9 +1089,13 @@ def test_each_slide_is_predicted_at_its_level_closest_to_the_runs_pixel_size(
     entry = json.loads((tmp_path / "out1" / "prediction.json").read_text())["a.tif"]
     assert entry["predict.resample"] is True
     config.predict.slide_level = 1
-    with pytest.raises(train.ConfigError, match="resample=True: True applies only with .*level=-1"):
+    with pytest.raises(train.ConfigError, match="resample=True needs predict.slide_level=-1"):
         inference.predict_workdir(config, str(two_step_run))
     config.predict.slide_level, config.predict.resample = -1, False
+    config.predict.microns_per_pixel = 500.0  # nanometres?
+    with pytest.raises(train.ConfigError, match="microns_per_pixel=500.0: over 10 µm a pixel"):
+        inference.predict_workdir(config, str(two_step_run))
+    config.predict.microns_per_pixel = 1.0
     # A slide whose file says no pixel size, at the level asked: noted as not checked.
     (tmp_path / "in2").mkdir()
     tifffile.imwrite(tmp_path / "in2" / "c.tif", image, **options)
