@@ -132,9 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
     # also <stem>.xml, the same regions as Aperio ImageScope annotations (one layer per class;
     # writes the GeoJSON too, which the XML of a slide is made from)
     c.predict.imagescope = False
-    # regions whose polygon area (pixels of the level predicted, or of the blocks an image is
-    # read in: f x f image pixels each; a lone pixel's is 0.5, a 3x3 square's 8.5) is under
-    # this are left out of the GeoJSON (specks; 0: every region)
+    # regions whose polygon area (pixels of the level predicted; a lone pixel's is 0.5, a 3x3
+    # square's 8.5; an image read in f x f blocks is traced in its own pixels against this
+    # times f x f, so about the same) is under this are left out of the GeoJSON (specks; 0:
+    # every region)
     c.predict.min_region_area = 0.0
     # Slides: .svs, .ndpi, pyramidal TIFFs and TIFFs of more pixels than this (2**26:
     # 8192x8192) are read
@@ -147,7 +148,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The training images' pixel width in micrometres (slide_tiles prints its slides'; 0: not
     # known): a slide whose level's pixels are over 10 % wider or narrower, as its file says
     # (Aperio MPP, OME-XML, TIFF resolution), gets a note naming the level closest to it;
-    # images (not slides) too, from their TIFF tags or PNG/JPEG print resolution.
+    # images (not slides) too, from their TIFF tags or PNG/JPEG print resolution. Over 10 µm
+    # is refused (no scan's: nanometres, say).
     c.predict.microns_per_pixel = 0.0
     # With slide_level -1: also consider each level read in 2x2 to 8x8 blocks (each block's
     # mean one pixel), e.g. a 40x scan read as 20x where the slide has no 20x level; images

@@ -306,7 +306,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: str) -> list[pat
     model, variables, info, step, normalizer = load_trained(config, run, info, checked=True)
     _start_writing(config, classes, record, targets, (step, checked))
     if jax.process_index() == 0:
-        _print_notes(config, every_file, targets, skipped, widths)
+        _print_notes(config, every_file, targets, skipped, widths, blocks)
     trained = (model, variables, normalizer)
     _write_predictions(config, trained, info, images, mine_targets, blocks)
     parallel.barrier("predict: written")
@@ -366,21 +366,21 @@ def _read_mine(
 
 
 def _image_resolution_notes(
-    widths: dict[str, float | None], microns: float, resample: bool = False
+    widths: dict[str, float | None], microns: float, blocks: dict[str, int] | None = None
 ) -> list[str]:
     """Notes on the images (not slides; their pixel ``widths`` in µm by file name, None where
     the file does not say, `slides.image_microns`) whose pixels differ from ``microns``
-    (predict.microns_per_pixel) by over `slides.MICRONS_TOLERANCE`: with ``resample``
-    (predict.resample) those read in blocks (`slides.block_factor`), and those predicted at
-    their own resolution all the same; and on those whose files do not say."""
-    factors = {n: slides.block_factor(w, microns) if w else 1 for n, w in widths.items()}
+    (predict.microns_per_pixel) by over `slides.MICRONS_TOLERANCE`: with ``blocks`` (by file
+    name, `_blocks`: predict.resample) those read in blocks, and those predicted at their own
+    resolution all the same; and on those whose files do not say."""
+    resample, blocks = blocks is not None, blocks or {}
     off = [n for n, w in widths.items() if w and not slides.same_magnification(w, microns)]
-    blocked = [n for n in off if resample and factors[n] > 1]
+    blocked = [n for n in off if blocks.get(n, 1) > 1]
     other = [f"{n} {widths[n]:.3g} µm" for n in off if n not in blocked]
     unknown = [n for n, w in widths.items() if w is None]
     notes = []
     if blocked:
-        read = [f"{n} {widths[n]:.3g} µm in {factors[n]}x{factors[n]}" for n in blocked]
+        read = [f"{n} {widths[n]:.3g} µm in {blocks[n]}x{blocks[n]}" for n in blocked]
         notes.append(
             f"note: {len(read)} of {len(widths)} image(s) are read in blocks, each block's "
             f"mean one pixel, as the run's images' {microns:.3g} µm (predict.resample); their "
@@ -391,7 +391,7 @@ def _image_resolution_notes(
             hint = "predict.resample reads in blocks only images 2 to 8 times finer"
         else:
             hint = "with predict.slide_level=-1 a pyramidal TIFF is predicted at its closest level"
-            if any(factors[n] > 1 for n in off):
+            if any(slides.block_factor(widths[n], microns) > 1 for n in off):
                 hint += ", and with predict.resample=True too an image 2 to 8 times finer in blocks"
         notes.append(
             f"note: {len(other)} of {len(widths)} image(s) have pixels other than the run's "
@@ -423,11 +423,13 @@ def _print_notes(
     targets: list[pathlib.Path],
     skipped: list[pathlib.Path],
     widths: dict[str, float | None],
+    blocks: dict[str, int],
 ) -> None:
     """Says which inputs predict.skip_existing leaves alone, which are images that
     predict.slide_level does not apply to, and which of the images (``files`` of ``targets``
-    that are not slides; their pixel ``widths`` by label map name, `_plan`) have pixels of
-    another size than predict.microns_per_pixel (`_image_resolution_notes`)."""
+    that are not slides; their pixel ``widths`` and ``blocks`` by label map name, `_plan`,
+    `_blocks`) have pixels of another size than predict.microns_per_pixel
+    (`_image_resolution_notes`)."""
     if skipped:
         names = workdir_lib.first_names([t.name for t in skipped])
         print(f"note: {len(skipped)} input(s) already predicted, left alone: {names}")
@@ -440,12 +442,11 @@ def _print_notes(
             f"images, predicted at their own resolution: {names}"
         )
     if microns := _predict_key(config, "microns_per_pixel"):
-        named = {
-            f.name: widths[t.name]
-            for f, t in zip(files, targets, strict=True)
-            if not _is_slide_map(t)
-        }
-        for note in _image_resolution_notes(named, microns, resample):
+        names = {t.name: f.name for f, t in zip(files, targets, strict=True)}
+        plain = [t.name for t in targets if not _is_slide_map(t)]
+        named = {names[t]: widths[t] for t in plain}
+        read = {names[t]: blocks[t] for t in plain} if resample else None
+        for note in _image_resolution_notes(named, microns, read):
             print(note, flush=True)
 
 
@@ -496,7 +497,7 @@ def _write_predictions(
     for i, f, one in zip(whole, factors, labels, strict=True):
         one = slides.expand_labels(one, f, images[i].shape[:2]) if f > 1 else one
         evaluate.save_label_png(one, targets[i])
-        if _annotation_suffixes(config):  # the least area in pixels predicted, as a slide's
+        if _annotation_suffixes(config):  # about the least area in pixels predicted
             path, area = geojson_path(targets[i]), min_area * f * f
             features = annotations.save_geojson(one, info.classes, path, area)
             if _predict_key(config, "imagescope"):
@@ -683,12 +684,8 @@ def _check_predict_numbers(config: ml_collections.ConfigDict) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not 0 <= value < float("inf"):
             raise train.ConfigError(f"predict.{key}={value!r} must be a number >= 0")
-    if (microns := _predict_key(config, "microns_per_pixel")) > slides.MAX_PIXEL_MICRONS:
-        raise train.ConfigError(
-            f"predict.microns_per_pixel={microns!r}: over {slides.MAX_PIXEL_MICRONS:g} µm a "
-            "pixel, no scan's: give the training images' pixel width in micrometres (about "
-            "0.5 at 20x, 0.25 at 40x)"
-        )
+    if problem := slides.microns_problem(_predict_key(config, "microns_per_pixel")):
+        raise train.ConfigError(f"predict.microns_per_pixel={problem}")
     auto = _predict_key(config, "slide_level") == AUTO_LEVEL
     if auto and not _predict_key(config, "microns_per_pixel"):
         raise train.ConfigError(
@@ -730,7 +727,7 @@ def _plan(config: ml_collections.ConfigDict) -> tuple[list, list, list, dict]:
         out / f"{f.stem}{'.tif' if s else '.png'}" for f, s in zip(files, slide, strict=True)
     ]
     microns = _predict_key(config, "microns_per_pixel")
-    widths = {  # each image's, as its file says; read once (notes, blocks, record)
+    widths = {  # each image's, as its file says, for the notes, its blocks and the record
         t.name: slides.image_microns(f)
         for f, t, s in zip(files, targets, slide, strict=True)
         if microns and not s

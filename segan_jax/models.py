@@ -853,7 +853,8 @@ class Critics(nn.Module):
     only sees ``x[n]``. One critic on all classes: N=1, Cn=K*C; per-class critics: N=K, Cn=C
     (see ``masked_inputs``).
 
-    One critic is ``nn.vmap`` of one. Several run one after another (``nn.scan``, unrolled),
+    One critic is ``nn.vmap`` of one (as before 2026-11-28, so one critic starts from the same
+    draws and trains as it did). Several run one after another (``nn.scan``, unrolled),
     each convolution an ordinary one: vmapped, each layer's N convolutions became one grouped
     convolution, which XLA's CPU backend ran 14x slower, forward and backward, than N ordinary
     ones (5 critics, `benchmarks/critics.py`). The parameter tree is the same either way (so

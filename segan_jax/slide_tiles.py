@@ -85,6 +85,8 @@ def tiles_from_slides(
             f"--microns must be a pixel width in micrometres (0: cut at --level), not {microns!r}"
         )
         raise datasets.DatasetError(problems)  # no level to check the slides at
+    if problem := slides.microns_problem(microns):
+        raise datasets.DatasetError([*problems, f"--microns={problem}"])
     files = annotations.annotation_files(annotations_dir, problems)
     found = datasets.files_by_stem(slides_dir, slides.TIFF_SUFFIXES)
     if microns:

@@ -17,6 +17,10 @@ those of `evaluate.predict_all` with that tiling), and its kept rows written out
 
 Both are written to ``NAME.tmp`` and renamed when complete: a stopped run leaves no file a later
 run takes for a prediction.
+
+Also the pixel sizes files say (`microns_of`, `image_microns`) and the f x f block means a level
+or an image finer than the run's pixels is read in (`BlockMeans`; for images
+`image_block_means`, their labels put back by `expand_labels`).
 """
 
 import contextlib
@@ -146,6 +150,18 @@ def _resolution_microns(page: tifffile.TiffPage) -> tuple[float, float] | None:
     except (ZeroDivisionError, ValueError, TypeError):
         return None
     return (unit / y, unit / x) if unit and x > 0 and y > 0 else None
+
+
+def microns_problem(microns: float) -> str:
+    """``"<value>: why"`` for a pixel width asked for (predict.microns_per_pixel, slide_tiles'
+    --microns) over `MAX_PIXEL_MICRONS`, which no scan has (nanometres given, say); "" for
+    one within it (0 included: not known). Reading it as a number is the caller's check."""
+    if microns <= MAX_PIXEL_MICRONS:
+        return ""
+    return (
+        f"{microns!r}: over {MAX_PIXEL_MICRONS:g} µm a pixel, no scan's: give the training "
+        "images' pixel width in micrometres (about 0.5 at 20x, 0.25 at 40x)"
+    )
 
 
 # Pixel widths within this fraction of each other count as one magnification.
@@ -397,12 +413,12 @@ def block_means(pixels: np.ndarray, factor: int) -> np.ndarray:
 
 def block_factor(width: float, microns: float, most: int = MAX_FACTOR) -> int:
     """The f in 2..``most`` whose f x f blocks of pixels ``width`` µm wide come within
-    `MICRONS_TOLERANCE` of ``microns`` (the closest by ratio where two do); 1 when ``width``
-    itself does or no such f exists (pixels wider than ``microns``, or no whole ratio)."""
+    `MICRONS_TOLERANCE` of ``microns`` (the smallest where two do, as `closest_view` picks a
+    level's blocks); 1 when ``width`` itself does or no such f exists (pixels wider than
+    ``microns``, or no whole ratio)."""
     if same_magnification(width, microns):
         return 1
-    near = [f for f in range(2, most + 1) if same_magnification(width * f, microns)]
-    return min(near, key=lambda f: abs(math.log(width * f / microns)), default=1)
+    return min((f for f in range(2, most + 1) if same_magnification(width * f, microns)), default=1)
 
 
 def image_block_means(pixels: np.ndarray, factor: int) -> np.ndarray:

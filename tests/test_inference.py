@@ -51,9 +51,20 @@ def test_the_fallbacks_of_later_predict_keys_are_the_default_configs_values():
         assert config.predict[key] == value and type(config.predict[key]) is type(value), key
 
 
+def _resampled():
+    """configs/default.py's config with predict.resample at predict.slide_level -1, 0.5 µm."""
+    from configs import default
+
+    config = default.get_config()
+    config.predict.slide_level, config.predict.resample = -1, True
+    config.predict.microns_per_pixel = 0.5
+    return config
+
+
 def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tmp_path):
-    """Images (predicted at their own resolution) over 10 % off predict.microns_per_pixel
-    are named with their pixel width; those whose files do not say, as not checked."""
+    """Images (not slides) over 10 % off predict.microns_per_pixel are named with their pixel
+    width (with predict.resample those read in blocks apart); those whose files do not say,
+    as not checked."""
     pixels = np.zeros((8, 8, 3), np.uint8)
     for name, dpi in (("a.png", 50800), ("b.png", 101600), ("c.png", 55000), ("d.png", None)):
         Image.fromarray(pixels).save(tmp_path / name, **({"dpi": (dpi, dpi)} if dpi else {}))
@@ -72,7 +83,8 @@ def test_images_of_other_pixels_than_the_runs_are_noted_in_one_line_each_kind(tm
     # With predict.resample: b (0.25 µm) is read in 2x2 blocks; c (0.46 µm) is within 10 %.
     Image.fromarray(pixels).save(tmp_path / "e.png", dpi=(36000, 36000))  # 0.706 µm: wider
     widths = {f.name: slides.image_microns(f) for f in sorted(tmp_path.iterdir())}
-    read, other, unknown = inference._image_resolution_notes(widths, 0.5, resample=True)
+    blocks = {n: inference._blocks(_resampled(), w) for n, w in widths.items()}  # b: 2
+    read, other, unknown = inference._image_resolution_notes(widths, 0.5, blocks)
     assert read == (
         "note: 1 of 5 image(s) are read in blocks, each block's mean one pixel, as the run's "
         "images' 0.5 µm (predict.resample); their label maps keep the images' size: "

@@ -225,10 +225,12 @@ def test_slides_of_several_magnifications_cut_at_one_pixel_size(slide, write_sli
         with pytest.raises(datasets.DatasetError, match="--microns must be a pixel width") as err:
             _cut(root, tile_size=64, microns=bad)
         assert "holds" not in str(err.value)  # no level checked: only that problem
+    with pytest.raises(datasets.DatasetError, match="--microns=100.0: over 10 µm a pixel"):
+        _cut(root, tile_size=64, microns=100.0)  # nanometres, say
     write_slide(root / "slides" / "t.tif", image, resolution=(20000, 20000), **cm)  # 0.5 µm
-    _cut(root, tile_size=64, microns=100.0, overwrite=True)  # 8x8 blocks of level 1: 8 µm
+    _cut(root, tile_size=64, microns=10.0, overwrite=True)  # 8x8 blocks of level 1: 8 µm
     said = "note: no level of these slides, whole or in blocks of up to 8x8, is within 10 % of"
-    assert f"{said} --microns=100: s.tif 4 µm, t.tif 8 µm" in capsys.readouterr().out
+    assert f"{said} --microns=10: s.tif 4 µm, t.tif 8 µm" in capsys.readouterr().out
 
 
 def test_imagescope_xml_annotations_cut_the_same_tiles(slide):

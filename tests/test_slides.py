@@ -406,12 +406,13 @@ def test_the_closest_view_reads_a_level_in_blocks_only_where_no_level_matches():
 
 
 def test_an_image_is_read_in_the_blocks_whose_pixels_match_the_runs():
-    """f x f blocks within 10 % of the run's pixel (the closest where two are); 1 where the
+    """f x f blocks within 10 % of the run's pixel (the smaller where two are); 1 where the
     pixels match already, are wider, or no whole f is near."""
     assert slides.block_factor(0.25, 0.5) == 2 and slides.block_factor(0.125, 0.5) == 4
     assert slides.block_factor(0.17, 0.5) == 3  # 0.51 µm
-    assert slides.block_factor(0.066, 0.5) == 8  # 0.528 (+5.6 %) nearer than 7's 0.462
-    assert slides.block_factor(0.066, 0.5, most=7) == 7
+    # 7 (0.462, -7.6 %) and 8 (0.528, +5.6 %) both match: the smaller, as closest_view's
+    assert slides.block_factor(0.066, 0.5) == 7 and slides.block_factor(0.07, 0.5) == 7
+    assert slides.block_factor(0.062, 0.5) == 8 and slides.block_factor(0.062, 0.5, most=7) == 1
     for width in (0.5, 0.53, 1.0, 0.35, 0.01):
         assert slides.block_factor(width, 0.5) == 1, width
 
