@@ -142,8 +142,8 @@ def runs_comparison(
     interval `metrics.runs_bootstrap_differences`' (over the runs as well as the images)."""
     records, files = [*firsts, *seconds], [*paths[0], *paths[1]]
     # each record checked against the first and put in the order of its names (sorted)
-    aligned = [paired(records[0], r, (files[0], f))[1] for r, f in zip(records, files, strict=True)]
-    names = paired(records[0], records[0], (files[0], files[0]))[2]
+    pairs = [paired(records[0], r, (files[0], f)) for r, f in zip(records, files, strict=True)]
+    aligned, names = [p[1] for p in pairs], pairs[0][2]  # names: the first's, as every one's
     groups, slides = datasets.slide_groups(names)
     a, b = np.stack(aligned[: len(firsts)]), np.stack(aligned[len(firsts) :])
     bounds = metrics.runs_bootstrap_differences(a, b, groups=groups)

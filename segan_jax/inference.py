@@ -442,10 +442,10 @@ def _print_notes(
             f"images, predicted at their own resolution: {names}"
         )
     if microns := _predict_key(config, "microns_per_pixel"):
-        names = {t.name: f.name for f, t in zip(files, targets, strict=True)}
+        source = {t.name: f.name for f, t in zip(files, targets, strict=True)}
         plain = [t.name for t in targets if not _is_slide_map(t)]
-        named = {names[t]: widths[t] for t in plain}
-        read = {names[t]: blocks[t] for t in plain} if resample else None
+        named = {source[t]: widths[t] for t in plain}
+        read = {source[t]: blocks[t] for t in plain} if resample else None
         for note in _image_resolution_notes(named, microns, read):
             print(note, flush=True)
 

@@ -122,12 +122,7 @@ def _print_notes(
         print(f"note: no annotations, so no tiles, for {len(bare)} of the slides: {shown}")
     widths = {plan.info.path.name: plan.info.level_microns() for plan in plans}
     known = sorted((width, name) for name, width in widths.items() if width)
-    off = [f"{name} {width:.3g} µm" for width, name in known]
-    off = [
-        o
-        for o, (w, _) in zip(off, known, strict=True)
-        if not slides.same_magnification(w, microns or w)
-    ]
+    off = [f"{n} {w:.3g} µm" for w, n in known if not slides.same_magnification(w, microns or w)]
     if off:
         print(
             f"note: no level of these slides, whole or in blocks of up to {slides.MAX_FACTOR}x"

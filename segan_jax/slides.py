@@ -215,11 +215,15 @@ def closest_view(info: SlideInfo, microns: float, most: int = 1) -> tuple[int, i
     (factor up to ``most``), the one whose pixels are within `MICRONS_TOLERANCE` of
     ``microns`` reading the fewest pixels (the smallest level); when none is, the closest by
     ratio (0.36 is closer to 0.5 than to 0.25). The slide's file must say its pixel size."""
-    views = [(k, f) for k in range(len(info.downsamples)) for f in range(1, most + 1)]
-    width = {(k, f): info.level_microns(k) * f for k, f in views}
-    near = [v for v in views if same_magnification(width[v], microns)]
+    levels = range(len(info.downsamples))
+    factors = {k: block_factor(info.level_microns(k), microns, most) for k in levels}
+    near = [  # each level whole or in its blocks (`block_factor`), where that matches
+        (k, f) for k, f in factors.items() if same_magnification(info.level_microns(k) * f, microns)
+    ]
     if near:
-        return max(near, key=lambda v: (info.downsamples[v[0]], -v[1]))
+        return max(near, key=lambda v: info.downsamples[v[0]])
+    views = [(k, f) for k in levels for f in range(1, most + 1)]
+    width = {(k, f): info.level_microns(k) * f for k, f in views}
     # ties (one width from several views): the one reading the fewest pixels
     return min(
         views,
@@ -413,8 +417,8 @@ def block_means(pixels: np.ndarray, factor: int) -> np.ndarray:
 
 def block_factor(width: float, microns: float, most: int = MAX_FACTOR) -> int:
     """The f in 2..``most`` whose f x f blocks of pixels ``width`` µm wide come within
-    `MICRONS_TOLERANCE` of ``microns`` (the smallest where two do, as `closest_view` picks a
-    level's blocks); 1 when ``width`` itself does or no such f exists (pixels wider than
+    `MICRONS_TOLERANCE` of ``microns`` (the smallest where two do; `closest_view` reads a
+    slide's levels by it too); 1 when ``width`` itself does or no such f exists (pixels wider than
     ``microns``, or no whole ratio)."""
     if same_magnification(width, microns):
         return 1
